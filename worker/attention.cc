@@ -1,0 +1,265 @@
+// Attention of every layer kind (spec §5–§7): query and KV paths, compressors with incremental
+// state, the lightning indexer, and sparse attention over window + compressed rows.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/ops.h"
+#include "worker/model_internal.h"
+
+namespace flotilla {
+namespace {
+
+void RopeRows(bf16* x, int64_t ld, int64_t head_stride, int64_t tokens, int64_t heads,
+              int64_t offset, int64_t rope_dim, const int64_t* positions, const float* freqs,
+              bool inverse) {
+  kernels::RopeParams p;
+  p.x = x;
+  p.ld = ld;
+  p.head_stride = head_stride;
+  p.num_tokens = tokens;
+  p.num_heads = heads;
+  p.rope_offset = offset;
+  p.rope_dim = rope_dim;
+  p.positions = positions;
+  p.freqs = freqs;
+  p.inverse = inverse;
+  kernels::ApplyRope(p);
+}
+
+void GemmF32FromBf16(const bf16* a, int64_t lda, const bf16* w, int64_t m, int64_t n, int64_t k,
+                     float* c) {
+  kernels::GemmF32Params p;
+  p.a_bf16 = a;
+  p.lda = lda;
+  p.w_bf16 = w;
+  p.ldw = k;
+  p.c = c;
+  p.ldc = n;
+  p.m = m;
+  p.n = n;
+  p.k = k;
+  kernels::GemmF32(p);
+}
+
+}  // namespace
+
+void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope) {
+  const int64_t full = nope / 64 * 64;
+  if (full > 0) kernels::Fp8SimulateInPlace(x, rows, ld, full, 64);
+  if (nope > full) kernels::Fp8SimulateInPlace(x + full, rows, ld, nope - full, nope - full);
+}
+
+// Feeds the chunk's tokens through a compressor's state in position order, appending every
+// completed entry (pooled, bf16, RMSNorm, RoPE at j*m, then FP8 simulation of the non-RoPE dims
+// for the main compressor or Hadamard + FP4 simulation for the indexer's) to the cache.
+void Model::Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows,
+                     const bf16* x, bool indexer) const {
+  const int64_t d_model = config_.hidden_size, width = cw.width(), d = cw.dim, m = cw.ratio;
+  const int64_t rope = config_.qk_rope_head_dim;
+  std::vector<float> k(rows.n * width), g(rows.n * width);
+  GemmF32FromBf16(x, d_model, cw.wkv, rows.n, width, d_model, k.data());
+  GemmF32FromBf16(x, d_model, cw.wgate, rows.n, width, d_model, g.data());
+
+  for (const auto& ch : rows.chunks) {
+    LayerCache& cache = CacheOf(ch.seq, a.layer_id);
+    CompressorState& st = indexer ? cache.index_comp : cache.comp;
+    std::vector<bf16>& out = indexer ? cache.index_keys : cache.compressed;
+    std::vector<float> pooled;
+    std::vector<int64_t> entry_pos;
+    std::vector<const float*> k_rows(cw.overlap ? 2 * m : m), g_rows(k_rows.size());
+    for (int64_t i = 0; i < ch.n; ++i) {
+      const int64_t p = ch.start_pos + i, r = ch.first_row + i;
+      const int64_t slot = (cw.overlap ? m : 0) + p % m;
+      float* kv_slot = st.kv.data() + slot * width;
+      float* sc_slot = st.score.data() + slot * width;
+      const float* ape = cw.ape + (p % m) * width;
+      for (int64_t c = 0; c < width; ++c) {
+        kv_slot[c] = k[r * width + c];
+        sc_slot[c] = g[r * width + c] + ape[c];
+      }
+      if ((p + 1) % m != 0) continue;
+      if (cw.overlap) {  // A-half of the previous block, B-half of this one
+        for (int64_t s = 0; s < m; ++s) {
+          k_rows[s] = st.kv.data() + s * width;
+          g_rows[s] = st.score.data() + s * width;
+          k_rows[m + s] = st.kv.data() + (m + s) * width + d;
+          g_rows[m + s] = st.score.data() + (m + s) * width + d;
+        }
+      } else {
+        for (int64_t s = 0; s < m; ++s) {
+          k_rows[s] = st.kv.data() + s * width;
+          g_rows[s] = st.score.data() + s * width;
+        }
+      }
+      pooled.resize(pooled.size() + d);
+      kernels::CompressPool(k_rows.data(), g_rows.data(), int64_t(k_rows.size()), d,
+                            pooled.data() + pooled.size() - d);
+      entry_pos.push_back(p / m * m);
+      if (cw.overlap) {  // the finished block becomes "previous"
+        std::copy(st.kv.begin() + m * width, st.kv.end(), st.kv.begin());
+        std::copy(st.score.begin() + m * width, st.score.end(), st.score.begin());
+      }
+    }
+    const int64_t n_new = int64_t(entry_pos.size());
+    if (n_new == 0) continue;
+    const size_t base = out.size();
+    out.resize(base + n_new * d);
+    bf16* e = out.data() + base;
+    for (int64_t i = 0; i < n_new * d; ++i) e[i] = F32ToBf16(pooled[i]);
+    kernels::RmsNorm(e, d, cw.norm, n_new, d, float(config_.rms_norm_eps), e, d);
+    RopeRows(e, d, d, n_new, 1, d - rope, rope, entry_pos.data(), a.freqs.data(), false);
+    if (indexer) {
+      kernels::HadamardRotateBf16(e, n_new, d);
+      kernels::Fp4SimulateInPlace(e, n_new, d, d, 32);
+    } else {
+      Fp8SimulateNope(e, n_new, d, d - rope);
+    }
+  }
+}
+
+void Model::KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const {
+  const int64_t d = config_.hidden_size, hd = config_.head_dim, rope = config_.qk_rope_head_dim;
+  LinearForward(a.wkv, x, d, rows.n, kv, hd);
+  kernels::RmsNorm(kv, hd, a.kv_norm, rows.n, hd, float(config_.rms_norm_eps), kv, hd);
+  RopeRows(kv, hd, hd, rows.n, 1, hd - rope, rope, rows.pos.data(), a.freqs.data(), false);
+  Fp8SimulateNope(kv, rows.n, hd, hd - rope);
+}
+
+void Model::WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const {
+  const int64_t hd = config_.head_dim, w = config_.sliding_window;
+  for (const auto& ch : rows.chunks) {
+    LayerCache& cache = CacheOf(ch.seq, a.layer_id);
+    for (int64_t i = std::max<int64_t>(0, ch.n - w); i < ch.n; ++i) {
+      const int64_t p = ch.start_pos + i;
+      std::copy_n(kv + (ch.first_row + i) * hd, hd, cache.window.data() + (p % w) * hd);
+    }
+  }
+}
+
+void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const {
+  const AttentionWeights& a = b.attn;
+  const ModelConfig& c = config_;
+  const int64_t n = rows.n, d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
+  const int64_t rope = c.qk_rope_head_dim, nope = hd - rope, qlr = c.q_lora_rank;
+  const float eps = float(c.rms_norm_eps);
+
+  // Query path (§5.1).
+  std::vector<bf16> qr(n * qlr), q(n * h * hd);
+  LinearForward(a.wq_a, x, d, n, qr.data(), qlr);
+  kernels::RmsNorm(qr.data(), qlr, a.q_norm, n, qlr, eps, qr.data(), qlr);
+  LinearForward(a.wq_b, qr.data(), qlr, n, q.data(), h * hd);
+  kernels::HeadRmsNormBf16(q.data(), n * h, hd, eps);
+  RopeRows(q.data(), h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), false);
+
+  // KV path (§5.2); compressors (§6) run over the whole chunk before anyone attends, and a
+  // query sees entry j only when j < floor((p+1)/m).
+  std::vector<bf16> kv(n * hd);
+  KvPath(a, rows, x, kv.data());
+  if (a.compressor) Compress(*a.compressor, a, rows, x, /*indexer=*/false);
+
+  // Indexer queries and weights (§7 steps 1–5).
+  const int64_t ih = c.index_n_heads, ihd = c.index_head_dim;
+  std::vector<bf16> qi, iw;
+  if (a.indexer) {
+    const IndexerWeights& ix = *a.indexer;
+    Compress(ix.compressor, a, rows, x, /*indexer=*/true);
+    qi.resize(n * ih * ihd);
+    LinearForward(ix.wq_b, qr.data(), qlr, n, qi.data(), ih * ihd);
+    RopeRows(qi.data(), ih * ihd, ihd, n, ih, ihd - rope, rope, rows.pos.data(), a.freqs.data(),
+             false);
+    kernels::HadamardRotateBf16(qi.data(), n * ih, ihd);
+    kernels::Fp4SimulateInPlace(qi.data(), n * ih, ihd, ihd, 32);
+    iw.resize(n * ih);
+    kernels::GemmBf16Params p;
+    p.a = x;
+    p.lda = d;
+    p.w = ix.weights_proj;
+    p.ldw = d;
+    p.c = iw.data();
+    p.ldc = ih;
+    p.m = n;
+    p.n = ih;
+    p.k = d;
+    kernels::GemmBf16(p);
+    const float wscale = float(1.0 / std::sqrt(double(ihd)) / std::sqrt(double(ih)));
+    for (auto& v : iw) v = F32ToBf16(Bf16ToF32(v) * wscale);
+  }
+
+  // Sparse attention per token (§5.4, §5.5).
+  std::vector<bf16> o(n * h * hd);
+  const int64_t window = c.sliding_window;
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+#pragma omp parallel
+  {
+    std::vector<const bf16*> list;
+    std::vector<float> scores;
+    std::vector<int32_t> picks;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < n; ++r) {
+      const auto& ch = rows.chunks[rows.chunk_of[r]];
+      const LayerCache& cache = CacheOf(ch.seq, a.layer_id);
+      const int64_t p = rows.pos[r];
+      list.clear();
+      for (int64_t t = std::max<int64_t>(0, p - window + 1); t <= p; ++t) {
+        list.push_back(t >= ch.start_pos ? kv.data() + (ch.first_row + t - ch.start_pos) * hd
+                                         : cache.window.data() + (t % window) * hd);
+      }
+      list.resize(window, nullptr);  // reference layout: window part is always W wide
+      if (a.ratio != 0) {
+        const int64_t visible = (p + 1) / a.ratio;
+        if (!a.indexer) {
+          for (int64_t j = 0; j < visible; ++j) list.push_back(cache.compressed.data() + j * hd);
+        } else if (visible > 0) {
+          scores.resize(visible);
+          kernels::IndexerScoreParams sp;
+          sp.q = qi.data() + r * ih * ihd;
+          sp.w = iw.data() + r * ih;
+          sp.keys = cache.index_keys.data();
+          sp.ldk = ihd;
+          sp.n = visible;
+          sp.num_heads = ih;
+          sp.dim = ihd;
+          sp.scores = scores.data();
+          kernels::IndexerScores(sp);
+          for (auto& s : scores) s = RoundBf16(s);
+          const int64_t k = std::min(c.index_topk, visible);
+          picks.resize(k);
+          kernels::TopK(scores.data(), visible, k, picks.data());
+          for (int32_t j : picks) list.push_back(cache.compressed.data() + int64_t(j) * hd);
+        }
+      }
+      kernels::SparseAttentionParams ap;
+      ap.q = q.data() + r * h * hd;
+      ap.rows = list.data();
+      ap.n = int64_t(list.size());
+      ap.sink = a.sink;
+      ap.num_heads = h;
+      ap.dim = hd;
+      ap.scale = scale;
+      ap.out = o.data() + r * h * hd;
+      kernels::SparseAttention(ap);
+    }
+  }
+  WriteWindow(rows, a, kv.data());
+
+  // Output path (§5.6): inverse RoPE, grouped wo_a (bf16), wo_b.
+  RopeRows(o.data(), h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
+  const int64_t groups = c.o_groups, olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
+  std::vector<bf16> z(n * groups * olr);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    kernels::GemmBf16Params p;
+    p.a = o.data() + gi * gin;
+    p.lda = h * hd;
+    p.w = a.wo_a.data() + gi * olr * gin;
+    p.ldw = gin;
+    p.c = z.data() + gi * olr;
+    p.ldc = groups * olr;
+    p.m = n;
+    p.n = olr;
+    p.k = gin;
+    kernels::GemmBf16(p);
+  }
+  LinearForward(a.wo_b, z.data(), groups * olr, n, out, d);
+}
+
+}  // namespace flotilla

@@ -1,0 +1,317 @@
+#include "worker/model.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/ops.h"
+#include "worker/model_internal.h"
+
+namespace flotilla {
+
+void CompressorState::Reset(int64_t rows, int64_t width) {
+  kv.assign(rows * width, 0.0f);
+  score.assign(rows * width, -std::numeric_limits<float>::infinity());
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
+                                                   const ModelOptions& options) {
+  const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
+  ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(config_path));
+  ASSIGN_OR_RETURN(std::unique_ptr<CheckpointDir> ckpt, CheckpointDir::Open(dir));
+  return FromSource(config, std::shared_ptr<WeightSource>(std::move(ckpt)), options);
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& config,
+                                                         std::shared_ptr<WeightSource> source,
+                                                         const ModelOptions& options) {
+  RETURN_IF_ERROR(config.Validate());
+  std::unique_ptr<Model> m(new Model());
+  m->config_ = config;
+  m->top_k_ = options.experts_per_token > 0 ? options.experts_per_token
+                                            : config.num_experts_per_tok;
+  const int64_t max_k = config.num_hash_layers > 0 ? config.num_experts_per_tok
+                                                   : config.n_routed_experts;
+  if (m->top_k_ > std::min<int64_t>(max_k, 64)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--experts-per-token ", m->top_k_, " is larger than this model allows (at most ",
+        std::min<int64_t>(max_k, 64),
+        config.num_hash_layers > 0 ? ": hash layers have num_experts_per_tok tid2eid columns)"
+                                   : ")"));
+  }
+  m->source_ = std::move(source);
+  ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_));
+  return m;
+}
+
+std::unique_ptr<SequenceState> Model::NewSequence() const {
+  auto s = std::make_unique<SequenceState>();
+  const ModelConfig& c = config_;
+  auto init = [&](LayerCache& lc, int64_t layer_id) {
+    lc.window.assign(c.sliding_window * c.head_dim, 0);
+    const int64_t ratio = c.RatioOf(layer_id);
+    if (ratio != 0) lc.comp.Reset(ratio == 4 ? 8 : ratio, ratio == 4 ? 2 * c.head_dim : c.head_dim);
+    if (ratio == 4) lc.index_comp.Reset(8, 2 * c.index_head_dim);
+  };
+  s->layers_.resize(c.num_hidden_layers);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) init(s->layers_[l], l);
+  s->mtp_.resize(c.num_nextn_predict_layers);
+  for (int64_t i = 0; i < c.num_nextn_predict_layers; ++i) {
+    init(s->mtp_[i], c.num_hidden_layers + i);
+  }
+  return s;
+}
+
+LayerCache& Model::CacheOf(SequenceState* seq, int64_t layer_id) {
+  const int64_t main_layers = int64_t(seq->layers_.size());
+  return layer_id < main_layers ? seq->layers_[layer_id] : seq->mtp_[layer_id - main_layers];
+}
+
+absl::Status Model::CheckTokens(std::span<const int32_t> tokens, const char* what) const {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": token ", i, " has id ", tokens[i],
+                                                     "; expected 0..", config_.vocab_size - 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const {
+  const ModelConfig& c = config_;
+  const int64_t n = rows.n, d = c.hidden_size, hc = c.hc_mult;
+  std::vector<bf16> res(h), x(n * d), y(n * d);
+  std::vector<float> post(n * hc), comb(n * hc * hc);
+  auto hc_pre = [&](const HcWeights& w) {
+    kernels::HcPreParams p;
+    p.h = h.data();
+    p.fn = w.fn;
+    p.scale = w.scale;
+    p.base = w.base;
+    p.m = n;
+    p.hc = hc;
+    p.d = d;
+    p.sinkhorn_iters = c.hc_sinkhorn_iters;
+    p.norm_eps = float(c.rms_norm_eps);
+    p.hc_eps = float(c.hc_eps);
+    p.x = x.data();
+    p.post = post.data();
+    p.comb = comb.data();
+    kernels::HcPre(p);
+  };
+  auto hc_post = [&]() {
+    kernels::HcPostParams p;
+    p.x = y.data();
+    p.res = res.data();
+    p.post = post.data();
+    p.comb = comb.data();
+    p.m = n;
+    p.hc = hc;
+    p.d = d;
+    p.h_out = h.data();
+    kernels::HcPost(p);
+  };
+  const float eps = float(c.rms_norm_eps);
+  hc_pre(b.hc_attn);
+  kernels::RmsNorm(x.data(), d, b.attn_norm, n, d, eps, x.data(), d);
+  Attention(b, rows, x.data(), y.data());
+  hc_post();
+  res = h;
+  hc_pre(b.hc_ffn);
+  kernels::RmsNorm(x.data(), d, b.ffn_norm, n, d, eps, x.data(), d);
+  Moe(b.moe, rows, x.data(), y.data());
+  hc_post();
+}
+
+void Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
+                   float* logits) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size;
+  std::vector<bf16> y(m * d);
+  kernels::HcHeadParams hp;
+  hp.h = h;
+  hp.fn = hc_head.fn;
+  hp.scale = hc_head.scale;
+  hp.base = hc_head.base;
+  hp.m = m;
+  hp.hc = c.hc_mult;
+  hp.d = d;
+  hp.norm_eps = float(c.rms_norm_eps);
+  hp.hc_eps = float(c.hc_eps);
+  hp.y = y.data();
+  kernels::HcHead(hp);
+  kernels::RmsNorm(y.data(), d, norm, m, d, float(c.rms_norm_eps), y.data(), d);
+  kernels::GemmF32Params p;
+  p.a_bf16 = y.data();
+  p.lda = d;
+  p.w_bf16 = w_->head;
+  p.ldw = d;
+  p.c = logits;
+  p.ldc = c.vocab_size;
+  p.m = m;
+  p.n = c.vocab_size;
+  p.k = d;
+  kernels::GemmF32(p);
+}
+
+// MTP input streams (§10): e_proj(RMSNorm(embed[next])) + h_proj(RMSNorm(H)) on each stream.
+void Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
+                     std::vector<bf16>* out) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, hc = c.hc_mult;
+  const float eps = float(c.rms_norm_eps);
+  std::vector<bf16> e(m * d), ep(m * d), hn(m * hc * d), hp(m * hc * d);
+  for (int64_t i = 0; i < m; ++i) std::copy_n(w_->embed + int64_t(next[i]) * d, d, &e[i * d]);
+  kernels::RmsNorm(e.data(), d, w.enorm, m, d, eps, e.data(), d);
+  kernels::RmsNorm(h, d, w.hnorm, m * hc, d, eps, hn.data(), d);
+  LinearForward(w.e_proj, e.data(), d, m, ep.data(), d);
+  LinearForward(w.h_proj, hn.data(), d, m * hc, hp.data(), d);
+  out->resize(m * hc * d);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < hc; ++j)
+      for (int64_t col = 0; col < d; ++col)
+        (*out)[(i * hc + j) * d + col] =
+            F32ToBf16(Bf16ToF32(ep[i * d + col]) + Bf16ToF32(hp[(i * hc + j) * d + col]));
+}
+
+absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, hc = c.hc_mult, vocab = c.vocab_size;
+  Rows rows;
+  std::set<const SequenceState*> seen;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const Chunk& ch = chunks[i];
+    const std::string what = absl::StrCat("chunk ", i);
+    if (ch.seq == nullptr || ch.tokens.empty()) {
+      return absl::InvalidArgumentError(what + ": needs a sequence and at least one token");
+    }
+    if (!seen.insert(ch.seq).second) {
+      return absl::InvalidArgumentError(what + ": the same sequence appears twice in one batch");
+    }
+    RETURN_IF_ERROR(CheckTokens(ch.tokens, what.c_str()));
+    if (ch.seq->pos_ + int64_t(ch.tokens.size()) > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(what, ": positions up to ",
+                                                ch.seq->pos_ + ch.tokens.size(),
+                                                " exceed max_position_embeddings ",
+                                                c.max_position_embeddings));
+    }
+    rows.Add(ch.seq, ch.seq->pos_, ch.tokens);
+  }
+
+  std::vector<bf16> h(rows.n * hc * d);
+  for (int64_t r = 0; r < rows.n; ++r)
+    for (int64_t j = 0; j < hc; ++j)
+      std::copy_n(w_->embed + int64_t(rows.token[r]) * d, d, &h[(r * hc + j) * d]);
+  for (const BlockWeights& b : w_->layers) RunBlock(b, rows, h);
+
+  // Logits of the requested rows.
+  std::vector<int64_t> pick;
+  out->first_row.clear();
+  for (const auto& ch : rows.chunks) {
+    out->first_row.push_back(int64_t(pick.size()));
+    for (int64_t i = 0; i < ch.n; ++i) {
+      if (chunks[out->first_row.size() - 1].all_logits || i == ch.n - 1) {
+        pick.push_back(ch.first_row + i);
+      }
+    }
+  }
+  std::vector<bf16> hsel(pick.size() * hc * d);
+  for (size_t i = 0; i < pick.size(); ++i)
+    std::copy_n(&h[pick[i] * hc * d], hc * d, &hsel[i * hc * d]);
+  out->logits.resize(pick.size() * vocab);
+  Logits(hsel.data(), w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data());
+
+  // MTP window entries for every position whose next token is now known (the last position's
+  // waits for the next call or is drafted speculatively by DraftMtp).
+  if (!w_->mtp.empty()) {
+    Rows mrows;
+    std::vector<bf16> mh;
+    std::vector<int32_t> next;
+    for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
+      const auto& ch = rows.chunks[ci];
+      SequenceState* seq = ch.seq;
+      std::vector<int32_t> toks;
+      const bool lag = !seq->last_h_.empty();
+      if (lag) {
+        mh.insert(mh.end(), seq->last_h_.begin(), seq->last_h_.end());
+        next.push_back(rows.token[ch.first_row]);
+      }
+      for (int64_t i = 0; i + 1 < ch.n; ++i) {
+        mh.insert(mh.end(), &h[(ch.first_row + i) * hc * d], &h[(ch.first_row + i + 1) * hc * d]);
+        next.push_back(rows.token[ch.first_row + i + 1]);
+      }
+      const int64_t count = (lag ? 1 : 0) + ch.n - 1;
+      if (count > 0) {
+        toks.assign(next.end() - count, next.end());
+        mrows.Add(seq, ch.start_pos - (lag ? 1 : 0), toks);
+      }
+    }
+    if (mrows.n > 0) {
+      const MtpWeights& mw = w_->mtp[0];
+      std::vector<bf16> hin, res, x(mrows.n * d), kv(mrows.n * c.head_dim);
+      std::vector<float> post(mrows.n * hc), comb(mrows.n * hc * hc);
+      MtpInput(mw, mh.data(), next.data(), mrows.n, &hin);
+      kernels::HcPreParams p;
+      p.h = hin.data();
+      p.fn = mw.block.hc_attn.fn;
+      p.scale = mw.block.hc_attn.scale;
+      p.base = mw.block.hc_attn.base;
+      p.m = mrows.n;
+      p.hc = hc;
+      p.d = d;
+      p.sinkhorn_iters = c.hc_sinkhorn_iters;
+      p.norm_eps = float(c.rms_norm_eps);
+      p.hc_eps = float(c.hc_eps);
+      p.x = x.data();
+      p.post = post.data();
+      p.comb = comb.data();
+      kernels::HcPre(p);
+      kernels::RmsNorm(x.data(), d, mw.block.attn_norm, mrows.n, d, float(c.rms_norm_eps),
+                       x.data(), d);
+      KvPath(mw.block.attn, mrows, x.data(), kv.data());
+      WriteWindow(mrows, mw.block.attn, kv.data());
+    }
+    for (const auto& ch : rows.chunks) {
+      const int64_t last = ch.first_row + ch.n - 1;
+      ch.seq->last_h_.assign(&h[last * hc * d], &h[(last + 1) * hc * d]);
+    }
+  }
+  for (const auto& ch : rows.chunks) ch.seq->pos_ += ch.n;
+  return absl::OkStatus();
+}
+
+absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
+                             std::span<const int32_t> next_tokens,
+                             std::vector<float>* logits) const {
+  const ModelConfig& c = config_;
+  if (w_->mtp.empty()) return absl::FailedPreconditionError("this model has no MTP block");
+  if (seqs.size() != next_tokens.size()) {
+    return absl::InvalidArgumentError("DraftMtp: one next token per sequence is needed");
+  }
+  RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
+  const int64_t d = c.hidden_size, hc = c.hc_mult;
+  Rows rows;
+  std::vector<bf16> hlast;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (seqs[i]->last_h_.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("DraftMtp: sequence ", i, " has not been run through Forward"));
+    }
+    hlast.insert(hlast.end(), seqs[i]->last_h_.begin(), seqs[i]->last_h_.end());
+    rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1));
+  }
+  const MtpWeights& mw = w_->mtp[0];
+  std::vector<bf16> h;
+  MtpInput(mw, hlast.data(), next_tokens.data(), rows.n, &h);
+  // The window slot written here is speculative: the next Forward rewrites it with the token
+  // actually chosen.
+  RunBlock(mw.block, rows, h);
+  logits->resize(rows.n * c.vocab_size);
+  Logits(h.data(), mw.hc_head, mw.norm, rows.n, logits->data());
+  (void)d;
+  return absl::OkStatus();
+}
+
+}  // namespace flotilla

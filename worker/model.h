@@ -1,0 +1,108 @@
+// Single-process DeepSeek-V4 forward pass on the CPU backend (spec §4–§10): prefill from
+// position 0, chunked prefill at any boundary, decode, batches of sequences of different
+// lengths, and MTP draft logits. Results are bitwise independent of chunking and batching.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/model_config.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "worker/weights.h"
+
+namespace flotilla {
+
+struct ModelOptions {
+  // Routed experts per token; 0 keeps the config's num_experts_per_tok. Hash layers use the
+  // first K columns of tid2eid (the 4-expert variant: K = 4).
+  int64_t experts_per_token = 0;
+};
+
+// Compressor state of one sequence (spec §6): `rows` slots of `width` channels; kv = 0 and
+// score = -inf at sequence start.
+struct CompressorState {
+  std::vector<float> kv, score;
+  void Reset(int64_t rows, int64_t width);
+};
+
+// One layer's cache for one sequence.
+struct LayerCache {
+  std::vector<bf16> window;       // [W, hd] ring, slot = position mod W
+  std::vector<bf16> compressed;   // [entries, hd], entry j covers tokens [j*m, (j+1)*m)
+  std::vector<bf16> index_keys;   // [entries, ihd] (CSA)
+  CompressorState comp, index_comp;
+};
+
+// Everything a sequence carries between steps. Create with Model::NewSequence(); one state per
+// conversation (never shared; a new conversation gets a fresh state).
+class SequenceState {
+ public:
+  int64_t position() const { return pos_; }  // tokens consumed so far
+
+ private:
+  friend class Model;
+  int64_t pos_ = 0;
+  std::vector<LayerCache> layers_;
+  std::vector<LayerCache> mtp_;
+  std::vector<bf16> last_h_;  // [hc, D] final streams at position pos_-1 (MTP input)
+};
+
+class Model {
+ public:
+  // Loads config.json and the checkpoint in `dir` (validated; errors name file and tensor).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
+                                                     const ModelOptions& options);
+  static absl::StatusOr<std::unique_ptr<Model>> FromSource(const ModelConfig& config,
+                                                           std::shared_ptr<WeightSource> source,
+                                                           const ModelOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  int64_t experts_per_token() const { return top_k_; }
+  std::unique_ptr<SequenceState> NewSequence() const;
+
+  struct Chunk {
+    SequenceState* seq = nullptr;      // distinct sequences within one call
+    std::span<const int32_t> tokens;   // continues the sequence at seq->position()
+    bool all_logits = false;           // logits of every position, not only the last
+  };
+  struct Output {
+    std::vector<float> logits;         // [rows, vocab] f32
+    std::vector<int64_t> first_row;    // per chunk: its first row of logits
+  };
+
+  // Runs the chunks as one batch. Every token id must be < vocab_size.
+  absl::Status Forward(std::span<const Chunk> chunks, Output* out) const;
+
+  // MTP draft logits [seqs, vocab]: for each sequence just run by Forward, the prediction for
+  // the token after `next_tokens[i]` (the token chosen at position()).
+  absl::Status DraftMtp(std::span<SequenceState* const> seqs,
+                        std::span<const int32_t> next_tokens, std::vector<float>* logits) const;
+
+ private:
+  Model() = default;
+  struct Rows;
+  static LayerCache& CacheOf(SequenceState* seq, int64_t layer_id);
+  void RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
+  void Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
+  void KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const;
+  void WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
+  void Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows, const bf16* x,
+                bool indexer) const;
+  void Moe(const MoeWeights& m, const Rows& rows, const bf16* x, bf16* out) const;
+  void Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
+              float* logits) const;
+  void MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
+                std::vector<bf16>* out) const;
+  absl::Status CheckTokens(std::span<const int32_t> tokens, const char* what) const;
+
+  ModelConfig config_;
+  int64_t top_k_ = 0;
+  std::shared_ptr<WeightSource> source_;
+  std::unique_ptr<ModelWeights> w_;
+};
+
+}  // namespace flotilla

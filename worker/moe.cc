@@ -1,0 +1,145 @@
+// Mixture of experts (spec §9): router, grouped expert compute, fixed-order combine.
+#include <algorithm>
+#include <numeric>
+
+#include "kernels/ops.h"
+#include "worker/model_internal.h"
+
+namespace flotilla {
+namespace {
+
+// out = w2( bf16( weight * silu(min(w1 x, L)) * clamp(w3 x, ±L) ) ) for the gathered rows.
+void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
+                   const float* row_weight, float limit, bf16* out, int64_t d) {
+  const int64_t inter = e.w1.out;
+  std::vector<bf16> gu(m * 2 * inter), act(m * inter);
+  if (xq != nullptr) {
+    LinearForwardQuantized(e.w1, xq->q.data(), xq->scale.data(), m, gu.data(), 2 * inter);
+    LinearForwardQuantized(e.w3, xq->q.data(), xq->scale.data(), m, gu.data() + inter, 2 * inter);
+  } else {
+    LinearForward(e.w1, x, d, m, gu.data(), 2 * inter);
+    LinearForward(e.w3, x, d, m, gu.data() + inter, 2 * inter);
+  }
+  kernels::SwiGluParams p;
+  p.gate = gu.data();
+  p.up = gu.data() + inter;
+  p.ld_in = 2 * inter;
+  p.row_weight = row_weight;
+  p.m = m;
+  p.inter = inter;
+  p.limit = limit;
+  p.out = act.data();
+  p.ld_out = inter;
+  kernels::SwiGlu(p);
+  LinearForward(e.w2, act.data(), inter, m, out, d);
+}
+
+}  // namespace
+
+void Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out) const {
+  const ModelConfig& c = config_;
+  const int64_t n = rows.n, d = c.hidden_size, num_experts = c.n_routed_experts, k = top_k_;
+  const float limit = float(c.swiglu_limit);
+
+  // Gate (§9.1): f32 GEMM, sqrtsoftplus, bias top-k or tid2eid, normalise, scale.
+  std::vector<float> logits(n * num_experts);
+  {
+    kernels::GemmF32Params p;
+    p.a_bf16 = x;
+    p.lda = d;
+    p.w_bf16 = mw.gate;
+    p.ldw = d;
+    p.c = logits.data();
+    p.ldc = num_experts;
+    p.m = n;
+    p.n = num_experts;
+    p.k = d;
+    kernels::GemmF32(p);
+  }
+  std::vector<int64_t> hash_ids;
+  std::vector<int32_t> idx(n * k);
+  std::vector<float> weights(n * k);
+  kernels::RouterParams rp;
+  rp.logits = logits.data();
+  rp.m = n;
+  rp.num_experts = num_experts;
+  rp.top_k = k;
+  rp.route_scale = float(c.routed_scaling_factor);
+  rp.expert_idx = idx.data();
+  rp.weights = weights.data();
+  if (mw.tid2eid != nullptr) {
+    hash_ids.resize(n * k);
+    for (int64_t t = 0; t < n; ++t) {
+      std::copy_n(mw.tid2eid + int64_t(rows.token[t]) * mw.tid2eid_cols, k,
+                  hash_ids.data() + t * k);
+    }
+    rp.hash_ids = hash_ids.data();
+    rp.ld_hash = k;
+  } else {
+    rp.bias = mw.bias;
+  }
+  kernels::Route(rp);
+
+  // Activations are quantised once (act_quant is per row) and gathered per expert.
+  const bool quantized = mw.experts[0].w1.TakesQuantizedInput();
+  QuantizedActs xq;
+  if (quantized) QuantizeActs(x, d, n, d, &xq);
+
+  std::vector<std::vector<int64_t>> assigned(num_experts);  // (token * k + slot), token order
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t s = 0; s < k; ++s) assigned[idx[t * k + s]].push_back(t * k + s);
+
+  std::vector<bf16> routed(n * k * d);
+  for (int64_t e = 0; e < num_experts; ++e) {
+    const auto& list = assigned[e];
+    const int64_t m = int64_t(list.size());
+    if (m == 0) continue;
+    std::vector<float> w(m);
+    std::vector<bf16> xe, ye(m * d);
+    QuantizedActs qe;
+    for (int64_t i = 0; i < m; ++i) w[i] = weights[list[i]];
+    if (quantized) {
+      qe.m = m;
+      qe.k = d;
+      qe.q.resize(m * d);
+      qe.scale.resize(m * (d / 128));
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t t = list[i] / k;
+        std::copy_n(xq.row(t), d, qe.q.data() + i * d);
+        std::copy_n(xq.row_scale(t), d / 128, qe.scale.data() + i * (d / 128));
+      }
+    } else {
+      xe.resize(m * d);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(x + (list[i] / k) * d, d, xe.data() + i * d);
+    }
+    ExpertForward(mw.experts[e], quantized ? &qe : nullptr, xe.data(), m, w.data(), limit,
+                  ye.data(), d);
+    for (int64_t i = 0; i < m; ++i) std::copy_n(ye.data() + i * d, d, routed.data() + list[i] * d);
+  }
+
+  std::vector<bf16> shared;
+  if (mw.has_shared) {
+    shared.resize(n * d);
+    const bool sq = mw.shared.w1.TakesQuantizedInput();
+    if (sq && !quantized) QuantizeActs(x, d, n, d, &xq);
+    ExpertForward(mw.shared, sq ? &xq : nullptr, x, n, nullptr, limit, shared.data(), d);
+  }
+
+  // Combine (§9.3): per token, the routed outputs in increasing expert id, then the shared one;
+  // f32 sums, one rounding. The order depends on neither arrival nor rank layout.
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    int64_t order[64];
+    std::iota(order, order + k, int64_t(0));
+    std::sort(order, order + k,
+              [&](int64_t a, int64_t b) { return idx[t * k + a] < idx[t * k + b]; });
+    for (int64_t col = 0; col < d; ++col) {
+      float y = 0.0f;
+      for (int64_t s = 0; s < k; ++s) y += Bf16ToF32(routed[(t * k + order[s]) * d + col]);
+      if (mw.has_shared) y += Bf16ToF32(shared[t * d + col]);
+      out[t * d + col] = F32ToBf16(y);
+    }
+  }
+}
+
+}  // namespace flotilla
