@@ -80,6 +80,9 @@ struct ModelConfig {
 
   // Parses config.json text; unknown fields are ignored, missing required fields are errors
   // naming the field. `source` names the file in messages. Does not call Validate().
+  // Required: the fields that fix tensor shapes or the layer schedule (dims, head and expert
+  // counts, compress_ratios, num_hash_layers, hc_mult); the others default to the Flash values
+  // above, as transformers' config class does. Every problem found is reported, one per line.
   static absl::StatusOr<ModelConfig> FromJson(const std::string& text, const std::string& source);
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
   std::string ToJson() const;  // HF config.json, 2-space indented
