@@ -71,18 +71,18 @@ int Inspect(const std::vector<std::string>& args) {
     if (!is_scale) params += info.NumElements() * (info.dtype == DType::kI8 ? 2 : 1);
     auto it = expected.find(name);
     if (it == expected.end()) {
-      unexpected.push_back(absl::StrCat(name, " ", DTypeName(info.dtype), ShapeString(info.shape)));
+      unexpected.push_back(absl::StrCat(name, " ", std::string(DTypeName(info.dtype)), ShapeString(info.shape)));
       continue;
     }
     if (it->second.dtype != info.dtype || it->second.shape != info.shape) {
-      wrong.push_back(absl::StrCat(name, ": found ", DTypeName(info.dtype), ShapeString(info.shape),
-                                   ", expected ", DTypeName(it->second.dtype),
+      wrong.push_back(absl::StrCat(name, ": found ", std::string(DTypeName(info.dtype)), ShapeString(info.shape),
+                                   ", expected ", std::string(DTypeName(it->second.dtype)),
                                    ShapeString(it->second.shape), " (", *view->file, ")"));
     }
     expected.erase(it);
   }
   for (const auto& [name, s] : expected) {
-    missing.push_back(absl::StrCat(name, " ", DTypeName(s.dtype), ShapeString(s.shape)));
+    missing.push_back(absl::StrCat(name, " ", std::string(DTypeName(s.dtype)), ShapeString(s.shape)));
   }
   std::printf("files            %zu safetensors\n", (*ckpt)->files().size());
   std::printf("tensors          %zu\n", (*ckpt)->Names().size());

@@ -291,7 +291,6 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
     return absl::InvalidArgumentError("DraftMtp: one next token per sequence is needed");
   }
   RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
-  const int64_t d = c.hidden_size, hc = c.hc_mult;
   Rows rows;
   std::vector<bf16> hlast;
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -310,7 +309,6 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
   RunBlock(mw.block, rows, h);
   logits->resize(rows.n * c.vocab_size);
   Logits(h.data(), mw.hc_head, mw.norm, rows.n, logits->data());
-  (void)d;
   return absl::OkStatus();
 }
 
