@@ -208,7 +208,7 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& preset) {
     c.qk_rope_head_dim = 64;
     c.q_lora_rank = 128;
     c.o_lora_rank = 128;
-    c.o_groups = 2;
+    c.o_groups = 4;  // tp 1, 2 and 4 all split heads, groups and indexer heads
     c.sliding_window = 32;
     c.compress_ratios = {0, 4, 8, 4, 0};
     c.index_n_heads = 4;

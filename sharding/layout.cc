@@ -48,7 +48,6 @@ std::vector<std::string> TpProblems(const ModelConfig& c, int64_t tp) {
   for (const std::string& p :
        {BlockProblem("attn.wq_b", "rows", "query heads", c.num_attention_heads, c.head_dim, tp),
         BlockProblem("attn.wo_a", "rows", "output groups", c.o_groups, c.o_lora_rank, tp),
-        BlockProblem("attn.wo_b", "columns", "output groups", c.o_groups, c.o_lora_rank, tp),
         csa ? BlockProblem("attn.indexer.wq_b", "rows", "indexer heads", c.index_n_heads,
                            c.index_head_dim, tp)
             : std::string()}) {

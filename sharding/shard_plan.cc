@@ -161,11 +161,12 @@ absl::StatusOr<ShardPlan::Rule> ShardPlan::Classify(const TensorSpec& spec) cons
     rule.axis = Axis::kHeads;
     axis_total = config_.num_attention_heads;
     rule.unit = base == "attn.wq_b" ? config_.head_dim : 1;
-  } else if (base == "attn.wo_a" || base == "attn.wo_b") {
+  } else if (base == "attn.wo_a") {
+    // wo_b stays whole on every rank: the TP group all-gathers the wo_a outputs and applies the
+    // full wo_b, which keeps tp > 1 bitwise equal to one process (docs/numerics.md).
     rule.axis = Axis::kGroups;
     axis_total = config_.o_groups;
     rule.unit = config_.o_lora_rank;
-    rule.dim = base == "attn.wo_b" ? 1 : 0;
   } else if (base == "attn.indexer.wq_b" || base == "attn.indexer.weights_proj") {
     rule.axis = Axis::kIndexHeads;
     axis_total = config_.index_n_heads;

@@ -136,10 +136,24 @@ void Model::WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16*
   }
 }
 
-void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const {
+absl::Status Model::GatherHeads(const std::vector<bf16>& local, int64_t n, int64_t count,
+                               const char* what, std::vector<bf16>* full) const {
+  const int64_t tp = par_.tp_size;
+  std::vector<bf16> all(tp * n * count);
+  RETURN_IF_ERROR(par_.tp->AllGather(local.data(), local.size() * 2, all.data(), Site(what)));
+  full->resize(n * tp * count);
+  for (int64_t t = 0; t < tp; ++t)
+    for (int64_t r = 0; r < n; ++r)
+      std::copy_n(&all[(t * n + r) * count], count, &(*full)[(r * tp + t) * count]);
+  return absl::OkStatus();
+}
+
+// With tensor parallelism this rank holds its query heads, sinks and output groups; the KV path
+// and the compressors are computed on every rank (one KV head).
+absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const {
   const AttentionWeights& a = b.attn;
   const ModelConfig& c = config_;
-  const int64_t n = rows.n, d = c.hidden_size, h = c.num_attention_heads, hd = c.head_dim;
+  const int64_t n = rows.n, d = c.hidden_size, h = par_.heads.size(), hd = c.head_dim;
   const int64_t rope = c.qk_rope_head_dim, nope = hd - rope, qlr = c.q_lora_rank;
   const float eps = float(c.rms_norm_eps);
 
@@ -158,31 +172,41 @@ void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* ou
   if (a.compressor) Compress(*a.compressor, a, rows, x, /*indexer=*/false);
 
   // Indexer queries and weights (§7 steps 1–5).
-  const int64_t ih = c.index_n_heads, ihd = c.index_head_dim;
+  const int64_t ih = c.index_n_heads, ih_local = par_.index_heads.size(),
+                ihd = c.index_head_dim;
   std::vector<bf16> qi, iw;
   if (a.indexer) {
     const IndexerWeights& ix = *a.indexer;
     Compress(ix.compressor, a, rows, x, /*indexer=*/true);
-    qi.resize(n * ih * ihd);
-    LinearForward(ix.wq_b, qr.data(), qlr, n, qi.data(), ih * ihd);
-    RopeRows(qi.data(), ih * ihd, ihd, n, ih, ihd - rope, rope, rows.pos.data(), a.freqs.data(),
-             false);
-    kernels::HadamardRotateBf16(qi.data(), n * ih, ihd);
-    kernels::Fp4SimulateInPlace(qi.data(), n * ih, ihd, ihd, 32);
-    iw.resize(n * ih);
+    qi.resize(n * ih_local * ihd);
+    LinearForward(ix.wq_b, qr.data(), qlr, n, qi.data(), ih_local * ihd);
+    RopeRows(qi.data(), ih_local * ihd, ihd, n, ih_local, ihd - rope, rope, rows.pos.data(),
+             a.freqs.data(), false);
+    kernels::HadamardRotateBf16(qi.data(), n * ih_local, ihd);
+    kernels::Fp4SimulateInPlace(qi.data(), n * ih_local, ihd, ihd, 32);
+    iw.resize(n * ih_local);
     kernels::GemmBf16Params p;
     p.a = x;
     p.lda = d;
     p.w = ix.weights_proj;
     p.ldw = d;
     p.c = iw.data();
-    p.ldc = ih;
+    p.ldc = ih_local;
     p.m = n;
-    p.n = ih;
+    p.n = ih_local;
     p.k = d;
     kernels::GemmBf16(p);
     const float wscale = float(1.0 / std::sqrt(double(ihd)) / std::sqrt(double(ih)));
     for (auto& v : iw) v = F32ToBf16(Bf16ToF32(v) * wscale);
+    // Every TP rank scores with all heads: gathering the queries keeps the top-k identical to a
+    // single process (no re-ordered head sum).
+    if (par_.tp_size > 1) {
+      std::vector<bf16> full;
+      RETURN_IF_ERROR(GatherHeads(qi, n, ih_local * ihd, "indexer query all-gather", &full));
+      qi.swap(full);
+      RETURN_IF_ERROR(GatherHeads(iw, n, ih_local, "indexer weight all-gather", &full));
+      iw.swap(full);
+    }
   }
 
   // Sparse attention per token (§5.4, §5.5).
@@ -232,7 +256,7 @@ void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* ou
       ap.q = q.data() + r * h * hd;
       ap.rows = list.data();
       ap.n = int64_t(list.size());
-      ap.sink = a.sink;
+      ap.sink = a.sink;  // this rank's heads
       ap.num_heads = h;
       ap.dim = hd;
       ap.scale = scale;
@@ -244,7 +268,8 @@ void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* ou
 
   // Output path (§5.6): inverse RoPE, grouped wo_a (bf16), wo_b.
   RopeRows(o.data(), h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
-  const int64_t groups = c.o_groups, olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
+  const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank,
+                gin = c.HeadsPerGroup() * hd;
   std::vector<bf16> z(n * groups * olr);
   for (int64_t gi = 0; gi < groups; ++gi) {
     kernels::GemmBf16Params p;
@@ -259,7 +284,15 @@ void Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* ou
     p.k = gin;
     kernels::GemmBf16(p);
   }
-  LinearForward(a.wo_b, z.data(), groups * olr, n, out, d);
+  // The TP group all-gathers the groups' outputs and every rank applies the whole wo_b: bitwise
+  // what one process computes (a split wo_b would round each rank's partial to bf16 first).
+  if (par_.tp_size > 1) {
+    std::vector<bf16> full;
+    RETURN_IF_ERROR(GatherHeads(z, n, groups * olr, "attention wo_a output all-gather", &full));
+    z.swap(full);
+  }
+  LinearForward(a.wo_b, z.data(), par_.tp_size * groups * olr, n, out, d);
+  return absl::OkStatus();
 }
 
 }  // namespace flotilla

@@ -28,8 +28,19 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
                                                          std::shared_ptr<WeightSource> source,
                                                          const ModelOptions& options) {
   RETURN_IF_ERROR(config.Validate());
+  const WeightSelection all = FullSelection(config, DetectExpertFormat(config, *source));
+  return FromSource(config, std::move(source), options, Parallel::Single(config), all);
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& config,
+                                                         std::shared_ptr<WeightSource> source,
+                                                         const ModelOptions& options,
+                                                         const Parallel& parallel,
+                                                         const WeightSelection& selection) {
+  RETURN_IF_ERROR(config.Validate());
   std::unique_ptr<Model> m(new Model());
   m->config_ = config;
+  m->par_ = parallel;
   m->top_k_ = options.experts_per_token > 0 ? options.experts_per_token
                                             : config.num_experts_per_tok;
   const int64_t max_k = config.num_hash_layers > 0 ? config.num_experts_per_tok
@@ -41,8 +52,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
         config.num_hash_layers > 0 ? ": hash layers have num_experts_per_tok tid2eid columns)"
                                    : ")"));
   }
+  if (parallel.tp_size > 1 && parallel.tp == nullptr) {
+    return absl::InvalidArgumentError("tensor parallelism needs a TP communicator");
+  }
   m->source_ = std::move(source);
-  ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_));
+  ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_, selection));
   return m;
 }
 
@@ -79,7 +93,7 @@ absl::Status Model::CheckTokens(std::span<const int32_t> tokens, const char* wha
   return absl::OkStatus();
 }
 
-void Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const {
+absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const {
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, hc = c.hc_mult;
   std::vector<bf16> res(h), x(n * d), y(n * d);
@@ -114,21 +128,42 @@ void Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) co
     kernels::HcPost(p);
   };
   const float eps = float(c.rms_norm_eps);
+  // A DP group with nothing to run still takes part in the MoE exchange over all ranks.
+  if (n == 0) return Moe(b.moe, rows, x.data(), y.data());
   hc_pre(b.hc_attn);
   kernels::RmsNorm(x.data(), d, b.attn_norm, n, d, eps, x.data(), d);
-  Attention(b, rows, x.data(), y.data());
+  RETURN_IF_ERROR(Attention(b, rows, x.data(), y.data()));
   hc_post();
   res = h;
   hc_pre(b.hc_ffn);
   kernels::RmsNorm(x.data(), d, b.ffn_norm, n, d, eps, x.data(), d);
-  Moe(b.moe, rows, x.data(), y.data());
+  RETURN_IF_ERROR(Moe(b.moe, rows, x.data(), y.data()));
   hc_post();
+  return absl::OkStatus();
 }
 
-void Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
-                   float* logits) const {
+absl::Status Model::Embed(const Rows& rows, std::vector<bf16>* h) const {
   const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size;
+  const int64_t d = c.hidden_size, hc = c.hc_mult, n = rows.n;
+  std::vector<bf16> e(n * d, 0);
+  for (int64_t r = 0; r < n; ++r) {
+    if (par_.vocab.Contains(rows.token[r])) {
+      std::copy_n(w_->embed + (rows.token[r] - par_.vocab.begin) * d, d, &e[r * d]);
+    }
+  }
+  // Vocab-parallel: exactly one rank holds each row, so the sum is exact.
+  RETURN_IF_ERROR(TpSumBf16(e.data(), n * d, "embedding all-reduce"));
+  h->resize(n * hc * d);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < hc; ++j) std::copy_n(&e[r * d], d, &(*h)[(r * hc + j) * d]);
+  return absl::OkStatus();
+}
+
+absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
+                           float* logits) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, vocab = c.vocab_size;
+  if (m == 0) return absl::OkStatus();  // the whole TP group has no rows
   std::vector<bf16> y(m * d);
   kernels::HcHeadParams hp;
   hp.h = h;
@@ -143,27 +178,54 @@ void Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, in
   hp.y = y.data();
   kernels::HcHead(hp);
   kernels::RmsNorm(y.data(), d, norm, m, d, float(c.rms_norm_eps), y.data(), d);
+  // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
+  const int64_t local = par_.vocab.size();
+  const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
+  std::vector<float> part(par_.tp_size > 1 ? m * widest : 0);
   kernels::GemmF32Params p;
   p.a_bf16 = y.data();
   p.lda = d;
   p.w_bf16 = w_->head;
   p.ldw = d;
-  p.c = logits;
-  p.ldc = c.vocab_size;
+  p.c = par_.tp_size > 1 ? part.data() : logits;
+  p.ldc = par_.tp_size > 1 ? widest : vocab;
   p.m = m;
-  p.n = c.vocab_size;
+  p.n = local;
   p.k = d;
   kernels::GemmF32(p);
+  if (par_.tp_size == 1) return absl::OkStatus();
+  std::vector<float> all(par_.tp_size * m * widest);
+  RETURN_IF_ERROR(par_.tp->AllGather(part.data(), part.size() * 4, all.data(),
+                                     Site("vocab-parallel head all-gather")));
+  for (int64_t t = 0; t < par_.tp_size; ++t) {
+    const IndexRange v = SplitEvenly(vocab, par_.tp_size, t);
+    for (int64_t i = 0; i < m; ++i)
+      std::copy_n(&all[(t * m + i) * widest], v.size(), logits + i * vocab + v.begin);
+  }
+  return absl::OkStatus();
 }
 
 // MTP input streams (§10): e_proj(RMSNorm(embed[next])) + h_proj(RMSNorm(H)) on each stream.
-void Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                     std::vector<bf16>* out) const {
+absl::Status Model::TpSumBf16(bf16* data, int64_t count, const char* what) const {
+  if (par_.tp_size == 1) return absl::OkStatus();
+  std::vector<float> f(count);
+  for (int64_t i = 0; i < count; ++i) f[i] = Bf16ToF32(data[i]);
+  RETURN_IF_ERROR(par_.tp->AllReduceSum(f.data(), f.size(), Site(what)));
+  for (int64_t i = 0; i < count; ++i) data[i] = F32ToBf16(f[i]);
+  return absl::OkStatus();
+}
+
+absl::Status Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
+                             std::vector<bf16>* out) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult;
   const float eps = float(c.rms_norm_eps);
   std::vector<bf16> e(m * d), ep(m * d), hn(m * hc * d), hp(m * hc * d);
-  for (int64_t i = 0; i < m; ++i) std::copy_n(w_->embed + int64_t(next[i]) * d, d, &e[i * d]);
+  for (int64_t i = 0; i < m; ++i) {
+    if (par_.vocab.Contains(next[i]))
+      std::copy_n(w_->embed + (next[i] - par_.vocab.begin) * d, d, &e[i * d]);
+  }
+  RETURN_IF_ERROR(TpSumBf16(e.data(), m * d, "mtp embedding all-reduce"));
   kernels::RmsNorm(e.data(), d, w.enorm, m, d, eps, e.data(), d);
   kernels::RmsNorm(h, d, w.hnorm, m * hc, d, eps, hn.data(), d);
   LinearForward(w.e_proj, e.data(), d, m, ep.data(), d);
@@ -174,6 +236,7 @@ void Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, in
       for (int64_t col = 0; col < d; ++col)
         (*out)[(i * hc + j) * d + col] =
             F32ToBf16(Bf16ToF32(ep[i * d + col]) + Bf16ToF32(hp[(i * hc + j) * d + col]));
+  return absl::OkStatus();
 }
 
 absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
@@ -200,11 +263,10 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
     rows.Add(ch.seq, ch.seq->pos_, ch.tokens);
   }
 
-  std::vector<bf16> h(rows.n * hc * d);
-  for (int64_t r = 0; r < rows.n; ++r)
-    for (int64_t j = 0; j < hc; ++j)
-      std::copy_n(w_->embed + int64_t(rows.token[r]) * d, d, &h[(r * hc + j) * d]);
-  for (const BlockWeights& b : w_->layers) RunBlock(b, rows, h);
+  ++step_;
+  std::vector<bf16> h;
+  RETURN_IF_ERROR(Embed(rows, &h));
+  for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h));
 
   // Logits of the requested rows.
   std::vector<int64_t> pick;
@@ -221,7 +283,8 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
   for (size_t i = 0; i < pick.size(); ++i)
     std::copy_n(&h[pick[i] * hc * d], hc * d, &hsel[i * hc * d]);
   out->logits.resize(pick.size() * vocab);
-  Logits(hsel.data(), w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data());
+  RETURN_IF_ERROR(
+      Logits(hsel.data(), w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data()));
 
   // MTP window entries for every position whose next token is now known (the last position's
   // waits for the next call or is drafted speculatively by DraftMtp).
@@ -252,7 +315,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       const MtpWeights& mw = w_->mtp[0];
       std::vector<bf16> hin, res, x(mrows.n * d), kv(mrows.n * c.head_dim);
       std::vector<float> post(mrows.n * hc), comb(mrows.n * hc * hc);
-      MtpInput(mw, mh.data(), next.data(), mrows.n, &hin);
+      RETURN_IF_ERROR(MtpInput(mw, mh.data(), next.data(), mrows.n, &hin));
       kernels::HcPreParams p;
       p.h = hin.data();
       p.fn = mw.block.hc_attn.fn;
@@ -303,12 +366,13 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
   }
   const MtpWeights& mw = w_->mtp[0];
   std::vector<bf16> h;
-  MtpInput(mw, hlast.data(), next_tokens.data(), rows.n, &h);
+  RETURN_IF_ERROR(MtpInput(mw, hlast.data(), next_tokens.data(), rows.n, &h));
   // The window slot written here is speculative: the next Forward rewrites it with the token
   // actually chosen.
-  RunBlock(mw.block, rows, h);
+  ++step_;
+  RETURN_IF_ERROR(RunBlock(mw.block, rows, h));
   logits->resize(rows.n * c.vocab_size);
-  Logits(h.data(), mw.hc_head, mw.norm, rows.n, logits->data());
+  RETURN_IF_ERROR(Logits(h.data(), mw.hc_head, mw.norm, rows.n, logits->data()));
   return absl::OkStatus();
 }
 

@@ -12,6 +12,7 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "worker/parallel.h"
 #include "worker/weights.h"
 
 namespace flotilla {
@@ -59,6 +60,14 @@ class Model {
   static absl::StatusOr<std::unique_ptr<Model>> FromSource(const ModelConfig& config,
                                                            std::shared_ptr<WeightSource> source,
                                                            const ModelOptions& options);
+  // One rank of a distributed model: `source` holds the rank's slices (`selection`), `parallel`
+  // its place and groups. Every rank of the job must call Forward the same number of times
+  // (ranks with nothing to run pass no chunks): MoE dispatch spans all ranks.
+  static absl::StatusOr<std::unique_ptr<Model>> FromSource(const ModelConfig& config,
+                                                           std::shared_ptr<WeightSource> source,
+                                                           const ModelOptions& options,
+                                                           const Parallel& parallel,
+                                                           const WeightSelection& selection);
 
   const ModelConfig& config() const { return config_; }
   int64_t experts_per_token() const { return top_k_; }
@@ -74,7 +83,8 @@ class Model {
     std::vector<int64_t> first_row;    // per chunk: its first row of logits
   };
 
-  // Runs the chunks as one batch. Every token id must be < vocab_size.
+  // Runs the chunks as one batch. Every token id must be < vocab_size. With tensor parallelism
+  // every rank of a TP group passes the same chunks.
   absl::Status Forward(std::span<const Chunk> chunks, Output* out) const;
 
   // MTP draft logits [seqs, vocab]: for each sequence just run by Forward, the prediction for
@@ -86,23 +96,34 @@ class Model {
   Model() = default;
   struct Rows;
   static LayerCache& CacheOf(SequenceState* seq, int64_t layer_id);
-  void RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
-  void Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
+  absl::Status RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
+  absl::Status Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
   void KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const;
   void WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
   void Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows, const bf16* x,
                 bool indexer) const;
-  void Moe(const MoeWeights& m, const Rows& rows, const bf16* x, bf16* out) const;
-  void Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
-              float* logits) const;
-  void MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                std::vector<bf16>* out) const;
+  absl::Status Moe(const MoeWeights& m, const Rows& rows, const bf16* x, bf16* out) const;
+  absl::Status MoeDistributed(const MoeWeights& m, const Rows& rows, const bf16* x,
+                              bf16* out) const;
+  absl::Status Embed(const Rows& rows, std::vector<bf16>* h) const;
+  absl::Status Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
+                      float* logits) const;
+  absl::Status MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
+                        std::vector<bf16>* out) const;
+  // Sums bf16 values over the TP group in f32 (rank order), rounding once.
+  absl::Status TpSumBf16(bf16* data, int64_t count, const char* what) const;
+  // Gathers `count` bf16 per row (n rows) from every TP rank into rows of tp * count.
+  absl::Status GatherHeads(const std::vector<bf16>& local, int64_t n, int64_t count,
+                           const char* what, std::vector<bf16>* full) const;
+  CallSite Site(const char* what) const { return {what, step_}; }
   absl::Status CheckTokens(std::span<const int32_t> tokens, const char* what) const;
 
   ModelConfig config_;
   int64_t top_k_ = 0;
   std::shared_ptr<WeightSource> source_;
   std::unique_ptr<ModelWeights> w_;
+  Parallel par_;
+  mutable int64_t step_ = 0;  // Forward calls so far, named in communication errors
 };
 
 }  // namespace flotilla

@@ -33,6 +33,20 @@ struct Model::Rows {
   }
 };
 
+// out = w2(bf16(row_weight * silu(min(w1 x, L)) * clamp(w3 x, ±L))) for m rows, from quantised
+// rows (xq, FP8/FP4 experts) or bf16 rows (x, row stride d).
+void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
+                   const float* row_weight, float limit, bf16* out, int64_t d);
+
+// Gate, sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec §9.1) for n rows.
+void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens, int64_t n,
+                 int64_t k, const bf16* x, std::vector<int32_t>* idx, std::vector<float>* weights);
+
+// Per token: routed outputs ([n, k, d], slot order) summed in f32 in increasing expert id, then
+// the shared output (may be null), one rounding to bf16.
+void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed,
+                    const bf16* shared, int64_t n, int64_t k, int64_t d, bf16* out);
+
 // bf16 FP8 round trip on the non-RoPE dims [0, nope) in groups of 64 (a shorter last group is
 // its own group).
 void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope);

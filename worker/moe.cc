@@ -6,7 +6,6 @@
 #include "worker/model_internal.h"
 
 namespace flotilla {
-namespace {
 
 // out = w2( bf16( weight * silu(min(w1 x, L)) * clamp(w3 x, ±L) ) ) for the gathered rows.
 void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
@@ -34,44 +33,39 @@ void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* 
   LinearForward(e.w2, act.data(), inter, m, out, d);
 }
 
-}  // namespace
-
-void Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out) const {
-  const ModelConfig& c = config_;
-  const int64_t n = rows.n, d = c.hidden_size, num_experts = c.n_routed_experts, k = top_k_;
-  const float limit = float(c.swiglu_limit);
-
-  // Gate (§9.1): f32 GEMM, sqrtsoftplus, bias top-k or tid2eid, normalise, scale.
+void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens, int64_t n,
+                 int64_t k, const bf16* x, std::vector<int32_t>* idx, std::vector<float>* weights) {
+  const int64_t d = c.hidden_size, num_experts = c.n_routed_experts;
+  idx->resize(n * k);
+  weights->resize(n * k);
+  if (n == 0) return;
   std::vector<float> logits(n * num_experts);
-  {
-    kernels::GemmF32Params p;
-    p.a_bf16 = x;
-    p.lda = d;
-    p.w_bf16 = mw.gate;
-    p.ldw = d;
-    p.c = logits.data();
-    p.ldc = num_experts;
-    p.m = n;
-    p.n = num_experts;
-    p.k = d;
-    kernels::GemmF32(p);
-  }
+  kernels::GemmF32Params p;
+  p.a_bf16 = x;
+  p.lda = d;
+  p.w_bf16 = mw.gate;
+  p.ldw = d;
+  p.c = logits.data();
+  p.ldc = num_experts;
+  p.m = n;
+  p.n = num_experts;
+  p.k = d;
+  kernels::GemmF32(p);
   std::vector<int64_t> hash_ids;
-  std::vector<int32_t> idx(n * k);
-  std::vector<float> weights(n * k);
+  idx->resize(n * k);
+  weights->resize(n * k);
   kernels::RouterParams rp;
   rp.logits = logits.data();
   rp.m = n;
   rp.num_experts = num_experts;
   rp.top_k = k;
   rp.route_scale = float(c.routed_scaling_factor);
-  rp.expert_idx = idx.data();
-  rp.weights = weights.data();
+  rp.expert_idx = idx->data();
+  rp.weights = weights->data();
   if (mw.tid2eid != nullptr) {
     hash_ids.resize(n * k);
     for (int64_t t = 0; t < n; ++t) {
-      std::copy_n(mw.tid2eid + int64_t(rows.token[t]) * mw.tid2eid_cols, k,
-                  hash_ids.data() + t * k);
+      std::copy_n(mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols, k, hash_ids.data() + t * k);
     }
     rp.hash_ids = hash_ids.data();
     rp.ld_hash = k;
@@ -79,6 +73,33 @@ void Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out
     rp.bias = mw.bias;
   }
   kernels::Route(rp);
+}
+
+void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed, const bf16* shared,
+                    int64_t n, int64_t k, int64_t d, bf16* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    int64_t order[64];
+    std::iota(order, order + k, int64_t(0));
+    std::sort(order, order + k,
+              [&](int64_t a, int64_t b) { return idx[t * k + a] < idx[t * k + b]; });
+    for (int64_t col = 0; col < d; ++col) {
+      float y = 0.0f;
+      for (int64_t s = 0; s < k; ++s) y += Bf16ToF32(routed[(t * k + order[s]) * d + col]);
+      if (shared != nullptr) y += Bf16ToF32(shared[t * d + col]);
+      out[t * d + col] = F32ToBf16(y);
+    }
+  }
+}
+
+absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out) const {
+  if (par_.distributed()) return MoeDistributed(mw, rows, x, out);
+  const ModelConfig& c = config_;
+  const int64_t n = rows.n, d = c.hidden_size, num_experts = c.n_routed_experts, k = top_k_;
+  const float limit = float(c.swiglu_limit);
+  std::vector<int32_t> idx;
+  std::vector<float> weights;
+  RouteTokens(c, mw, rows.token.data(), n, k, x, &idx, &weights);
 
   // Activations are quantised once (act_quant is per row) and gathered per expert.
   const bool quantized = mw.experts[0].w1.TakesQuantizedInput();
@@ -112,8 +133,8 @@ void Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out
       xe.resize(m * d);
       for (int64_t i = 0; i < m; ++i) std::copy_n(x + (list[i] / k) * d, d, xe.data() + i * d);
     }
-    ExpertForward(mw.experts[e], quantized ? &qe : nullptr, xe.data(), m, w.data(), limit,
-                  ye.data(), d);
+    ExpertForward(mw.experts[e - mw.first_expert], quantized ? &qe : nullptr, xe.data(), m,
+                  w.data(), limit, ye.data(), d);
     for (int64_t i = 0; i < m; ++i) std::copy_n(ye.data() + i * d, d, routed.data() + list[i] * d);
   }
 
@@ -124,22 +145,11 @@ void Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out
     if (sq && !quantized) QuantizeActs(x, d, n, d, &xq);
     ExpertForward(mw.shared, sq ? &xq : nullptr, x, n, nullptr, limit, shared.data(), d);
   }
-
   // Combine (§9.3): per token, the routed outputs in increasing expert id, then the shared one;
   // f32 sums, one rounding. The order depends on neither arrival nor rank layout.
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    int64_t order[64];
-    std::iota(order, order + k, int64_t(0));
-    std::sort(order, order + k,
-              [&](int64_t a, int64_t b) { return idx[t * k + a] < idx[t * k + b]; });
-    for (int64_t col = 0; col < d; ++col) {
-      float y = 0.0f;
-      for (int64_t s = 0; s < k; ++s) y += Bf16ToF32(routed[(t * k + order[s]) * d + col]);
-      if (mw.has_shared) y += Bf16ToF32(shared[t * d + col]);
-      out[t * d + col] = F32ToBf16(y);
-    }
-  }
+  CombineExperts(mw, idx.data(), routed.data(), mw.has_shared ? shared.data() : nullptr, n, k, d,
+                 out);
+  return absl::OkStatus();
 }
 
 }  // namespace flotilla

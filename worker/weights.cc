@@ -13,15 +13,15 @@ namespace {
 
 class Binder {
  public:
-  Binder(const ModelConfig& c, const WeightSource& src, ExpertFormat experts)
-      : c_(c), src_(src) {
-    for (auto& s : ExpectedTensors(c, experts)) specs_.emplace(s.name, std::move(s));
+  Binder(const ModelConfig& c, const WeightSource& src, const WeightSelection& sel)
+      : c_(c), src_(src), experts_(sel.experts) {
+    for (const auto& s : sel.tensors) specs_.emplace(s.name, s);
   }
 
   absl::StatusOr<TensorView> View(const std::string& name) const {
     auto it = specs_.find(name);
     if (it == specs_.end()) {
-      return absl::InternalError(absl::StrCat("no expected tensor named ", name));
+      return absl::InternalError(absl::StrCat("tensor ", name, " is not held by this process"));
     }
     return src_.GetChecked(name, it->second.dtype, it->second.shape);
   }
@@ -154,12 +154,14 @@ class Binder {
       RETURN_IF_ERROR(BindLinear(p + "ffn.shared_experts.w3", &m.shared.w3));
       RETURN_IF_ERROR(BindLinear(p + "ffn.shared_experts.w2", &m.shared.w2));
     }
-    m.experts.resize(c_.n_routed_experts);
-    for (int64_t e = 0; e < c_.n_routed_experts; ++e) {
+    m.first_expert = experts_.begin;
+    m.experts.resize(experts_.size());
+    for (int64_t e = experts_.begin; e < experts_.end; ++e) {
       const std::string ep = absl::StrCat(p, "ffn.experts.", e);
-      RETURN_IF_ERROR(BindLinear(ep + ".w1", &m.experts[e].w1));
-      RETURN_IF_ERROR(BindLinear(ep + ".w3", &m.experts[e].w3));
-      RETURN_IF_ERROR(BindLinear(ep + ".w2", &m.experts[e].w2));
+      ExpertWeights& ew = m.experts[e - experts_.begin];
+      RETURN_IF_ERROR(BindLinear(ep + ".w1", &ew.w1));
+      RETURN_IF_ERROR(BindLinear(ep + ".w3", &ew.w3));
+      RETURN_IF_ERROR(BindLinear(ep + ".w2", &ew.w2));
     }
     return absl::OkStatus();
   }
@@ -189,14 +191,20 @@ class Binder {
  private:
   const ModelConfig& c_;
   const WeightSource& src_;
+  IndexRange experts_;
   std::map<std::string, TensorSpec> specs_;
 };
 
 }  // namespace
 
+WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts) {
+  return {ExpectedTensors(config, experts), IndexRange{0, config.n_routed_experts}};
+}
+
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
-                                                          const WeightSource& source) {
-  const Binder b(config, source, DetectExpertFormat(config, source));
+                                                          const WeightSource& source,
+                                                          const WeightSelection& selection) {
+  const Binder b(config, source, selection);
   auto w = std::make_unique<ModelWeights>();
   RETURN_IF_ERROR(b.Bind("embed.weight", &w->embed));
   RETURN_IF_ERROR(b.Bind("head.weight", &w->head));

@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "common/model_config.h"
+#include "common/model_tensors.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "sharding/layout.h"
 #include "worker/linear.h"
 
 namespace flotilla {
@@ -62,7 +64,8 @@ struct MoeWeights {
   int64_t tid2eid_cols = 0;
   bool has_shared = false;
   ExpertWeights shared;
-  std::vector<ExpertWeights> experts;
+  int64_t first_expert = 0;             // global id of experts[0]
+  std::vector<ExpertWeights> experts;   // this rank's routed experts (all in one process)
 };
 
 struct BlockWeights {
@@ -92,9 +95,19 @@ struct ModelWeights {
   std::vector<MtpWeights> mtp;
 };
 
-// Binds every tensor the config implies, checking names, dtypes and shapes (errors name the
-// tensor and its file), dequantises wo_a, checks tid2eid rows (ids in range, no repeats).
+// What a process binds: the tensors it holds (names, dtypes, shapes of its slices) and the
+// routed experts it owns.
+struct WeightSelection {
+  std::vector<TensorSpec> tensors;
+  IndexRange experts;
+};
+// Everything, for a single process.
+WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts);
+
+// Binds every selected tensor, checking dtypes and shapes (errors name the tensor and its
+// file), dequantises wo_a, checks tid2eid rows (ids in range, no repeats).
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
-                                                          const WeightSource& source);
+                                                          const WeightSource& source,
+                                                          const WeightSelection& selection);
 
 }  // namespace flotilla

@@ -60,9 +60,6 @@ SplitKind ExpectedSplit(const std::string& name) {
                            ".attn.indexer.wq_b.scale", ".attn.indexer.weights_proj.weight"}) {
     if (EndsWith(name, rows)) return SplitKind::kRows;
   }
-  if (EndsWith(name, ".attn.wo_b.weight") || EndsWith(name, ".attn.wo_b.scale")) {
-    return SplitKind::kColumns;
-  }
   return SplitKind::kReplicated;
 }
 
@@ -289,13 +286,12 @@ TEST(ShardPlan, V4FlashTp8HandWorkedSlices) {
   EXPECT_EQ(Find(r, "layers.0.attn.wo_a.weight").run,
             (ByteRun{3072ull * 4096, 1024ull * 4096, 1024ull * 4096, 1}));
   EXPECT_EQ(Find(r, "layers.0.attn.wo_a.scale").run, (ByteRun{24 * 32, 8 * 32, 8 * 32, 1}));
-  // wo_b: e4m3 [4096, 8192], columns 3072..4096 of every row; scale [32, 64] columns 24..32.
+  // wo_b: e4m3 [4096, 8192], whole on every rank (the TP group gathers wo_a's outputs).
   const TensorSlice& wo_b = Find(r, "layers.0.attn.wo_b.weight");
-  EXPECT_EQ(wo_b.split, SplitKind::kColumns);
-  EXPECT_EQ(wo_b.range, (IndexRange{3072, 4096}));
-  EXPECT_EQ(wo_b.local_shape, (std::vector<int64_t>{4096, 1024}));
-  EXPECT_EQ(wo_b.run, (ByteRun{3072, 1024, 8192, 4096}));
-  EXPECT_EQ(Find(r, "layers.0.attn.wo_b.scale").run, (ByteRun{24, 8, 64, 32}));
+  EXPECT_EQ(wo_b.split, SplitKind::kReplicated);
+  EXPECT_EQ(wo_b.local_shape, (std::vector<int64_t>{4096, 8192}));
+  EXPECT_EQ(wo_b.run, (ByteRun{0, 4096ull * 8192, 4096ull * 8192, 1}));
+  EXPECT_EQ(Find(r, "layers.0.attn.wo_b.scale").run, (ByteRun{0, 32 * 64, 32 * 64, 1}));
   // indexer (CSA layer 2): wq_b e4m3 [8192, 1024] rows 3072..4096; weights_proj bf16 [64, 4096].
   EXPECT_EQ(Find(r, "layers.2.attn.indexer.wq_b.weight").run,
             (ByteRun{3072ull * 1024, 1024ull * 1024, 1024ull * 1024, 1}));
