@@ -7,28 +7,16 @@
 
 #include "absl/strings/str_cat.h"
 
+#include "worker/expert_exchange.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
-namespace {
-
-// What travels with each token copy, ahead of its activation bytes.
-struct EntryHeader {
-  int32_t token;         // index in the sender's slice
-  int32_t slot;          // routing slot (0..k-1)
-  int32_t local_expert;  // index among the receiver's experts
-  float weight;          // routing weight
-};
-
-}  // namespace
 
 absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const bf16* x,
                                    bf16* out) const {
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, k = top_k_;
   const float limit = float(c.swiglu_limit);
-  Comm& ep = *par_.ep;
-  const int64_t world = ep.size();
 
   // This TP rank's slice of the group's tokens.
   const IndexRange slice = SplitEvenly(n, par_.tp_size, par_.tp_rank);
@@ -41,89 +29,42 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
   const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts
   QuantizedActs xq;
-  if (quantized && ns > 0) QuantizeActs(xs, d, ns, d, &xq);
-  const size_t act_bytes = quantized ? size_t(d + d / 128) : size_t(2 * d);
-  const size_t entry_bytes = sizeof(EntryHeader) + act_bytes;
-
-  // Dispatch: entries grouped by destination, then token, then slot.
-  std::vector<std::vector<int64_t>> to_rank(world);  // (token * k + slot)
-  for (int64_t t = 0; t < ns; ++t)
-    for (int64_t s = 0; s < k; ++s)
-      to_rank[par_.placement.Locate(idx[t * k + s]).rank].push_back(t * k + s);
-  std::vector<uint64_t> send_count(world), recv_count(world);
-  std::vector<size_t> eight(world, 8), send_bytes(world), recv_bytes(world);
-  for (int64_t r = 0; r < world; ++r) send_count[r] = to_rank[r].size();
-  RETURN_IF_ERROR(ep.AllToAllV(send_count.data(), eight, recv_count.data(), eight,
-                               Site("moe dispatch counts")));
-  std::vector<uint8_t> send_buf, recv_buf;
-  for (int64_t r = 0; r < world; ++r) {
-    send_bytes[r] = send_count[r] * entry_bytes;
-    recv_bytes[r] = recv_count[r] * entry_bytes;
-  }
-  uint64_t total_send = 0, total_recv = 0;
-  for (int64_t r = 0; r < world; ++r) {
-    total_send += send_count[r];
-    total_recv += recv_count[r];
-  }
-  send_buf.resize(total_send * entry_bytes);
-  recv_buf.resize(total_recv * entry_bytes);
-  {
-    uint8_t* p = send_buf.data();
-    for (int64_t r = 0; r < world; ++r) {
-      for (int64_t e : to_rank[r]) {
-        const int64_t t = e / k, s = e % k;
-        const ExpertSlot where = par_.placement.Locate(idx[e]);
-        const EntryHeader hdr{int32_t(t), int32_t(s), int32_t(where.local_expert_idx), weights[e]};
-        std::memcpy(p, &hdr, sizeof(hdr));
-        p += sizeof(hdr);
-        if (quantized) {
-          std::memcpy(p, xq.row(t), d);
-          std::memcpy(p + d, xq.row_scale(t), d / 128);
-        } else {
-          std::memcpy(p, xs + t * d, 2 * d);
-        }
-        p += act_bytes;
-      }
+  const size_t row_bytes = quantized ? size_t(d + d / 128) : size_t(2 * d);
+  std::vector<uint8_t> rows_out(ns * row_bytes);
+  if (quantized && ns > 0) {
+    QuantizeActs(xs, d, ns, d, &xq);
+    for (int64_t t = 0; t < ns; ++t) {
+      std::memcpy(&rows_out[t * row_bytes], xq.row(t), d);
+      std::memcpy(&rows_out[t * row_bytes + d], xq.row_scale(t), d / 128);
     }
+  } else if (ns > 0) {
+    std::memcpy(rows_out.data(), xs, ns * row_bytes);
   }
-  RETURN_IF_ERROR(ep.AllToAllV(send_buf.data(), send_bytes, recv_buf.data(), recv_bytes,
-                               Site("moe dispatch")));
+  ExpertExchange ex;
+  RETURN_IF_ERROR(ex.Dispatch(*par_.ep, par_.placement, idx.data(), weights.data(), ns, k,
+                              rows_out.data(), row_bytes, step_));
 
-  // Expert compute over the received entries, grouped by local expert in arrival order (source
-  // rank, then the source's order); every row's arithmetic is independent of its group.
+  // Expert compute over the received entries, grouped by local expert in arrival order; every
+  // row's arithmetic is independent of its group.
   const int64_t num_local = int64_t(mw.experts.size());
-  std::vector<std::vector<int64_t>> by_expert(num_local);
-  for (uint64_t i = 0; i < total_recv; ++i) {
-    EntryHeader hdr;
-    std::memcpy(&hdr, recv_buf.data() + i * entry_bytes, sizeof(hdr));
-    if (hdr.local_expert < 0 || hdr.local_expert >= num_local) {
-      return absl::InternalError(absl::StrCat("moe dispatch: entry for local expert ",
-                                              hdr.local_expert, " on a rank owning ", num_local));
-    }
-    by_expert[hdr.local_expert].push_back(int64_t(i));
-  }
-  std::vector<bf16> reply(total_recv * d);
+  ASSIGN_OR_RETURN(auto by_expert, ex.ByLocalExpert(num_local));
+  std::vector<bf16> reply(ex.num_received() * d);
   for (int64_t le = 0; le < num_local; ++le) {
     const auto& list = by_expert[le];
     const int64_t m = int64_t(list.size());
     if (m == 0) continue;
     std::vector<float> w(m);
-    std::vector<bf16> xe, ye(m * d);
+    std::vector<bf16> xe(quantized ? 0 : m * d), ye(m * d);
     QuantizedActs qe;
     if (quantized) {
       qe.m = m;
       qe.k = d;
       qe.q.resize(m * d);
       qe.scale.resize(m * (d / 128));
-    } else {
-      xe.resize(m * d);
     }
     for (int64_t i = 0; i < m; ++i) {
-      const uint8_t* p = recv_buf.data() + list[i] * entry_bytes;
-      EntryHeader hdr;
-      std::memcpy(&hdr, p, sizeof(hdr));
-      w[i] = hdr.weight;
-      p += sizeof(hdr);
+      w[i] = ex.header(list[i]).weight;
+      const uint8_t* p = ex.payload(list[i]);
       if (quantized) {
         std::memcpy(qe.q.data() + i * d, p, d);
         std::memcpy(qe.scale.data() + i * (d / 128), p + d, d / 128);
@@ -135,22 +76,10 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
                   ye.data(), d);
     for (int64_t i = 0; i < m; ++i) std::copy_n(&ye[i * d], d, &reply[list[i] * d]);
   }
-
-  // Combine: outputs return in the order they were sent.
-  std::vector<size_t> reply_send(world), reply_recv(world);
-  for (int64_t r = 0; r < world; ++r) {
-    reply_send[r] = recv_count[r] * 2 * d;
-    reply_recv[r] = send_count[r] * 2 * d;
-  }
-  std::vector<bf16> returned(total_send * d);
-  RETURN_IF_ERROR(ep.AllToAllV(reply.data(), reply_send, returned.data(), reply_recv,
-                               Site("moe combine")));
   std::vector<bf16> routed(ns * k * d);
-  {
-    int64_t i = 0;
-    for (int64_t r = 0; r < world; ++r)
-      for (int64_t e : to_rank[r]) std::copy_n(&returned[(i++) * d], d, &routed[e * d]);
-  }
+  RETURN_IF_ERROR(ex.Combine(*par_.ep, reinterpret_cast<const uint8_t*>(reply.data()), 2 * d,
+                             reinterpret_cast<uint8_t*>(routed.data()), step_));
+
   std::vector<bf16> shared;
   if (mw.has_shared && ns > 0) {
     shared.resize(ns * d);
