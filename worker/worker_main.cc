@@ -4,13 +4,13 @@
 //       [--greedy | --temperature T --top-p P --top-k K --seed S] [--chunk C]
 //       [--experts-per-token K] [--dump-logits FILE.npy] [--timeout-s S]
 // The first DP group runs the prompt; the others take part in every MoE exchange with no tokens.
+// With --serve (after the coordinator, in one MPMD job) the workers run the coordinator's steps.
 // Output (world rank 0) has the format of `flotilla run`.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
@@ -18,7 +18,8 @@
 #include "worker/comm/mpi_comm.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
-#include "worker/sharded_source.h"
+#include "common/step_plan.h"
+#include "worker/worker_load.h"
 
 namespace flotilla {
 namespace {
@@ -41,7 +42,7 @@ struct Args {
   double timeout_s = 60;
 };
 
-absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv) {
+absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
   ASSIGN_OR_RETURN(cli::Flags f,
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--prompt-ids", "--max-new-tokens",
@@ -50,8 +51,10 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv) {
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
-  ASSIGN_OR_RETURN(std::string ids, f.Required("--prompt-ids"));
-  ASSIGN_OR_RETURN(a.prompt, cli::ParseIdList("--prompt-ids", ids));
+  if (!serve) {
+    ASSIGN_OR_RETURN(std::string ids, f.Required("--prompt-ids"));
+    ASSIGN_OR_RETURN(a.prompt, cli::ParseIdList("--prompt-ids", ids));
+  }
   ASSIGN_OR_RETURN(a.tp, f.Int("--tp", 1));
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
   ASSIGN_OR_RETURN(a.chunk, f.Int("--chunk", 0));
@@ -74,119 +77,6 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv) {
     return absl::InvalidArgumentError("--temperature must be > 0");
   }
   return a;
-}
-
-uint64_t Fnv1a(uint64_t h, const std::string& s) {
-  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
-  return h;
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// Identifies the config, the index, every shard's size and a sample of its contents (the first
-// bytes of up to 32 tensors spread over the file): ranks given different checkpoints or configs
-// disagree on it.
-uint64_t Fingerprint(const CheckpointDir& ckpt) {
-  namespace fs = std::filesystem;
-  uint64_t h = 0xcbf29ce484222325ull;
-  h = Fnv1a(h, ReadAll((fs::path(ckpt.dir()) / "config.json").string()));
-  h = Fnv1a(h, ReadAll((fs::path(ckpt.dir()) / "model.safetensors.index.json").string()));
-  for (const auto& f : ckpt.files()) {
-    h = Fnv1a(h, fs::path(f->path()).filename().string());
-    h = Fnv1a(h, std::to_string(f->file_size()));
-    const auto& ts = f->tensors();
-    const size_t step = std::max<size_t>(1, ts.size() / 32);
-    for (size_t i = 0; i < ts.size(); i += step) {
-      const auto* p = reinterpret_cast<const char*>(f->Data(ts[i]));
-      h = Fnv1a(h, std::string(p, std::min<uint64_t>(64, ts[i].NumBytes())));
-    }
-  }
-  return h;
-}
-
-// The state one rank reaches at load.
-struct Loaded {
-  ModelConfig config;
-  std::unique_ptr<Model> model;
-  uint64_t fingerprint = 0;
-  uint64_t bytes_read = 0, planned_bytes = 0;
-};
-
-absl::StatusOr<Loaded> Load(const Args& a, Comm& world, Comm* tp_comm) {
-  Loaded l;
-  const std::string config_path = (std::filesystem::path(a.model) / "config.json").string();
-  ASSIGN_OR_RETURN(l.config, ModelConfig::FromFile(config_path));
-  RETURN_IF_ERROR(l.config.Validate());
-  ASSIGN_OR_RETURN(std::unique_ptr<CheckpointDir> ckpt, CheckpointDir::Open(a.model));
-  l.fingerprint = Fingerprint(*ckpt);
-  Layout layout;
-  layout.num_workers = world.size();
-  layout.tp = a.tp;
-  ASSIGN_OR_RETURN(ShardPlan plan,
-                   ShardPlan::Make(l.config, layout, DetectExpertFormat(l.config, *ckpt)));
-  const RankPlan rp = plan.Rank(world.rank());
-  ASSIGN_OR_RETURN(std::unique_ptr<ShardedSource> src, ShardedSource::Read(*ckpt, rp));
-  l.bytes_read = src->bytes_read();
-  l.planned_bytes = rp.weight_bytes;
-
-  Parallel par;
-  par.tp = tp_comm;
-  par.ep = &world;
-  par.tp_size = a.tp;
-  par.tp_rank = rp.tp_rank;
-  par.heads = rp.heads;
-  par.o_groups = rp.o_groups;
-  par.index_heads = rp.index_heads;
-  par.vocab = rp.vocab;
-  par.placement = plan.placement();
-  WeightSelection sel;
-  sel.experts = rp.experts;
-  for (const TensorSlice& s : rp.tensors) sel.tensors.push_back({s.name, s.dtype, s.local_shape});
-  ModelOptions options;
-  options.experts_per_token = a.experts_per_token;
-  ASSIGN_OR_RETURN(l.model, Model::FromSource(l.config, std::shared_ptr<WeightSource>(std::move(src)),
-                                              options, par, sel));
-  return l;
-}
-
-// Every rank reports its load result; all ranks fail together, with the failing rank's message.
-struct LoadReport {
-  int32_t ok;
-  int32_t pad;
-  uint64_t fingerprint;
-  char message[496];
-};
-
-absl::Status AgreeOnLoad(Comm& world, const absl::StatusOr<Loaded>& loaded) {
-  LoadReport mine{};
-  mine.ok = loaded.ok();
-  mine.fingerprint = loaded.ok() ? loaded->fingerprint : 0;
-  if (!loaded.ok()) {
-    std::snprintf(mine.message, sizeof(mine.message), "%s",
-                  std::string(loaded.status().message()).c_str());
-  }
-  std::vector<LoadReport> all(world.size());
-  RETURN_IF_ERROR(world.AllGather(&mine, sizeof(mine), all.data(), {"load report", -1}));
-  for (int r = 0; r < world.size(); ++r) {
-    if (!all[r].ok) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("rank ", r, " could not load: ", all[r].message));
-    }
-  }
-  for (int r = 1; r < world.size(); ++r) {
-    if (all[r].fingerprint != all[0].fingerprint) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "rank ", r, " loaded a different checkpoint or config than rank 0 (fingerprint ",
-          absl::Hex(all[r].fingerprint), " vs ", absl::Hex(all[0].fingerprint),
-          "); every rank must be started with the same --model"));
-    }
-  }
-  return absl::OkStatus();
 }
 
 absl::Status Generate(const Args& a, Comm& world, Model& model) {
@@ -244,8 +134,82 @@ absl::Status Generate(const Args& a, Comm& world, Model& model) {
   return absl::OkStatus();
 }
 
+// Serving: world rank 0 is the coordinator; it broadcasts a step plan each step (or an idle
+// heartbeat), the workers run it, and each DP group's first TP rank returns the tokens it
+// sampled. Every wait is bounded by the communicator's deadline.
+absl::Status Serve(Comm& world, Comm& workers, LoadedWorker& w, int64_t tp) {
+  Model& model = *w.model;
+  const int64_t vocab = model.config().vocab_size;
+  struct Seq {
+    std::unique_ptr<SequenceState> state;
+    Sampler sampler;
+  };
+  std::map<uint64_t, Seq> seqs;
+  const bool leader = w.tp_rank == 0;
+  for (int64_t step = 0;; ++step) {
+    uint64_t size = 0;
+    RETURN_IF_ERROR(world.Broadcast(&size, sizeof(size), 0, {"step plan size", step}));
+    std::string bytes(size, '\0');
+    RETURN_IF_ERROR(world.Broadcast(bytes.data(), size, 0, {"step plan", step}));
+    ASSIGN_OR_RETURN(StepPlan plan, ParseStepPlan(bytes));
+    if (plan.shutdown) return absl::OkStatus();
+    for (uint64_t id : plan.release) seqs.erase(id);
+    if (plan.seqs.empty()) continue;  // idle heartbeat
+
+    std::vector<Model::Chunk> chunks;
+    std::vector<const StepSequence*> mine;
+    for (const StepSequence& s : plan.seqs) {
+      if (s.dp_group != w.dp_group) continue;
+      auto it = seqs.find(s.seq_id);
+      if (s.start_pos == 0 && it == seqs.end()) {
+        SamplingParams sp;
+        sp.greedy = s.sampling.greedy != 0;
+        sp.temperature = s.sampling.temperature;
+        sp.top_p = s.sampling.top_p;
+        sp.top_k = s.sampling.top_k;
+        sp.seed = s.sampling.seed;
+        it = seqs.emplace(s.seq_id, Seq{model.NewSequence(), Sampler(sp)}).first;
+      }
+      if (it == seqs.end() || it->second.state->position() != s.start_pos) {
+        return absl::InternalError(absl::StrCat(
+            "step ", plan.step, ": sequence ", s.seq_id, " at position ",
+            it == seqs.end() ? -1 : it->second.state->position(), ", the plan says ", s.start_pos));
+      }
+      chunks.push_back({it->second.state.get(), std::span<const int32_t>(s.tokens), false});
+      mine.push_back(&s);
+    }
+    Model::Output out;
+    RETURN_IF_ERROR(model.Forward(chunks, &out));
+    std::vector<StepToken> sampled;
+    if (leader) {
+      for (size_t i = 0; i < mine.size(); ++i) {
+        if (!mine[i]->sample) continue;
+        Seq& s = seqs.at(mine[i]->seq_id);
+        sampled.push_back({mine[i]->seq_id,
+                           s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)});
+      }
+    }
+    // Results go to the coordinator (world rank 0) only.
+    const std::string payload = SerializeStepTokens(sampled);
+    std::vector<size_t> send(world.size(), 0), recv(world.size(), 0);
+    send[0] = payload.size();
+    const uint64_t n = payload.size();
+    std::vector<uint64_t> counts(world.size(), 0), none(world.size(), 0);
+    counts[0] = n;
+    std::vector<size_t> eight(world.size(), 8);
+    RETURN_IF_ERROR(world.AllToAllV(counts.data(), eight, none.data(), eight,
+                                    {"step result sizes", step}));
+    RETURN_IF_ERROR(world.AllToAllV(payload.data(), send, nullptr, recv, {"step results", step}));
+  }
+  (void)tp;
+  (void)workers;
+}
+
 int Main(int argc, char** argv) {
-  auto args = ParseArgs(std::vector<std::string>(argv + 1, argv + argc));
+  std::vector<std::string> argv_list(argv + 1, argv + argc);
+  const bool serve = std::find(argv_list.begin(), argv_list.end(), "--serve") != argv_list.end();
+  if (serve) argv_list.erase(std::find(argv_list.begin(), argv_list.end(), "--serve"));
+  auto args = ParseArgs(argv_list, serve);
   CommOptions options;
   if (args.ok()) options.timeout = absl::Seconds(args->timeout_s);
   auto world_or = MpiComm::World(options, &argc, &argv);
@@ -262,26 +226,34 @@ int Main(int argc, char** argv) {
   };
   // Arguments are the same on every rank (one command line); a bad one fails every rank alike.
   if (!args.ok()) return fail(args.status());
-  if (world->size() % args->tp != 0) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("--tp ", args->tp, " does not divide the ", world->size(), " workers")));
+  // When serving, world rank 0 is the coordinator: the workers are the other ranks.
+  std::unique_ptr<Comm> worker_group;
+  Comm* workers = world.get();
+  if (serve) {
+    auto g = world->Split(1, rank, {"worker group split", -1});
+    if (!g.ok()) return fail(g.status());
+    worker_group = std::move(*g);
+    workers = worker_group.get();
   }
-  auto tp_comm = world->Split(int(rank / args->tp), int(rank % args->tp), {"tp group split", -1});
+  const int wrank = workers->rank();
+  if (workers->size() % args->tp != 0) {
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("--tp ", args->tp, " does not divide the ", workers->size(), " workers")));
+  }
+  auto tp_comm = workers->Split(int(wrank / args->tp), int(wrank % args->tp), {"tp group split", -1});
   if (!tp_comm.ok()) return fail(tp_comm.status());
 
-  absl::StatusOr<Loaded> loaded = Load(*args, *world, tp_comm->get());
-  if (loaded.ok() && loaded->bytes_read != loaded->planned_bytes) {
-    loaded = absl::InternalError(absl::StrCat("read ", loaded->bytes_read, " bytes; the plan says ",
-                                              loaded->planned_bytes));
-  }
-  absl::Status st = AgreeOnLoad(*world, loaded);
+  WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token};
+  absl::StatusOr<LoadedWorker> loaded = LoadWorker(lo, *workers, tp_comm->get());
+  absl::Status st = AgreeOnLoad(*world, &loaded);
   if (st.ok()) {
-    if (rank == 0) {
-      std::fprintf(stderr, "loaded %s on %d ranks (tp %lld): rank 0 read %llu bytes\n",
-                   args->model.c_str(), world->size(), (long long)args->tp,
+    if (wrank == 0) {
+      std::fprintf(stderr, "loaded %s on %d workers (tp %lld): worker 0 read %llu bytes\n",
+                   args->model.c_str(), workers->size(), (long long)args->tp,
                    (unsigned long long)loaded->bytes_read);
     }
-    st = Generate(*args, *world, *loaded->model);
+    st = serve ? Serve(*world, *workers, *loaded, args->tp)
+               : Generate(*args, *world, *loaded->model);
   }
   if (!st.ok()) {
     // A failure inside a step leaves peers waiting: end the whole job with this message.
@@ -290,6 +262,7 @@ int Main(int argc, char** argv) {
   }
   loaded = absl::CancelledError("done");
   tp_comm->reset();
+  worker_group.reset();
   world.reset();
   st = MpiComm::FinalizeProcess();
   return st.ok() ? 0 : fail(st);

@@ -1,0 +1,38 @@
+// Loading one worker rank's shard under MPI: the shard plan, exactly its bytes, the model, and
+// the agreement step in which every rank learns whether all ranks loaded the same checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "worker/comm/comm.h"
+#include "worker/model.h"
+
+namespace flotilla {
+
+struct WorkerLoadOptions {
+  std::string model_dir;
+  int64_t tp = 1;
+  int64_t experts_per_token = 0;
+};
+
+struct LoadedWorker {
+  ModelConfig config;
+  std::unique_ptr<Model> model;
+  uint64_t fingerprint = 0;
+  uint64_t bytes_read = 0, planned_bytes = 0;
+  int64_t dp_group = 0, tp_rank = 0;
+};
+
+// `workers`: every worker rank (the EP group); `tp_comm`: this rank's TP group.
+absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& options, Comm& workers,
+                                        Comm* tp_comm);
+
+// Collective over `group` (which may include ranks that load nothing: they pass
+// `participates_only`): every rank learns every rank's load result; a failure anywhere (or two
+// ranks with different checkpoints) is returned on every rank, naming the rank and its message.
+absl::Status AgreeOnLoad(Comm& group, const absl::StatusOr<LoadedWorker>* loaded,
+                         bool participates_only = false);
+
+}  // namespace flotilla
