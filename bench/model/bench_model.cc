@@ -13,6 +13,7 @@
 
 #include "common/model_tensors.h"
 #include "common/synthetic.h"
+#include "kernels/ops.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
 
@@ -110,7 +111,8 @@ int Main(int argc, char** argv) {
   const double decode_s = Since(t);
   const double prefill_tps = double(prompt_len) / prefill_s, decode_tps = double(decode) / decode_s;
   const double roofline = bw * 1e9 / bytes_tok;
-  std::printf("model %s, %d threads, SIMD path from kernels\n", dir.c_str(), omp_get_max_threads());
+  std::printf("model %s, %d threads, SIMD path %s\n", dir.c_str(), omp_get_max_threads(),
+              kernels::SimdPath());
   std::printf("measured read bandwidth            %8.2f GB/s\n", bw);
   std::printf("weight bytes per decode token      %8.1f MB\n", bytes_tok / 1e6);
   std::printf("%-34s %10s %14s %8s\n", "phase", "tokens/s", "roofline tok/s", "ratio");

@@ -1,0 +1,45 @@
+// The coordinator's step loop (design.md §3): each step it takes the scheduler's plan,
+// broadcasts it to every worker over MPI, collects the tokens the DP groups sampled and hands
+// them back to the scheduler. While idle it sends a heartbeat plan, so a dead worker is noticed
+// within the communicator's deadline. Runs on one thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/time.h"
+#include "coordinator/scheduler.h"
+#include "worker/comm/comm.h"
+
+namespace flotilla {
+
+struct EngineOptions {
+  absl::Duration heartbeat = absl::Milliseconds(200);  // idle plan interval
+  absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
+};
+
+class Engine {
+ public:
+  // `world`: rank 0 is this coordinator, ranks 1.. the workers.
+  Engine(Comm& world, Scheduler& scheduler, const EngineOptions& options = {});
+
+  // Runs steps until a drain was requested and the scheduler is idle, then tells the workers to
+  // shut down. An error (a worker gone, a deadline) fails every request with UNAVAILABLE and is
+  // returned.
+  absl::Status Run();
+
+  // Async-signal-safe: stop admitting, finish what is in flight, then leave Run().
+  void RequestDrain() { drain_.store(true); }
+  int64_t steps() const { return step_; }
+
+ private:
+  absl::Status Step(const StepPlan& plan, std::vector<StepToken>* tokens);
+
+  Comm& world_;
+  Scheduler& scheduler_;
+  EngineOptions options_;
+  std::atomic<bool> drain_{false};
+  int64_t step_ = 0;
+};
+
+}  // namespace flotilla
