@@ -1,0 +1,49 @@
+// The per-step plan the coordinator broadcasts to every worker over MPI, and the sampled tokens
+// the workers send back (design.md §1, §3). A compact little-endian binary format; never
+// protobuf. Parse() validates lengths and counts, naming what is wrong.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace flotilla {
+
+struct StepSampling {
+  uint8_t greedy = 1;
+  float temperature = 1.0f;
+  float top_p = 1.0f;
+  int64_t top_k = 0;
+  uint64_t seed = 0;
+};
+
+struct StepSequence {
+  uint64_t seq_id = 0;
+  int32_t dp_group = 0;         // the DP group that holds the sequence's KV
+  int64_t start_pos = 0;        // position of tokens[0]; 0 starts a new sequence
+  std::vector<int32_t> tokens;  // prompt chunk, or the one token chosen last step
+  uint8_t sample = 0;           // 1: sample the next token after this chunk
+  StepSampling sampling;        // used when the sequence starts (start_pos == 0)
+};
+
+struct StepPlan {
+  int64_t step = 0;
+  uint8_t shutdown = 0;            // workers leave their loop
+  std::vector<uint64_t> release;   // sequences to forget (finished, cancelled)
+  std::vector<StepSequence> seqs;
+};
+
+std::string SerializeStepPlan(const StepPlan& plan);
+absl::StatusOr<StepPlan> ParseStepPlan(const std::string& bytes);
+
+struct StepToken {
+  uint64_t seq_id = 0;
+  int32_t token = 0;
+};
+
+std::string SerializeStepTokens(const std::vector<StepToken>& tokens);
+absl::StatusOr<std::vector<StepToken>> ParseStepTokens(const std::string& bytes);
+
+}  // namespace flotilla
