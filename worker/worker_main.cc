@@ -7,6 +7,7 @@
 // With --serve (after the coordinator, in one MPMD job) the workers run the coordinator's steps.
 // Output (world rank 0) has the format of `flotilla run`.
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -243,15 +244,21 @@ int Main(int argc, char** argv) {
   auto tp_comm = workers->Split(int(wrank / args->tp), int(wrank % args->tp), {"tp group split", -1});
   if (!tp_comm.ok()) return fail(tp_comm.status());
 
+  if (serve) {
+    // The coordinator drains and ends the job; a terminal's signals go to it, not to us.
+    std::signal(SIGTERM, SIG_IGN);
+    std::signal(SIGINT, SIG_IGN);
+  }
   WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token};
+  const auto load_start = Clock::now();
   absl::StatusOr<LoadedWorker> loaded = LoadWorker(lo, *workers, tp_comm->get());
+  if (loaded.ok()) {
+    std::fprintf(stderr, "worker %d (dp %lld, tp %lld): loaded %.1f MiB of weights in %.2f s\n",
+                 wrank, (long long)loaded->dp_group, (long long)loaded->tp_rank,
+                 double(loaded->bytes_read) / (1 << 20), Seconds(load_start, Clock::now()));
+  }
   absl::Status st = AgreeOnLoad(*world, &loaded);
   if (st.ok()) {
-    if (wrank == 0) {
-      std::fprintf(stderr, "loaded %s on %d workers (tp %lld): worker 0 read %llu bytes\n",
-                   args->model.c_str(), workers->size(), (long long)args->tp,
-                   (unsigned long long)loaded->bytes_read);
-    }
     st = serve ? Serve(*world, *workers, *loaded, args->tp)
                : Generate(*args, *world, *loaded->model);
   }
