@@ -30,6 +30,7 @@ absl::Status Engine::Step(const StepPlan& plan, std::vector<StepToken>* tokens) 
   RETURN_IF_ERROR(world_.AllToAllV(nullptr, send, all.data(), recv, {"step results", plan.step}));
   size_t at = 0;
   for (int r = 0; r < n; ++r) {
+    if (recv[r] == 0) continue;  // this rank, and ranks that sampled for no group
     ASSIGN_OR_RETURN(std::vector<StepToken> part, ParseStepTokens(all.substr(at, recv[r])));
     tokens->insert(tokens->end(), part.begin(), part.end());
     at += recv[r];

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "worker/comm/comm.h"
+#include "worker/comm/load_report.h"
 #include "worker/model.h"
 
 namespace flotilla {
@@ -29,10 +30,5 @@ struct LoadedWorker {
 absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& options, Comm& workers,
                                         Comm* tp_comm);
 
-// Collective over `group` (which may include ranks that load nothing: they pass
-// `participates_only`): every rank learns every rank's load result; a failure anywhere (or two
-// ranks with different checkpoints) is returned on every rank, naming the rank and its message.
-absl::Status AgreeOnLoad(Comm& group, const absl::StatusOr<LoadedWorker>* loaded,
-                         bool participates_only = false);
 
 }  // namespace flotilla

@@ -257,7 +257,7 @@ int Main(int argc, char** argv) {
                  wrank, (long long)loaded->dp_group, (long long)loaded->tp_rank,
                  double(loaded->bytes_read) / (1 << 20), Seconds(load_start, Clock::now()));
   }
-  absl::Status st = AgreeOnLoad(*world, &loaded);
+  absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
   if (st.ok()) {
     st = serve ? Serve(*world, *workers, *loaded, args->tp)
                : Generate(*args, *world, *loaded->model);

@@ -1,0 +1,203 @@
+// flotilla-coordinator: MPI rank 0 of the serving job (design.md §1). Never links CUDA.
+// gRPC front door for clients, tokenizer and chat encoding, admission and continuous batching;
+// each step it broadcasts a plan to the workers over MPI and streams their tokens back.
+//   flotilla-coordinator --model DIR [--tp T] [--address 127.0.0.1] [--port 50051]
+//       [--port-file FILE] [--kv-pool 1GiB] [--page-tokens 256] [--step-token-budget 2048]
+//       [--max-queued 256] [--max-running 64] [--timeout-s 60]
+// SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
+// exit 0.
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/engine.h"
+#include "coordinator/front_door.h"
+#include "coordinator/grpc_server.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/tokenizer.h"
+#include "sharding/capacity.h"
+#include "sharding/shard_plan.h"
+#include "common/model_tensors.h"
+#include "tools/flags.h"
+#include "worker/comm/load_report.h"
+#include "worker/comm/mpi_comm.h"
+
+namespace flotilla {
+namespace {
+
+Engine* g_engine = nullptr;
+void OnTerminate(int) {
+  if (g_engine != nullptr) g_engine->RequestDrain();
+}
+
+struct Options {
+  std::string model;
+  int64_t tp = 1;
+  ServingOptions serving;
+  std::string port_file;
+  SchedulerOptions scheduler;
+  double timeout_s = 60;
+};
+
+absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
+  ASSIGN_OR_RETURN(cli::Flags f,
+                   cli::Flags::Parse(argv,
+                                     {"--model", "--tp", "--address", "--port", "--port-file",
+                                      "--kv-pool", "--page-tokens", "--step-token-budget",
+                                      "--max-queued", "--max-running", "--timeout-s"},
+                                     {}));
+  Options o;
+  ASSIGN_OR_RETURN(o.model, f.Required("--model"));
+  ASSIGN_OR_RETURN(o.tp, f.Int("--tp", 1));
+  o.serving.address = f.Get("--address", "127.0.0.1");
+  ASSIGN_OR_RETURN(int64_t port, f.Int("--port", 50051));
+  o.serving.port = int(port);
+  o.port_file = f.Get("--port-file");
+  ASSIGN_OR_RETURN(o.scheduler.kv_pool_bytes_per_group, ParseByteSize(f.Get("--kv-pool", "1GiB")));
+  ASSIGN_OR_RETURN(o.scheduler.page_tokens, f.Int("--page-tokens", 256));
+  ASSIGN_OR_RETURN(o.scheduler.step_token_budget, f.Int("--step-token-budget", 2048));
+  ASSIGN_OR_RETURN(o.scheduler.max_queued, f.Int("--max-queued", 256));
+  ASSIGN_OR_RETURN(o.scheduler.max_running_per_group, f.Int("--max-running", 64));
+  ASSIGN_OR_RETURN(o.timeout_s, f.Double("--timeout-s", 60));
+  if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
+  if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
+  return o;
+}
+
+int Main(int argc, char** argv) {
+  auto opts = ParseOptions(std::vector<std::string>(argv + 1, argv + argc));
+  CommOptions comm_options;
+  if (opts.ok()) comm_options.timeout = absl::Seconds(opts->timeout_s);
+  auto world_or = MpiComm::World(comm_options, &argc, &argv);
+  if (!world_or.ok()) {
+    std::fprintf(stderr, "flotilla-coordinator: %s\n",
+                 std::string(world_or.status().message()).c_str());
+    return 1;
+  }
+  std::unique_ptr<MpiComm> world = std::move(*world_or);
+  auto fail = [](const absl::Status& st) {
+    std::fprintf(stderr, "flotilla-coordinator: %s\n", std::string(st.message()).c_str());
+    std::fflush(stderr);
+    return 1;
+  };
+  if (!opts.ok()) return fail(opts.status());
+  if (world->rank() != 0) {
+    return fail(absl::FailedPreconditionError("the coordinator must be MPI rank 0 (start it "
+                                              "first in the mpirun line; see launch/flotilla-serve)"));
+  }
+  // The workers split off their own group; the coordinator takes part alone.
+  auto own = world->Split(0, 0, {"worker group split", -1});
+  if (!own.ok()) return fail(own.status());
+  const int64_t workers = world->size() - 1;
+
+  // What the coordinator needs, checked before the workers' load reports are in.
+  absl::Status setup;
+  ModelConfig config;
+  std::unique_ptr<Tokenizer> tokenizer;
+  {
+    auto c = ModelConfig::FromFile((std::filesystem::path(opts->model) / "config.json").string());
+    auto t = Tokenizer::FromModelDir(opts->model);
+    if (!c.ok()) setup = c.status();
+    else if (!t.ok()) setup = t.status();
+    else if (workers < 1 || workers % opts->tp != 0) {
+      setup = absl::InvalidArgumentError(absl::StrCat("--tp ", opts->tp, " does not divide the ",
+                                                      workers, " workers"));
+    } else {
+      config = *c;
+      tokenizer = std::move(*t);
+      opts->scheduler.num_dp_groups = workers / opts->tp;
+      setup = opts->scheduler.Validate(config);
+    }
+  }
+  absl::Status st = AgreeOnLoad(*world, setup, 0, /*participates_only=*/setup.ok());
+  if (!st.ok()) return fail(st);
+
+  Scheduler scheduler(config, opts->scheduler, tokenizer.get());
+  FrontDoorOptions fdo;
+  fdo.model_name = std::filesystem::path(opts->model).filename().string();
+  FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
+  Engine engine(*world, scheduler);
+  g_engine = &engine;
+  std::signal(SIGTERM, OnTerminate);
+  std::signal(SIGINT, OnTerminate);
+
+  ServingCallbacks callbacks;
+  callbacks.model_info = [&] {
+    ModelInfo info = front_door.ModelSummary();
+    info.layout.num_workers = workers;
+    info.layout.tp = opts->tp;
+    info.layout.dp = workers / opts->tp;
+    info.layout.ep = workers;
+    return info;
+  };
+  // What the coordinator knows of each worker: its place in the layout, the bytes its shard
+  // plan gave it (every worker confirmed its load at start), and the steps it has run.
+  Layout layout;
+  layout.num_workers = workers;
+  layout.tp = opts->tp;
+  std::vector<uint64_t> weight_bytes(workers, 0);
+  if (auto ckpt = CheckpointDir::Open(opts->model); ckpt.ok()) {
+    if (auto plan = ShardPlan::Make(config, layout, DetectExpertFormat(config, **ckpt)); plan.ok()) {
+      for (int64_t r = 0; r < workers; ++r) weight_bytes[r] = plan->WeightBytes(r);
+    }
+  }
+  callbacks.cluster_status = [&] {
+    ClusterStatus s;
+    s.scheduler = scheduler.Stats();
+    for (int64_t r = 0; r < workers; ++r) {
+      WorkerReport w;
+      w.world_rank = int32_t(r + 1);
+      w.health.state = WorkerState::kReady;
+      w.health.world_rank = w.world_rank;
+      w.load.bytes_loaded = w.load.bytes_total = weight_bytes[r];
+      w.load.done = true;
+      w.stats.world_rank = w.world_rank;
+      w.stats.dp_group = int32_t(layout.DpGroupOf(r));
+      w.stats.tp_rank = int32_t(layout.TpRankOf(r));
+      w.stats.steps = engine.steps();
+      w.stats.weight_bytes = weight_bytes[r];
+      const auto& g = s.scheduler.groups[layout.DpGroupOf(r)];
+      w.stats.kv_pages_total = g.pages_total;
+      w.stats.kv_pages_used = g.pages_used;
+      w.stats.kv_pool_bytes = g.pages_total * g.page_bytes;
+      w.stats.sequences = g.sequences;
+      w.stats.device = "cpu";
+      s.workers.push_back(w);
+    }
+    return s;
+  };
+  callbacks.drain = [&] {
+    engine.RequestDrain();
+    return absl::OkStatus();
+  };
+  auto server = ServingServer::Start(opts->serving, &front_door, callbacks);
+  if (!server.ok()) {
+    // The workers are waiting for their first step: end them with this message.
+    world->Abort(server.status());
+    return fail(server.status());
+  }
+  std::fprintf(stderr, "flotilla-coordinator: serving %s on %s (%lld workers, tp %lld)\n",
+               opts->model.c_str(), (*server)->endpoint().c_str(), (long long)workers,
+               (long long)opts->tp);
+  if (!opts->port_file.empty()) {
+    std::ofstream(opts->port_file) << (*server)->port() << "\n";
+  }
+  st = engine.Run();
+  (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  g_engine = nullptr;
+  if (!st.ok()) return fail(st);  // mpirun ends the job
+  std::fprintf(stderr, "flotilla-coordinator: drained after %lld steps; shutting down\n",
+               (long long)engine.steps());
+  server->reset();
+  own->reset();
+  world.reset();
+  st = MpiComm::FinalizeProcess();
+  return st.ok() ? 0 : fail(st);
+}
+
+}  // namespace
+}  // namespace flotilla
+
+int main(int argc, char** argv) { return flotilla::Main(argc, argv); }
