@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end serving tests (CTest label e2e): real processes — launch/flotilla-serve starts a
 # coordinator and 2 CPU workers on the tiny model — and real gRPC on 127.0.0.1.
-#   serve_test.sh BUILD_DIR WORK_DIR CASE
+#   serve_test.sh BUILD_DIR WORK_DIR CASE [MALFORMED_CHECK]
 set -uo pipefail
-build=$1 work=$2 case=$3
+build=$1 work=$2 case=$3 malformed_check=${4:-}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 flotilla=$build/tools/flotilla
 mkdir -p "$work"
@@ -128,6 +128,12 @@ over-capacity)
   [ "$(ids_of "$work/ok.txt" | tr ',' '\n' | wc -l)" -eq 40 ] || fail "the other stream was cut short"
   stop_server || fail "server exit status $?"
   echo "over-capacity request refused with the numbers; the other stream completed"
+  ;;
+malformed)
+  # Malformed requests each get INVALID_ARGUMENT with a useful message; the server keeps serving.
+  start_server
+  "$malformed_check" "$server" || fail "malformed requests"
+  stop_server || fail "server exit status $?"
   ;;
 drain)
   # SIGTERM to the coordinator: in-flight streams finish, then every rank exits 0.
