@@ -1,0 +1,168 @@
+// The serving front door (design.md §3, step 2): a Generate stream's header and prompt chunks
+// become one GenerateRequest — validated, tokenized (text), chat-encoded then tokenized (chat
+// messages; the chat format writes BOS as text) or range-checked (token ids) — with an id of its
+// own; it goes to a RequestSink (the Scheduler) and its events are relayed back.
+//
+// Plain structs only: the gRPC adapter (grpc_server.h) converts protos to these at the edge.
+// Every refusal is INVALID_ARGUMENT with a message naming the stream message, field or index at
+// fault; errors from the sink (RESOURCE_EXHAUSTED, UNAVAILABLE, ...) pass through unchanged.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/model_config.h"
+#include "common/status.h"
+#include "coordinator/chat_encoding.h"
+#include "coordinator/request.h"
+#include "coordinator/request_sink.h"
+#include "coordinator/tokenizer.h"
+
+namespace flotilla {
+
+enum class PromptKind { kText, kChat, kTokenIds };
+const char* PromptKindName(PromptKind kind);  // "text", "chat", "token ids"
+
+struct ChatPromptOptions {
+  bool thinking = false;  // thinking mode, else chat mode
+  ReasoningEffort reasoning_effort = ReasoningEffort::kNone;
+  bool keep_thinking = false;  // drop_thinking off
+  // JSON array of OpenAI tools, "" for none. Placed on the leading system message (an empty
+  // one is added when the messages do not start with a system message).
+  std::string tools_json;
+};
+
+// The first message of a Generate stream.
+struct GenerateHeader {
+  PromptKind prompt_kind = PromptKind::kText;
+  // All fields but max_new_tokens, which is taken from the field below.
+  SamplingOptions sampling;
+  // Unset: min(FrontDoorOptions::default_max_new_tokens, context left after the prompt).
+  std::optional<int64_t> max_new_tokens;
+  int32_t priority = 0;
+  ChatPromptOptions chat;  // kChat only
+  std::string model;       // "" or the served model's name
+};
+
+// A piece of the prompt. kText pieces are raw bytes and may end inside a UTF-8 character; the
+// assembled text is checked as a whole.
+struct PromptChunk {
+  enum class Kind { kNone, kText, kTokenIds };
+  Kind kind = Kind::kNone;  // kNone: carries nothing (e.g. only `last`)
+  std::string text;
+  std::vector<int32_t> token_ids;
+  bool last = false;  // the prompt is complete
+};
+
+struct FrontDoorOptions {
+  std::string model_name;  // what ModelInfo reports; a header naming another model is refused
+  int64_t default_max_new_tokens = 256;
+  size_t max_chunk_bytes = size_t{4} << 20;  // text bytes, or 4 bytes per token id
+  // The assembled text or messages JSON may hold at most this many bytes per token of the
+  // model's context (checked while streaming; the exact token check follows tokenization).
+  int64_t max_prompt_bytes_per_token = 32;
+  size_t max_stop_strings = 16;
+  size_t max_stop_bytes = 1024;  // per stop string
+};
+
+struct ParallelLayout {
+  int64_t num_workers = 0, tp = 1, dp = 1, ep = 0;
+};
+
+// What GetModelInfo reports; the host fills in the layout.
+struct ModelInfo {
+  std::string name;
+  ModelConfig config;
+  int64_t model_vocab_size = 0;  // prompt ids must be below this
+  int64_t tokenizer_vocab_size = 0;
+  int32_t bos_id = -1, eos_id = -1;
+  ParallelLayout layout;
+};
+
+class FrontDoor;
+
+// One Generate stream's incoming messages, in order. Not thread-safe (one stream, one thread).
+// After an error the assembler is dead: the stream ends with that error.
+class PromptAssembler {
+ public:
+  absl::Status AddHeader(GenerateHeader header);
+  absl::Status AddChunk(PromptChunk chunk);
+  // The client half-closed: the prompt is complete, if a header came.
+  absl::Status EndOfStream();
+  bool complete() const { return complete_; }
+
+ private:
+  friend class FrontDoor;
+  explicit PromptAssembler(const FrontDoor* front_door) : front_door_(front_door) {}
+
+  std::string Where() const;  // "stream message N"
+
+  const FrontDoor* front_door_;
+  int64_t num_messages_ = 0;
+  int64_t num_chunks_ = 0;
+  bool has_header_ = false;
+  bool complete_ = false;
+  GenerateHeader header_;
+  std::string text_;          // kText, kChat
+  std::vector<int32_t> ids_;  // kTokenIds
+};
+
+class FrontDoor {
+ public:
+  // `tokenizer` and `sink` must outlive this object; the sink must stop calling event sinks
+  // before this object goes away.
+  FrontDoor(const ModelConfig& config, const Tokenizer* tokenizer, RequestSink* sink,
+            FrontDoorOptions options = {});
+
+  PromptAssembler NewPrompt() const { return PromptAssembler(this); }
+
+  // A complete prompt -> a request with a fresh id: tokenized or chat-encoded, ids checked,
+  // prompt + max_new_tokens within the model's context.
+  absl::StatusOr<GenerateRequest> Prepare(PromptAssembler prompt);
+
+  // Hands the request to the sink; `relay` gets its events (possibly before this returns, and
+  // from the engine thread). The request stays active until Finished or an error event.
+  absl::Status Submit(GenerateRequest request, EventSink relay);
+
+  // Cancels an active request. `notify` false: the client is gone. Returns whether it was
+  // active.
+  bool Cancel(uint64_t id, bool notify);
+
+  struct TokenizeResult {
+    std::vector<int32_t> ids;
+    std::string prompt;  // the rendered chat prompt, or the text
+  };
+  // kText or kChat; the same rules as Generate prompts (but no context limit).
+  absl::StatusOr<TokenizeResult> Tokenize(PromptKind kind, std::string text,
+                                          const ChatPromptOptions& chat) const;
+
+  ModelInfo ModelSummary() const;  // layout left at its defaults
+  int64_t num_active() const;
+  int64_t max_context() const { return config_.max_position_embeddings; }
+  const FrontDoorOptions& options() const { return options_; }
+
+ private:
+  friend class PromptAssembler;
+  struct ActiveSet;
+
+  absl::Status CheckHeader(const GenerateHeader& header) const;
+  absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t first_idx) const;
+  absl::StatusOr<std::string> RenderChat(const std::string& messages_json,
+                                         const ChatPromptOptions& chat) const;
+  absl::StatusOr<std::vector<int32_t>> EncodeText(const std::string& text,
+                                                  absl::string_view what) const;
+  int64_t MaxPromptBytes() const;
+
+  ModelConfig config_;
+  const Tokenizer* tokenizer_;
+  RequestSink* sink_;
+  FrontDoorOptions options_;
+  std::atomic<uint64_t> next_id_{1};
+  std::shared_ptr<ActiveSet> active_;  // shared with the event wrappers
+};
+
+}  // namespace flotilla

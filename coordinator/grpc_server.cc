@@ -1,0 +1,480 @@
+#include "coordinator/grpc_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "flotilla/v1/flotilla.grpc.pb.h"
+
+namespace flotilla {
+
+namespace {
+
+using Stream = grpc::ServerReaderWriter<v1::GenerateResponse, v1::GenerateRequest>;
+
+// How often a stream waiting for events checks whether its client is still there.
+constexpr auto kPollInterval = std::chrono::milliseconds(50);
+
+// absl and gRPC share the canonical code numbers.
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+std::string Endpoint(const std::string& address, int port) {
+  const bool ipv6 = address.find(':') != std::string::npos && address.front() != '[';
+  return ipv6 ? absl::StrCat("[", address, "]:", port) : absl::StrCat(address, ":", port);
+}
+
+// ---- protos -> plain structs ----
+
+absl::StatusOr<PromptKind> PromptKindFromProto(int kind, absl::string_view field) {
+  switch (kind) {
+    case v1::PROMPT_KIND_TEXT:
+      return PromptKind::kText;
+    case v1::PROMPT_KIND_CHAT:
+      return PromptKind::kChat;
+    case v1::PROMPT_KIND_TOKEN_IDS:
+      return PromptKind::kTokenIds;
+    case v1::PROMPT_KIND_UNSPECIFIED:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field,
+                       " is unset (PROMPT_KIND_TEXT, PROMPT_KIND_CHAT or "
+                       "PROMPT_KIND_TOKEN_IDS)"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(field, ": unknown value ", kind));
+  }
+}
+
+absl::StatusOr<ChatPromptOptions> ChatFromProto(const v1::ChatOptions& in,
+                                                absl::string_view field) {
+  ChatPromptOptions out;
+  out.thinking = in.thinking();
+  out.keep_thinking = in.keep_thinking();
+  out.tools_json = in.tools_json();
+  switch (in.reasoning_effort()) {
+    case v1::REASONING_EFFORT_UNSPECIFIED:
+      out.reasoning_effort = ReasoningEffort::kNone;
+      break;
+    case v1::REASONING_EFFORT_HIGH:
+      out.reasoning_effort = ReasoningEffort::kHigh;
+      break;
+    case v1::REASONING_EFFORT_MAX:
+      out.reasoning_effort = ReasoningEffort::kMax;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".reasoning_effort: unknown value ", in.reasoning_effort()));
+  }
+  return out;
+}
+
+absl::StatusOr<GenerateHeader> HeaderFromProto(const v1::GenerateHeader& in) {
+  GenerateHeader h;
+  ASSIGN_OR_RETURN(h.prompt_kind, PromptKindFromProto(in.prompt_kind(), "header.prompt_kind"));
+  ASSIGN_OR_RETURN(h.chat, ChatFromProto(in.chat(), "header.chat"));
+  const v1::SamplingParams& s = in.sampling();
+  h.sampling.greedy = s.greedy();
+  if (s.has_temperature()) h.sampling.temperature = s.temperature();
+  if (s.has_top_p()) h.sampling.top_p = s.top_p();
+  h.sampling.top_k = s.top_k();
+  h.sampling.seed = s.seed();
+  if (s.has_max_new_tokens()) h.max_new_tokens = s.max_new_tokens();
+  h.sampling.stop.assign(s.stop().begin(), s.stop().end());
+  h.sampling.ignore_eos = s.ignore_eos();
+  h.priority = in.priority();
+  h.model = in.model();
+  return h;
+}
+
+PromptChunk ChunkFromProto(v1::PromptChunk* in) {
+  PromptChunk c;
+  c.last = in->last();
+  switch (in->piece_case()) {
+    case v1::PromptChunk::kText:
+      c.kind = PromptChunk::Kind::kText;
+      c.text = std::move(*in->mutable_text());
+      break;
+    case v1::PromptChunk::kTokenIds:
+      c.kind = PromptChunk::Kind::kTokenIds;
+      c.token_ids.assign(in->token_ids().ids().begin(), in->token_ids().ids().end());
+      break;
+    case v1::PromptChunk::PIECE_NOT_SET:
+      break;
+  }
+  return c;
+}
+
+// ---- plain structs -> protos ----
+
+v1::FinishReason FinishReasonToProto(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kStopString:
+      return v1::FINISH_REASON_STOP_STRING;
+    case FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_UNSPECIFIED;
+}
+
+v1::WorkerState WorkerStateToProto(WorkerState s) {
+  switch (s) {
+    case WorkerState::kStarting:
+      return v1::WORKER_STATE_STARTING;
+    case WorkerState::kLoading:
+      return v1::WORKER_STATE_LOADING;
+    case WorkerState::kReady:
+      return v1::WORKER_STATE_READY;
+    case WorkerState::kDraining:
+      return v1::WORKER_STATE_DRAINING;
+    case WorkerState::kStopping:
+      return v1::WORKER_STATE_STOPPING;
+    case WorkerState::kFailed:
+      return v1::WORKER_STATE_FAILED;
+  }
+  return v1::WORKER_STATE_UNSPECIFIED;
+}
+
+void ModelInfoToProto(const ModelInfo& in, v1::ModelInfo* out) {
+  const ModelConfig& c = in.config;
+  out->set_name(in.name);
+  out->set_model_type(c.model_type);
+  for (const auto& a : c.architectures) out->add_architectures(a);
+  out->set_vocab_size(in.model_vocab_size);
+  out->set_tokenizer_vocab_size(in.tokenizer_vocab_size);
+  out->set_max_context(c.max_position_embeddings);
+  out->set_hidden_size(c.hidden_size);
+  out->set_num_hidden_layers(c.num_hidden_layers);
+  out->set_num_attention_heads(c.num_attention_heads);
+  out->set_n_routed_experts(c.n_routed_experts);
+  out->set_num_experts_per_tok(c.num_experts_per_tok);
+  out->set_quantized(c.Quantized());
+  out->set_expert_dtype(c.expert_dtype);
+  out->set_bos_token_id(in.bos_id);
+  out->set_eos_token_id(in.eos_id);
+  v1::ParallelLayout* layout = out->mutable_layout();
+  layout->set_num_workers(static_cast<int32_t>(in.layout.num_workers));
+  layout->set_tp(static_cast<int32_t>(in.layout.tp));
+  layout->set_dp(static_cast<int32_t>(in.layout.dp));
+  layout->set_ep(static_cast<int32_t>(in.layout.ep));
+}
+
+void WorkerReportToProto(const WorkerReport& in, v1::WorkerReport* out) {
+  out->set_world_rank(in.world_rank);
+  out->set_address(in.address);
+  out->set_error(in.error);
+  v1::WorkerHealth* h = out->mutable_health();
+  h->set_state(WorkerStateToProto(in.health.state));
+  h->set_world_rank(in.health.world_rank);
+  h->set_message(in.health.message);
+  v1::WorkerLoadProgress* l = out->mutable_load();
+  l->set_bytes_loaded(in.load.bytes_loaded);
+  l->set_bytes_total(in.load.bytes_total);
+  l->set_tensors_loaded(in.load.tensors_loaded);
+  l->set_tensors_total(in.load.tensors_total);
+  l->set_done(in.load.done);
+  l->set_error(in.load.error);
+  v1::WorkerStats* s = out->mutable_stats();
+  s->set_world_rank(in.stats.world_rank);
+  s->set_dp_group(in.stats.dp_group);
+  s->set_tp_rank(in.stats.tp_rank);
+  s->set_steps(in.stats.steps);
+  s->set_tokens_processed(in.stats.tokens_processed);
+  s->set_sequences(in.stats.sequences);
+  s->set_kv_pages_total(in.stats.kv_pages_total);
+  s->set_kv_pages_used(in.stats.kv_pages_used);
+  s->set_kv_pool_bytes(in.stats.kv_pool_bytes);
+  s->set_weight_bytes(in.stats.weight_bytes);
+  s->set_uptime_s(in.stats.uptime_s);
+  s->set_device(in.stats.device);
+}
+
+void ClusterStatusToProto(const ClusterStatus& in, v1::ClusterStatus* out) {
+  v1::SchedulerStatus* s = out->mutable_scheduler();
+  s->set_running(in.scheduler.running);
+  s->set_queued(in.scheduler.queued);
+  s->set_steps(in.scheduler.steps);
+  s->set_tokens_generated(in.scheduler.tokens_generated);
+  for (const auto& g : in.scheduler.groups) {
+    v1::KvGroupStatus* pg = s->add_groups();
+    pg->set_pages_total(g.pages_total);
+    pg->set_pages_used(g.pages_used);
+    pg->set_page_bytes(g.page_bytes);
+    pg->set_sequences(g.sequences);
+  }
+  out->set_draining(in.draining);
+  for (const auto& w : in.workers) WorkerReportToProto(w, out->add_workers());
+}
+
+// Events of one request, from the engine thread to the stream's handler thread.
+class EventQueue {
+ public:
+  void Push(const RequestEvent& e) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (closed_) return;
+    events_.push_back(e);
+    cv_.notify_one();
+  }
+  // False when nothing came within `timeout`.
+  bool PopFor(RequestEvent* out, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!cv_.wait_for(lock, timeout, [&] { return !events_.empty(); })) return false;
+    *out = std::move(events_.front());
+    events_.pop_front();
+    return true;
+  }
+  // Later events are dropped (the stream is over).
+  void Close() {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    events_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<RequestEvent> events_;
+  bool closed_ = false;
+};
+
+void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int64_t max_new_tokens,
+                  v1::GenerateResponse* out) {
+  out->Clear();
+  switch (e.kind) {
+    case RequestEvent::Kind::kAdmitted: {
+      v1::Admitted* a = out->mutable_admitted();
+      a->set_request_id(id);
+      a->set_kv_bytes_reserved(e.kv_bytes_reserved);
+      a->set_queue_position(e.queue_position);
+      a->set_prompt_tokens(prompt_tokens);
+      a->set_max_new_tokens(max_new_tokens);
+      break;
+    }
+    case RequestEvent::Kind::kProgress:
+      out->mutable_progress()->set_prefill_done(e.prefill_done);
+      out->mutable_progress()->set_prefill_total(e.prefill_total);
+      break;
+    case RequestEvent::Kind::kToken: {
+      v1::TokenDelta* t = out->mutable_token();
+      t->mutable_ids()->Add(e.token_ids.begin(), e.token_ids.end());
+      t->set_text(e.text);
+      break;
+    }
+    case RequestEvent::Kind::kFinished: {
+      v1::Finished* f = out->mutable_finished();
+      f->set_reason(FinishReasonToProto(e.reason));
+      v1::Usage* u = f->mutable_usage();
+      u->set_prompt_tokens(e.usage.prompt_tokens);
+      u->set_completion_tokens(e.usage.completion_tokens);
+      u->set_time_to_first_token_s(e.usage.time_to_first_token_s);
+      u->set_time_per_output_token_s(e.usage.time_per_output_token_s);
+      break;
+    }
+    case RequestEvent::Kind::kError:
+      break;  // ends the stream with a status instead
+  }
+}
+
+class FlotillaService final : public v1::Flotilla::Service {
+ public:
+  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks)
+      : front_door_(front_door), callbacks_(std::move(callbacks)) {}
+
+  void set_server(grpc::Server* server) { server_ = server; }
+
+  grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
+    // 1. The prompt: a header, then chunks until `last` or the client's half-close.
+    PromptAssembler prompt = front_door_->NewPrompt();
+    v1::GenerateRequest in;
+    int64_t num_messages = 0;
+    while (!prompt.complete()) {
+      if (!stream->Read(&in)) {
+        if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+        if (absl::Status s = prompt.EndOfStream(); !s.ok()) return ToGrpc(s);
+        break;
+      }
+      ++num_messages;
+      absl::Status s;
+      switch (in.message_case()) {
+        case v1::GenerateRequest::kHeader: {
+          auto header = HeaderFromProto(in.header());
+          s = header.ok() ? prompt.AddHeader(std::move(header).value()) : header.status();
+          break;
+        }
+        case v1::GenerateRequest::kChunk:
+          s = prompt.AddChunk(ChunkFromProto(in.mutable_chunk()));
+          break;
+        case v1::GenerateRequest::MESSAGE_NOT_SET:
+          s = absl::InvalidArgumentError(
+              absl::StrCat("stream message ", num_messages, " sets neither header nor chunk"));
+          break;
+      }
+      if (!s.ok()) return ToGrpc(s);
+    }
+    auto request = front_door_->Prepare(std::move(prompt));
+    if (!request.ok()) return ToGrpc(request.status());
+    const uint64_t id = request->id;
+    const int64_t prompt_tokens = static_cast<int64_t>(request->prompt.size());
+    const int64_t max_new_tokens = request->sampling.max_new_tokens;
+
+    // 2. Submit; events come through the queue, this thread alone writes them.
+    auto queue = std::make_shared<EventQueue>();
+    struct CloseOnExit {
+      EventQueue* q;
+      ~CloseOnExit() { q->Close(); }
+    } close_on_exit{queue.get()};
+    absl::Status submitted = front_door_->Submit(
+        std::move(request).value(), [queue](const RequestEvent& e) { queue->Push(e); });
+    if (!submitted.ok()) return ToGrpc(submitted);
+
+    v1::GenerateResponse out;
+    RequestEvent event;
+    while (true) {
+      if (!queue->PopFor(&event, kPollInterval)) {
+        if (ctx->IsCancelled()) {
+          front_door_->Cancel(id, /*notify=*/false);
+          return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+        }
+        continue;
+      }
+      if (event.kind == RequestEvent::Kind::kError) {
+        if (event.error.ok()) {
+          return grpc::Status(grpc::StatusCode::INTERNAL,
+                              absl::StrCat("request ", id, " failed without a reason"));
+        }
+        return ToGrpc(event.error);
+      }
+      EventToProto(event, id, prompt_tokens, max_new_tokens, &out);
+      if (!stream->Write(out)) {
+        front_door_->Cancel(id, /*notify=*/false);
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+      if (event.kind == RequestEvent::Kind::kFinished) return grpc::Status::OK;
+    }
+  }
+
+  grpc::Status Cancel(grpc::ServerContext*, const v1::CancelRequest* in,
+                      v1::CancelResponse* out) override {
+    out->set_found(front_door_->Cancel(in->request_id(), /*notify=*/true));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* in,
+                        v1::TokenizeResponse* out) override {
+    auto kind = PromptKindFromProto(in->prompt_kind(), "prompt_kind");
+    if (!kind.ok()) return ToGrpc(kind.status());
+    auto chat = ChatFromProto(in->chat(), "chat");
+    if (!chat.ok()) return ToGrpc(chat.status());
+    auto result = front_door_->Tokenize(*kind, in->text(), *chat);
+    if (!result.ok()) return ToGrpc(result.status());
+    out->mutable_ids()->Add(result->ids.begin(), result->ids.end());
+    out->set_prompt(std::move(result->prompt));
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+                            v1::ModelInfo* out) override {
+    ModelInfoToProto(callbacks_.model_info ? callbacks_.model_info() : front_door_->ModelSummary(),
+                     out);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetClusterStatus(grpc::ServerContext*, const v1::GetClusterStatusRequest*,
+                                v1::ClusterStatus* out) override {
+    const ClusterStatus status =
+        callbacks_.cluster_status ? callbacks_.cluster_status() : ClusterStatus{};
+    ClusterStatusToProto(status, out);
+    out->set_draining(status.draining || drained_.load());
+    out->set_active_requests(front_door_->num_active());
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override {
+    if (!callbacks_.drain) {
+      return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server has no drain hook");
+    }
+    absl::Status s = callbacks_.drain();
+    if (!s.ok()) return ToGrpc(s);
+    drained_ = true;
+    grpc::Server* server = server_.load();
+    if (server != nullptr && server->GetHealthCheckService() != nullptr) {
+      server->GetHealthCheckService()->SetServingStatus(false);
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  FrontDoor* front_door_;
+  ServingCallbacks callbacks_;
+  std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
+  std::atomic<bool> drained_{false};
+};
+
+}  // namespace
+
+struct ServingServer::Impl {
+  std::unique_ptr<FlotillaService> service;
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+  int port = 0;
+  std::mutex shutdown_mu;
+  bool shut_down = false;
+};
+
+ServingServer::ServingServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ServingServer::~ServingServer() { Shutdown(std::chrono::system_clock::now()).IgnoreError(); }
+
+absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const ServingOptions& options,
+                                                                    FrontDoor* front_door,
+                                                                    ServingCallbacks callbacks) {
+  // Both are process-wide switches read when a server is built.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  auto impl = std::make_unique<Impl>();
+  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks));
+  impl->address = options.address;
+  grpc::ServerBuilder builder;
+  const std::string requested = Endpoint(options.address, options.port);
+  builder.AddListeningPort(requested, grpc::InsecureServerCredentials(), &impl->port);
+  // gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(impl->service.get());
+  impl->server = builder.BuildAndStart();
+  if (impl->server == nullptr || impl->port == 0) {
+    return absl::UnavailableError(absl::StrCat("serving: cannot listen on ", requested));
+  }
+  impl->service->set_server(impl->server.get());
+  return std::unique_ptr<ServingServer>(new ServingServer(std::move(impl)));
+}
+
+int ServingServer::port() const { return impl_->port; }
+
+std::string ServingServer::endpoint() const { return Endpoint(impl_->address, impl_->port); }
+
+absl::Status ServingServer::Shutdown(std::chrono::system_clock::time_point deadline) {
+  std::lock_guard<std::mutex> lock(impl_->shutdown_mu);
+  if (impl_->shut_down) return absl::OkStatus();
+  if (auto* health = impl_->server->GetHealthCheckService()) health->SetServingStatus(false);
+  impl_->server->Shutdown(deadline);
+  impl_->server->Wait();
+  impl_->shut_down = true;
+  return absl::OkStatus();
+}
+
+}  // namespace flotilla

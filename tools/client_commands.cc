@@ -1,0 +1,473 @@
+// gRPC client commands: generate, chat, status (flotilla.v1.Flotilla). Text streams to stdout as
+// it arrives; then come the lines "ids: ...", "finish: ...", "usage: ..." and "timing: ..."
+// (chat adds "message:" and the parsed assistant message as JSON). An error status from the
+// server is printed as "flotilla CMD: CODE: message" and the exit code is the gRPC code; bad
+// flags exit 1. Every call has a deadline (--timeout-s, default 600).
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "coordinator/chat_encoding.h"
+#include "coordinator/chat_tokens.h"
+#include "coordinator/python_json.h"
+#include "flotilla/v1/flotilla.grpc.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "tools/command.h"
+#include "tools/flags.h"
+
+namespace flotilla::cli {
+namespace {
+
+void Out(absl::string_view s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+// A status the server (or the channel) gave: the exit code is its gRPC code.
+int ReportRpcError(const std::string& command, const grpc::Status& s) {
+  std::fprintf(stderr, "flotilla %s: %s: %s\n", command.c_str(),
+               absl::StatusCodeToString(static_cast<absl::StatusCode>(s.error_code())).c_str(),
+               s.error_message().c_str());
+  return static_cast<int>(s.error_code());
+}
+
+absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return std::move(ss).str();
+}
+
+// Takes every "--stop S" out of `args` (Flags keeps one value per flag).
+absl::StatusOr<std::vector<std::string>> TakeStops(std::vector<std::string>* args) {
+  std::vector<std::string> stops, rest;
+  for (size_t i = 0; i < args->size(); ++i) {
+    if ((*args)[i] == "--stop") {
+      if (i + 1 >= args->size()) return absl::InvalidArgumentError("--stop needs a value");
+      stops.push_back((*args)[++i]);
+    } else {
+      rest.push_back((*args)[i]);
+    }
+  }
+  *args = std::move(rest);
+  return stops;
+}
+
+const std::set<std::string> kSamplingFlags = {
+    "--server", "--max-new-tokens", "--temperature", "--top-p",       "--top-k",
+    "--seed",   "--priority",       "--timeout-s",   "--chunk-bytes", "--model-name"};
+const std::set<std::string> kSamplingBooleans = {"--greedy", "--ignore-eos", "--verbose"};
+
+struct CallOptions {
+  std::string server;
+  std::chrono::seconds timeout{600};
+  int64_t chunk_bytes = 1 << 20;
+  bool verbose = false;
+};
+
+absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
+  CallOptions o;
+  ASSIGN_OR_RETURN(o.server, f.Required("--server"));
+  ASSIGN_OR_RETURN(const int64_t timeout, f.Int("--timeout-s", 600));
+  if (timeout < 1) return absl::InvalidArgumentError("--timeout-s must be >= 1");
+  o.timeout = std::chrono::seconds(timeout);
+  ASSIGN_OR_RETURN(o.chunk_bytes, f.Int("--chunk-bytes", 1 << 20));
+  if (o.chunk_bytes < 4 || o.chunk_bytes > (4 << 20)) {
+    return absl::InvalidArgumentError("--chunk-bytes must be in [4, 4194304]");
+  }
+  o.verbose = f.Has("--verbose");
+  return o;
+}
+
+// Sampling flags -> header. Values are checked by the server, which names the field.
+absl::Status FillHeader(const Flags& f, std::vector<std::string> stops, v1::GenerateHeader* h) {
+  v1::SamplingParams* s = h->mutable_sampling();
+  if (f.Has("--greedy") && f.Has("--temperature")) {
+    return absl::InvalidArgumentError("give --greedy or --temperature, not both");
+  }
+  s->set_greedy(f.Has("--greedy"));
+  if (f.Has("--temperature")) {
+    ASSIGN_OR_RETURN(const double t, f.Double("--temperature", 1.0));
+    s->set_temperature(static_cast<float>(t));
+  }
+  if (f.Has("--top-p")) {
+    ASSIGN_OR_RETURN(const double p, f.Double("--top-p", 1.0));
+    s->set_top_p(static_cast<float>(p));
+  }
+  ASSIGN_OR_RETURN(const int64_t top_k, f.Int("--top-k", 0));
+  s->set_top_k(top_k);
+  ASSIGN_OR_RETURN(const int64_t seed, f.Int("--seed", 0));
+  s->set_seed(static_cast<uint64_t>(seed));
+  if (f.Has("--max-new-tokens")) {
+    ASSIGN_OR_RETURN(const int64_t n, f.Int("--max-new-tokens", 0));
+    s->set_max_new_tokens(n);
+  }
+  for (auto& stop : stops) s->add_stop(std::move(stop));
+  s->set_ignore_eos(f.Has("--ignore-eos"));
+  ASSIGN_OR_RETURN(const int64_t priority, f.Int("--priority", 0));
+  h->set_priority(static_cast<int32_t>(priority));
+  h->set_model(f.Get("--model-name"));
+  return absl::OkStatus();
+}
+
+struct GenerateOutcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  std::string text;
+  v1::Admitted admitted;
+  v1::Finished finished;
+  double wall_s = 0;
+};
+
+// One Generate call: the header, the prompt in chunks (text or ids), then the events; text is
+// streamed to stdout as it comes.
+GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& header,
+                            const std::string& text, const std::vector<int32_t>& ids) {
+  GenerateOutcome result;
+  const auto start = std::chrono::steady_clock::now();
+  auto stub =
+      v1::Flotilla::NewStub(grpc::CreateChannel(call.server, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
+  auto stream = stub->Generate(&ctx);
+
+  v1::GenerateRequest message;
+  *message.mutable_header() = header;
+  bool writing = stream->Write(message);
+  if (header.prompt_kind() == v1::PROMPT_KIND_TOKEN_IDS) {
+    const size_t per_chunk = static_cast<size_t>(call.chunk_bytes) / sizeof(int32_t);
+    for (size_t begin = 0; writing && begin < ids.size(); begin += per_chunk) {
+      const size_t end = std::min(ids.size(), begin + per_chunk);
+      v1::PromptChunk* chunk = message.mutable_chunk();
+      chunk->mutable_token_ids()->mutable_ids()->Assign(ids.begin() + begin, ids.begin() + end);
+      chunk->set_last(end == ids.size());
+      writing = stream->Write(message);
+    }
+  } else {
+    const size_t per_chunk = static_cast<size_t>(call.chunk_bytes);
+    for (size_t begin = 0; writing && begin < text.size(); begin += per_chunk) {
+      const size_t end = std::min(text.size(), begin + per_chunk);
+      v1::PromptChunk* chunk = message.mutable_chunk();
+      chunk->set_text(text.substr(begin, end - begin));
+      chunk->set_last(end == text.size());
+      writing = stream->Write(message);
+    }
+  }
+  if (writing) stream->WritesDone();  // also ends an empty prompt
+
+  v1::GenerateResponse event;
+  while (stream->Read(&event)) {
+    switch (event.event_case()) {
+      case v1::GenerateResponse::kAdmitted:
+        result.admitted = event.admitted();
+        std::fprintf(stderr,
+                     "admitted: request %llu, %lld prompt tokens, max_new_tokens %lld, "
+                     "%llu KV bytes, queue position %lld\n",
+                     static_cast<unsigned long long>(event.admitted().request_id()),
+                     static_cast<long long>(event.admitted().prompt_tokens()),
+                     static_cast<long long>(event.admitted().max_new_tokens()),
+                     static_cast<unsigned long long>(event.admitted().kv_bytes_reserved()),
+                     static_cast<long long>(event.admitted().queue_position()));
+        break;
+      case v1::GenerateResponse::kProgress:
+        if (call.verbose) {
+          std::fprintf(stderr, "progress: prefill %lld / %lld tokens\n",
+                       static_cast<long long>(event.progress().prefill_done()),
+                       static_cast<long long>(event.progress().prefill_total()));
+        }
+        break;
+      case v1::GenerateResponse::kToken:
+        result.ids.insert(result.ids.end(), event.token().ids().begin(), event.token().ids().end());
+        result.text += event.token().text();
+        Out(event.token().text());
+        break;
+      case v1::GenerateResponse::kFinished:
+        result.finished = event.finished();
+        break;
+      case v1::GenerateResponse::EVENT_NOT_SET:
+        break;
+    }
+  }
+  result.status = stream->Finish();
+  result.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+std::string FinishName(v1::FinishReason r) {
+  switch (r) {
+    case v1::FINISH_REASON_STOP:
+      return "stop";
+    case v1::FINISH_REASON_LENGTH:
+      return "length";
+    case v1::FINISH_REASON_STOP_STRING:
+      return "stop_string";
+    case v1::FINISH_REASON_CANCELLED:
+      return "cancelled";
+    case v1::FINISH_REASON_ERROR:
+      return "error";
+    default:
+      return "unspecified";
+  }
+}
+
+void PrintSummary(const GenerateOutcome& r) {
+  const v1::Usage& u = r.finished.usage();
+  Out(absl::StrCat("\nids: ", absl::StrJoin(r.ids, ","), "\n"));
+  Out(absl::StrCat("finish: ", FinishName(r.finished.reason()), "\n"));
+  Out(absl::StrCat("usage: prompt_tokens=", u.prompt_tokens(),
+                   " completion_tokens=", u.completion_tokens(), "\n"));
+  Out(absl::StrFormat("timing: ttft_s=%.6f tpot_s=%.6f wall_s=%.6f\n", u.time_to_first_token_s(),
+                      u.time_per_output_token_s(), r.wall_s));
+}
+
+// ---- generate ----
+
+int GenerateMain(const std::vector<std::string>& args_in) {
+  std::vector<std::string> args = args_in;
+  auto stops = TakeStops(&args);
+  if (!stops.ok()) return Fail("generate", stops.status());
+  std::set<std::string> with_value = kSamplingFlags;
+  with_value.insert({"--prompt", "--prompt-file", "--prompt-ids"});
+  auto f = Flags::Parse(args, with_value, kSamplingBooleans);
+  if (!f.ok()) return Fail("generate", f.status());
+  auto call = ParseCallOptions(*f);
+  if (!call.ok()) return Fail("generate", call.status());
+  const int sources = f->Has("--prompt") + f->Has("--prompt-file") + f->Has("--prompt-ids");
+  if (sources != 1) {
+    return Fail("generate", absl::InvalidArgumentError(
+                                "give exactly one of --prompt TEXT, --prompt-file FILE or "
+                                "--prompt-ids 1,2,3"));
+  }
+  v1::GenerateHeader header;
+  if (absl::Status s = FillHeader(*f, std::move(stops).value(), &header); !s.ok()) {
+    return Fail("generate", s);
+  }
+  std::string text;
+  std::vector<int32_t> ids;
+  if (f->Has("--prompt-ids")) {
+    header.set_prompt_kind(v1::PROMPT_KIND_TOKEN_IDS);
+    auto parsed = ParseIdList("--prompt-ids", f->Get("--prompt-ids"));
+    if (!parsed.ok()) return Fail("generate", parsed.status());
+    ids = std::move(parsed).value();
+  } else {
+    header.set_prompt_kind(v1::PROMPT_KIND_TEXT);
+    if (f->Has("--prompt")) {
+      text = f->Get("--prompt");
+    } else {
+      auto read = ReadTextFile(f->Get("--prompt-file"));
+      if (!read.ok()) return Fail("generate", read.status());
+      text = std::move(read).value();
+    }
+  }
+  const GenerateOutcome r = RunGenerate(*call, header, text, ids);
+  if (!r.status.ok()) {
+    if (!r.text.empty()) Out("\n");
+    return ReportRpcError("generate", r.status);
+  }
+  PrintSummary(r);
+  return 0;
+}
+
+// ---- chat ----
+
+int ChatMain(const std::vector<std::string>& args_in) {
+  std::vector<std::string> args = args_in;
+  auto stops = TakeStops(&args);
+  if (!stops.ok()) return Fail("chat", stops.status());
+  std::set<std::string> with_value = kSamplingFlags;
+  with_value.insert({"--messages", "--tools", "--reasoning-effort"});
+  std::set<std::string> booleans = kSamplingBooleans;
+  booleans.insert({"--thinking", "--keep-thinking"});
+  auto f = Flags::Parse(args, with_value, booleans);
+  if (!f.ok()) return Fail("chat", f.status());
+  auto call = ParseCallOptions(*f);
+  if (!call.ok()) return Fail("chat", call.status());
+  auto path = f->Required("--messages");
+  if (!path.ok()) return Fail("chat", path.status());
+  auto file = ReadTextFile(*path);
+  if (!file.ok()) return Fail("chat", file.status());
+  // A list of messages, or {"messages": [...], "tools": [...]} as encode-chat takes.
+  std::optional<nlohmann::ordered_json> doc = ParseJsonKeepingNumbers(*file);
+  if (!doc.has_value()) {
+    return Fail("chat", absl::InvalidArgumentError(absl::StrCat(*path, " is not valid JSON")));
+  }
+  nlohmann::ordered_json messages = *doc;
+  nlohmann::ordered_json tools;
+  if (doc->is_object()) {
+    if (!doc->contains("messages")) {
+      return Fail("chat", absl::InvalidArgumentError(
+                              absl::StrCat(*path, ": an object needs \"messages\"")));
+    }
+    if (doc->contains("context")) {
+      return Fail("chat", absl::InvalidArgumentError(
+                              absl::StrCat(*path, ": \"context\" is not supported by the server")));
+    }
+    messages = (*doc)["messages"];
+    if (doc->contains("tools")) tools = (*doc)["tools"];
+  }
+  if (f->Has("--tools")) {
+    auto tools_text = ReadTextFile(f->Get("--tools"));
+    if (!tools_text.ok()) return Fail("chat", tools_text.status());
+    auto parsed = ParseJsonKeepingNumbers(*tools_text);
+    if (!parsed.has_value()) {
+      return Fail("chat", absl::InvalidArgumentError(
+                              absl::StrCat(f->Get("--tools"), " is not valid JSON")));
+    }
+    tools = *parsed;
+  }
+
+  v1::GenerateHeader header;
+  header.set_prompt_kind(v1::PROMPT_KIND_CHAT);
+  if (absl::Status s = FillHeader(*f, std::move(stops).value(), &header); !s.ok()) {
+    return Fail("chat", s);
+  }
+  const bool thinking = f->Has("--thinking");
+  v1::ChatOptions* chat = header.mutable_chat();
+  chat->set_thinking(thinking);
+  chat->set_keep_thinking(f->Has("--keep-thinking"));
+  if (!tools.is_null()) chat->set_tools_json(PythonJson(tools));
+  if (f->Has("--reasoning-effort")) {
+    const std::string effort = f->Get("--reasoning-effort");
+    if (effort == "high") {
+      chat->set_reasoning_effort(v1::REASONING_EFFORT_HIGH);
+    } else if (effort == "max") {
+      chat->set_reasoning_effort(v1::REASONING_EFFORT_MAX);
+    } else {
+      return Fail("chat", absl::InvalidArgumentError(absl::StrCat("--reasoning-effort: '", effort,
+                                                                  "' (expected high or max)")));
+    }
+  }
+
+  const GenerateOutcome r = RunGenerate(*call, header, PythonJson(messages), {});
+  if (!r.status.ok()) {
+    if (!r.text.empty()) Out("\n");
+    return ReportRpcError("chat", r.status);
+  }
+  PrintSummary(r);
+  // The parser wants the completion through EOS, special tokens kept.
+  std::string completion = r.text;
+  const std::string eos(chat_tokens::kEos);
+  if (r.finished.reason() == v1::FINISH_REASON_STOP &&
+      (completion.size() < eos.size() ||
+       completion.compare(completion.size() - eos.size(), eos.size(), eos) != 0)) {
+    completion += eos;
+  }
+  auto parsed =
+      ParseCompletion(completion, thinking ? ThinkingMode::kThinking : ThinkingMode::kChat);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "flotilla chat: the completion does not parse as a message: %s\n",
+                 std::string(parsed.status().message()).c_str());
+    nlohmann::ordered_json raw = {{"role", "assistant"}, {"content", r.text}};
+    Out(absl::StrCat("message: ", raw.dump(2), "\n"));
+    return 0;
+  }
+  Out(absl::StrCat("message: ", ParsedCompletionToJson(*parsed).dump(2), "\n"));
+  return 0;
+}
+
+// ---- status ----
+
+int StatusMain(const std::vector<std::string>& args) {
+  auto f = Flags::Parse(args, {"--server", "--timeout-s"}, {"--json"});
+  if (!f.ok()) return Fail("status", f.status());
+  auto server = f->Required("--server");
+  if (!server.ok()) return Fail("status", server.status());
+  auto timeout = f->Int("--timeout-s", 600);
+  if (!timeout.ok()) return Fail("status", timeout.status());
+  auto stub =
+      v1::Flotilla::NewStub(grpc::CreateChannel(*server, grpc::InsecureChannelCredentials()));
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(*timeout);
+
+  v1::ModelInfo model;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline);
+    grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &model);
+    if (!s.ok()) return ReportRpcError("status", s);
+  }
+  v1::ClusterStatus cluster;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(deadline);
+    grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &cluster);
+    if (!s.ok()) return ReportRpcError("status", s);
+  }
+
+  if (f->Has("--json")) {
+    google::protobuf::util::JsonPrintOptions options;
+    options.add_whitespace = true;
+    options.preserve_proto_field_names = true;
+    options.always_print_primitive_fields = true;
+    std::string model_json, cluster_json;
+    (void)google::protobuf::util::MessageToJsonString(model, &model_json, options);
+    (void)google::protobuf::util::MessageToJsonString(cluster, &cluster_json, options);
+    Out(absl::StrCat("{\"model\": ", model_json, ", \"cluster\": ", cluster_json, "}\n"));
+    return 0;
+  }
+
+  Out(absl::StrCat("model: ", model.name().empty() ? "(unnamed)" : model.name(), " (",
+                   model.model_type(), ", ", absl::StrJoin(model.architectures(), ","), ")\n"));
+  Out(absl::StrCat("  vocab ", model.vocab_size(), " (tokenizer ", model.tokenizer_vocab_size(),
+                   "), max context ", model.max_context(), " tokens, ", model.num_hidden_layers(),
+                   " layers, hidden ", model.hidden_size(), ", ", model.num_attention_heads(),
+                   " heads, ", model.n_routed_experts(), " experts (", model.num_experts_per_tok(),
+                   " per token), ", model.quantized() ? "quantized" : "bf16",
+                   model.expert_dtype().empty() ? "" : ", experts " + model.expert_dtype(),
+                   ", bos ", model.bos_token_id(), ", eos ", model.eos_token_id(), "\n"));
+  Out(absl::StrCat("layout: ", model.layout().num_workers(), " workers, tp ", model.layout().tp(),
+                   ", dp ", model.layout().dp(), ", ep ", model.layout().ep(), "\n"));
+  const v1::SchedulerStatus& s = cluster.scheduler();
+  Out(absl::StrCat("scheduler: running ", s.running(), ", queued ", s.queued(), ", steps ",
+                   s.steps(), ", tokens generated ", s.tokens_generated(), ", active requests ",
+                   cluster.active_requests(), cluster.draining() ? ", draining" : "", "\n"));
+  for (int i = 0; i < s.groups_size(); ++i) {
+    const v1::KvGroupStatus& g = s.groups(i);
+    Out(absl::StrCat("  dp group ", i, ": KV pages ", g.pages_used(), "/", g.pages_total(), " (",
+                     g.page_bytes(), " bytes each), ", g.sequences(), " sequences\n"));
+  }
+  Out(absl::StrCat("workers: ", cluster.workers_size(), "\n"));
+  for (const v1::WorkerReport& w : cluster.workers()) {
+    std::string line = absl::StrCat("  rank ", w.world_rank(), " ", w.address(), ": ");
+    if (!w.error().empty()) {
+      absl::StrAppend(&line, "unreachable: ", w.error());
+    } else {
+      // WORKER_STATE_READY -> ready
+      std::string state = absl::AsciiStrToLower(v1::WorkerState_Name(w.health().state()));
+      if (absl::StartsWith(state, "worker_state_")) state = state.substr(13);
+      absl::StrAppend(&line, state,
+                      w.health().message().empty() ? "" : " (" + w.health().message() + ")",
+                      ", loaded ", w.load().bytes_loaded(), "/", w.load().bytes_total(), " bytes",
+                      w.load().error().empty() ? "" : " (load error: " + w.load().error() + ")",
+                      ", dp group ", w.stats().dp_group(), ", tp rank ", w.stats().tp_rank(),
+                      ", steps ", w.stats().steps(), ", KV pages ", w.stats().kv_pages_used(), "/",
+                      w.stats().kv_pages_total(), ", device ", w.stats().device());
+    }
+    Out(line + "\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+FLOTILLA_COMMAND("generate",
+                 "stream a completion from a server: --server HOST:PORT --prompt TEXT | "
+                 "--prompt-file F | --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | "
+                 "--temperature T --top-p P --top-k K --seed S] [--stop S]... [--ignore-eos]",
+                 GenerateMain);
+FLOTILLA_COMMAND("chat",
+                 "chat with a server: --server HOST:PORT --messages FILE.json [--thinking] "
+                 "[--reasoning-effort high|max] [--tools FILE.json] [sampling flags]",
+                 ChatMain);
+FLOTILLA_COMMAND("status", "model, scheduler and workers of a server: --server HOST:PORT [--json]",
+                 StatusMain);
+
+}  // namespace flotilla::cli
