@@ -232,11 +232,15 @@ void CheckAgainstCheckpoint(const ModelConfig& config, const Layout& layout) {
 TEST(ShardPlanCheckpoint, TinyTp2) { CheckAgainstCheckpoint(Tiny(), MakeLayout(4, 2)); }
 TEST(ShardPlanCheckpoint, TinyTp1) { CheckAgainstCheckpoint(Tiny(), MakeLayout(3, 1)); }
 
-TEST(ShardPlan, TinyRefusesTp4) {
-  // tiny has 2 output groups.
-  absl::StatusOr<ShardPlan> plan = ShardPlan::Make(Tiny(), MakeLayout(4, 4), ExpertFormat::kFp4);
+TEST(ShardPlanByteRuns, TinyTp4) { CheckByteRuns(Tiny(), MakeLayout(4, 4)); }
+TEST(ShardPlanCheckpoint, TinyTp4) { CheckAgainstCheckpoint(Tiny(), MakeLayout(4, 4)); }
+
+TEST(ShardPlan, TinyRefusesTp8) {
+  // tiny has 4 query heads, 4 output groups and 4 indexer heads.
+  absl::StatusOr<ShardPlan> plan = ShardPlan::Make(Tiny(), MakeLayout(8, 8), ExpertFormat::kFp4);
   ASSERT_FALSE(plan.ok());
-  EXPECT_THAT(std::string(plan.status().message()), HasSubstr("tp 4 does not divide o_groups (2)"));
+  EXPECT_THAT(std::string(plan.status().message()),
+              HasSubstr("tp 8 does not divide num_attention_heads (4)"));
 }
 
 TEST(ShardPlan, RefusesAnInvalidConfig) {
