@@ -38,6 +38,12 @@ struct StepPlan {
 std::string SerializeStepPlan(const StepPlan& plan);
 absl::StatusOr<StepPlan> ParseStepPlan(const std::string& bytes);
 
+// The size each worker sends before its tokens carries, in its top byte, the control wishes the
+// worker received since the last step (bit 0: drain, bit 1: shutdown).
+constexpr int kWishShift = 56;
+constexpr uint64_t kResultSizeMask = (uint64_t{1} << kWishShift) - 1;
+constexpr uint32_t kWishDrain = 1, kWishShutdown = 2;
+
 struct StepToken {
   uint64_t seq_id = 0;
   int32_t token = 0;

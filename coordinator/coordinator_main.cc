@@ -17,10 +17,10 @@
 #include "coordinator/grpc_server.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/tokenizer.h"
+#include "coordinator/worker_control.h"
 #include "sharding/capacity.h"
-#include "sharding/shard_plan.h"
-#include "common/model_tensors.h"
 #include "tools/flags.h"
+#include "worker/comm/control_endpoints.h"
 #include "worker/comm/load_report.h"
 #include "worker/comm/mpi_comm.h"
 
@@ -114,6 +114,14 @@ int Main(int argc, char** argv) {
   absl::Status st = AgreeOnLoad(*world, setup, 0, /*participates_only=*/setup.ok());
   if (!st.ok()) return fail(st);
 
+  // Where each worker's control service listens (world rank order; ours is empty).
+  auto endpoints = ExchangeControlEndpoints(*world, "");
+  if (!endpoints.ok()) return fail(endpoints.status());
+  std::vector<std::unique_ptr<WorkerControlClient>> control;
+  for (int64_t r = 0; r < workers; ++r) {
+    control.push_back(std::make_unique<WorkerControlClient>((*endpoints)[r + 1]));
+  }
+
   Scheduler scheduler(config, opts->scheduler, tokenizer.get());
   FrontDoorOptions fdo;
   fdo.model_name = std::filesystem::path(opts->model).filename().string();
@@ -132,39 +140,13 @@ int Main(int argc, char** argv) {
     info.layout.ep = workers;
     return info;
   };
-  // What the coordinator knows of each worker: its place in the layout, the bytes its shard
-  // plan gave it (every worker confirmed its load at start), and the steps it has run.
-  Layout layout;
-  layout.num_workers = workers;
-  layout.tp = opts->tp;
-  std::vector<uint64_t> weight_bytes(workers, 0);
-  if (auto ckpt = CheckpointDir::Open(opts->model); ckpt.ok()) {
-    if (auto plan = ShardPlan::Make(config, layout, DetectExpertFormat(config, **ckpt)); plan.ok()) {
-      for (int64_t r = 0; r < workers; ++r) weight_bytes[r] = plan->WeightBytes(r);
-    }
-  }
+  // Each worker answers for itself through its control service; one that does not is reported
+  // with the error.
   callbacks.cluster_status = [&] {
     ClusterStatus s;
     s.scheduler = scheduler.Stats();
     for (int64_t r = 0; r < workers; ++r) {
-      WorkerReport w;
-      w.world_rank = int32_t(r + 1);
-      w.health.state = WorkerState::kReady;
-      w.health.world_rank = w.world_rank;
-      w.load.bytes_loaded = w.load.bytes_total = weight_bytes[r];
-      w.load.done = true;
-      w.stats.world_rank = w.world_rank;
-      w.stats.dp_group = int32_t(layout.DpGroupOf(r));
-      w.stats.tp_rank = int32_t(layout.TpRankOf(r));
-      w.stats.steps = engine.steps();
-      w.stats.weight_bytes = weight_bytes[r];
-      const auto& g = s.scheduler.groups[layout.DpGroupOf(r)];
-      w.stats.kv_pages_total = g.pages_total;
-      w.stats.kv_pages_used = g.pages_used;
-      w.stats.kv_pool_bytes = g.pages_total * g.page_bytes;
-      w.stats.sequences = g.sequences;
-      w.stats.device = "cpu";
-      s.workers.push_back(w);
+      s.workers.push_back(control[r]->Report(int32_t(r + 1), std::chrono::milliseconds(2000)));
     }
     return s;
   };

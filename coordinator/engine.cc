@@ -1,6 +1,7 @@
 #include "coordinator/engine.h"
 
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -17,7 +18,7 @@ absl::Status Engine::Step(const StepPlan& plan, std::vector<StepToken>* tokens) 
   RETURN_IF_ERROR(world_.Broadcast(const_cast<char*>(bytes.data()), size, 0,
                                    {"step plan", plan.step}));
   tokens->clear();
-  if (plan.seqs.empty()) return absl::OkStatus();  // heartbeat or release only
+  if (plan.shutdown) return absl::OkStatus();
   const int n = world_.size();
   std::vector<uint64_t> zeros(n, 0), counts(n, 0);
   std::vector<size_t> eight(n, sizeof(uint64_t));
@@ -25,7 +26,15 @@ absl::Status Engine::Step(const StepPlan& plan, std::vector<StepToken>* tokens) 
                                    {"step result sizes", plan.step}));
   std::vector<size_t> send(n, 0), recv(n, 0);
   size_t total = 0;
-  for (int r = 0; r < n; ++r) total += recv[r] = counts[r];
+  for (int r = 0; r < n; ++r) {
+    const uint32_t wishes = uint32_t(counts[r] >> kWishShift);
+    if (wishes != 0 && !drain_.load()) {
+      std::fprintf(stderr, "flotilla-coordinator: worker rank %d asked to %s; draining the job\n",
+                   r, wishes & kWishShutdown ? "shut down" : "drain");
+      drain_.store(true);
+    }
+    total += recv[r] = counts[r] & kResultSizeMask;
+  }
   std::string all(total, '\0');
   RETURN_IF_ERROR(world_.AllToAllV(nullptr, send, all.data(), recv, {"step results", plan.step}));
   size_t at = 0;

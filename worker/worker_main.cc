@@ -20,6 +20,8 @@
 #include "worker/model.h"
 #include "worker/sampler.h"
 #include "common/step_plan.h"
+#include "worker/control_host.h"
+#include "worker/comm/control_endpoints.h"
 #include "worker/worker_load.h"
 
 namespace flotilla {
@@ -41,6 +43,7 @@ struct Args {
   std::string dump;
   bool ignore_eos = false;
   double timeout_s = 60;
+  std::string control_address = "127.0.0.1";
 };
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
@@ -48,7 +51,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--prompt-ids", "--max-new-tokens",
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
-                                      "--experts-per-token", "--dump-logits", "--timeout-s"},
+                                      "--experts-per-token", "--dump-logits", "--timeout-s",
+                                      "--control-address"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
@@ -71,6 +75,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   a.sampling.seed = uint64_t(seed);
   a.dump = f.Get("--dump-logits");
   a.ignore_eos = f.Has("--ignore-eos");
+  a.control_address = f.Get("--control-address", "127.0.0.1");
   if (a.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (a.max_new < 1) return absl::InvalidArgumentError("--max-new-tokens must be at least 1");
   if (a.chunk < 0) return absl::InvalidArgumentError("--chunk must be positive");
@@ -138,7 +143,7 @@ absl::Status Generate(const Args& a, Comm& world, Model& model) {
 // Serving: world rank 0 is the coordinator; it broadcasts a step plan each step (or an idle
 // heartbeat), the workers run it, and each DP group's first TP rank returns the tokens it
 // sampled. Every wait is bounded by the communicator's deadline.
-absl::Status Serve(Comm& world, Comm& workers, LoadedWorker& w, int64_t tp) {
+absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
   Model& model = *w.model;
   const int64_t vocab = model.config().vocab_size;
   struct Seq {
@@ -153,9 +158,11 @@ absl::Status Serve(Comm& world, Comm& workers, LoadedWorker& w, int64_t tp) {
     std::string bytes(size, '\0');
     RETURN_IF_ERROR(world.Broadcast(bytes.data(), size, 0, {"step plan", step}));
     ASSIGN_OR_RETURN(StepPlan plan, ParseStepPlan(bytes));
-    if (plan.shutdown) return absl::OkStatus();
+    if (plan.shutdown) {
+      host.SetState(WorkerState::kStopping, "the coordinator ended the job");
+      return absl::OkStatus();
+    }
     for (uint64_t id : plan.release) seqs.erase(id);
-    if (plan.seqs.empty()) continue;  // idle heartbeat
 
     std::vector<Model::Chunk> chunks;
     std::vector<const StepSequence*> mine;
@@ -180,9 +187,14 @@ absl::Status Serve(Comm& world, Comm& workers, LoadedWorker& w, int64_t tp) {
       mine.push_back(&s);
     }
     Model::Output out;
-    RETURN_IF_ERROR(model.Forward(chunks, &out));
+    int64_t tokens = 0;
+    if (!plan.seqs.empty()) {  // (an empty plan is the idle heartbeat)
+      RETURN_IF_ERROR(model.Forward(chunks, &out));
+      for (const auto& ch : chunks) tokens += int64_t(ch.tokens.size());
+    }
+    host.OnStep(tokens, int64_t(seqs.size()));
     std::vector<StepToken> sampled;
-    if (leader) {
+    if (leader && !plan.seqs.empty()) {
       for (size_t i = 0; i < mine.size(); ++i) {
         if (!mine[i]->sample) continue;
         Seq& s = seqs.at(mine[i]->seq_id);
@@ -190,20 +202,19 @@ absl::Status Serve(Comm& world, Comm& workers, LoadedWorker& w, int64_t tp) {
                            s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)});
       }
     }
-    // Results go to the coordinator (world rank 0) only.
-    const std::string payload = SerializeStepTokens(sampled);
+    // Results go to the coordinator (world rank 0) only: their size, with this worker's control
+    // wishes (drain, shutdown) in the top byte, then the tokens.
+    const std::string payload =
+        leader && !plan.seqs.empty() ? SerializeStepTokens(sampled) : std::string();
     std::vector<size_t> send(world.size(), 0), recv(world.size(), 0);
     send[0] = payload.size();
-    const uint64_t n = payload.size();
     std::vector<uint64_t> counts(world.size(), 0), none(world.size(), 0);
-    counts[0] = n;
+    counts[0] = uint64_t(payload.size()) | (uint64_t(host.TakeWishes()) << kWishShift);
     std::vector<size_t> eight(world.size(), 8);
     RETURN_IF_ERROR(world.AllToAllV(counts.data(), eight, none.data(), eight,
                                     {"step result sizes", step}));
     RETURN_IF_ERROR(world.AllToAllV(payload.data(), send, nullptr, recv, {"step results", step}));
   }
-  (void)tp;
-  (void)workers;
 }
 
 int Main(int argc, char** argv) {
@@ -259,8 +270,26 @@ int Main(int argc, char** argv) {
   }
   absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
   if (st.ok()) {
-    st = serve ? Serve(*world, *workers, *loaded, args->tp)
-               : Generate(*args, *world, *loaded->model);
+    if (serve) {
+      // Host the control service and tell the coordinator where it is.
+      WorkerControlHost host(int32_t(rank), int32_t(loaded->dp_group), int32_t(loaded->tp_rank));
+      host.SetLoad(loaded->bytes_read, loaded->planned_bytes, 0, true, "");
+      WorkerControlServerOptions co;
+      co.address = args->control_address;
+      auto control = WorkerControlServer::Start(co, &host);
+      // Every rank takes part in the exchange, even one whose service did not start.
+      st = ExchangeControlEndpoints(*world, control.ok() ? (*control)->endpoint() : "").status();
+      if (st.ok()) st = control.status();
+      if (st.ok()) {
+        host.SetState(WorkerState::kReady);
+        st = Serve(*world, *loaded, host);
+      }
+      if (control.ok()) {
+        (void)(*control)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+      }
+    } else {
+      st = Generate(*args, *world, *loaded->model);
+    }
   }
   if (!st.ok()) {
     // A failure inside a step leaves peers waiting: end the whole job with this message.

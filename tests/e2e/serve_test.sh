@@ -73,6 +73,9 @@ concurrent)
     got=$(ids_of "$work/stream_$i.txt")
     [ "$want" = "$got" ] || fail "stream $i: got [$got], flotilla run gave [$want]"
   done
+  # Every worker answers through its control service.
+  "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
+  [ "$(grep -c ': ready, loaded' "$work/status.txt")" -eq 2 ] || { cat "$work/status.txt"; fail "workers not ready"; }
   stop_server || fail "server exit status $?"
   echo "8 concurrent streams: token ids equal to flotilla run"
   ;;
