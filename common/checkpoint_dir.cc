@@ -196,7 +196,7 @@ absl::Status WriteSafetensorsIndex(const std::string& dir,
   }
   const std::string text =
       root.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  return WriteTextFile((fs::path(dir) / kIndexName).string(), text);
+  return WriteFileAtomically((fs::path(dir) / kIndexName).string(), text);
 }
 
 }  // namespace flotilla

@@ -77,14 +77,14 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   return text;
 }
 
-absl::Status WriteTextFile(const std::string& path, const std::string& text) {
+absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) {
     return absl::PermissionDeniedError(
         absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
   }
-  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
   const std::string why = ok ? "" : std::strerror(errno);
   if (std::fclose(f) != 0) ok = false;
   if (!ok) {

@@ -1,4 +1,4 @@
-// Internal JSON helpers shared by common/*.cc (not part of the public API).
+// Internal JSON and file helpers shared by common/*.cc (not part of the public API).
 #pragma once
 
 #include <string>
@@ -22,7 +22,7 @@ std::string JsonSnippet(const nlohmann::json& value);
 // Reads a whole file into a string; errors name the path.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
-// Writes `text` to `path` via a temporary file and rename; errors name the path.
-absl::Status WriteTextFile(const std::string& path, const std::string& text);
+// Writes `bytes` to `path` via a temporary file and rename; errors name the path.
+absl::Status WriteFileAtomically(const std::string& path, const std::string& bytes);
 
 }  // namespace flotilla

@@ -191,27 +191,8 @@ absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& sh
   for (size_t i = 0; i < prefix - kMagicLen - 2; ++i) head.push_back(char(header_len >> (8 * i)));
   head += dict;
 
-  const std::string tmp = path + ".tmp";
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (f == nullptr) {
-    return absl::PermissionDeniedError(
-        absl::StrCat(tmp, ": cannot create: ", std::strerror(errno)));
-  }
-  bool ok = std::fwrite(head.data(), 1, head.size(), f) == head.size() &&
-            (count == 0 || std::fwrite(data, sizeof(float), count, f) == count);
-  const std::string why = ok ? "" : std::strerror(errno);
-  if (std::fclose(f) != 0) ok = false;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    return absl::DataLossError(absl::StrCat(tmp, ": write failed: ", why));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why_rename = std::strerror(errno);
-    std::remove(tmp.c_str());
-    return absl::PermissionDeniedError(
-        absl::StrCat(path, ": cannot rename into place: ", why_rename));
-  }
-  return absl::OkStatus();
+  head.append(reinterpret_cast<const char*>(data), count * sizeof(float));
+  return WriteFileAtomically(path, head);
 }
 
 absl::StatusOr<NpyF32> ReadNpyF32(const std::string& path) {
