@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/grpc_convert.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
 
 namespace flotilla {
@@ -20,17 +21,6 @@ using Stream = grpc::ServerReaderWriter<v1::GenerateResponse, v1::GenerateReques
 
 // How often a stream waiting for events checks whether its client is still there.
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
-
-// absl and gRPC share the canonical code numbers.
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-std::string Endpoint(const std::string& address, int port) {
-  const bool ipv6 = address.find(':') != std::string::npos && address.front() != '[';
-  return ipv6 ? absl::StrCat("[", address, "]:", port) : absl::StrCat(address, ":", port);
-}
 
 // ---- protos -> plain structs ----
 
@@ -129,24 +119,6 @@ v1::FinishReason FinishReasonToProto(FinishReason r) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-v1::WorkerState WorkerStateToProto(WorkerState s) {
-  switch (s) {
-    case WorkerState::kStarting:
-      return v1::WORKER_STATE_STARTING;
-    case WorkerState::kLoading:
-      return v1::WORKER_STATE_LOADING;
-    case WorkerState::kReady:
-      return v1::WORKER_STATE_READY;
-    case WorkerState::kDraining:
-      return v1::WORKER_STATE_DRAINING;
-    case WorkerState::kStopping:
-      return v1::WORKER_STATE_STOPPING;
-    case WorkerState::kFailed:
-      return v1::WORKER_STATE_FAILED;
-  }
-  return v1::WORKER_STATE_UNSPECIFIED;
-}
-
 void ModelInfoToProto(const ModelInfo& in, v1::ModelInfo* out) {
   const ModelConfig& c = in.config;
   out->set_name(in.name);
@@ -175,30 +147,9 @@ void WorkerReportToProto(const WorkerReport& in, v1::WorkerReport* out) {
   out->set_world_rank(in.world_rank);
   out->set_address(in.address);
   out->set_error(in.error);
-  v1::WorkerHealth* h = out->mutable_health();
-  h->set_state(WorkerStateToProto(in.health.state));
-  h->set_world_rank(in.health.world_rank);
-  h->set_message(in.health.message);
-  v1::WorkerLoadProgress* l = out->mutable_load();
-  l->set_bytes_loaded(in.load.bytes_loaded);
-  l->set_bytes_total(in.load.bytes_total);
-  l->set_tensors_loaded(in.load.tensors_loaded);
-  l->set_tensors_total(in.load.tensors_total);
-  l->set_done(in.load.done);
-  l->set_error(in.load.error);
-  v1::WorkerStats* s = out->mutable_stats();
-  s->set_world_rank(in.stats.world_rank);
-  s->set_dp_group(in.stats.dp_group);
-  s->set_tp_rank(in.stats.tp_rank);
-  s->set_steps(in.stats.steps);
-  s->set_tokens_processed(in.stats.tokens_processed);
-  s->set_sequences(in.stats.sequences);
-  s->set_kv_pages_total(in.stats.kv_pages_total);
-  s->set_kv_pages_used(in.stats.kv_pages_used);
-  s->set_kv_pool_bytes(in.stats.kv_pool_bytes);
-  s->set_weight_bytes(in.stats.weight_bytes);
-  s->set_uptime_s(in.stats.uptime_s);
-  s->set_device(in.stats.device);
+  WorkerHealthToProto(in.health, out->mutable_health());
+  WorkerLoadProgressToProto(in.load, out->mutable_load());
+  WorkerStatsToProto(in.stats, out->mutable_stats());
 }
 
 void ClusterStatusToProto(const ClusterStatus& in, v1::ClusterStatus* out) {

@@ -5,27 +5,12 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/grpc_convert.h"
 #include "flotilla/v1/worker_control.grpc.pb.h"
 
 namespace flotilla {
 
 namespace {
-
-// absl and gRPC share the canonical code numbers.
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
-std::string Endpoint(const std::string& address, int port) {
-  const bool ipv6 = address.find(':') != std::string::npos && address.front() != '[';
-  return ipv6 ? absl::StrCat("[", address, "]:", port) : absl::StrCat(address, ":", port);
-}
 
 v1::WorkerState StateToProto(WorkerState s) {
   switch (s) {
@@ -70,40 +55,19 @@ class WorkerControlService final : public v1::WorkerControl::Service {
 
   grpc::Status Health(grpc::ServerContext*, const v1::WorkerHealthRequest*,
                       v1::WorkerHealth* out) override {
-    const WorkerHealth h = logic_->Health();
-    out->set_state(StateToProto(h.state));
-    out->set_world_rank(h.world_rank);
-    out->set_message(h.message);
+    WorkerHealthToProto(logic_->Health(), out);
     return grpc::Status::OK;
   }
 
   grpc::Status LoadProgress(grpc::ServerContext*, const v1::WorkerLoadProgressRequest*,
                             v1::WorkerLoadProgress* out) override {
-    const WorkerLoadProgress p = logic_->LoadProgress();
-    out->set_bytes_loaded(p.bytes_loaded);
-    out->set_bytes_total(p.bytes_total);
-    out->set_tensors_loaded(p.tensors_loaded);
-    out->set_tensors_total(p.tensors_total);
-    out->set_done(p.done);
-    out->set_error(p.error);
+    WorkerLoadProgressToProto(logic_->LoadProgress(), out);
     return grpc::Status::OK;
   }
 
   grpc::Status Stats(grpc::ServerContext*, const v1::WorkerStatsRequest*,
                      v1::WorkerStats* out) override {
-    const WorkerStats s = logic_->Stats();
-    out->set_world_rank(s.world_rank);
-    out->set_dp_group(s.dp_group);
-    out->set_tp_rank(s.tp_rank);
-    out->set_steps(s.steps);
-    out->set_tokens_processed(s.tokens_processed);
-    out->set_sequences(s.sequences);
-    out->set_kv_pages_total(s.kv_pages_total);
-    out->set_kv_pages_used(s.kv_pages_used);
-    out->set_kv_pool_bytes(s.kv_pool_bytes);
-    out->set_weight_bytes(s.weight_bytes);
-    out->set_uptime_s(s.uptime_s);
-    out->set_device(s.device);
+    WorkerStatsToProto(logic_->Stats(), out);
     return grpc::Status::OK;
   }
 
@@ -122,6 +86,51 @@ class WorkerControlService final : public v1::WorkerControl::Service {
 };
 
 }  // namespace
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+std::string Endpoint(const std::string& address, int port) {
+  const bool ipv6 = address.find(':') != std::string::npos && address.front() != '[';
+  return ipv6 ? absl::StrCat("[", address, "]:", port) : absl::StrCat(address, ":", port);
+}
+
+void WorkerHealthToProto(const WorkerHealth& in, v1::WorkerHealth* out) {
+  out->set_state(StateToProto(in.state));
+  out->set_world_rank(in.world_rank);
+  out->set_message(in.message);
+}
+
+void WorkerLoadProgressToProto(const WorkerLoadProgress& in, v1::WorkerLoadProgress* out) {
+  out->set_bytes_loaded(in.bytes_loaded);
+  out->set_bytes_total(in.bytes_total);
+  out->set_tensors_loaded(in.tensors_loaded);
+  out->set_tensors_total(in.tensors_total);
+  out->set_done(in.done);
+  out->set_error(in.error);
+}
+
+void WorkerStatsToProto(const WorkerStats& in, v1::WorkerStats* out) {
+  out->set_world_rank(in.world_rank);
+  out->set_dp_group(in.dp_group);
+  out->set_tp_rank(in.tp_rank);
+  out->set_steps(in.steps);
+  out->set_tokens_processed(in.tokens_processed);
+  out->set_sequences(in.sequences);
+  out->set_kv_pages_total(in.kv_pages_total);
+  out->set_kv_pages_used(in.kv_pages_used);
+  out->set_kv_pool_bytes(in.kv_pool_bytes);
+  out->set_weight_bytes(in.weight_bytes);
+  out->set_uptime_s(in.uptime_s);
+  out->set_device(in.device);
+}
 
 const char* WorkerStateName(WorkerState state) {
   switch (state) {
