@@ -133,7 +133,13 @@ void ActQuantFp8(const ActQuantParams& p) {
   }
 }
 
-void Fp8SimulateInPlace(bf16* x, int64_t rows, int64_t ld, int64_t n, int64_t block) {
+namespace {
+
+// Quantise -> dequantise in place, per group of `block` elements of [0, n) of every row (a
+// shorter last group is its own group): s = 2^ScaleBits(amax), y = bf16(decode(encode(x/s)) * s).
+// A group holding NaN or inf becomes NaN.
+template <e8m0 (*ScaleBits)(float), typename Code, Code (*Encode)(float), float (*Decode)(Code)>
+void SimulateInPlace(bf16* x, int64_t rows, int64_t ld, int64_t n, int64_t block, float limit) {
 #pragma omp parallel for schedule(static) if (rows * n >= (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
     bf16* row = x + r * ld;
@@ -145,34 +151,23 @@ void Fp8SimulateInPlace(bf16* x, int64_t rows, int64_t ld, int64_t n, int64_t bl
         std::fill(xg, xg + len, F32ToBf16(CanonicalNan()));
         continue;
       }
-      const float s = E8m0ToF32(Fp8ScaleBits(amax));
+      const float s = E8m0ToF32(ScaleBits(amax));
       for (int64_t i = 0; i < len; ++i) {
-        const fp8 c = F32ToFp8(std::clamp(Bf16ToF32(xg[i]) / s, -448.0f, 448.0f));
-        xg[i] = F32ToBf16(Fp8ToF32(c) * s);
+        const Code c = Encode(std::clamp(Bf16ToF32(xg[i]) / s, -limit, limit));
+        xg[i] = F32ToBf16(Decode(c) * s);
       }
     }
   }
 }
 
+}  // namespace
+
+void Fp8SimulateInPlace(bf16* x, int64_t rows, int64_t ld, int64_t n, int64_t block) {
+  SimulateInPlace<Fp8ScaleBits, fp8, F32ToFp8, Fp8ToF32>(x, rows, ld, n, block, 448.0f);
+}
+
 void Fp4SimulateInPlace(bf16* x, int64_t rows, int64_t ld, int64_t n, int64_t block) {
-#pragma omp parallel for schedule(static) if (rows * n >= (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    bf16* row = x + r * ld;
-    for (int64_t g0 = 0; g0 < n; g0 += block) {
-      const int64_t len = std::min(block, n - g0);
-      bf16* xg = row + g0;
-      float amax;
-      if (!GroupAmax(xg, len, &amax)) {
-        std::fill(xg, xg + len, F32ToBf16(CanonicalNan()));
-        continue;
-      }
-      const float s = E8m0ToF32(Fp4ScaleBits(amax));
-      for (int64_t i = 0; i < len; ++i) {
-        const uint8_t c = F32ToFp4(std::clamp(Bf16ToF32(xg[i]) / s, -6.0f, 6.0f));
-        xg[i] = F32ToBf16(Fp4ToF32(c) * s);
-      }
-    }
-  }
+  SimulateInPlace<Fp4ScaleBits, uint8_t, F32ToFp4, Fp4ToF32>(x, rows, ld, n, block, 6.0f);
 }
 
 }  // namespace flotilla::kernels
