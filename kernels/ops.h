@@ -61,8 +61,10 @@ struct GemmFp8Params {
 };
 void GemmFp8(const GemmFp8Params& p);
 
-// FP8 activations x packed FP4 (E2M1) weights: per 32-wide K slice, the f32 dot (lane order) of
-// decoded values times sa[m, k/128] * sw[n, k/32], accumulated in f32 in slice order; bf16 out.
+// FP8 activations x packed FP4 (E2M1) weights: per 32-wide K slice, P = the exact dot of the
+// decoded values rounded once to f32 (round to nearest even; the exact dot is a multiple of 2^-10
+// below 2^17 in magnitude, so it is computed in integers; a NaN activation code makes P NaN),
+// acc = acc + (P * sa[m, k/128]) * sw[n, k/32] in f32 in slice order; bf16 out.
 // Byte j of a weight row holds element 2j (low nibble) and 2j+1 (high nibble).
 struct GemmFp8Fp4Params {
   const fp8* a = nullptr;         // [m, k]

@@ -1,14 +1,24 @@
 // FP8 activations x packed FP4 (E2M1) weights (spec §2.4, routed experts).
 //
-// Per output: for each 32-wide K slice, the lane-order dot P of the decoded values,
-// acc += (P * sa[k/128]) * sw[slice] in slice order, one rounding to bf16.
-// The AVX2 M = 1 path turns each nibble into the int8 value 2w placed in the top byte of a dword
-// (one table shuffle), converts with cvtdq2ps (exact: value 2w * 2^24) and removes the 2^25 from
-// the finished dot: all products and partial sums are exact multiples of 2^15 below 2^39, so the
-// scaled lane-order dot equals P * 2^25 bit for bit. M >= 2 decodes each 32 x 128 weight tile once
-// to exact f32 values and reuses it for all activation rows.
+// Per output: for each 32-wide K slice, the exact dot of the decoded values rounded once to f32
+// (P), acc += (P * sa[k/128]) * sw[slice] in slice order, one rounding to bf16 (kernels/ops.h).
+// The exact dot is an integer: every E4M3 value is A * 2^-9 with |A| <= 229376 and every E2M1
+// value is W * 2^-1 with |W| <= 12, so the slice dot is D * 2^-10 with |D| < 2^27, and
+// P = f32(D) * 2^-10 (the int -> f32 conversion rounds to nearest even).
+//
+// The AVX2 path computes D with vpmaddubsw / vpmaddwd: the weights as unsigned bytes W + 12
+// (0 .. 24, one table shuffle per 32 nibbles), the activations as signed bytes, and 12 Σ A of the
+// slice subtracted at the end. Each activation row is prepared once per call: the elements are
+// taken in the pairs vpmaddubsw sums into one 16-bit word, and a pair whose values share a
+// power-of-two unit 2^u (both multiples of 2^u, both |A| / 2^u <= 127) goes into one word with
+// the multiplier 2^u for vpmaddwd; a pair that does not is split over a second vector, each
+// element with its own unit (|A| = M * 2^x with M < 16 always fits alone). No 16-bit word
+// saturates (2 * 24 * 127 < 2^15) and every 32-bit sum is exact (32 * 24 * 229376 < 2^31), so the
+// result is the exact D whatever the split. Per block of 8 weight rows, an integer pass stores
+// D + 12 Σ A for every slice, then an f32 pass applies the scales in slice order.
 #include <algorithm>
-#include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/avx2_util.h"
@@ -23,15 +33,39 @@ namespace {
 using cpu::CanonicalNan;
 using cpu::ScaleAndAdd;
 
-inline float Fp4At(const uint8_t* row, int64_t k) {
+// A = E4M3 value * 2^9 (an integer) for every non-NaN code.
+struct Fp8Integers {
+  int32_t value[256];
+  bool nan[256];
+  Fp8Integers() {
+    for (int c = 0; c < 256; ++c) {
+      nan[c] = (c & 0x7f) == 0x7f;
+      value[c] = nan[c] ? 0 : static_cast<int32_t>(Fp8ToF32(fp8(c)) * 512.0f);
+    }
+  }
+};
+const Fp8Integers& Fp8Ints() {
+  static const Fp8Integers table;
+  return table;
+}
+
+// W = 2 * E2M1 value of each code.
+constexpr int8_t kFp4Doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+inline int Nibble(const uint8_t* row, int64_t k) {
   const uint8_t b = row[k >> 1];
-  return Fp4ToF32((k & 1) ? uint8_t(b >> 4) : uint8_t(b & 0xf));
+  return (k & 1) ? (b >> 4) : (b & 0xf);
+}
+
+// P of one slice: f32(D) * 2^-10, or the canonical NaN when an activation code is NaN.
+inline float SliceDot(int32_t d, bool nan) {
+  return nan ? CanonicalNan() : static_cast<float>(d) * 0x1p-10f;
 }
 
 // ------------------------------------------------------------------ scalar path
 
 void GemmFp8Fp4Scalar(const GemmFp8Fp4Params& p) {
-  const float* lut = cpu::Fp8Values().value;
+  const Fp8Integers& ints = Fp8Ints();
   const int64_t slices = p.k / 32, kblocks = p.k / 128;
 #pragma omp parallel for schedule(static) if (p.n * p.m * p.k >= (1 << 16))
   for (int64_t n = 0; n < p.n; ++n) {
@@ -40,14 +74,13 @@ void GemmFp8Fp4Scalar(const GemmFp8Fp4Params& p) {
       const fp8* a = p.a + m * p.k;
       float acc = 0.0f;
       for (int64_t q = 0; q < slices; ++q) {
-        float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t t = 0; t < 32; ++t) {
-          const int64_t k = q * 32 + t;
-          s[t & 7] = std::fmaf(lut[a[k]], Fp4At(w, k), s[t & 7]);
+        int32_t d = 0;
+        bool nan = false;
+        for (int64_t k = q * 32; k < q * 32 + 32; ++k) {
+          d += ints.value[a[k]] * kFp4Doubled[Nibble(w, k)];
+          nan |= ints.nan[a[k]];
         }
-        float dot = cpu::CombineLanes(s);
-        if (std::isnan(dot)) dot = CanonicalNan();
-        acc = ScaleAndAdd(acc, dot, E8m0ToF32(p.a_scale[m * kblocks + q / 4]),
+        acc = ScaleAndAdd(acc, SliceDot(d, nan), E8m0ToF32(p.a_scale[m * kblocks + q / 4]),
                           E8m0ToF32(p.w_scale[n * slices + q]));
       }
       p.c[m * p.ldc + n] = F32ToBf16(acc);
@@ -55,12 +88,91 @@ void GemmFp8Fp4Scalar(const GemmFp8Fp4Params& p) {
   }
 }
 
+// ------------------------------------------------------------------ prepared activations
+
+// The AVX2 path multiplies the weights as unsigned bytes W + 12 (0 .. 24) with signed activation
+// bytes, and subtracts 12 * Σ A of the slice afterwards.
+constexpr int kWeightOffset = 12;
+
+// Two consecutive slices (2p, 2p + 1) of one activation row, laid out like the weight decode:
+// a 32-byte load of a weight row covers both slices (lane 0: slice 2p, lane 1: slice 2p + 1);
+// half 0 pairs with the low nibbles (even elements: byte j of a lane is element 2j), half 1 with
+// the high nibbles (element 2j + 1). 16-bit word i of a lane pairs bytes 2i and 2i + 1. Per lane,
+// Σ_half Σ_vec Σ_words unit * (pair dot of value with W + 12) - offset_sum = D of that slice.
+struct alignas(32) PreparedPair {
+  int8_t value[2][2][32];  // [half][vec]: A / unit of its word, 0 if in the other vector
+  int16_t unit[2][2][16];  // [half][vec]: 2^u per word, 0 where the word is empty
+};
+static_assert(sizeof(PreparedPair) == 256);
+
+// Per E4M3 code: A, the smallest unit 2^u with |A| / 2^u <= 127, and the number of trailing zero
+// bits of |A| (31 for zero, so that it pairs with anything).
+struct PairCodes {
+  int32_t value[256];
+  uint8_t min_unit[256], zeros[256];
+  PairCodes() {
+    const Fp8Integers& ints = Fp8Ints();
+    for (int c = 0; c < 256; ++c) {
+      value[c] = ints.value[c];
+      const uint32_t mag = static_cast<uint32_t>(std::abs(value[c]));
+      min_unit[c] = 0;
+      while ((mag >> min_unit[c]) > 127) ++min_unit[c];
+      zeros[c] = mag == 0 ? 31 : static_cast<uint8_t>(__builtin_ctz(mag));
+    }
+  }
+};
+const PairCodes& Codes() {
+  static const PairCodes table;
+  return table;
+}
+
+// `a`: the 64 elements of slices 2p and 2p + 1. Writes their layout, nan[t] (whether slice
+// 2p + t has a NaN code) and offset_sum[t] = 12 * Σ A over slice 2p + t.
+void PreparePair(const fp8* a, PreparedPair* s, uint8_t* nan, int32_t* offset_sum) {
+  const Fp8Integers& ints = Fp8Ints();
+  const PairCodes& codes = Codes();
+  for (int t = 0; t < 2; ++t) {
+    int32_t sum = 0;
+    uint8_t any_nan = 0;
+    for (int e = 32 * t; e < 32 * t + 32; ++e) {
+      sum += codes.value[a[e]];
+      any_nan |= ints.nan[a[e]];
+    }
+    nan[t] = any_nan;
+    offset_sum[t] = kWeightOffset * sum;
+  }
+  for (int half = 0; half < 2; ++half) {
+    for (int word = 0; word < 16; ++word) {
+      // Bytes 2 * word and 2 * word + 1 of lane word / 8: elements 4i + half and 4i + 2 + half
+      // of slice 2p + lane, i = word % 8.
+      const fp8 c0 = a[32 * (word / 8) + 4 * (word % 8) + half];
+      const fp8 c1 = a[32 * (word / 8) + 4 * (word % 8) + 2 + half];
+      const int m0 = codes.min_unit[c0], m1 = codes.min_unit[c1];
+      const int u = std::max(m0, m1);
+      // Together in vector 0 with one unit when both are multiples of it; otherwise element 0
+      // in vector 0 and element 1 in vector 1, each with its own minimum unit (|A| = M * 2^x
+      // with M < 16 is always a multiple of that).
+      const bool together = u <= codes.zeros[c0] && u <= codes.zeros[c1];
+      const int u0 = together ? u : m0, u1 = together ? u : m1;
+      // Exact shifts: each value is a multiple of its unit.
+      const int8_t v0 = static_cast<int8_t>(codes.value[c0] >> u0);
+      const int8_t v1 = static_cast<int8_t>(codes.value[c1] >> u1);
+      s->value[half][0][2 * word] = v0;
+      s->value[half][0][2 * word + 1] = together ? v1 : int8_t{0};
+      s->value[half][1][2 * word] = 0;
+      s->value[half][1][2 * word + 1] = together ? int8_t{0} : v1;
+      s->unit[half][0][word] = static_cast<int16_t>(1 << u0);
+      s->unit[half][1][word] = together ? int16_t{0} : static_cast<int16_t>(1 << u1);
+    }
+  }
+}
+
 // ------------------------------------------------------------------ AVX2 path
 
-// int8 value 2w of each E2M1 code.
-FLOTILLA_AVX2_INLINE __m256i Fp4DoubledTable() {
-  return _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,  //
-                          0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+// W + 12 of each E2M1 code (W = 2w), as unsigned bytes, in both lanes.
+FLOTILLA_AVX2_INLINE __m256i Fp4OffsetTable() {
+  return _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,  //
+                          12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
 }
 
 // Scale bytes (low byte of each dword) -> f32 (2^(b-127); 0 -> 2^-127, 0xff -> NaN, as
@@ -73,167 +185,121 @@ FLOTILLA_AVX2_INLINE __m256 E8m0x8(__m256i dwords) {
       _mm256_slli_epi32(b, 23), _mm256_and_si256(special, _mm256_set1_epi32(0x00400000))));
 }
 
-// Step t of a slice: dword j of lane 0 takes byte 4t + j of lane 0 (the even element 8t + 2j),
-// lane 1 the same byte of lane 1 (the odd element 8t + 2j + 1), into its top byte: pi order.
-FLOTILLA_AVX2_INLINE __m256i SpreadControl(int t) {
-  const char z = -128, b = static_cast<char>(4 * t);
-  return _mm256_setr_epi8(
-      z, z, z, b, z, z, z, char(b + 1), z, z, z, char(b + 2), z, z, z, char(b + 3),  //
-      z, z, z, b, z, z, z, char(b + 1), z, z, z, char(b + 2), z, z, z, char(b + 3));
-}
-
-// M = 1: 8 rows per block, one 32-wide slice of each per step.
-FLOTILLA_AVX2 void GemmFp4RowAvx2(const GemmFp8Fp4Params& p, const float* a_pi) {
-  const int64_t slices = p.k / 32, ldw = p.k / 2;
-  const int64_t blocks = (p.n + 7) / 8;
-#pragma omp parallel for schedule(static) if (p.n * p.k >= (1 << 16))
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n0 = b * 8;
-    const uint8_t* w[8];
-    int32_t scale_offset[8];  // of each row's scales from row n0's, gathered per slice
-    for (int r = 0; r < 8; ++r) {
-      const int64_t n = std::min(n0 + r, p.n - 1);
-      w[r] = p.w + n * ldw;
-      scale_offset[r] = static_cast<int32_t>((n - n0) * slices);
+// A prepared slice pair in registers.
+struct PairRegs {
+  __m256i value[2][2], unit[2][2];
+};
+FLOTILLA_AVX2_INLINE PairRegs LoadPair(const PreparedPair& s) {
+  PairRegs r;
+  for (int half = 0; half < 2; ++half) {
+    for (int vec = 0; vec < 2; ++vec) {
+      r.value[half][vec] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s.value[half][vec]));
+      r.unit[half][vec] = _mm256_load_si256(reinterpret_cast<const __m256i*>(s.unit[half][vec]));
     }
-    const __m256i gather_index = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale_offset));
-    const int* scale_base = reinterpret_cast<const int*>(p.w_scale + n0 * slices);
-    const char* next = reinterpret_cast<const char*>(p.w + std::min(n0 + 8, p.n - 1) * ldw);
-    const char* next_end = reinterpret_cast<const char*>(p.w + p.n * ldw);
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t q = 0; q < slices; ++q) {
-      const char* pf = next + 8 * 16 * q;  // in step with this block's progress
-      if (pf + 64 < next_end) {
-        _mm_prefetch(pf, _MM_HINT_T0);
-        _mm_prefetch(pf + 64, _MM_HINT_T0);
-      }
-      const float* aq = a_pi + 32 * q;
-      __m256 s[8];
-      // Two groups of 4 rows, step-major inside a group (independent FMAs back to back).
-      for (int h = 0; h < 2; ++h) {
-        __m256i v[4];
-        for (int r = 0; r < 4; ++r) {
-          const __m256i x = _mm256_broadcastsi128_si256(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[4 * h + r] + 16 * q)));
-          // Lane 0: low nibbles, lane 1: high nibbles, as int8 2w.
-          v[r] = _mm256_shuffle_epi8(
-              Fp4DoubledTable(),
-              _mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                               _mm256_set1_epi8(0x0f)));
-          s[4 * h + r] = _mm256_setzero_ps();
-        }
-        for (int t = 0; t < 4; ++t) {
-          const __m256 av = _mm256_loadu_ps(aq + 8 * t);
-          for (int r = 0; r < 4; ++r) {
-            s[4 * h + r] = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(_mm256_shuffle_epi8(v[r], SpreadControl(t))), av, s[4 * h + r]);
-          }
-        }
-      }
-      const __m256 dot =
-          _mm256_mul_ps(cpu::avx2::CombinePi8(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
-                        _mm256_set1_ps(0x1p-25f));
-      const __m256 sa = _mm256_set1_ps(E8m0ToF32(p.a_scale[q / 4]));
-      // 4-byte gathers that always cover bytes [q - back, q - back + 3] of a row's scales (a row
-      // has >= 4 of them), so no read leaves the row; the wanted byte is then shifted down.
-      const int back = static_cast<int>(std::min<int64_t>(q, 3));
-      const __m256i raw = _mm256_i32gather_epi32(
-          reinterpret_cast<const int*>(reinterpret_cast<const char*>(scale_base) + q - back),
-          gather_index, 1);
-      const __m256 sw = E8m0x8(_mm256_srlv_epi32(raw, _mm256_set1_epi32(8 * back)));
-      acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_mul_ps(dot, sa), sw));
-    }
-    alignas(16) bf16 out[8];
-    _mm_store_si128(reinterpret_cast<__m128i*>(out), cpu::avx2::F32ToBf16x8(acc));
-    for (int r = 0; r < 8 && n0 + r < p.n; ++r) p.c[n0 + r] = out[r];
   }
+  return r;
 }
 
-constexpr int64_t kTileRows = 32;
-
-// 64 packed bytes (128 elements) -> 128 exact f32 values in natural order.
-FLOTILLA_AVX2_INLINE void DecodeFp4x128(const uint8_t* src, float* dst) {
-  const __m256i table = Fp4DoubledTable();
+// D + 12 Σ A partials of one weight row for a slice pair: lane 0 slice 2p, lane 1 slice 2p + 1.
+FLOTILLA_AVX2_INLINE __m256i PairPartials(const uint8_t* w, const PairRegs& s) {
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
   const __m256i low4 = _mm256_set1_epi8(0x0f);
-  const __m256 half = _mm256_set1_ps(0.5f);
-  for (int h = 0; h < 2; ++h) {
-    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
-    const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(x, low4));
-    const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
-    // Interleave: bytes 0-7 | 16-23 and 8-15 | 24-31 of the source, as element pairs.
-    const __m256i e0 = _mm256_unpacklo_epi8(lo, hi), e1 = _mm256_unpackhi_epi8(lo, hi);
-    alignas(32) int8_t v[64];  // elements 0-15 | 32-47, 16-31 | 48-63
-    _mm256_store_si256(reinterpret_cast<__m256i*>(v), e0);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(v + 32), e1);
-    static constexpr int kOffset[8] = {0,  8,  32, 40,
-                                       16, 24, 48, 56};  // element 8g lives at v[kOffset[g]]
-    for (int g = 0; g < 8; ++g) {
-      const __m256i i32 =
-          _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + kOffset[g])));
-      _mm256_storeu_ps(dst + 64 * h + 8 * g, _mm256_mul_ps(_mm256_cvtepi32_ps(i32), half));
+  __m256i d = _mm256_setzero_si256();
+  for (int half = 0; half < 2; ++half) {
+    const __m256i wv = _mm256_shuffle_epi8(
+        Fp4OffsetTable(), _mm256_and_si256(half ? _mm256_srli_epi16(x, 4) : x, low4));
+    for (int vec = 0; vec < 2; ++vec) {
+      d = _mm256_add_epi32(d, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, s.value[half][vec]),
+                                                s.unit[half][vec]));
     }
   }
+  return d;
 }
 
-// M >= 2: decode a 32x128 weight tile once, reuse for every activation row.
-FLOTILLA_AVX2 void GemmFp4TileAvx2(const GemmFp8Fp4Params& p, const float* a) {
-  const int64_t slices = p.k / 32, kblocks = p.k / 128, ldw = p.k / 2;
-  const int64_t tiles = (p.n + kTileRows - 1) / kTileRows;
-#pragma omp parallel
+// Lane sums of two rows' partials: [x0+x2, y0+y2, x1+x3, y1+y3 | same for lane 1].
+FLOTILLA_AVX2_INLINE __m256i Fold2(__m256i x, __m256i y) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi32(x, y), _mm256_unpackhi_epi32(x, y));
+}
+// [r0 r1 r2 r3 | r0' r1' r2' r3'] (lane sums) from two Fold2 results of rows (0,1) and (2,3).
+FLOTILLA_AVX2_INLINE __m256i Fold4(__m256i a01, __m256i a23) {
+  return _mm256_add_epi32(_mm256_unpacklo_epi64(a01, a23), _mm256_unpackhi_epi64(a01, a23));
+}
+
+constexpr int64_t kBlockRows = 8;
+
+// Rows [n0, n0 + 8) of C at a time (rows past p.n repeat row p.n - 1 and are not stored). For each
+// activation row: one integer pass over the slice pairs writes D + 12 Σ A of the 8 rows for every
+// slice, then an f32 pass turns them into P and accumulates in slice order.
+FLOTILLA_AVX2 void GemmFp4Avx2(const GemmFp8Fp4Params& p, const PreparedPair* act,
+                               const uint8_t* act_nan, const int32_t* act_offset) {
+  const int64_t slices = p.k / 32, pairs = p.k / 64, kblocks = p.k / 128, ldw = p.k / 2;
+  const int64_t blocks = (p.n + kBlockRows - 1) / kBlockRows;
+#pragma omp parallel if (p.n * p.m * p.k >= (1 << 16))
   {
-    std::vector<float> wt(kTileRows * 128), swt(4 * kTileRows), accbuf(p.m * kTileRows);
+    std::vector<int32_t> dots(8 * slices);   // [slice][row]: D + 12 Σ A
+    std::vector<float> w_scale(8 * slices);  // [slice][row]: sw
 #pragma omp for schedule(static)
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t n0 = tile * kTileRows;
-      const int64_t rows = std::min(kTileRows, p.n - n0);
-      float* acc = accbuf.data();
-      std::fill(acc, acc + p.m * kTileRows, 0.0f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * kBlockRows;
+      const uint8_t* w[kBlockRows];
+      const e8m0* sw_row[kBlockRows];
+      for (int r = 0; r < kBlockRows; ++r) {
+        const int64_t n = std::min(n0 + r, p.n - 1);
+        w[r] = p.w + n * ldw;
+        sw_row[r] = p.w_scale + n * slices;
+      }
       for (int64_t kb = 0; kb < kblocks; ++kb) {
-        for (int64_t r = 0; r < kTileRows; ++r) {
-          const int64_t n = n0 + std::min(r, rows - 1);
-          DecodeFp4x128(p.w + n * ldw + kb * 64, wt.data() + r * 128);
-          for (int q = 0; q < 4; ++q)
-            swt[q * kTileRows + r] = E8m0ToF32(p.w_scale[n * slices + kb * 4 + q]);
-        }
-        for (int64_t i = 0; i < p.m; i += 2) {
-          const bool pair = i + 1 < p.m;
-          const float* a0 = a + i * p.k + kb * 128;
-          const float* a1 = pair ? a0 + p.k : a0;
-          const float sa0 = E8m0ToF32(p.a_scale[i * kblocks + kb]);
-          const float sa1 = pair ? E8m0ToF32(p.a_scale[(i + 1) * kblocks + kb]) : sa0;
-          const __m256 sav = _mm256_setr_ps(sa0, sa0, sa0, sa0, sa1, sa1, sa1, sa1);
-          float* acc0 = acc + i * kTileRows;
-          float* acc1 = pair ? acc0 + kTileRows : acc0;
-          for (int64_t c0 = 0; c0 < kTileRows; c0 += 4) {
-            const float* w0 = wt.data() + c0 * 128;
-            __m128 r0 = _mm_loadu_ps(acc0 + c0), r1 = _mm_loadu_ps(acc1 + c0);
-            for (int q = 0; q < 4; ++q) {
-              __m256 s[8];
-              for (int j = 0; j < 8; ++j) s[j] = _mm256_setzero_ps();
-              for (int t = 0; t < 4; ++t) {
-                const int64_t off = 32 * q + 8 * t;
-                const __m256 av0 = _mm256_loadu_ps(a0 + off), av1 = _mm256_loadu_ps(a1 + off);
-                for (int c = 0; c < 4; ++c) {
-                  const __m256 wv = _mm256_loadu_ps(w0 + c * 128 + off);
-                  s[c] = _mm256_fmadd_ps(av0, wv, s[c]);
-                  s[4 + c] = _mm256_fmadd_ps(av1, wv, s[4 + c]);
-                }
-              }
-              const __m128 sw4 = _mm_loadu_ps(swt.data() + q * kTileRows + c0);
-              const __m256 swv = _mm256_set_m128(sw4, sw4);
-              const __m256 x =
-                  _mm256_mul_ps(_mm256_mul_ps(cpu::avx2::CombineNatural8(s), sav), swv);
-              r0 = _mm_add_ps(r0, _mm256_castps256_ps128(x));
-              r1 = _mm_add_ps(r1, _mm256_extractf128_ps(x, 1));
-            }
-            _mm_storeu_ps(acc0 + c0, r0);
-            if (pair) _mm_storeu_ps(acc1 + c0, r1);
-          }
+        // Scale bytes of slices 4kb .. 4kb+3, one dword per row (k % 128 == 0: in bounds).
+        int32_t bytes[kBlockRows];
+        for (int r = 0; r < kBlockRows; ++r) std::memcpy(&bytes[r], sw_row[r] + 4 * kb, 4);
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
+        for (int t = 0; t < 4; ++t) {
+          _mm256_storeu_ps(&w_scale[8 * (4 * kb + t)], E8m0x8(_mm256_srli_epi32(v, 8 * t)));
         }
       }
+      // The next block's rows (contiguous), fetched in step with this block's first pass.
+      const char* next = reinterpret_cast<const char*>(p.w + std::min(n0 + 8, p.n - 1) * ldw);
+      const char* next_end = reinterpret_cast<const char*>(p.w + p.n * ldw);
       for (int64_t i = 0; i < p.m; ++i) {
-        for (int64_t r = 0; r < rows; ++r)
-          p.c[i * p.ldc + n0 + r] = F32ToBf16(acc[i * kTileRows + r]);
+        const PreparedPair* a = act + i * pairs;
+        for (int64_t pr = 0; pr < pairs; ++pr) {
+          if (i == 0) {
+            const char* pf = next + 256 * pr;
+            for (int l = 0; l < 256; l += 64) {
+              if (pf + l < next_end) _mm_prefetch(pf + l, _MM_HINT_T0);
+            }
+          }
+          const int64_t off = 32 * pr;
+          const PairRegs ap = LoadPair(a[pr]);
+          const __m256i a01 = Fold2(PairPartials(w[0] + off, ap), PairPartials(w[1] + off, ap));
+          const __m256i a23 = Fold2(PairPartials(w[2] + off, ap), PairPartials(w[3] + off, ap));
+          const __m256i b0 = Fold4(a01, a23);
+          const __m256i a45 = Fold2(PairPartials(w[4] + off, ap), PairPartials(w[5] + off, ap));
+          const __m256i a67 = Fold2(PairPartials(w[6] + off, ap), PairPartials(w[7] + off, ap));
+          const __m256i b1 = Fold4(a45, a67);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(&dots[16 * pr]),
+                              _mm256_permute2x128_si256(b0, b1, 0x20));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(&dots[16 * pr + 8]),
+                              _mm256_permute2x128_si256(b0, b1, 0x31));
+        }
+        const uint8_t* nan = act_nan + i * slices;
+        const int32_t* offset = act_offset + i * slices;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t kb = 0; kb < kblocks; ++kb) {
+          const __m256 sa = _mm256_set1_ps(E8m0ToF32(p.a_scale[i * kblocks + kb]));
+          for (int64_t q = 4 * kb; q < 4 * kb + 4; ++q) {
+            const __m256i d =
+                _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(&dots[8 * q])),
+                                 _mm256_set1_epi32(offset[q]));
+            __m256 dot = _mm256_mul_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(0x1p-10f));
+            if (nan[q]) dot = _mm256_set1_ps(CanonicalNan());
+            acc = _mm256_add_ps(
+                acc, _mm256_mul_ps(_mm256_mul_ps(dot, sa), _mm256_loadu_ps(&w_scale[8 * q])));
+          }
+        }
+        alignas(16) bf16 out[8];
+        _mm_store_si128(reinterpret_cast<__m128i*>(out), cpu::avx2::F32ToBf16x8(acc));
+        for (int r = 0; r < kBlockRows && n0 + r < p.n; ++r) p.c[i * p.ldc + n0 + r] = out[r];
       }
     }
   }
@@ -247,14 +313,14 @@ void GemmFp8Fp4(const GemmFp8Fp4Params& p) {
     GemmFp8Fp4Scalar(p);
     return;
   }
-  std::vector<float> a;
-  if (p.m == 1) {
-    cpu::DecodeFp8Rows(p.a, 1, p.k, /*pi=*/true, &a);
-    GemmFp4RowAvx2(p, a.data());
-  } else {
-    cpu::DecodeFp8Rows(p.a, p.m, p.k, /*pi=*/false, &a);
-    GemmFp4TileAvx2(p, a.data());
-  }
+  const int64_t pairs = p.m * p.k / 64;
+  std::vector<PreparedPair> act(pairs);
+  std::vector<uint8_t> act_nan(2 * pairs);
+  std::vector<int32_t> act_offset(2 * pairs);
+#pragma omp parallel for schedule(static) if (pairs >= 512)
+  for (int64_t i = 0; i < pairs; ++i)
+    PreparePair(p.a + 64 * i, &act[i], &act_nan[2 * i], &act_offset[2 * i]);
+  GemmFp4Avx2(p, act.data(), act_nan.data(), act_offset.data());
 }
 
 }  // namespace flotilla::kernels

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/dispatch.h"
 #include "kernels/ops.h"
 #include "tests/kernels/reference.h"
 #include "tests/kernels/test_util.h"
@@ -233,22 +234,24 @@ std::vector<bf16> RunFp4(const Fp4Data& d, int64_t ldc, int64_t row0 = 0, int64_
   return c;
 }
 
+// The contract of kernels/ops.h: per 32-wide slice the exact dot (in double: every product is
+// a multiple of 2^-10 below 2^12, so the sum is exact) rounded once to f32, then
+// acc = acc + (P * sa) * sw in f32, one rounding to bf16.
 std::vector<bf16> EmulateFp4(const Fp4Data& d) {
   std::vector<bf16> c(d.m * d.n);
   for (int64_t i = 0; i < d.m; ++i) {
     for (int64_t j = 0; j < d.n; ++j) {
       float acc = 0.0f;
       for (int64_t q = 0; q < d.k / 32; ++q) {
-        float s[8] = {};
+        double dot = 0;
         for (int64_t t = 0; t < 32; ++t) {
           const int64_t k = q * 32 + t;
           const uint8_t byte = d.w[j * (d.k / 2) + k / 2];
-          const float wv = static_cast<float>(ref::E2m1((k & 1) ? byte >> 4 : byte & 0xf));
-          s[t % 8] = std::fmaf(static_cast<float>(ref::E4m3(d.a[i * d.k + k])), wv, s[t % 8]);
+          dot += ref::E4m3(d.a[i * d.k + k]) * ref::E2m1((k & 1) ? byte >> 4 : byte & 0xf);
         }
         const float sa = static_cast<float>(ref::E8m0(d.sa[i * (d.k / 128) + q / 4]));
         const float sw = static_cast<float>(ref::E8m0(d.sw[j * (d.k / 32) + q]));
-        acc = acc + (Combine(s) * sa) * sw;
+        acc = acc + (static_cast<float>(dot) * sa) * sw;
       }
       c[i * d.n + j] = ref::ToBf16(acc);
     }
@@ -285,6 +288,57 @@ TEST(GemmFp8Fp4, ContractOrderBitwise) {
     const Fp4Data d = MakeFp4(c, 9 + c.n, false);
     EXPECT_BITWISE_EQ(RunFp4(d, c.n), EmulateFp4(d)) << c.m << "x" << c.n << "x" << c.k;
   }
+}
+
+// Hand-worked: the slice dot is rounded once, not per partial sum. Slice 0 holds 448 * 6 = 2688
+// at elements 0, 8, 16, 24, 4, 12, 20 and 2^-9 * 0.5 = 2^-10 at elements 28 and 1: exactly
+// 7 * 2688 + 2^-9 = 18816 + 2^-9, an f32 value (its ulp is 2^-9). Slice 1 holds -2688 seven
+// times: -18816. C = 2^-9 exactly. (An f32 lane-order dot would round (s0 + s4) =
+// 18816 + 2^-10 to the even 18816 and give 0.)
+TEST(GemmFp8Fp4, SliceDotRoundedOnce) {
+  const int64_t k = 128;
+  std::vector<fp8> a(k, 0x00);
+  std::vector<uint8_t> w(k / 2, 0x00);
+  const auto set_w = [&](int64_t e, uint8_t code) {
+    w[e / 2] = static_cast<uint8_t>((e & 1) ? (w[e / 2] & 0x0f) | (code << 4)
+                                            : (w[e / 2] & 0xf0) | code);
+  };
+  for (const int64_t e : {0, 8, 16, 24, 4, 12, 20}) {
+    a[e] = 0x7e;  // 448
+    set_w(e, 0x7);  // 6
+  }
+  for (const int64_t e : {28, 1}) {
+    a[e] = 0x01;  // 2^-9
+    set_w(e, 0x1);  // 0.5
+  }
+  for (int64_t e = 32; e < 39; ++e) {
+    a[e] = 0xfe;  // -448
+    set_w(e, 0x7);
+  }
+  const std::vector<e8m0> sa(1, 127), sw(4, 127);
+  for (const bool avx2 : {false, true}) {
+    test::ScopedSimd simd(avx2 ? cpu::Simd::kAvx2 : cpu::Simd::kScalar);
+    bf16 c = 0;
+    GemmFp8Fp4({.a = a.data(), .a_scale = sa.data(), .w = w.data(), .w_scale = sw.data(),
+                .c = &c, .ldc = 1, .m = 1, .n = 1, .k = k});
+    EXPECT_EQ(Bf16ToF32(c), 0x1p-9f) << (avx2 ? "avx2" : "scalar");
+  }
+}
+
+// Largest magnitudes (|a| = 448, |w| = 6, every sign mix) and the smallest (2^-9, 0.5) side by
+// side: the integer path's 16-bit words and 32-bit sums hold them exactly.
+TEST(GemmFp8Fp4, ExtremeMagnitudesBitwise) {
+  Fp4Data d = MakeFp4({3, 24, 256}, 46, false);
+  test::Rng rng(47);
+  for (size_t e = 0; e < d.a.size(); ++e) {
+    const uint32_t r = rng.Bits();
+    d.a[e] = (r & 3) == 0 ? fp8(0x01 | (r & 0x80)) : fp8(0x7e | (r & 0x80));
+  }
+  for (size_t b = 0; b < d.w.size(); ++b) {
+    const uint32_t r = rng.Bits();
+    d.w[b] = static_cast<uint8_t>(((r & 1) ? 0x7 : 0xf) | (((r & 2) ? 0x7 : 0xf) << 4));
+  }
+  EXPECT_BITWISE_EQ(RunFp4(d, 24), EmulateFp4(d));
 }
 
 TEST(GemmFp8Fp4, RowsIndependentOfM) {
