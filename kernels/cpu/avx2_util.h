@@ -79,27 +79,6 @@ FLOTILLA_AVX2_INLINE __m256 CombineNatural8(const __m256* a) {
   return _mm256_add_ps(_mm256_shuffle_ps(l0, l1, 0x88), _mm256_shuffle_ps(l0, l1, 0xDD));
 }
 
-// Canonical combine of 8 accumulators whose lanes are in pi order [s0 s2 s4 s6 | s1 s3 s5 s7];
-// returns [r(a0) .. r(a7)].
-FLOTILLA_AVX2_INLINE __m256 CombinePi8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4,
-                                       __m256 a5, __m256 a6, __m256 a7) {
-  // [x(s0+s4), x(s2+s6), y(s0+s4), y(s2+s6) | x(s1+s5), x(s3+s7), y.., y..]
-  const __m256 b01 =
-      _mm256_add_ps(_mm256_shuffle_ps(a0, a1, 0x44), _mm256_shuffle_ps(a0, a1, 0xEE));
-  const __m256 b23 =
-      _mm256_add_ps(_mm256_shuffle_ps(a2, a3, 0x44), _mm256_shuffle_ps(a2, a3, 0xEE));
-  const __m256 b45 =
-      _mm256_add_ps(_mm256_shuffle_ps(a4, a5, 0x44), _mm256_shuffle_ps(a4, a5, 0xEE));
-  const __m256 b67 =
-      _mm256_add_ps(_mm256_shuffle_ps(a6, a7, 0x44), _mm256_shuffle_ps(a6, a7, 0xEE));
-  // [E0 E1 E2 E3 | O0 O1 O2 O3], E = (s0+s4)+(s2+s6), O = (s1+s5)+(s3+s7)
-  const __m256 c0 =
-      _mm256_add_ps(_mm256_shuffle_ps(b01, b23, 0x88), _mm256_shuffle_ps(b01, b23, 0xDD));
-  const __m256 c1 =
-      _mm256_add_ps(_mm256_shuffle_ps(b45, b67, 0x88), _mm256_shuffle_ps(b45, b67, 0xDD));
-  return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
-}
-
 // Lane-order dot of n elements (bf16 or f32 operands), natural lanes.
 template <class A>
 FLOTILLA_AVX2_INLINE __m256 Load8(const A* p);

@@ -33,14 +33,21 @@ namespace {
 using cpu::CanonicalNan;
 using cpu::ScaleAndAdd;
 
-// A = E4M3 value * 2^9 (an integer) for every non-NaN code.
+// Per E4M3 code: A = value * 2^9 (an integer; 0 for the NaN codes), whether it is NaN, and for the
+// AVX2 path's pairing the smallest unit 2^u with |A| / 2^u <= 127 and the number of trailing zero
+// bits of |A| (31 for zero, so that it pairs with anything).
 struct Fp8Integers {
   int32_t value[256];
   bool nan[256];
+  uint8_t min_unit[256], zeros[256];
   Fp8Integers() {
     for (int c = 0; c < 256; ++c) {
       nan[c] = (c & 0x7f) == 0x7f;
       value[c] = nan[c] ? 0 : static_cast<int32_t>(Fp8ToF32(fp8(c)) * 512.0f);
+      const uint32_t mag = static_cast<uint32_t>(std::abs(value[c]));
+      min_unit[c] = 0;
+      while ((mag >> min_unit[c]) > 127) ++min_unit[c];
+      zeros[c] = mag == 0 ? 31 : static_cast<uint8_t>(__builtin_ctz(mag));
     }
   }
 };
@@ -105,38 +112,16 @@ struct alignas(32) PreparedPair {
 };
 static_assert(sizeof(PreparedPair) == 256);
 
-// Per E4M3 code: A, the smallest unit 2^u with |A| / 2^u <= 127, and the number of trailing zero
-// bits of |A| (31 for zero, so that it pairs with anything).
-struct PairCodes {
-  int32_t value[256];
-  uint8_t min_unit[256], zeros[256];
-  PairCodes() {
-    const Fp8Integers& ints = Fp8Ints();
-    for (int c = 0; c < 256; ++c) {
-      value[c] = ints.value[c];
-      const uint32_t mag = static_cast<uint32_t>(std::abs(value[c]));
-      min_unit[c] = 0;
-      while ((mag >> min_unit[c]) > 127) ++min_unit[c];
-      zeros[c] = mag == 0 ? 31 : static_cast<uint8_t>(__builtin_ctz(mag));
-    }
-  }
-};
-const PairCodes& Codes() {
-  static const PairCodes table;
-  return table;
-}
-
 // `a`: the 64 elements of slices 2p and 2p + 1. Writes their layout, nan[t] (whether slice
 // 2p + t has a NaN code) and offset_sum[t] = 12 * Σ A over slice 2p + t.
 void PreparePair(const fp8* a, PreparedPair* s, uint8_t* nan, int32_t* offset_sum) {
-  const Fp8Integers& ints = Fp8Ints();
-  const PairCodes& codes = Codes();
+  const Fp8Integers& codes = Fp8Ints();
   for (int t = 0; t < 2; ++t) {
     int32_t sum = 0;
     uint8_t any_nan = 0;
     for (int e = 32 * t; e < 32 * t + 32; ++e) {
       sum += codes.value[a[e]];
-      any_nan |= ints.nan[a[e]];
+      any_nan |= codes.nan[a[e]];
     }
     nan[t] = any_nan;
     offset_sum[t] = kWeightOffset * sum;

@@ -259,10 +259,10 @@ void GemmFp8(const GemmFp8Params& p) {
   }
   std::vector<float> a;
   if (p.m == 1) {
-    cpu::DecodeFp8Rows(p.a, 1, p.k, /*pi=*/false, &a, kRowActScale);
+    cpu::DecodeFp8Rows(p.a, 1, p.k, &a, kRowActScale);
     GemmFp8RowAvx2(p, a.data());
   } else {
-    cpu::DecodeFp8Rows(p.a, p.m, p.k, /*pi=*/false, &a);
+    cpu::DecodeFp8Rows(p.a, p.m, p.k, &a);
     GemmFp8TileAvx2(p, a.data());
   }
 }

@@ -6,23 +6,15 @@
 namespace flotilla::kernels::cpu {
 namespace {
 
-void DecodeRowScalar(const fp8* src, int64_t k, bool pi, const float* lut, float* row) {
-  static constexpr int kPi[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-  if (pi) {
-    for (int64_t g = 0; g < k; g += 8)
-      for (int j = 0; j < 8; ++j) row[g + j] = lut[src[g + kPi[j]]];
-  } else {
-    for (int64_t j = 0; j < k; ++j) row[j] = lut[src[j]];
-  }
+void DecodeRowScalar(const fp8* src, int64_t k, const float* lut, float* row) {
+  for (int64_t j = 0; j < k; ++j) row[j] = lut[src[j]];
 }
 
 // Codes -> bits sign | (c & 0x7f) << 20 (value e4m3(c) * 2^-120, exact, subnormal for small
 // codes), then two exact power-of-two products; NaN codes -> the canonical NaN.
-FLOTILLA_AVX2 void DecodeRowAvx2(const fp8* src, int64_t k, bool pi, float scale, float* row) {
+FLOTILLA_AVX2 void DecodeRowAvx2(const fp8* src, int64_t k, float scale, float* row) {
   const avx2::ScopedIeeeMxcsr ieee;
   const __m256 up = _mm256_set1_ps(0x1p92f), rest = _mm256_set1_ps(scale * 0x1p28f);
-  const __m256i order =
-      pi ? _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7) : _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const __m256 nan = _mm256_set1_ps(CanonicalNan());
   for (int64_t g = 0; g < k; g += 8) {
     const __m256i b =
@@ -33,14 +25,13 @@ FLOTILLA_AVX2 void DecodeRowAvx2(const fp8* src, int64_t k, bool pi, float scale
     const __m256i is_nan =
         _mm256_cmpeq_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x7f)), _mm256_set1_epi32(0x7f));
     v = _mm256_blendv_ps(v, nan, _mm256_castsi256_ps(is_nan));
-    _mm256_storeu_ps(row + g, _mm256_permutevar8x32_ps(v, order));
+    _mm256_storeu_ps(row + g, v);
   }
 }
 
 }  // namespace
 
-void DecodeFp8Rows(const fp8* a, int64_t m, int64_t k, bool pi, std::vector<float>* out,
-                   float scale) {
+void DecodeFp8Rows(const fp8* a, int64_t m, int64_t k, std::vector<float>* out, float scale) {
   out->resize(m * k);
   float* dst = out->data();
   // The vector path needs whole groups of 8 and scale * 2^28 to stay a normal power of two.
@@ -52,9 +43,9 @@ void DecodeFp8Rows(const fp8* a, int64_t m, int64_t k, bool pi, std::vector<floa
 #pragma omp parallel for schedule(static) if (m * k >= (1 << 18))
   for (int64_t i = 0; i < m; ++i) {
     if (avx2) {
-      DecodeRowAvx2(a + i * k, k, pi, scale, dst + i * k);
+      DecodeRowAvx2(a + i * k, k, scale, dst + i * k);
     } else {
-      DecodeRowScalar(a + i * k, k, pi, lut, dst + i * k);
+      DecodeRowScalar(a + i * k, k, lut, dst + i * k);
     }
   }
 }

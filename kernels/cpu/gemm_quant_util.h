@@ -10,9 +10,8 @@
 namespace flotilla::kernels::cpu {
 
 // Decoded activations: f32 values of the E4M3 codes times `scale` (a power of two, exact), one
-// row per activation row; NaN codes give the canonical NaN. With `pi` set, each group of 8 is
-// stored in pi order (0 2 4 6 1 3 5 7).
-void DecodeFp8Rows(const fp8* a, int64_t m, int64_t k, bool pi, std::vector<float>* out,
+// row per activation row; NaN codes give the canonical NaN.
+void DecodeFp8Rows(const fp8* a, int64_t m, int64_t k, std::vector<float>* out,
                    float scale = 1.0f);
 
 // Second-level accumulation step shared by every path: acc + (P * sa) * sw.
