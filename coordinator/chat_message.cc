@@ -80,7 +80,8 @@ absl::Status OptionalString(const ojson& msg, const char* key, const Where& wher
   return absl::OkStatus();
 }
 
-// A tool message's list content: text parts joined by "\n\n", other parts as placeholders.
+// A tool message's list content (spec: chat-encoding): text parts joined by "\n\n", every other
+// part as `[Unsupported <type>]`.
 absl::Status RenderToolParts(const ojson& parts, const Where& where, std::string* out) {
   out->clear();
   for (size_t i = 0; i < parts.size(); ++i) {
