@@ -16,13 +16,13 @@
 #include "coordinator/front_door.h"
 #include "coordinator/grpc_server.h"
 #include "coordinator/scheduler.h"
-#include "coordinator/tokenizer.h"
-#include "coordinator/worker_control.h"
+#include "tokenizer/tokenizer.h"
+#include "comm/worker_control.h"
 #include "sharding/capacity.h"
-#include "tools/flags.h"
-#include "worker/comm/control_endpoints.h"
-#include "worker/comm/load_report.h"
-#include "worker/comm/mpi_comm.h"
+#include "common/flags.h"
+#include "comm/control_endpoints.h"
+#include "comm/load_report.h"
+#include "comm/mpi_comm.h"
 
 namespace flotilla {
 namespace {

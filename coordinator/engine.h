@@ -9,7 +9,7 @@
 
 #include "absl/time/time.h"
 #include "coordinator/scheduler.h"
-#include "worker/comm/comm.h"
+#include "comm/comm.h"
 
 namespace flotilla {
 

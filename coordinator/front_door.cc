@@ -7,9 +7,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/chat_message.h"
-#include "coordinator/python_json.h"
-#include "coordinator/utf8.h"
+#include "tokenizer/chat_message.h"
+#include "tokenizer/python_json.h"
+#include "tokenizer/utf8.h"
 
 namespace flotilla {
 

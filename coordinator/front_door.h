@@ -17,10 +17,10 @@
 
 #include "common/model_config.h"
 #include "common/status.h"
-#include "coordinator/chat_encoding.h"
+#include "tokenizer/chat_encoding.h"
 #include "coordinator/request.h"
 #include "coordinator/request_sink.h"
-#include "coordinator/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace flotilla {
 

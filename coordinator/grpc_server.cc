@@ -10,7 +10,7 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/grpc_convert.h"
+#include "comm/grpc_convert.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
 
 namespace flotilla {

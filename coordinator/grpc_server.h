@@ -18,7 +18,7 @@
 #include "common/status.h"
 #include "coordinator/front_door.h"
 #include "coordinator/scheduler.h"
-#include "coordinator/worker_control.h"
+#include "comm/worker_control.h"
 
 namespace flotilla {
 

@@ -3,7 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "coordinator/utf8.h"
+#include "tokenizer/utf8.h"
 
 namespace flotilla {
 

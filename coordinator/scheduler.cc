@@ -8,7 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/kv_pages.h"
 #include "coordinator/request_validation.h"
-#include "coordinator/text_stream.h"
+#include "tokenizer/text_stream.h"
 #include "sharding/capacity.h"
 
 // Life of a request: Submit puts it in the queue (ordered by priority, then arrival) and admits

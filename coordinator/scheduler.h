@@ -28,7 +28,7 @@
 #include "common/step_plan.h"
 #include "coordinator/request.h"
 #include "coordinator/request_sink.h"
-#include "coordinator/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace flotilla {
 

@@ -15,13 +15,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "coordinator/chat_encoding.h"
-#include "coordinator/chat_tokens.h"
-#include "coordinator/python_json.h"
+#include "tokenizer/chat_encoding.h"
+#include "tokenizer/chat_tokens.h"
+#include "tokenizer/python_json.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {

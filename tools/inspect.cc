@@ -8,7 +8,7 @@
 #include "common/model_tensors.h"
 #include "common/safetensors.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "common/synthetic.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {

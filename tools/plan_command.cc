@@ -14,7 +14,7 @@
 #include "sharding/capacity.h"
 #include "sharding/shard_plan.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {

@@ -6,7 +6,7 @@
 
 #include "common/npy.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
 

@@ -7,11 +7,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "coordinator/chat_encoding.h"
-#include "coordinator/python_json.h"
-#include "coordinator/tokenizer.h"
+#include "tokenizer/chat_encoding.h"
+#include "tokenizer/python_json.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/command.h"
-#include "tools/flags.h"
+#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {

@@ -10,7 +10,7 @@
 #include <mutex>
 #include <string>
 
-#include "coordinator/worker_control.h"
+#include "comm/worker_control.h"
 
 namespace flotilla {
 

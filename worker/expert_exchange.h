@@ -8,7 +8,7 @@
 
 #include "common/status.h"
 #include "sharding/layout.h"
-#include "worker/comm/comm.h"
+#include "comm/comm.h"
 
 namespace flotilla {
 

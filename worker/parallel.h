@@ -4,7 +4,7 @@
 #include <cstdint>
 
 #include "sharding/layout.h"
-#include "worker/comm/comm.h"
+#include "comm/comm.h"
 
 namespace flotilla {
 

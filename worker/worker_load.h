@@ -6,8 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "worker/comm/comm.h"
-#include "worker/comm/load_report.h"
+#include "comm/comm.h"
+#include "comm/load_report.h"
 #include "worker/model.h"
 
 namespace flotilla {

@@ -15,13 +15,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
-#include "tools/flags.h"
-#include "worker/comm/mpi_comm.h"
+#include "common/flags.h"
+#include "comm/mpi_comm.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
 #include "common/step_plan.h"
 #include "worker/control_host.h"
-#include "worker/comm/control_endpoints.h"
+#include "comm/control_endpoints.h"
 #include "worker/worker_load.h"
 
 namespace flotilla {

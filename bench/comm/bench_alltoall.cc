@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "worker/comm/mpi_comm.h"
+#include "comm/mpi_comm.h"
 
 namespace flotilla {
 namespace {

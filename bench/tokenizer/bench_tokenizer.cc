@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "coordinator/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

@@ -6,7 +6,7 @@
 #include <memory>
 #include <vector>
 
-#include "worker/comm/comm.h"
+#include "comm/comm.h"
 
 namespace flotilla::comm_test {
 

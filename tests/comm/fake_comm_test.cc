@@ -1,5 +1,5 @@
 // FakeComm with 1..4 ranks (threads) through the shared Comm cases (label cpu).
-#include "worker/comm/fake_comm.h"
+#include "comm/fake_comm.h"
 
 #include <functional>
 #include <thread>

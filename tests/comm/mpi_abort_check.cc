@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <thread>
 
-#include "worker/comm/mpi_comm.h"
+#include "comm/mpi_comm.h"
 
 int main(int argc, char** argv) {
   flotilla::CommOptions options;

@@ -1,7 +1,7 @@
 // MpiComm through the shared Comm cases (label mpi). Run under mpiexec -np N: every process runs
 // every test on the world comm. Tests named *Deadline* leave broken sub-communicators behind
 // and are run as their own CTest entries (--gtest_filter).
-#include "worker/comm/mpi_comm.h"
+#include "comm/mpi_comm.h"
 
 #include <cstdio>
 

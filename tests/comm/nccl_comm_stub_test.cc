@@ -1,7 +1,7 @@
 // Built when NcclComm is the stub (no CUDA toolkit / NCCL): the factory says so.
 #include "gtest/gtest.h"
-#include "worker/comm/fake_comm.h"
-#include "worker/comm/nccl_comm.h"
+#include "comm/fake_comm.h"
+#include "comm/nccl_comm.h"
 
 namespace flotilla {
 namespace {

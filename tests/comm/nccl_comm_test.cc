@@ -1,7 +1,7 @@
 // NcclComm through the shared Comm cases (label cuda): one rank per visible GPU (up to 4), each a
 // thread, bootstrapped over an in-process FakeComm. Skips without a GPU. The cases use host
 // buffers, so a staging adapter copies them to and from the device around every call.
-#include "worker/comm/nccl_comm.h"
+#include "comm/nccl_comm.h"
 
 #include <cuda_runtime.h>
 
@@ -12,7 +12,7 @@
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "tests/comm/comm_cases.h"
-#include "worker/comm/fake_comm.h"
+#include "comm/fake_comm.h"
 
 namespace flotilla::comm_test {
 namespace {

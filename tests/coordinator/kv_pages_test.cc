@@ -5,7 +5,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "sharding/capacity.h"
-#include "tests/coordinator/test_data.h"
+#include "tests/tokenizer/test_data.h"
 
 namespace flotilla {
 namespace {

@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "coordinator/scheduler.h"
-#include "coordinator/utf8.h"
+#include "tokenizer/utf8.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/coordinator/scheduler_test_util.h"
-#include "tests/coordinator/test_data.h"
+#include "tests/tokenizer/test_data.h"
 
 namespace flotilla {
 namespace {

@@ -10,7 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/coordinator/scheduler_test_util.h"
-#include "tests/coordinator/test_data.h"
+#include "tests/tokenizer/test_data.h"
 
 namespace flotilla {
 namespace {

@@ -6,7 +6,7 @@
 #include <thread>
 
 #include "gtest/gtest.h"
-#include "worker/comm/fake_comm.h"
+#include "comm/fake_comm.h"
 #include "worker/expert_exchange.h"
 
 namespace flotilla {
