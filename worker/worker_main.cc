@@ -22,6 +22,7 @@
 #include "common/step_plan.h"
 #include "worker/control_host.h"
 #include "comm/control_endpoints.h"
+#include "comm/listen_address.h"
 #include "worker/worker_load.h"
 
 namespace flotilla {
@@ -274,9 +275,18 @@ int Main(int argc, char** argv) {
       // Host the control service and tell the coordinator where it is.
       WorkerControlHost host(int32_t(rank), int32_t(loaded->dp_group), int32_t(loaded->tp_rank));
       host.SetLoad(loaded->bytes_read, loaded->planned_bytes, 0, true, "");
-      WorkerControlServerOptions co;
-      co.address = args->control_address;
-      auto control = WorkerControlServer::Start(co, &host);
+      // --control-address may name an interface or a subnet (one value for every node).
+      absl::StatusOr<std::unique_ptr<WorkerControlServer>> control =
+          absl::FailedPreconditionError("not started");
+      absl::StatusOr<std::string> address = ResolveListenAddress(args->control_address);
+      if (address.ok()) {
+        WorkerControlServerOptions co;
+        co.address = *address;
+        control = WorkerControlServer::Start(co, &host);
+      } else {
+        control = absl::Status(address.status().code(),
+                               absl::StrCat("--control-address: ", address.status().message()));
+      }
       // Every rank takes part in the exchange, even one whose service did not start.
       st = ExchangeControlEndpoints(*world, control.ok() ? (*control)->endpoint() : "").status();
       if (st.ok()) st = control.status();
