@@ -4,7 +4,10 @@
 //       [--greedy | --temperature T --top-p P --top-k K --seed S] [--chunk C]
 //       [--experts-per-token K] [--dump-logits FILE.npy] [--timeout-s S]
 // The first DP group runs the prompt; the others take part in every MoE exchange with no tokens.
-// With --serve (after the coordinator, in one MPMD job) the workers run the coordinator's steps.
+// With --serve (after the coordinator, in one MPMD job) the workers run the coordinator's steps
+// and host their control service on --control-address (an address, an interface name or a
+// subnet: comm/listen_address.h; default 127.0.0.1) at a free port, or at
+// --control-port-base + world rank.
 // Output (world rank 0) has the format of `flotilla run`.
 #include <chrono>
 #include <csignal>
@@ -45,6 +48,7 @@ struct Args {
   bool ignore_eos = false;
   double timeout_s = 60;
   std::string control_address = "127.0.0.1";
+  int64_t control_port_base = 0;  // 0: a free port; else base + world rank
 };
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
@@ -53,7 +57,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                      {"--model", "--tp", "--prompt-ids", "--max-new-tokens",
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
-                                      "--control-address"},
+                                      "--control-address", "--control-port-base"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
@@ -77,6 +81,12 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   a.dump = f.Get("--dump-logits");
   a.ignore_eos = f.Has("--ignore-eos");
   a.control_address = f.Get("--control-address", "127.0.0.1");
+  ASSIGN_OR_RETURN(a.control_port_base, f.Int("--control-port-base", 0));
+  if (a.control_port_base < 0 || a.control_port_base > 65535 - 4096) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--control-port-base must be 0 (a free port) or at most ", 65535 - 4096, ", got ",
+        a.control_port_base));
+  }
   if (a.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (a.max_new < 1) return absl::InvalidArgumentError("--max-new-tokens must be at least 1");
   if (a.chunk < 0) return absl::InvalidArgumentError("--chunk must be positive");
@@ -282,6 +292,7 @@ int Main(int argc, char** argv) {
       if (address.ok()) {
         WorkerControlServerOptions co;
         co.address = *address;
+        if (args->control_port_base > 0) co.port = int(args->control_port_base) + rank;
         control = WorkerControlServer::Start(co, &host);
       } else {
         control = absl::Status(address.status().code(),

@@ -2,7 +2,8 @@
 # Multi-node tests on one machine (CTest label multinode): a cluster of network namespaces
 # (netns_cluster.sh), Open MPI over TCP between them, daemons started through netns-rsh.
 #   multinode_test.sh BUILD_DIR WORK_DIR CASE [ARGS]
-# Cases: equal W TP | serve | remote-missing-model | remote-wrong-checkpoint | link-cut | slow-link
+# Cases: equal W TP | serve | remote-missing-model | remote-wrong-checkpoint | link-cut | slow-link |
+#        gpu-bind | sbatch
 # Exits 77 (skipped) where network namespaces cannot be made.
 set -uo pipefail
 build=$1 work=$2 case=$3
@@ -113,7 +114,7 @@ serve)
   # service answers across the links, and SIGTERM drains every node.
   cluster_up "$work" 3 || fail "cluster_up"
   model "$work/tiny" 3
-  start_server 4 2 || fail "the server exited during start"
+  FLOTILLA_CONTROL_PORT_BASE=47000 start_server 4 2 || fail "the server exited during start"
   for i in 1 2 3 4; do
     p=0,128803,$((1000 + i * 7919)),$((2000 + i * 31)),$((i * 977)),128804,$((i * 11)),$((i * 13))
     echo "$p" >"$work/prompt_$i"
@@ -128,8 +129,10 @@ serve)
   done
   on_node 0 "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
   [ "$(grep -c ': ready, loaded' "$work/status.txt")" -eq 4 ] || { cat "$work/status.txt"; fail "workers not ready"; }
-  for a in 198.18.0.2 198.18.0.3; do
-    grep -q "$a:" "$work/status.txt" || { cat "$work/status.txt"; fail "no worker control service on $a"; }
+  # Control services on the cluster network, at the pinned ports: ranks 1-2 on node 1, 3-4 on 2.
+  for r in 1 2 3 4; do
+    grep -q "rank $r 198\.18\.0\.$(( (r + 1) / 2 + 1 )):4700$r: ready" "$work/status.txt" ||
+      { cat "$work/status.txt"; fail "rank $r's control service is not where it should be"; }
   done
   stop_server || fail "server exit status $?"
   expect_no_processes 10
@@ -219,6 +222,63 @@ slow-link)
   expect_no_processes 10
   echo "slow, lossy link to node 2 ($how; $drops packets dropped): streams complete with" \
     "the tokens of flotilla run"
+  ;;
+gpu-bind)
+  # launch/gpu-bind gives each worker of a node its own GPU, counting from 0 on every node, past
+  # the coordinator on the first one; a scheduler's CUDA_VISIBLE_DEVICES list is indexed.
+  cluster_up "$work" 3 || fail "cluster_up"
+  show='echo "$(hostname) $CUDA_VISIBLE_DEVICES"'
+  # Coordinator alone on node 0, 2 workers on each of nodes 1 and 2.
+  OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=$CLUSTER_NETWORK \
+    OMPI_MCA_oob_tcp_if_include=$CLUSTER_NETWORK \
+    on_node 0 mpirun --hostfile "$work/hostfile" -np 1 true : --map-by ppr:2:node -np 4 \
+    "$here/launch/gpu-bind" 2 bash -c "$show" >"$work/cluster.txt" 2>&1 || { cat "$work/cluster.txt"; fail "mpirun"; }
+  got=$(sort "$work/cluster.txt" | tr '\n' ' ')
+  [ "$got" = "198.18.0.2 0 198.18.0.2 1 198.18.0.3 0 198.18.0.3 1 " ] || fail "cluster binding: $got"
+  # One host: the coordinator and 3 workers share it; SLURM-style visible list 4,5,6.
+  OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo CUDA_VISIBLE_DEVICES=4,5,6 \
+    mpirun -np 1 true : -np 3 "$here/launch/gpu-bind" 3 bash -c 'echo $CUDA_VISIBLE_DEVICES' \
+    >"$work/host.txt" 2>&1 || { cat "$work/host.txt"; fail "mpirun"; }
+  got=$(sort "$work/host.txt" | tr '\n' ' ')
+  [ "$got" = "4 5 6 " ] || fail "one-host binding: $got"
+  # More workers on a node than GPUs is refused, naming the node.
+  OMPI_MCA_btl=self,vader OMPI_MCA_oob_tcp_if_include=lo \
+    mpirun -np 1 true : -np 3 "$here/launch/gpu-bind" 2 true >"$work/over.txt" 2>&1 &&
+    fail "3 workers on 2 GPUs were accepted"
+  grep -q "leaves no GPU of 2" "$work/over.txt" || { cat "$work/over.txt"; fail "no clear error"; }
+  echo "gpu-bind: one GPU per worker by local rank, on every node and on one host"
+  ;;
+sbatch)
+  # launch/flotilla.sbatch as SLURM would run it on the first node of a 2-node allocation with
+  # 2 GPUs each (scontrol answered by a stand-in that lists the cluster's nodes): 4 workers, the
+  # coordinator on the first node; it serves, and SIGTERM (scancel) drains it to exit status 0.
+  cluster_up "$work" 2 || fail "cluster_up"
+  model "$work/tiny" 3
+  mkdir -p "$work/bin"
+  printf '#!/bin/sh\n[ "$1 $2" = "show hostnames" ] && printf "198.18.0.1\\n198.18.0.2\\n"\n' \
+    >"$work/bin/scontrol"
+  chmod +x "$work/bin/scontrol"
+  rm -f "$work/port"
+  PATH=$work/bin:$PATH SLURM_JOB_NODELIST="fake[1-2]" SLURM_GPUS_ON_NODE=gpu:h200:2 \
+    on_node 0 "$here/launch/flotilla.sbatch" --model "$work/tiny" --network "$CLUSTER_NETWORK" \
+    --port 0 -- --port-file "$work/port" >"$work/serve.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 600); do [ -s "$work/port" ] && break; kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
+  [ -s "$work/port" ] || fail "flotilla.sbatch did not start a server"
+  server=127.0.0.1:$(cat "$work/port")
+  grep -q "2 nodes x 2 GPUs = 4 workers; coordinator on 198.18.0.1" "$work/serve.log" || fail "layout"
+  p=0,128803,4242,128804,7
+  generate "$work/stream.txt" --prompt-ids "$p" --max-new-tokens 6 --greedy --ignore-eos \
+    --timeout-s 120 || { cat "$work/stream.txt"; fail "generate"; }
+  [ "$(ids_of "$work/stream.txt")" = "$(reference "$p" 6)" ] || fail "tokens differ from flotilla run"
+  on_node 0 "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
+  [ "$(grep -c ': ready, loaded' "$work/status.txt")" -eq 4 ] || { cat "$work/status.txt"; fail "workers"; }
+  kill -TERM $server_pid
+  wait $server_pid
+  rc=$?
+  [ $rc -eq 0 ] || fail "flotilla.sbatch exited $rc after SIGTERM"
+  expect_no_processes 10
+  echo "flotilla.sbatch: 2 nodes x 2 GPUs, served, drained on SIGTERM with status 0"
   ;;
 *) fail "unknown case $case" ;;
 esac
