@@ -1,0 +1,125 @@
+// Grouped FP8 x FP4 expert GEMM (grouped_gemm_fp4.h): mma.sync m16n8k32 e4m3 with f32
+// accumulation, the documented fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k32"):
+//   lane = 4 * group + tig;
+//   A (16x32, row): reg 0 = row group, k 4tig..4tig+3; reg 1 = row group+8, same k;
+//                   reg 2 = row group, k + 16;       reg 3 = row group+8, k + 16
+//   B (32x8, col):  reg 0 = column group, k 4tig..4tig+3; reg 1 = k + 16
+//   C (16x8 f32):   c0, c1 = row group, columns 2tig, 2tig+1; c2, c3 = row group+8
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/device_formats.h"
+#include "kernels/cuda/grouped_gemm_fp4.h"
+
+namespace flotilla::kernels::cuda {
+namespace {
+
+// D = A * B with a zero accumulator: the f32 partial of one 32-wide K slice.
+__device__ __forceinline__ void MmaE4m3(const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                        float (&d)[4]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
+}
+
+__device__ __forceinline__ float ScaleOf(e8m0 s) { return __uint_as_float(E8m0ToF32Bits(s)); }
+
+__device__ __forceinline__ uint32_t LoadA(const fp8* row, bool valid) {
+  return valid ? __ldg(reinterpret_cast<const uint32_t*>(row)) : 0u;
+}
+
+__device__ __forceinline__ uint32_t LoadW(const uint8_t* p) {
+  return __ldg(reinterpret_cast<const unsigned short*>(p));
+}
+
+__global__ void __launch_bounds__(kGroupedGemmThreads)
+    GroupedGemmFp8Fp4Kernel(GroupedGemmFp8Fp4Params p) {
+  const int64_t expert = blockIdx.y;
+  const int32_t row_begin = p.group_offsets[expert];
+  const int32_t row_end = p.group_offsets[expert + 1];
+  if (row_begin >= row_end) return;  // empty group
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, tig = lane & 3;
+  const int64_t n0 = (int64_t(blockIdx.x) * (kGroupedGemmThreads / 32) + warp) *
+                     kGroupedGemmColumnsPerWarp;
+  if (n0 >= p.n) return;
+
+  const int64_t k = p.k, row_bytes = k / 2, slices = k / 32, a_blocks = k / 128;
+  const uint8_t* w = p.w + expert * p.n * row_bytes;
+  const e8m0* w_scale = p.w_scale + expert * p.n * slices;
+  // This lane's B columns (one per n tile) and C columns (two per n tile).
+  const uint8_t* w_row[2] = {w + (n0 + group) * row_bytes, w + (n0 + 8 + group) * row_bytes};
+  const e8m0* sw_row[2][2] = {
+      {w_scale + (n0 + 2 * tig) * slices, w_scale + (n0 + 2 * tig + 1) * slices},
+      {w_scale + (n0 + 8 + 2 * tig) * slices, w_scale + (n0 + 8 + 2 * tig + 1) * slices}};
+
+  for (int64_t m0 = row_begin; m0 < row_end; m0 += 16 * kGroupedGemmMTiles) {
+    float acc[kGroupedGemmMTiles][2][4] = {};
+    for (int64_t s = 0; s < slices; ++s) {
+      uint32_t b[2][2];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const uint8_t* wp = w_row[t] + s * 16 + 2 * tig;
+        b[t][0] = E2m1x4ToE4m3x4(LoadW(wp));
+        b[t][1] = E2m1x4ToE4m3x4(LoadW(wp + 8));
+      }
+      float sw[2][2];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        sw[t][0] = ScaleOf(sw_row[t][0][s]);
+        sw[t][1] = ScaleOf(sw_row[t][1][s]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < kGroupedGemmMTiles; ++mt) {
+        const int64_t r0 = m0 + mt * 16 + group, r1 = r0 + 8;
+        if (m0 + mt * 16 >= row_end) break;  // uniform across the warp
+        const bool v0 = r0 < row_end, v1 = r1 < row_end;
+        const fp8* a0 = p.a + r0 * k + s * 32 + 4 * tig;
+        const fp8* a1 = p.a + r1 * k + s * 32 + 4 * tig;
+        const uint32_t a[4] = {LoadA(a0, v0), LoadA(a1, v1), LoadA(a0 + 16, v0),
+                               LoadA(a1 + 16, v1)};
+        const float sa0 = v0 ? ScaleOf(p.a_scale[r0 * a_blocks + s / 4]) : 0.0f;
+        const float sa1 = v1 ? ScaleOf(p.a_scale[r1 * a_blocks + s / 4]) : 0.0f;
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          float d[4];
+          MmaE4m3(a, b[t], d);
+          // acc + (P * sa) * sw, each step rounded: no fused multiply-add (the CPU contract).
+          float* c = acc[mt][t];
+          c[0] = __fadd_rn(c[0], __fmul_rn(__fmul_rn(d[0], sa0), sw[t][0]));
+          c[1] = __fadd_rn(c[1], __fmul_rn(__fmul_rn(d[1], sa0), sw[t][1]));
+          c[2] = __fadd_rn(c[2], __fmul_rn(__fmul_rn(d[2], sa1), sw[t][0]));
+          c[3] = __fadd_rn(c[3], __fmul_rn(__fmul_rn(d[3], sa1), sw[t][1]));
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < kGroupedGemmMTiles; ++mt) {
+      const int64_t r0 = m0 + mt * 16 + group, r1 = r0 + 8;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int64_t col = n0 + t * 8 + 2 * tig;
+        const float* c = acc[mt][t];
+        if (r0 < row_end) {
+          *reinterpret_cast<uint32_t*>(p.c + r0 * p.ldc + col) =
+              F32BitsToBf16(__float_as_uint(c[0])) | F32BitsToBf16(__float_as_uint(c[1])) << 16;
+        }
+        if (r1 < row_end) {
+          *reinterpret_cast<uint32_t*>(p.c + r1 * p.ldc + col) =
+              F32BitsToBf16(__float_as_uint(c[2])) | F32BitsToBf16(__float_as_uint(c[3])) << 16;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int LaunchGroupedGemmFp8Fp4(const GroupedGemmFp8Fp4Params& p, CUstream_st* stream) {
+  const LaunchShape s = GroupedGemmFp8Fp4Shape(p);
+  GroupedGemmFp8Fp4Kernel<<<dim3(s.grid_x, s.grid_y), dim3(s.block_x), 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+}  // namespace flotilla::kernels::cuda

@@ -1,0 +1,144 @@
+// The register-level format conversions of the CUDA kernels (kernels/cuda/device_formats.h),
+// run here on the CPU, against the reference codecs of common/dtype.h; and the host side of the
+// grouped FP8 x FP4 GEMM launch.
+#include "kernels/cuda/device_formats.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+
+#include "common/dtype.h"
+#include "kernels/cuda/grouped_gemm_fp4.h"
+
+namespace flotilla::kernels::cuda {
+namespace {
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+TEST(DeviceFormats, EveryE2m1NibbleIsTheSameE4m3Value) {
+  for (uint32_t nibble = 0; nibble < 16; ++nibble) {
+    const uint32_t byte = E2m1ToE4m3(nibble);
+    ASSERT_LT(byte, 256u);
+    // Bitwise: -0 stays -0.
+    EXPECT_EQ(Bits(Fp8ToF32(fp8(byte))), Bits(Fp4ToF32(uint8_t(nibble)))) << "nibble " << nibble;
+  }
+  // Hand-worked: 6 = 1.5 * 2^2 -> exponent 2 + 7 = 9, mantissa 4 -> 0x4C; -0.5 -> 0x80 | 0x30.
+  EXPECT_EQ(E2m1ToE4m3(0x7), 0x4Cu);
+  EXPECT_EQ(E2m1ToE4m3(0x9), 0xB0u);
+}
+
+TEST(DeviceFormats, FourNibblesPerRegisterInKOrder) {
+  for (uint32_t two = 0; two < 65536; ++two) {
+    const uint32_t word = E2m1x4ToE4m3x4(two);
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t nibble = (two >> (4 * i)) & 0xf;
+      ASSERT_EQ((word >> (8 * i)) & 0xff, E2m1ToE4m3(nibble)) << "input " << two << " element " << i;
+    }
+  }
+}
+
+TEST(DeviceFormats, BytePermPicksBytesOfTheEightByteSource) {
+  // Bytes 0..7 of {lo, hi} are 0x00 0x11 ... 0x77; selector 0x7531 picks bytes 1, 3, 5, 7.
+  EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x7531u), 0x77553311u);
+  EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x0000u), 0x00000000u);
+  EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x4444u), 0x44444444u);
+}
+
+TEST(DeviceFormats, Ue8m0ScalesAsF32) {
+  for (uint32_t s = 0; s < 256; ++s) {
+    const float want = E8m0ToF32(e8m0(s));
+    float got;
+    const uint32_t bits = E8m0ToF32Bits(s);
+    std::memcpy(&got, &bits, 4);
+    if (std::isnan(want)) {
+      EXPECT_TRUE(std::isnan(got)) << s;
+    } else {
+      EXPECT_EQ(Bits(got), Bits(want)) << s;
+    }
+  }
+  EXPECT_EQ(E8m0ToF32Bits(127), Bits(1.0f));
+}
+
+TEST(DeviceFormats, Bf16RoundingMatchesTheHostCodec) {
+  std::mt19937 rng(11);
+  const uint32_t specials[] = {0u,          0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                               0xffc00001u, 0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00000001u,
+                               0x3f80ffffu, 0x7f7f8000u};
+  for (uint32_t u : specials) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    EXPECT_EQ(F32BitsToBf16(u), F32ToBf16(f)) << std::hex << u;
+  }
+  for (int i = 0; i < 200000; ++i) {
+    const uint32_t u = rng();
+    float f;
+    std::memcpy(&f, &u, 4);
+    ASSERT_EQ(F32BitsToBf16(u), F32ToBf16(f)) << std::hex << u;
+  }
+}
+
+GroupedGemmFp8Fp4Params Valid() {
+  alignas(16) static uint8_t bytes[64];
+  GroupedGemmFp8Fp4Params p;
+  p.a = bytes;
+  p.a_scale = bytes;
+  p.w = bytes;
+  p.w_scale = bytes;
+  p.group_offsets = reinterpret_cast<const int32_t*>(bytes);
+  p.c = reinterpret_cast<bf16*>(bytes);
+  p.n = 2048;
+  p.k = 4096;
+  p.ldc = 2048;
+  p.num_experts = 32;
+  return p;
+}
+
+TEST(GroupedGemmFp8Fp4Launch, ShapeOfAV4FlashExpertRank) {
+  // One rank of EP 8 on V4-Flash: 32 local experts, w1 is [2048, 4096].
+  const GroupedGemmFp8Fp4Params p = Valid();
+  EXPECT_EQ(CheckGroupedGemmFp8Fp4(p), nullptr);
+  const LaunchShape s = GroupedGemmFp8Fp4Shape(p);
+  EXPECT_EQ(s.grid_x, 32u);  // 2048 / 64 columns per block
+  EXPECT_EQ(s.grid_y, 32u);
+  EXPECT_EQ(s.block_x, 128u);
+  GroupedGemmFp8Fp4Params q = p;
+  q.n = 80;  // one full block and one with a single active warp
+  q.ldc = 80;
+  EXPECT_EQ(GroupedGemmFp8Fp4Shape(q).grid_x, 2u);
+}
+
+TEST(GroupedGemmFp8Fp4Launch, RefusesWhatTheKernelCannotRun) {
+  auto refuse = [](GroupedGemmFp8Fp4Params p, const char* what) {
+    const char* why = CheckGroupedGemmFp8Fp4(p);
+    ASSERT_NE(why, nullptr) << what;
+    EXPECT_NE(std::string(why).find(what), std::string::npos) << why;
+  };
+  GroupedGemmFp8Fp4Params p = Valid();
+  p.k = 4000;
+  refuse(p, "k must be");
+  p = Valid();
+  p.n = 2040;
+  refuse(p, "n must be");
+  p = Valid();
+  p.ldc = 1024;
+  refuse(p, "ldc must be at least n");
+  p = Valid();
+  p.num_experts = 0;
+  refuse(p, "num_experts");
+  p = Valid();
+  p.w_scale = nullptr;
+  refuse(p, "must all be set");
+  p = Valid();
+  p.a = p.a + 1;
+  refuse(p, "aligned");
+}
+
+}  // namespace
+}  // namespace flotilla::kernels::cuda
