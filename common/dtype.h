@@ -1,8 +1,15 @@
 // Number formats of DeepSeek-V4 checkpoints and activations (spec §2.1), exact scalar codecs.
 //
 // Header-only and dependency-free: kernels/ (CPU and CUDA) include it, and the GPU machine
-// builds kernels/ with the CUDA toolkit alone.
+// builds kernels/ with the CUDA toolkit alone. The codecs marked FLOTILLA_HD compile for the
+// device too, so CUDA kernels round exactly as the CPU backend does.
 #pragma once
+
+#if defined(__CUDACC__)
+#define FLOTILLA_HD __host__ __device__ inline
+#else
+#define FLOTILLA_HD inline
+#endif
 
 #include <cmath>
 #include <cstdint>
@@ -15,32 +22,32 @@ using bf16 = uint16_t;  // bfloat16 bits
 using fp8 = uint8_t;    // float8 E4M3FN bits
 using e8m0 = uint8_t;   // UE8M0 scale bits: 2^(bits - 127)
 
-inline float BitsToF32(uint32_t bits) {
+FLOTILLA_HD float BitsToF32(uint32_t bits) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
 }
-inline uint32_t F32ToBits(float f) {
+FLOTILLA_HD uint32_t F32ToBits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
 }
 
 // ---- bfloat16 ----
-inline float Bf16ToF32(bf16 b) { return BitsToF32(uint32_t(b) << 16); }
+FLOTILLA_HD float Bf16ToF32(bf16 b) { return BitsToF32(uint32_t(b) << 16); }
 
 // Round-to-nearest-even; NaN stays a (quiet) NaN with its sign.
-inline bf16 F32ToBf16(float f) {
+FLOTILLA_HD bf16 F32ToBf16(float f) {
   uint32_t u = F32ToBits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return bf16((u >> 16) | 0x0040u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return bf16(u >> 16);
 }
-inline float RoundBf16(float f) { return Bf16ToF32(F32ToBf16(f)); }
+FLOTILLA_HD float RoundBf16(float f) { return Bf16ToF32(F32ToBf16(f)); }
 
 // ---- FP8 E4M3FN ----
 // 0x7F / 0xFF are NaN; no infinities; largest finite 448 (0x7E).
-inline float Fp8ToF32(fp8 c) {
+FLOTILLA_HD float Fp8ToF32(fp8 c) {
   const uint32_t sign = (c & 0x80u) << 24;
   const uint32_t e = (c >> 3) & 0xfu, m = c & 7u;
   if (e == 15 && m == 7) return BitsToF32(sign | 0x7fc00000u);
@@ -54,7 +61,7 @@ inline float Fp8ToF32(fp8 c) {
 }
 
 // Saturating conversion: clamp to [-448, 448], then round to nearest even. NaN -> 0x7F|sign.
-inline fp8 F32ToFp8(float f) {
+FLOTILLA_HD fp8 F32ToFp8(float f) {
   uint32_t u = F32ToBits(f);
   const uint8_t sign = uint8_t((u >> 24) & 0x80u);
   u &= 0x7fffffffu;
@@ -63,7 +70,7 @@ inline fp8 F32ToFp8(float f) {
   if (a >= 448.0f) return fp8(sign | 0x7e);
   if (a < 0x1p-6f) {
     // Subnormal range: multiples of 2^-9. Scaling by 2^9 is exact; nearbyint rounds to even.
-    const float q = std::nearbyint(a * 512.0f);  // 0..8 (8 = smallest normal 0x08)
+    const float q = rintf(a * 512.0f);  // 0..8 (8 = smallest normal 0x08); ties to even
     return fp8(sign | uint8_t(q));
   }
   // Normal: keep 3 mantissa bits with round-to-nearest-even on the f32 bit pattern.
@@ -75,8 +82,8 @@ inline fp8 F32ToFp8(float f) {
 }
 
 // ---- UE8M0 ----
-inline float E8m0ToF32(e8m0 s) {
-  if (s == 0xff) return std::numeric_limits<float>::quiet_NaN();
+FLOTILLA_HD float E8m0ToF32(e8m0 s) {
+  if (s == 0xff) return BitsToF32(0x7fc00000u);
   if (s == 0) return 0x1p-127f;  // 2^-127 is an f32 subnormal, still exact
   return BitsToF32(uint32_t(s) << 23);
 }
@@ -112,7 +119,7 @@ inline uint8_t F32ToFp4(float f) {
 // plus one when mantissa bits are non-zero. Returns the UE8M0 byte (e + 127).
 // Out of UE8M0 range: r <= 2^-127 (and r == 0) gives 0 (2^-127, the smallest scale, still >= r);
 // r > 2^127, inf and NaN give 0xFF (NaN). The spec's amax floors keep r far inside the range.
-inline e8m0 CeilPow2ScaleBits(float r) {
+FLOTILLA_HD e8m0 CeilPow2ScaleBits(float r) {
   const uint32_t u = F32ToBits(r);
   int32_t exp = int32_t((u >> 23) & 0xffu);
   uint32_t man = u & 0x7fffffu;

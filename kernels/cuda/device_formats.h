@@ -1,15 +1,11 @@
-// Number-format conversions the CUDA kernels do in registers, written once for host and device
-// (FLOTILLA_HD) so that the CPU tests check exactly the code the GPU runs against the reference
-// codecs of common/dtype.h.
+// Number-format conversions the CUDA kernels do in registers beyond the codecs of
+// common/dtype.h (whose FLOTILLA_HD functions the kernels call directly), written once for host
+// and device so that the CPU tests check exactly the code the GPU runs against those codecs.
 #pragma once
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FLOTILLA_HD __host__ __device__ __forceinline__
-#else
-#define FLOTILLA_HD inline
-#endif
+#include "common/dtype.h"
 
 namespace flotilla::kernels::cuda {
 
@@ -43,17 +39,6 @@ FLOTILLA_HD uint32_t E2m1x4ToE4m3x4(uint32_t two_bytes) {
   const uint32_t magnitude = BytePerm(0x3C383000u, 0x4C484440u, two_bytes & 0x7777u);
   const uint32_t s = two_bytes & 0x8888u;
   return magnitude | (s & 0x8u) << 4 | (s & 0x80u) << 8 | (s & 0x800u) << 12 | (s & 0x8000u) << 16;
-}
-
-// UE8M0 scale byte as f32 bits: 2^(s - 127); s = 0 is 2^-127 (an f32 subnormal), 0xFF NaN.
-FLOTILLA_HD uint32_t E8m0ToF32Bits(uint32_t s) {
-  return s == 0xffu ? 0x7fc00000u : s == 0u ? 0x00400000u : s << 23;
-}
-
-// f32 bits to bf16 bits, round to nearest even; NaN stays a quiet NaN with its sign.
-FLOTILLA_HD uint32_t F32BitsToBf16(uint32_t u) {
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x0040u;
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
 }
 
 }  // namespace flotilla::kernels::cuda

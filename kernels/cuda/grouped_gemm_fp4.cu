@@ -23,7 +23,7 @@ __device__ __forceinline__ void MmaE4m3(const uint32_t (&a)[4], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
 }
 
-__device__ __forceinline__ float ScaleOf(e8m0 s) { return __uint_as_float(E8m0ToF32Bits(s)); }
+__device__ __forceinline__ float ScaleOf(e8m0 s) { return E8m0ToF32(s); }
 
 __device__ __forceinline__ uint32_t LoadA(const fp8* row, bool valid) {
   return valid ? __ldg(reinterpret_cast<const uint32_t*>(row)) : 0u;
@@ -103,11 +103,11 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
         const float* c = acc[mt][t];
         if (r0 < row_end) {
           *reinterpret_cast<uint32_t*>(p.c + r0 * p.ldc + col) =
-              F32BitsToBf16(__float_as_uint(c[0])) | F32BitsToBf16(__float_as_uint(c[1])) << 16;
+              uint32_t(F32ToBf16(c[0])) | uint32_t(F32ToBf16(c[1])) << 16;
         }
         if (r1 < row_end) {
           *reinterpret_cast<uint32_t*>(p.c + r1 * p.ldc + col) =
-              F32BitsToBf16(__float_as_uint(c[2])) | F32BitsToBf16(__float_as_uint(c[3])) << 16;
+              uint32_t(F32ToBf16(c[2])) | uint32_t(F32ToBf16(c[3])) << 16;
         }
       }
     }

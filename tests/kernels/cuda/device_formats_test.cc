@@ -11,6 +11,7 @@
 #include <string>
 
 #include "common/dtype.h"
+#include "kernels/cuda/act_quant.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
 
 namespace flotilla::kernels::cuda {
@@ -49,39 +50,6 @@ TEST(DeviceFormats, BytePermPicksBytesOfTheEightByteSource) {
   EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x7531u), 0x77553311u);
   EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x0000u), 0x00000000u);
   EXPECT_EQ(BytePerm(0x33221100u, 0x77665544u, 0x4444u), 0x44444444u);
-}
-
-TEST(DeviceFormats, Ue8m0ScalesAsF32) {
-  for (uint32_t s = 0; s < 256; ++s) {
-    const float want = E8m0ToF32(e8m0(s));
-    float got;
-    const uint32_t bits = E8m0ToF32Bits(s);
-    std::memcpy(&got, &bits, 4);
-    if (std::isnan(want)) {
-      EXPECT_TRUE(std::isnan(got)) << s;
-    } else {
-      EXPECT_EQ(Bits(got), Bits(want)) << s;
-    }
-  }
-  EXPECT_EQ(E8m0ToF32Bits(127), Bits(1.0f));
-}
-
-TEST(DeviceFormats, Bf16RoundingMatchesTheHostCodec) {
-  std::mt19937 rng(11);
-  const uint32_t specials[] = {0u,          0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
-                               0xffc00001u, 0x3f808000u, 0x3f818000u, 0x7f7fffffu, 0x00000001u,
-                               0x3f80ffffu, 0x7f7f8000u};
-  for (uint32_t u : specials) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    EXPECT_EQ(F32BitsToBf16(u), F32ToBf16(f)) << std::hex << u;
-  }
-  for (int i = 0; i < 200000; ++i) {
-    const uint32_t u = rng();
-    float f;
-    std::memcpy(&f, &u, 4);
-    ASSERT_EQ(F32BitsToBf16(u), F32ToBf16(f)) << std::hex << u;
-  }
 }
 
 GroupedGemmFp8Fp4Params Valid() {
@@ -138,6 +106,30 @@ TEST(GroupedGemmFp8Fp4Launch, RefusesWhatTheKernelCannotRun) {
   p = Valid();
   p.a = p.a + 1;
   refuse(p, "aligned");
+}
+
+TEST(ActQuantLaunch, ShapesAndRefusals) {
+  alignas(16) static uint8_t bytes[64];
+  ActQuantFp8Params p;
+  p.x = reinterpret_cast<const bf16*>(bytes);
+  p.q = bytes;
+  p.scale = bytes;
+  p.m = 3000;
+  p.k = 4096;
+  p.ldx = 4096;
+  EXPECT_EQ(CheckActQuantFp8(p), nullptr);
+  EXPECT_EQ(ActQuantFp8Blocks(p), 12000);  // 3000 rows x 32 groups / 8 warps
+  p.m = 0;
+  EXPECT_EQ(ActQuantFp8Blocks(p), 0);
+  p.m = 1;
+  p.k = 100;
+  EXPECT_NE(CheckActQuantFp8(p), nullptr);
+  p.k = 4096;
+  p.block = 96;
+  EXPECT_NE(CheckActQuantFp8(p), nullptr);
+  p.block = 128;
+  p.ldx = 2048;
+  EXPECT_NE(CheckActQuantFp8(p), nullptr);
 }
 
 }  // namespace
