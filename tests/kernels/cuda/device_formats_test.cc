@@ -13,6 +13,7 @@
 #include "common/dtype.h"
 #include "kernels/cuda/act_quant.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
+#include "kernels/cuda/norm.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
@@ -130,6 +131,33 @@ TEST(ActQuantLaunch, ShapesAndRefusals) {
   p.block = 128;
   p.ldx = 2048;
   EXPECT_NE(CheckActQuantFp8(p), nullptr);
+}
+
+TEST(NormLaunch, ShapesAndRefusals) {
+  alignas(16) static uint8_t bytes[64];
+  bf16* b = reinterpret_cast<bf16*>(bytes);
+  RmsNormParams p;
+  p.x = b;
+  p.w = b;
+  p.y = b;
+  p.m = 33;
+  p.d = 4096;
+  p.ldx = p.ldy = 4096;
+  EXPECT_EQ(CheckRmsNorm(p), nullptr);
+  EXPECT_EQ(NormBlocks(33), 2);  // 32 rows per block
+  EXPECT_EQ(NormBlocks(0), 0);
+  p.ldy = 8192;  // in place with different strides
+  EXPECT_NE(CheckRmsNorm(p), nullptr);
+  p.ldy = 4096;
+  p.ldx = 100;
+  EXPECT_NE(CheckRmsNorm(p), nullptr);
+  HeadRmsNormParams h;
+  h.q = b;
+  h.rows = 4;
+  h.dim = 0;
+  EXPECT_NE(CheckHeadRmsNorm(h), nullptr);
+  h.dim = 512;
+  EXPECT_EQ(CheckHeadRmsNorm(h), nullptr);
 }
 
 }  // namespace
