@@ -9,29 +9,12 @@
 
 #include "kernels/cuda/device_formats.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
+#include "kernels/cuda/mma_e4m3.cuh"
 
 namespace flotilla::kernels::cuda {
 namespace {
 
-// D = A * B with a zero accumulator: the f32 partial of one 32-wide K slice.
-__device__ __forceinline__ void MmaE4m3(const uint32_t (&a)[4], const uint32_t (&b)[2],
-                                        float (&d)[4]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
-      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(0.0f));
-}
-
 __device__ __forceinline__ float ScaleOf(e8m0 s) { return E8m0ToF32(s); }
-
-__device__ __forceinline__ uint32_t LoadA(const fp8* row, bool valid) {
-  return valid ? __ldg(reinterpret_cast<const uint32_t*>(row)) : 0u;
-}
-
-__device__ __forceinline__ uint32_t LoadW(const uint8_t* p) {
-  return __ldg(reinterpret_cast<const unsigned short*>(p));
-}
 
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     GroupedGemmFp8Fp4Kernel(GroupedGemmFp8Fp4Params p) {
@@ -61,8 +44,8 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
 #pragma unroll
       for (int t = 0; t < 2; ++t) {
         const uint8_t* wp = w_row[t] + s * 16 + 2 * tig;
-        b[t][0] = E2m1x4ToE4m3x4(LoadW(wp));
-        b[t][1] = E2m1x4ToE4m3x4(LoadW(wp + 8));
+        b[t][0] = E2m1x4ToE4m3x4(LoadFp4x4(wp));
+        b[t][1] = E2m1x4ToE4m3x4(LoadFp4x4(wp + 8));
       }
       float sw[2][2];
 #pragma unroll
@@ -77,8 +60,8 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
         const bool v0 = r0 < row_end, v1 = r1 < row_end;
         const fp8* a0 = p.a + r0 * k + s * 32 + 4 * tig;
         const fp8* a1 = p.a + r1 * k + s * 32 + 4 * tig;
-        const uint32_t a[4] = {LoadA(a0, v0), LoadA(a1, v1), LoadA(a0 + 16, v0),
-                               LoadA(a1 + 16, v1)};
+        const uint32_t a[4] = {LoadFp8x4(a0, v0), LoadFp8x4(a1, v1), LoadFp8x4(a0 + 16, v0),
+                               LoadFp8x4(a1 + 16, v1)};
         const float sa0 = v0 ? ScaleOf(p.a_scale[r0 * a_blocks + s / 4]) : 0.0f;
         const float sa1 = v1 ? ScaleOf(p.a_scale[r1 * a_blocks + s / 4]) : 0.0f;
 #pragma unroll
@@ -87,10 +70,10 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
           MmaE4m3(a, b[t], d);
           // acc + (P * sa) * sw, each step rounded: no fused multiply-add (the CPU contract).
           float* c = acc[mt][t];
-          c[0] = __fadd_rn(c[0], __fmul_rn(__fmul_rn(d[0], sa0), sw[t][0]));
-          c[1] = __fadd_rn(c[1], __fmul_rn(__fmul_rn(d[1], sa0), sw[t][1]));
-          c[2] = __fadd_rn(c[2], __fmul_rn(__fmul_rn(d[2], sa1), sw[t][0]));
-          c[3] = __fadd_rn(c[3], __fmul_rn(__fmul_rn(d[3], sa1), sw[t][1]));
+          c[0] = AccumulateSlice(c[0], d[0], sa0, sw[t][0]);
+          c[1] = AccumulateSlice(c[1], d[1], sa0, sw[t][1]);
+          c[2] = AccumulateSlice(c[2], d[2], sa1, sw[t][0]);
+          c[3] = AccumulateSlice(c[3], d[3], sa1, sw[t][1]);
         }
       }
     }

@@ -12,6 +12,7 @@
 
 #include "common/dtype.h"
 #include "kernels/cuda/act_quant.h"
+#include "kernels/cuda/expert_gate_up.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
 #include "kernels/cuda/norm.h"
 
@@ -158,6 +159,31 @@ TEST(NormLaunch, ShapesAndRefusals) {
   EXPECT_NE(CheckHeadRmsNorm(h), nullptr);
   h.dim = 512;
   EXPECT_EQ(CheckHeadRmsNorm(h), nullptr);
+}
+
+TEST(ExpertGateUpLaunch, ShapesAndRefusals) {
+  alignas(16) static uint8_t bytes[64];
+  ExpertGateUpParams p;
+  p.x = bytes;
+  p.x_scale = bytes;
+  p.w1 = p.w3 = bytes;
+  p.w1_scale = p.w3_scale = bytes;
+  p.group_offsets = reinterpret_cast<const int32_t*>(bytes);
+  p.h = bytes;
+  p.h_scale = bytes;
+  p.inter = 2048;
+  p.hidden = 4096;
+  p.num_experts = 32;
+  EXPECT_EQ(CheckExpertGateUp(p), nullptr);
+  EXPECT_EQ(ExpertGateUpGridX(p), 16u);  // one block per 128-column quantisation group
+  p.inter = 2000;
+  EXPECT_NE(CheckExpertGateUp(p), nullptr);
+  p.inter = 2048;
+  p.limit = 0.0f;
+  EXPECT_NE(CheckExpertGateUp(p), nullptr);
+  p.limit = 10.0f;
+  p.w3 = nullptr;
+  EXPECT_NE(CheckExpertGateUp(p), nullptr);
 }
 
 }  // namespace

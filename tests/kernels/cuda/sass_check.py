@@ -15,7 +15,12 @@ import subprocess
 import sys
 
 # kernel-name pattern -> instruction patterns that must each appear in its SASS, and why.
+_EXPERT_GEMM = [
+    (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
+    (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
+]
 RULES = {
+    r"ExpertGateUpKernel": _EXPERT_GEMM,
     r"GroupedGemmFp8Fp4Kernel": [
         (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
         (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
