@@ -34,7 +34,7 @@ __global__ void __launch_bounds__(kGateUpThreads) ExpertGateUpKernel(ExpertGateU
   const int group = lane >> 2, tig = lane & 3;
   const int64_t qgroup = blockIdx.x;  // 128-column group of h
   const int64_t n0 = qgroup * 128 + warp * 16;
-  const int64_t k = p.hidden, row_bytes = k / 2, slices = k / 32, a_blocks = k / 128;
+  const int64_t k = p.hidden, row_bytes = k / 2, slices = k / 32;
   const uint8_t* w[2] = {p.w1 + expert * p.inter * row_bytes, p.w3 + expert * p.inter * row_bytes};
   const e8m0* ws[2] = {p.w1_scale + expert * p.inter * slices, p.w3_scale + expert * p.inter * slices};
 
@@ -57,14 +57,9 @@ __global__ void __launch_bounds__(kGateUpThreads) ExpertGateUpKernel(ExpertGateU
 #pragma unroll
       for (int mt = 0; mt < kGateUpMTiles; ++mt) {
         if (m0 + mt * 16 >= row_end) break;  // uniform across the block
-        const int64_t r0 = m0 + mt * 16 + group, r1 = r0 + 8;
-        const bool v0 = r0 < row_end, v1 = r1 < row_end;
-        const fp8* a0 = p.x + r0 * k + s * 32 + 4 * tig;
-        const fp8* a1 = p.x + r1 * k + s * 32 + 4 * tig;
-        const uint32_t a[4] = {LoadFp8x4(a0, v0), LoadFp8x4(a1, v1), LoadFp8x4(a0 + 16, v0),
-                               LoadFp8x4(a1 + 16, v1)};
-        const float sa0 = v0 ? E8m0ToF32(p.x_scale[r0 * a_blocks + s / 4]) : 0.0f;
-        const float sa1 = v1 ? E8m0ToF32(p.x_scale[r1 * a_blocks + s / 4]) : 0.0f;
+        const AFragment f = LoadAFragment(p.x, p.x_scale, k, m0 + mt * 16 + group, row_end, s, tig);
+        const uint32_t(&a)[4] = f.a;
+        const float sa0 = f.sa0, sa1 = f.sa1;
 #pragma unroll
         for (int mat = 0; mat < 2; ++mat) {
 #pragma unroll

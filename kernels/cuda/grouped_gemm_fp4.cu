@@ -28,7 +28,7 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
                      kGroupedGemmColumnsPerWarp;
   if (n0 >= p.n) return;
 
-  const int64_t k = p.k, row_bytes = k / 2, slices = k / 32, a_blocks = k / 128;
+  const int64_t k = p.k, row_bytes = k / 2, slices = k / 32;
   const uint8_t* w = p.w + expert * p.n * row_bytes;
   const e8m0* w_scale = p.w_scale + expert * p.n * slices;
   // This lane's B columns (one per n tile) and C columns (two per n tile).
@@ -55,15 +55,10 @@ __global__ void __launch_bounds__(kGroupedGemmThreads)
       }
 #pragma unroll
       for (int mt = 0; mt < kGroupedGemmMTiles; ++mt) {
-        const int64_t r0 = m0 + mt * 16 + group, r1 = r0 + 8;
         if (m0 + mt * 16 >= row_end) break;  // uniform across the warp
-        const bool v0 = r0 < row_end, v1 = r1 < row_end;
-        const fp8* a0 = p.a + r0 * k + s * 32 + 4 * tig;
-        const fp8* a1 = p.a + r1 * k + s * 32 + 4 * tig;
-        const uint32_t a[4] = {LoadFp8x4(a0, v0), LoadFp8x4(a1, v1), LoadFp8x4(a0 + 16, v0),
-                               LoadFp8x4(a1 + 16, v1)};
-        const float sa0 = v0 ? ScaleOf(p.a_scale[r0 * a_blocks + s / 4]) : 0.0f;
-        const float sa1 = v1 ? ScaleOf(p.a_scale[r1 * a_blocks + s / 4]) : 0.0f;
+        const AFragment f = LoadAFragment(p.a, p.a_scale, k, m0 + mt * 16 + group, row_end, s, tig);
+        const uint32_t(&a)[4] = f.a;
+        const float sa0 = f.sa0, sa1 = f.sa1;
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
           float d[4];

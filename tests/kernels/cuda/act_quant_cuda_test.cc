@@ -9,14 +9,12 @@
 #include "common/dtype.h"
 #include "kernels/cuda/act_quant.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
 
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
+using testing::HaveGpu;
 
 void CheckBitwise(const std::vector<bf16>& x, int64_t m, int64_t k, int64_t ldx, int64_t block) {
   std::vector<fp8> want_q(m * k), got_q(m * k, 0xAA);

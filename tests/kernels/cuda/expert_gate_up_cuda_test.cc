@@ -17,24 +17,14 @@
 #include "common/dtype.h"
 #include "kernels/cuda/expert_gate_up.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
 
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
+using testing::HaveGpu;
 
-template <typename T>
-T* Upload(const std::vector<T>& host) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, std::max<size_t>(1, host.size()) * sizeof(T)), cudaSuccess);
-  if (!host.empty()) {
-    EXPECT_EQ(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  }
-  return static_cast<T*>(p);
-}
+using testing::Upload;
 
 struct Case {
   std::vector<int32_t> offsets;

@@ -19,14 +19,12 @@
 #include "common/dtype.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
 
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
+using testing::HaveGpu;
 
 template <typename T>
 struct DeviceArray {

@@ -10,14 +10,12 @@
 #include "common/dtype.h"
 #include "kernels/cuda/norm.h"
 #include "kernels/ops.h"
+#include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
 
-bool HaveGpu() {
-  int count = 0;
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
+using testing::HaveGpu;
 
 std::vector<bf16> Random(size_t n, uint32_t seed, float scale) {
   std::mt19937 rng(seed);
@@ -27,20 +25,8 @@ std::vector<bf16> Random(size_t n, uint32_t seed, float scale) {
   return v;
 }
 
-template <typename T>
-T* Upload(const std::vector<T>& host) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, host.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return static_cast<T*>(p);
-}
-
-template <typename T>
-std::vector<T> Download(const T* p, size_t n) {
-  std::vector<T> out(n);
-  EXPECT_EQ(cudaMemcpy(out.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return out;
-}
+using testing::Download;
+using testing::Upload;
 
 void CheckRmsNorm(int64_t m, int64_t d, int64_t ldx, bool in_place, uint32_t seed) {
   const std::vector<bf16> x = Random(m * ldx, seed, std::ldexp(1.0f, int(seed % 20) - 10));
