@@ -7,13 +7,18 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
+#include <functional>
 #include <random>
+#include <vector>
 #include <string>
 
 #include "common/dtype.h"
+#include "kernels/ops.h"
 #include "kernels/cuda/act_quant.h"
 #include "kernels/cuda/expert_gate_up.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
+#include "kernels/cuda/indexer.h"
 #include "kernels/cuda/norm.h"
 
 namespace flotilla::kernels::cuda {
@@ -184,6 +189,68 @@ TEST(ExpertGateUpLaunch, ShapesAndRefusals) {
   p.limit = 10.0f;
   p.w3 = nullptr;
   EXPECT_NE(CheckExpertGateUp(p), nullptr);
+}
+
+// The GPU top-k selects and orders by TopKKey; sorting by it on the CPU must give the CPU
+// backend's TopK exactly (larger first, NaN last, -0 == +0, ties to the lower index).
+TEST(TopKKey, OrdersAsTheCpuTopK) {
+  std::mt19937 rng(21);
+  for (int trial = 0; trial < 50; ++trial) {
+    const int n = 1 + int(rng() % 3000);
+    std::vector<float> scores(n);
+    for (auto& x : scores) {
+      switch (rng() % 8) {
+        case 0: x = std::nanf(""); break;
+        case 1: x = -0.0f; break;
+        case 2: x = 0.0f; break;
+        case 3: x = (rng() % 2) ? INFINITY : -INFINITY; break;
+        case 4: x = float(int(rng() % 5));  // many ties
+          break;
+        default: x = std::ldexp(float(int32_t(rng())), -20);
+      }
+    }
+    const int k = 1 + int(rng() % n);
+    std::vector<int32_t> want(k);
+    TopK(scores.data(), n, k, want.data());
+    std::vector<uint64_t> keys(n);
+    for (int i = 0; i < n; ++i) keys[i] = TopKKey(scores[i], uint32_t(i));
+    std::sort(keys.begin(), keys.end(), std::greater<>());
+    for (int i = 0; i < k; ++i) {
+      ASSERT_EQ(int32_t(~uint32_t(keys[i])), want[i]) << "trial " << trial << " rank " << i;
+    }
+  }
+}
+
+TEST(IndexerLaunch, ShapesAndRefusals) {
+  alignas(16) static uint8_t bytes[64];
+  bf16* b = reinterpret_cast<bf16*>(bytes);
+  HadamardParams h{b, 4, 128};
+  EXPECT_EQ(CheckHadamard(h), nullptr);
+  h.dim = 96;
+  EXPECT_NE(CheckHadamard(h), nullptr);
+  h.dim = 16384;
+  EXPECT_NE(CheckHadamard(h), nullptr);
+  EXPECT_EQ(HadamardScale(128), float(1.0 / std::sqrt(128.0)));
+  IndexerScoresParams s;
+  s.q = s.w = s.keys = b;
+  s.scores = reinterpret_cast<float*>(bytes);
+  s.num_heads = 64;
+  s.dim = 128;
+  s.ldk = 128;
+  s.n = 262144;
+  EXPECT_EQ(CheckIndexerScores(s), nullptr);  // V4-Flash: 64 heads x 128
+  s.num_heads = 128;
+  EXPECT_NE(CheckIndexerScores(s), nullptr);
+  TopKParams t;
+  t.scores = reinterpret_cast<float*>(bytes);
+  t.idx = reinterpret_cast<int32_t*>(bytes);
+  t.n = 262144;
+  t.k = 512;
+  EXPECT_EQ(CheckTopK(t), nullptr);
+  t.k = 5000;
+  EXPECT_NE(CheckTopK(t), nullptr);
+  t.k = 0;
+  EXPECT_NE(CheckTopK(t), nullptr);
 }
 
 }  // namespace
