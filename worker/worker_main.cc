@@ -195,11 +195,17 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
     host.OnStep(tokens, int64_t(seqs.size()));
     std::vector<StepToken> sampled;
     if (leader && !plan.seqs.empty()) {
-      for (size_t i = 0; i < mine.size(); ++i) {
-        if (!mine[i]->sample) continue;
+      std::vector<size_t> rows;  // index into `mine` of each sequence that samples
+      for (size_t i = 0; i < mine.size(); ++i)
+        if (mine[i]->sample) rows.push_back(i);
+      sampled.resize(rows.size());
+      // Each sequence has its own sampler, so they sample in parallel.
+#pragma omp parallel for schedule(dynamic, 1)
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const size_t i = rows[r];
         Seq& s = seqs.at(mine[i]->seq_id);
-        sampled.push_back({mine[i]->seq_id,
-                           s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)});
+        sampled[r] = {mine[i]->seq_id,
+                      s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)};
       }
     }
     // Results go to the coordinator (world rank 0) only: their size, with this worker's control
