@@ -1,9 +1,7 @@
 // flotilla-coordinator: MPI rank 0 of the serving job (design.md §1). Never links CUDA.
 // gRPC front door for clients, tokenizer and chat encoding, admission and continuous batching;
 // each step it broadcasts a plan to the workers over MPI and streams their tokens back.
-//   flotilla-coordinator --model DIR [--tp T] [--address 127.0.0.1] [--port 50051]
-//       [--port-file FILE] [--kv-pool 1GiB] [--page-tokens 256] [--step-token-budget 2048]
-//       [--max-queued 256] [--max-running 64] [--timeout-s 60]
+// Flags: kUsage below (`flotilla-coordinator --help`, docs/serving-api.md).
 // SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
 // exit 0.
 #include <csignal>
@@ -20,12 +18,31 @@
 #include "comm/worker_control.h"
 #include "sharding/capacity.h"
 #include "common/flags.h"
+#include "common/version.h"
 #include "comm/control_endpoints.h"
 #include "comm/load_report.h"
 #include "comm/mpi_comm.h"
 
 namespace flotilla {
 namespace {
+
+constexpr char kUsage[] =
+    "usage: flotilla-coordinator --model DIR [--tp T] [--address A] [--port P] [--port-file F]\n"
+    "           [--kv-pool SIZE] [--page-tokens N] [--step-token-budget N] [--max-queued N]\n"
+    "           [--max-running N] [--timeout-s S]\n"
+    "  MPI rank 0 of a serving job: start it with launch/flotilla-serve, which passes the flags\n"
+    "  after its `--` here.\n"
+    "  --tp T                  tensor-parallel ranks per DP group (default 1)\n"
+    "  --address A, --port P   where gRPC listens (default 127.0.0.1:50051; port 0: any free)\n"
+    "  --port-file F           write the port there once serving\n"
+    "  --kv-pool SIZE          KV budget per DP group, e.g. 2GiB (default 1GiB)\n"
+    "  --page-tokens N         tokens per KV page (default 256)\n"
+    "  --step-token-budget N   prompt and decode tokens per step (default 2048)\n"
+    "  --max-queued N          requests waiting for KV before RESOURCE_EXHAUSTED (default 256)\n"
+    "  --max-running N         sequences per DP group (default 64)\n"
+    "  --timeout-s S           bound on every wait for a worker over MPI (default 60)\n"
+    "  SIGTERM or SIGINT (or the Drain RPC): stop admitting, finish in-flight requests, stop\n"
+    "  every rank, exit 0.\n";
 
 Engine* g_engine = nullptr;
 void OnTerminate(int) {
@@ -67,6 +84,18 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
 }
 
 int Main(int argc, char** argv) {
+  // Before MPI: a help or version request starts nothing.
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::fputs(VersionLine("flotilla-coordinator").c_str(), stdout);
+      return 0;
+    }
+  }
   auto opts = ParseOptions(std::vector<std::string>(argv + 1, argv + argc));
   CommOptions comm_options;
   if (opts.ok()) comm_options.timeout = absl::Seconds(opts->timeout_s);

@@ -78,6 +78,7 @@ absl::StatusOr<GenerateHeader> HeaderFromProto(const v1::GenerateHeader& in) {
   if (s.has_max_new_tokens()) h.max_new_tokens = s.max_new_tokens();
   h.sampling.stop.assign(s.stop().begin(), s.stop().end());
   h.sampling.ignore_eos = s.ignore_eos();
+  h.sampling.skip_special_tokens = s.skip_special_tokens();
   h.priority = in.priority();
   h.model = in.model();
   return h;

@@ -62,7 +62,7 @@ struct Scheduler::Sequence {
   Sequence(GenerateRequest r, EventSink s, const Tokenizer* tokenizer)
       : request(std::move(r)),
         sink(std::make_shared<const EventSink>(std::move(s))),
-        text(tokenizer, request.sampling.stop) {}
+        text(tokenizer, request.sampling.stop, request.sampling.skip_special_tokens) {}
 
   int64_t prompt_len() const { return int64_t(request.prompt.size()); }
   bool queued() const { return group < 0; }

@@ -104,7 +104,13 @@ int Inspect(const std::vector<std::string>& args) {
   return ok ? 0 : 1;
 }
 
-FLOTILLA_COMMAND("inspect", "check a checkpoint directory against its config", Inspect);
+FLOTILLA_COMMAND("inspect", "check a checkpoint directory against its config",
+                 "usage: flotilla inspect DIR\n"
+                 "  Reads DIR/config.json, the tokenizer files and the safetensors shards (through\n"
+                 "  model.safetensors.index.json when there is one) and checks every tensor against\n"
+                 "  the config: missing, unexpected, wrong dtype or shape. Prints the config summary,\n"
+                 "  the inventory, parameter and byte counts. Exit status 0 when complete, 1 if not.\n",
+                 Inspect);
 
 }  // namespace
 }  // namespace flotilla::cli

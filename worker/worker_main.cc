@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "common/flags.h"
+#include "common/version.h"
 #include "comm/mpi_comm.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
@@ -52,13 +53,18 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                      {"--model", "--tp", "--prompt-ids", "--max-new-tokens",
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
-                                      "--control-address"},
+                                      "--control-address", "--prompt-ids-file"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
   if (!serve) {
-    ASSIGN_OR_RETURN(std::string ids, f.Required("--prompt-ids"));
-    ASSIGN_OR_RETURN(a.prompt, cli::ParseIdList("--prompt-ids", ids));
+    if (f.Has("--prompt-ids") == f.Has("--prompt-ids-file")) {
+      return absl::InvalidArgumentError(
+          "give exactly one of --prompt-ids 1,2,3 or --prompt-ids-file FILE");
+    }
+    ASSIGN_OR_RETURN(a.prompt, f.Has("--prompt-ids")
+                                   ? cli::ParseIdList("--prompt-ids", f.Get("--prompt-ids"))
+                                   : cli::ReadIdFile("--prompt-ids-file", f.Get("--prompt-ids-file")));
   }
   ASSIGN_OR_RETURN(a.tp, f.Int("--tp", 1));
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
@@ -79,9 +85,10 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   if (a.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (a.max_new < 1) return absl::InvalidArgumentError("--max-new-tokens must be at least 1");
   if (a.chunk < 0) return absl::InvalidArgumentError("--chunk must be positive");
-  if (!a.sampling.greedy && !(a.sampling.temperature > 0.0f)) {
-    return absl::InvalidArgumentError("--temperature must be > 0");
+  if (!(a.sampling.temperature >= 0.0f)) {
+    return absl::InvalidArgumentError("--temperature must be >= 0 (0 is greedy)");
   }
+  if (a.sampling.temperature == 0.0f) a.sampling.greedy = true;
   return a;
 }
 
@@ -223,8 +230,31 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
   }
 }
 
+constexpr char kUsage[] =
+    "usage: mpirun -np W flotilla-worker --model DIR (--prompt-ids 1,2,3 | --prompt-ids-file F)\n"
+    "           [--tp T] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K\n"
+    "           --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
+    "           [--dump-logits FILE.npy] [--timeout-s S]\n"
+    "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S]\n"
+    "           [--control-address A]   (started by launch/flotilla-serve)\n"
+    "  One worker rank: loads exactly its shard and checks that every rank runs the same\n"
+    "  checkpoint. Without --serve the first DP group runs the prompt and world rank 0 prints\n"
+    "  what `flotilla run` prints. --timeout-s bounds every wait on another rank (default 60).\n"
+    "  --control-address: where the WorkerControl service listens (default 127.0.0.1).\n";
+
 int Main(int argc, char** argv) {
   std::vector<std::string> argv_list(argv + 1, argv + argc);
+  // Before MPI: a help or version request starts nothing.
+  for (const std::string& a : argv_list) {
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::fputs(VersionLine("flotilla-worker").c_str(), stdout);
+      return 0;
+    }
+  }
   const bool serve = std::find(argv_list.begin(), argv_list.end(), "--serve") != argv_list.end();
   if (serve) argv_list.erase(std::find(argv_list.begin(), argv_list.end(), "--serve"));
   auto args = ParseArgs(argv_list, serve);

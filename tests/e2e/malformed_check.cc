@@ -90,12 +90,12 @@ int main(int argc, char** argv) {
        [] { return std::vector{Header(K::PROMPT_KIND_TOKEN_IDS), Ids({-3})}; }, "-3"},
       {"empty prompt", [] { return std::vector{Header(K::PROMPT_KIND_TEXT), Text("")}; },
        "empty"},
-      {"temperature 0 without greedy",
+      {"negative temperature",
        [] {
          return std::vector{Header(K::PROMPT_KIND_TEXT,
                                    [](v1::GenerateHeader* h) {
                                      h->mutable_sampling()->set_greedy(false);
-                                     h->mutable_sampling()->set_temperature(0);
+                                     h->mutable_sampling()->set_temperature(-0.5f);
                                    }),
                             Text("hi")};
        },
