@@ -130,6 +130,8 @@ void WorkerStatsToProto(const WorkerStats& in, v1::WorkerStats* out) {
   out->set_weight_bytes(in.weight_bytes);
   out->set_uptime_s(in.uptime_s);
   out->set_device(in.device);
+  out->set_host(in.host);
+  out->set_host_memory_bytes(in.host_memory_bytes);
 }
 
 const char* WorkerStateName(WorkerState state) {
@@ -266,6 +268,8 @@ absl::StatusOr<WorkerStats> WorkerControlClient::Stats(std::chrono::milliseconds
   s.weight_bytes = out.weight_bytes();
   s.uptime_s = out.uptime_s();
   s.device = out.device();
+  s.host = out.host();
+  s.host_memory_bytes = out.host_memory_bytes();
   return s;
 }
 

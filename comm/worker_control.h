@@ -41,6 +41,8 @@ struct WorkerStats {
   uint64_t weight_bytes = 0;
   double uptime_s = 0;
   std::string device;  // "cpu", or the GPU's name
+  std::string host;    // host name
+  uint64_t host_memory_bytes = 0;  // physical memory of the host
 };
 
 // One worker as the coordinator sees it (GetClusterStatus).

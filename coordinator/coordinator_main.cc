@@ -13,11 +13,13 @@
 #include "coordinator/engine.h"
 #include "coordinator/front_door.h"
 #include "coordinator/grpc_server.h"
+#include "coordinator/host_memory.h"
 #include "coordinator/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "comm/worker_control.h"
 #include "sharding/capacity.h"
 #include "common/flags.h"
+#include "common/safetensors.h"
 #include "common/version.h"
 #include "comm/control_endpoints.h"
 #include "comm/load_report.h"
@@ -78,6 +80,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(o.scheduler.max_queued, f.Int("--max-queued", 256));
   ASSIGN_OR_RETURN(o.scheduler.max_running_per_group, f.Int("--max-running", 64));
   ASSIGN_OR_RETURN(o.timeout_s, f.Double("--timeout-s", 60));
+  RETURN_IF_ERROR(ModelNameOfDir(o.model).status());
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
   return o;
@@ -150,10 +153,22 @@ int Main(int argc, char** argv) {
   for (int64_t r = 0; r < workers; ++r) {
     control.push_back(std::make_unique<WorkerControlClient>((*endpoints)[r + 1]));
   }
+  {  // The KV pool must fit the memory of the hosts the workers run on.
+    std::vector<WorkerStats> stats;
+    for (int64_t r = 0; r < workers; ++r) {
+      WorkerReport report = control[r]->Report(int32_t(r + 1), std::chrono::milliseconds(10000));
+      if (report.error.empty()) stats.push_back(report.stats);
+    }
+    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, opts->tp, stats);
+    if (!st.ok()) {
+      world->Abort(st);  // the workers wait for their first step
+      return fail(st);
+    }
+  }
 
   Scheduler scheduler(config, opts->scheduler, tokenizer.get());
   FrontDoorOptions fdo;
-  fdo.model_name = std::filesystem::path(opts->model).filename().string();
+  fdo.model_name = *ModelNameOfDir(opts->model);  // checked in ParseOptions
   FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
   Engine engine(*world, scheduler);
   g_engine = &engine;

@@ -55,7 +55,17 @@ absl::Status SchedulerOptions::Validate(const ModelConfig& config) const {
   RETURN_IF_ERROR(at_least("max_queued", max_queued, 0));
   RETURN_IF_ERROR(at_least("max_running_per_group", max_running_per_group, 1));
   RETURN_IF_ERROR(at_least("max_head_bypass", max_head_bypass, 0));
-  return KvPageGeometry::Make(config, page_tokens).status();
+  ASSIGN_OR_RETURN(const KvPageGeometry g, KvPageGeometry::Make(config, page_tokens));
+  // A pool that cannot hold one page of tokens of one sequence would refuse every request.
+  const int64_t tokens = std::min(page_tokens, config.max_position_embeddings);
+  if (g.PagesInPool(kv_pool_bytes_per_group) < g.PagesFor(tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV pool per DP group (--kv-pool) is ", kv_pool_bytes_per_group, " bytes (",
+        g.PagesInPool(kv_pool_bytes_per_group), " pages of ", g.page_bytes,
+        " bytes); one sequence of ", tokens, " tokens needs ", g.PagesFor(tokens), " pages: give at least ",
+        g.ReservationBytes(tokens), " bytes"));
+  }
+  return absl::OkStatus();
 }
 
 struct Scheduler::Sequence {

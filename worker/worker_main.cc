@@ -305,6 +305,9 @@ int Main(int argc, char** argv) {
                  double(loaded->bytes_read) / (1 << 20), Seconds(load_start, Clock::now()));
   }
   absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
+  // Every rank got the same message, naming the failing rank: world rank 0 prints it (the
+  // coordinator when serving), so it appears once.
+  if (!st.ok() && rank != 0) return 1;
   if (st.ok()) {
     if (serve) {
       // Host the control service and tell the coordinator where it is.
@@ -328,6 +331,8 @@ int Main(int argc, char** argv) {
     }
   }
   if (!st.ok()) {
+    // ABORTED: another rank ended the job and printed why; repeating it says nothing new.
+    if (absl::IsAborted(st)) return 1;
     // A failure inside a step leaves peers waiting: end the whole job with this message.
     if (loaded.ok() && !absl::IsFailedPrecondition(st)) world->Abort(st);
     return fail(st);

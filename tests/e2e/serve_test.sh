@@ -176,5 +176,55 @@ worker-killed)
   [ $rc -ne 0 ] || fail "the job exited 0 after losing a worker"
   echo "worker killed: client error after $elapsed s ($(tail -n 1 "$work/victim.txt")); job exited $rc"
   ;;
+bad-start)
+  # Issue 13, item 9: mistakes that used to start a server are refused at start-up, each message
+  # printed once and without Open MPI's boilerplate; a trailing slash in --model still names
+  # the model.
+  expect_refused() {  # expect_refused WHAT MESSAGE_FRAGMENT LAUNCHER_ARGS...
+    local what=$1 fragment=$2
+    shift 2
+    timeout 120 "$here/launch/flotilla-serve" "$@" >"$work/bad.log" 2>&1
+    local rc=$?
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] || { cat "$work/bad.log"; fail "$what: exit status $rc"; }
+    [ "$(grep -c -F -- "$fragment" "$work/bad.log")" -eq 1 ] ||
+      { cat "$work/bad.log"; fail "$what: '$fragment' not printed exactly once"; }
+    grep -q -- '------------' "$work/bad.log" && { cat "$work/bad.log"; fail "$what: mpirun boilerplate"; }
+    echo "refused: $what"
+  }
+  expect_refused "--workers 0" "--workers '0': expected a positive integer" --model "$model" --workers 0
+  expect_refused "--kv-pool 1KiB" "one sequence of 256 tokens needs 4 pages: give at least 162816 bytes" \
+    --model "$model" --workers 2 --port 0 -- --kv-pool 1KiB
+  expect_refused "--kv-pool 1TiB" "--kv-pool 1.00 TiB per DP group does not fit host" \
+    --model "$model" --workers 2 --port 0 -- --kv-pool 1TiB
+  # The same shards under a config with one main layer fewer.
+  fewer=$work/fewer
+  rm -rf "$fewer" && mkdir -p "$fewer"
+  for f in "$model"/*; do ln -s "$f" "$fewer/"; done
+  rm "$fewer/config.json"
+  python3 - "$model/config.json" "$fewer/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["num_hidden_layers"] -= 1
+del c["compress_ratios"][c["num_hidden_layers"]]
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+PY
+  expect_refused "fewer layers than the shards" "tensors the config does not explain" \
+    --model "$fewer" --workers 2 --port 0
+  "$flotilla" run --model "$fewer" --prompt-ids 1,2,3 --max-new-tokens 1 >"$work/run.log" 2>&1 &&
+    fail "flotilla run served a config with fewer layers than the shards"
+  grep -q "tensors the config does not explain" "$work/run.log" || { cat "$work/run.log"; fail "run: no reason"; }
+  # A trailing slash: the model is still called after its directory, and the name is checked.
+  model_dir=$model
+  model="$model/"
+  start_server
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 1 --model-name tiny \
+    >"$work/named.txt" 2>&1 || { cat "$work/named.txt"; fail "--model-name tiny refused"; }
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 1 --model-name other \
+    >"$work/other.txt" 2>&1 && fail "--model-name other accepted"
+  grep -q "is not served here" "$work/other.txt" || { cat "$work/other.txt"; fail "no name check"; }
+  stop_server || fail "server exit status $?"
+  model=$model_dir
+  echo "bad starts refused with one message each; trailing slash keeps the model name"
+  ;;
 *) fail "unknown case $case" ;;
 esac
