@@ -195,6 +195,7 @@ int Main(int argc, char** argv) {
     return s;
   };
   callbacks.drain = [&] {
+    scheduler.Drain();  // before the reply: nothing is admitted once Drain has returned
     engine.RequestDrain();
     return absl::OkStatus();
   };

@@ -6,6 +6,7 @@
 // The first DP group runs the prompt; the others take part in every MoE exchange with no tokens.
 // With --serve (after the coordinator, in one MPMD job) the workers run the coordinator's steps.
 // Output (world rank 0) has the format of `flotilla run`.
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -147,6 +148,9 @@ absl::Status Generate(const Args& a, Comm& world, Model& model) {
   return absl::OkStatus();
 }
 
+std::atomic<bool> g_drain_requested{false};  // set by SIGTERM / SIGINT when serving
+void OnTerminate(int) { g_drain_requested.store(true); }
+
 // Serving: world rank 0 is the coordinator; it broadcasts a step plan each step (or an idle
 // heartbeat), the workers run it, and each DP group's first TP rank returns the tokens it
 // sampled. Every wait is bounded by the communicator's deadline.
@@ -200,6 +204,11 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
       for (const auto& ch : chunks) tokens += int64_t(ch.tokens.size());
     }
     host.OnStep(tokens, int64_t(seqs.size()));
+    if (g_drain_requested.exchange(false)) {
+      std::fprintf(stderr, "worker (world rank %d): signal received; asking the coordinator to drain\n",
+                   world.rank());
+      (void)host.Drain();
+    }
     std::vector<StepToken> sampled;
     if (leader && !plan.seqs.empty()) {
       std::vector<size_t> rows;  // index into `mine` of each sequence that samples
@@ -292,9 +301,10 @@ int Main(int argc, char** argv) {
   if (!tp_comm.ok()) return fail(tp_comm.status());
 
   if (serve) {
-    // The coordinator drains and ends the job; a terminal's signals go to it, not to us.
-    std::signal(SIGTERM, SIG_IGN);
-    std::signal(SIGINT, SIG_IGN);
+    // SIGTERM or SIGINT to a worker drains the whole job: the next step result asks the
+    // coordinator to (Serve() passes the wish on).
+    std::signal(SIGTERM, OnTerminate);
+    std::signal(SIGINT, OnTerminate);
   }
   WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token};
   const auto load_start = Clock::now();

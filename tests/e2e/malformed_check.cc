@@ -2,6 +2,9 @@
 // a message naming the problem, and the server must keep serving (a valid request afterwards
 // succeeds). Prints "N passed, M failed" and exits non-zero on any failure.
 //   malformed_check HOST:PORT
+// With `drain`: calls Drain, then at once sends a request, which must get UNAVAILABLE (issue 13,
+// item 2: a request sent right after Drain returned was once admitted).
+//   malformed_check HOST:PORT drain
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -65,13 +68,33 @@ grpc::Status RunStream(v1::Flotilla::Stub& stub, const std::vector<v1::GenerateR
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: malformed_check HOST:PORT\n");
+  if (argc != 2 && !(argc == 3 && std::string(argv[2]) == "drain")) {
+    std::fprintf(stderr, "usage: malformed_check HOST:PORT [drain]\n");
     return 2;
   }
   auto channel = grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials());
   auto stub = v1::Flotilla::NewStub(channel);
   using K = v1::PromptKind;
+  if (argc == 3) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::DrainResponse drained;
+    const grpc::Status d = stub->Drain(&ctx, v1::DrainRequest(), &drained);
+    if (!d.ok()) {
+      std::printf("FAIL: Drain: %s\n", d.error_message().c_str());
+      return 1;
+    }
+    int tokens = 0;
+    const grpc::Status s = RunStream(*stub, {Header(K::PROMPT_KIND_TOKEN_IDS), Ids({1, 2, 3})},
+                                     &tokens);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      std::printf("FAIL: a request right after Drain got %d (%s) and %d tokens, not UNAVAILABLE\n",
+                  int(s.error_code()), s.error_message().c_str(), tokens);
+      return 1;
+    }
+    std::printf("after Drain: UNAVAILABLE: %s\n", s.error_message().c_str());
+    return 0;
+  }
   const std::string big(5 << 20, 'a');
   std::vector<Case> cases = {
       {"no header", [] { return std::vector{Text("hello")}; }, "header"},

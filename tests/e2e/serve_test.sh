@@ -18,10 +18,13 @@ model=$work/tiny
 [ -f "$model/config.json" ] || "$flotilla" make-model --preset tiny --out "$model" --seed 5 >/dev/null
 
 server_pid=""
-start_server() {  # start_server [coordinator flags...]
+launcher_flags=()
+start_server() {  # start_server [coordinator flags...]; launcher_flags go to flotilla-serve
   rm -f "$work/port"
-  "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 -- --port-file "$work/port" \
-    "$@" >"$work/serve.log" 2>&1 &
+  # A background job of a script starts with SIGINT ignored; a terminal's job does not.
+  env --default-signal=INT "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 \
+    "${launcher_flags[@]}" \
+    -- --port-file "$work/port" "$@" >"$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do
     [ -s "$work/port" ] && break
@@ -51,6 +54,28 @@ pages_used() {  # total KV pages in use over the DP groups
     python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(int(g["pages_used"]) for g in s["cluster"]["scheduler"]["groups"]))'
 }
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
+job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
+# Waits (at most $2 s) for the launcher to exit; fails naming $1 if it does not.
+wait_exit() {
+  for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
+  kill -0 $server_pid 2>/dev/null && fail "$1: the job still runs after $2 s"
+  wait $server_pid
+  local rc=$?
+  server_pid=""
+  return $rc
+}
+# A 60-token greedy stream in the background ($client), once it holds KV pages.
+start_stream() {
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3,4,5 --max-new-tokens ${1:-60} --greedy \
+    --ignore-eos >"$work/inflight.txt" 2>&1 &
+  client=$!
+  for _ in $(seq 1 100); do [ "$(pages_used)" -gt 0 ] && break; sleep 0.05; done
+  [ "$(pages_used)" -gt 0 ] || fail "the stream never held KV pages"
+}
+expect_stream_complete() {  # the stream finished cleanly with all $1 tokens
+  wait $client || { cat "$work/inflight.txt"; fail "$2: the in-flight stream did not finish cleanly"; }
+  [ "$(ids_of "$work/inflight.txt" | tr ',' '\n' | wc -l)" -eq "$1" ] || fail "$2: the stream was cut short"
+}
 
 case $case in
 concurrent)
@@ -225,6 +250,70 @@ PY
   stop_server || fail "server exit status $?"
   model=$model_dir
   echo "bad starts refused with one message each; trailing slash keeps the model name"
+  ;;
+launcher-signals)
+  # Issue 13, item 2: SIGTERM or SIGINT to launch/flotilla-serve drains (the stream in flight
+  # completes, every rank exits 0); so does SIGTERM to a worker; a request right after the Drain
+  # RPC returned is refused.
+  for sig in TERM INT; do
+    start_server
+    start_stream 60
+    kill -$sig $server_pid
+    expect_stream_complete 60 "SIG$sig to the launcher"
+    wait_exit "SIG$sig to the launcher" 120 || fail "SIG$sig to the launcher: exit status $?"
+    [ "$(job_processes)" -eq 0 ] || fail "SIG$sig: processes left"
+    grep -q "drained after" "$work/serve.log" || fail "SIG$sig: the coordinator did not drain"
+    echo "SIG$sig to flotilla-serve drained the stream; every rank exited 0"
+  done
+  start_server
+  start_stream 60
+  pkill -TERM -n -f "^$build/worker/flotilla-worker --serve --model $model"
+  expect_stream_complete 60 "SIGTERM to a worker"
+  wait_exit "SIGTERM to a worker" 120 || fail "SIGTERM to a worker: exit status $?"
+  grep -q "asked to drain; draining the job" "$work/serve.log" || fail "the worker's drain was not seen"
+  echo "SIGTERM to a worker drained the job; every rank exited 0"
+  start_server
+  "$malformed_check" "$server" drain || fail "a request right after Drain"
+  wait_exit "after the Drain RPC" 120 || fail "after the Drain RPC: exit status $?"
+  ;;
+hard-stop)
+  # Issue 13, item 2: a second signal, or the end of --grace-s, stops the job at once; the
+  # client gets an error status, no process is left.
+  start_server
+  start_stream 100000
+  kill -TERM $server_pid
+  sleep 1
+  kill -INT $server_pid
+  wait_exit "a second signal" 60 && fail "a second signal: the job exited 0"
+  wait $client && fail "the stream cut by a hard stop ended cleanly"
+  sleep 1
+  [ "$(job_processes)" -eq 0 ] || fail "a second signal: processes left"
+  echo "a second signal stopped the job hard ($(tail -n 1 "$work/inflight.txt"))"
+  launcher_flags=(--grace-s 3)
+  start_server
+  start_stream 100000
+  kill -TERM $server_pid
+  wait_exit "--grace-s 3" 60 && fail "--grace-s 3: the job exited 0"
+  wait $client && fail "the stream cut by the grace period ended cleanly"
+  grep -q "grace period of 3 s is over" "$work/serve.log" || fail "the grace period was not the reason"
+  sleep 1
+  [ "$(job_processes)" -eq 0 ] || fail "--grace-s: processes left"
+  echo "--grace-s 3 stopped the job hard after the grace period"
+  ;;
+demo)
+  # Issue 13, item 3: launch/demo stops its own server, not another one of the same build, and
+  # exits 0.
+  start_server
+  decoy=$server
+  FLOTILLA_BIN=$build timeout 600 "$here/launch/demo" --model "$work/demo_model" >"$work/demo.log" 2>&1 ||
+    { tail -n 30 "$work/demo.log"; fail "launch/demo failed"; }
+  grep -q "drained after" "$work/demo.log" || { tail -n 5 "$work/demo.log"; fail "the demo's server did not drain"; }
+  pgrep -f "^$build/coordinator/flotilla-coordinator --model $work/demo_model" >/dev/null &&
+    fail "the demo left its coordinator running"
+  "$flotilla" generate --server "$decoy" --prompt-ids 1,2 --max-new-tokens 2 >"$work/decoy.txt" 2>&1 ||
+    { cat "$work/decoy.txt"; fail "the other server was stopped by the demo"; }
+  stop_server || fail "server exit status $?"
+  echo "launch/demo stopped its own server only"
   ;;
 *) fail "unknown case $case" ;;
 esac
