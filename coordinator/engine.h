@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "absl/time/time.h"
 #include "coordinator/scheduler.h"
@@ -16,6 +17,7 @@ namespace flotilla {
 struct EngineOptions {
   absl::Duration heartbeat = absl::Milliseconds(200);  // idle plan interval
   absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
+  std::function<void()> before_shutdown;  // called before the workers are told to exit
 };
 
 class Engine {

@@ -322,6 +322,7 @@ struct Scheduler::Impl {
   std::vector<Planned> in_flight;         // the outstanding plan, in plan order
   bool plan_outstanding = false;
   bool draining = false;
+  absl::Status unavailable;  // SetUnavailable
   uint64_t next_arrival = 0;
   int64_t steps = 0;
   int64_t tokens_generated = 0;
@@ -351,6 +352,10 @@ absl::Status Scheduler::Submit(GenerateRequest request, EventSink sink) {
     if (m.draining) {
       return absl::UnavailableError(
           absl::StrCat("request ", request.id, " refused: the server is draining"));
+    }
+    if (!m.unavailable.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("request ", request.id, " refused: ", m.unavailable.message()));
     }
     const uint64_t id = request.id;
     if (m.seqs.count(id) != 0 || std::find(m.pending_release.begin(), m.pending_release.end(),
@@ -409,6 +414,11 @@ void Scheduler::Cancel(uint64_t id, bool notify) {
 void Scheduler::Drain() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->draining = true;
+}
+
+void Scheduler::SetUnavailable(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->unavailable = status;
 }
 
 void Scheduler::FailAll(const absl::Status& status) {

@@ -194,12 +194,49 @@ worker-killed)
   elapsed=$(( $(date +%s) - start ))
   [ $rc -ne 0 ] || fail "the client did not see an error"
   [ $elapsed -le 10 ] || fail "the client took $elapsed s to see the error"
+  # Issue 13, item 4: UNAVAILABLE naming the rank, not a transport error as the job ends.
+  grep -q "UNAVAILABLE: worker rank [12] (127.0.0.1:[0-9]*) is gone" "$work/victim.txt" ||
+    { tail -n 2 "$work/victim.txt"; fail "the client's error does not name the dead rank"; }
   for _ in $(seq 1 300); do kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
   wait $server_pid
   rc=$?
   server_pid=""
   [ $rc -ne 0 ] || fail "the job exited 0 after losing a worker"
   echo "worker killed: client error after $elapsed s ($(tail -n 1 "$work/victim.txt")); job exited $rc"
+  ;;
+worker-hung)
+  # Issue 13, item 4: a stopped worker (SIGSTOP) turns health NOT_SERVING and admission refuses
+  # with UNAVAILABLE naming it within the liveness deadline (--liveness-s 3 here); after SIGCONT
+  # the server serves again.
+  start_server --liveness-s 3
+  health() { "$malformed_check" "$server" health | tr '\n' ' '; }
+  [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] || fail "health at start: $(health)"
+  victim=$(pgrep -n -f "^$build/worker/flotilla-worker --serve --model $model")
+  kill -STOP "$victim"
+  start=$(date +%s)
+  for _ in $(seq 1 200); do
+    [ "$(health)" = "(server): NOT_SERVING flotilla.v1.Flotilla: NOT_SERVING " ] && break
+    sleep 0.1
+  done
+  elapsed=$(( $(date +%s) - start ))
+  [ "$(health)" = "(server): NOT_SERVING flotilla.v1.Flotilla: NOT_SERVING " ] ||
+    { kill -CONT "$victim"; fail "health still $(health) with a stopped worker"; }
+  [ $elapsed -le 10 ] || { kill -CONT "$victim"; fail "NOT_SERVING after $elapsed s (deadline 3 s)"; }
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/refused.txt" 2>&1
+  rc=$?
+  kill -CONT "$victim"
+  [ $rc -eq 14 ] || { cat "$work/refused.txt"; fail "a request with a stopped worker: exit $rc, not 14"; }
+  grep -q "UNAVAILABLE: .*worker rank [12] (127.0.0.1:[0-9]*) has not answered" "$work/refused.txt" ||
+    { cat "$work/refused.txt"; fail "the refusal does not name the rank"; }
+  for _ in $(seq 1 200); do
+    [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] && break
+    sleep 0.1
+  done
+  [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] || fail "health after SIGCONT: $(health)"
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/after.txt" 2>&1 ||
+    { cat "$work/after.txt"; fail "no service after SIGCONT"; }
+  stop_server || fail "server exit status $?"
+  echo "stopped worker: NOT_SERVING after $elapsed s, refused naming the rank; serving again after SIGCONT"
   ;;
 bad-start)
   # Issue 13, item 9: mistakes that used to start a server are refused at start-up, each message
