@@ -238,6 +238,28 @@ worker-hung)
   stop_server || fail "server exit status $?"
   echo "stopped worker: NOT_SERVING after $elapsed s, refused naming the rank; serving again after SIGCONT"
   ;;
+idle)
+  # Issue 13, item 7: an idle server is idle. Each process's CPU time (utime + stime from
+  # /proc/PID/stat, in clock ticks) over 10 s of idling must stay under 5% of a core.
+  start_server
+  sleep 3
+  pids=$(pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model")
+  [ "$(echo "$pids" | wc -w)" -eq 3 ] || fail "expected 3 processes, found: $pids"
+  hz=$(getconf CLK_TCK)
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  declare -A before
+  for p in $pids; do before[$p]=$(ticks "$p"); done
+  sleep 10
+  for p in $pids; do
+    used=$(( $(ticks "$p") - ${before[$p]} ))
+    name=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -d' ' -f1 | xargs basename)
+    echo "$name (pid $p): $used ticks of $((10 * hz)) while idle"
+    [ $(( used * 100 )) -lt $(( 5 * 10 * hz )) ] || fail "$name used $used of $((10 * hz)) ticks while idle"
+  done
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/after.txt" 2>&1 ||
+    fail "no service after idling"
+  stop_server || fail "server exit status $?"
+  ;;
 bad-start)
   # Issue 13, item 9: mistakes that used to start a server are refused at start-up, each message
   # printed once and without Open MPI's boilerplate; a trailing slash in --model still names
