@@ -28,11 +28,13 @@ class PollBackoff {
     // A few polls back to back, then yield at once: sched_yield costs ~1 us when the core is
     // ours, and when ranks share cores (tests, oversubscribed runs) spinning starves the peer we
     // wait for (measured: 3x slower all-to-all with 4 ranks on 2 cores).
+    // Past 5 ms the wait is not an exchange in flight but a peer computing or an idle worker
+    // waiting for its next step: yielding then costs a core (issue 13: 21% per idle worker).
     if (++polls_ < kSpinPolls) return;
     const auto waited = std::chrono::steady_clock::now() - start_;
-    if (waited < std::chrono::milliseconds(20)) {
+    if (waited < std::chrono::milliseconds(5)) {
       std::this_thread::yield();
-    } else if (waited < std::chrono::seconds(1)) {
+    } else if (waited < std::chrono::milliseconds(100)) {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     } else {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));

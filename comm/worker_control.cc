@@ -2,7 +2,9 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
@@ -56,6 +58,18 @@ class WorkerControlService final : public v1::WorkerControl::Service {
   grpc::Status Health(grpc::ServerContext*, const v1::WorkerHealthRequest*,
                       v1::WorkerHealth* out) override {
     WorkerHealthToProto(logic_->Health(), out);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Watch(grpc::ServerContext* ctx, const v1::WorkerWatchRequest* request,
+                     grpc::ServerWriter<v1::WorkerHealth>* writer) override {
+    const auto interval = std::chrono::milliseconds(std::clamp(request->interval_ms(), 10, 10000));
+    while (!ctx->IsCancelled()) {
+      v1::WorkerHealth out;
+      WorkerHealthToProto(logic_->Health(), &out);
+      if (!writer->Write(out)) break;
+      std::this_thread::sleep_for(interval);
+    }
     return grpc::Status::OK;
   }
 
@@ -130,6 +144,8 @@ void WorkerStatsToProto(const WorkerStats& in, v1::WorkerStats* out) {
   out->set_weight_bytes(in.weight_bytes);
   out->set_uptime_s(in.uptime_s);
   out->set_device(in.device);
+  out->set_host(in.host);
+  out->set_host_memory_bytes(in.host_memory_bytes);
 }
 
 const char* WorkerStateName(WorkerState state) {
@@ -266,6 +282,8 @@ absl::StatusOr<WorkerStats> WorkerControlClient::Stats(std::chrono::milliseconds
   s.weight_bytes = out.weight_bytes();
   s.uptime_s = out.uptime_s();
   s.device = out.device();
+  s.host = out.host();
+  s.host_memory_bytes = out.host_memory_bytes();
   return s;
 }
 
@@ -314,6 +332,53 @@ WorkerReport WorkerControlClient::Report(int32_t world_rank,
   }
   r.stats = *stats;
   return r;
+}
+
+struct WorkerWatch::Impl {
+  std::unique_ptr<v1::WorkerControl::Stub> stub;
+  grpc::ClientContext ctx;
+  std::thread reader;
+};
+
+// The stream has no deadline: it is meant to last as long as the job, and its whole point is
+// that the caller times the gaps between reports. Stop() cancels it.
+std::unique_ptr<WorkerWatch> WorkerWatch::Start(const std::string& target,
+                                                std::chrono::milliseconds interval,
+                                                std::function<void(const WorkerHealth&)> on_report,
+                                                std::function<void(const absl::Status&)> on_end) {
+  std::unique_ptr<WorkerWatch> w(new WorkerWatch());
+  w->impl_ = std::make_unique<Impl>();
+  w->impl_->stub =
+      v1::WorkerControl::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  w->impl_->ctx.set_wait_for_ready(false);
+  Impl* impl = w->impl_.get();
+  impl->reader = std::thread([impl, target, interval, on_report = std::move(on_report),
+                              on_end = std::move(on_end)] {
+    v1::WorkerWatchRequest request;
+    request.set_interval_ms(int32_t(interval.count()));
+    auto stream = impl->stub->Watch(&impl->ctx, request);
+    v1::WorkerHealth in;
+    while (stream->Read(&in)) {
+      WorkerHealth h;
+      auto state = StateFromProto(in.state());
+      h.state = state.ok() ? *state : WorkerState::kFailed;
+      h.world_rank = in.world_rank();
+      h.message = in.message();
+      on_report(h);
+    }
+    const absl::Status end = FromGrpc(stream->Finish());
+    on_end(end.ok() ? absl::UnavailableError(absl::StrCat(target, ": the watch stream ended"))
+                    : absl::Status(end.code(), absl::StrCat(target, ": ", end.message())));
+  });
+  return w;
+}
+
+WorkerWatch::~WorkerWatch() { Stop(); }
+
+void WorkerWatch::Stop() {
+  if (impl_ == nullptr || !impl_->reader.joinable()) return;
+  impl_->ctx.TryCancel();
+  impl_->reader.join();
 }
 
 }  // namespace flotilla

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -41,6 +42,8 @@ struct WorkerStats {
   uint64_t weight_bytes = 0;
   double uptime_s = 0;
   std::string device;  // "cpu", or the GPU's name
+  std::string host;    // host name
+  uint64_t host_memory_bytes = 0;  // physical memory of the host
 };
 
 // One worker as the coordinator sees it (GetClusterStatus).
@@ -111,6 +114,25 @@ class WorkerControlClient {
  private:
   struct Impl;
   std::string target_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A stream of one worker's health reports (WorkerControl.Watch), read on a thread of its own.
+// `on_report` is called for each report, `on_end` once when the stream ends: UNAVAILABLE when
+// the worker went away (at once when its process died), CANCELLED after Stop().
+class WorkerWatch {
+ public:
+  static std::unique_ptr<WorkerWatch> Start(const std::string& target,
+                                            std::chrono::milliseconds interval,
+                                            std::function<void(const WorkerHealth&)> on_report,
+                                            std::function<void(const absl::Status&)> on_end);
+  ~WorkerWatch();  // Stop()
+  // Idempotent: cancels the stream and waits for the reader (on_end has been called).
+  void Stop();
+
+ private:
+  WorkerWatch() = default;
+  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,5 +1,6 @@
 // CheckpointDir: a Hugging Face checkpoint directory (index + shards, or bare *.safetensors).
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -71,6 +72,52 @@ absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const std::string& 
 }
 
 }  // namespace
+
+int64_t FirstNonFinite(const TensorView& view) {
+  const int64_t n = view.info->NumElements();
+  auto scan = [&](auto type_tag, auto bad) -> int64_t {
+    using T = decltype(type_tag);
+    for (int64_t i = 0; i < n; ++i) {
+      T v;
+      std::memcpy(&v, view.data + i * int64_t(sizeof(T)), sizeof(T));
+      if (bad(v)) return i;
+    }
+    return -1;
+  };
+  switch (view.dtype()) {
+    case DType::kF32:
+      return scan(uint32_t{}, [](uint32_t v) { return (v & 0x7f800000u) == 0x7f800000u; });
+    case DType::kF64:
+      return scan(uint64_t{}, [](uint64_t v) {
+        return (v & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+      });
+    case DType::kBF16:
+      return scan(uint16_t{}, [](uint16_t v) { return (v & 0x7f80u) == 0x7f80u; });
+    case DType::kF16:
+      return scan(uint16_t{}, [](uint16_t v) { return (v & 0x7c00u) == 0x7c00u; });
+    case DType::kF8E4M3:
+      return scan(uint8_t{}, [](uint8_t v) { return (v & 0x7fu) == 0x7fu; });
+    case DType::kF8E8M0:
+      return scan(uint8_t{}, [](uint8_t v) { return v == 0xffu; });
+    default:
+      return -1;
+  }
+}
+
+absl::StatusOr<std::string> ModelNameOfDir(const std::string& dir) {
+  std::filesystem::path p = std::filesystem::path(dir).lexically_normal();
+  while (!p.empty() && !p.has_filename() && p.has_relative_path()) p = p.parent_path();
+  if (p.filename() == "." || p.filename() == "..") {
+    p = std::filesystem::absolute(p).lexically_normal();
+    while (!p.empty() && !p.has_filename() && p.has_relative_path()) p = p.parent_path();
+  }
+  const std::string name = p.filename().string();
+  if (name.empty() || name == "." || name == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model ", dir, ": cannot name the model after this path (give its directory)"));
+  }
+  return name;
+}
 
 absl::StatusOr<std::unique_ptr<CheckpointDir>> CheckpointDir::Open(const std::string& dir) {
   std::error_code ec;

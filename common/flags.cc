@@ -2,6 +2,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -68,6 +70,26 @@ absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& flag, const 
     }
     ids.push_back(v);
   }
+  return ids;
+}
+
+absl::StatusOr<std::vector<int32_t>> ReadIdFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot open ", path));
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const std::string text = std::move(ss).str();
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"), absl::SkipEmpty())) {
+    int32_t v;
+    if (!absl::SimpleAtoi(part, &v)) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, ": item ", ids.size(), " '",
+                                                     part.substr(0, 40),
+                                                     "' is not a token id (expected e.g. 1,2,3)"));
+    }
+    ids.push_back(v);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " holds no ids"));
   return ids;
 }
 

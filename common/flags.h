@@ -31,6 +31,10 @@ class Flags {
 // "1,2,3" -> {1, 2, 3}; the error names the flag and the bad item.
 absl::StatusOr<std::vector<int32_t>> ParseIdList(const std::string& flag, const std::string& s);
 
+// The ids in file `path`, separated by commas and/or white space; the error names the flag, the
+// file and the bad item (for prompts too long for a command line).
+absl::StatusOr<std::vector<int32_t>> ReadIdFile(const std::string& flag, const std::string& path);
+
 // Prints "flotilla CMD: message" to stderr and returns the exit code 1.
 int Fail(const std::string& command, const absl::Status& status);
 

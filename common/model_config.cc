@@ -415,6 +415,12 @@ absl::Status ModelConfig::Validate() const {
     p.Add(absl::StrCat("num_experts_per_tok is ", num_experts_per_tok,
                        "; expected <= n_routed_experts (", n_routed_experts, ")"));
   }
+  // RoPE angles are computed from float32 positions, which are exact integers up to 2^24.
+  if (max_position_embeddings > (int64_t(1) << 24)) {
+    p.Add(absl::StrCat("max_position_embeddings is ", max_position_embeddings,
+                       "; expected at most 2^24 = 16777216 (RoPE positions are float32, exact up "
+                       "to 2^24)"));
+  }
   if (num_hash_layers > num_hidden_layers) {
     p.Add(absl::StrCat("num_hash_layers is ", num_hash_layers, "; expected <= num_hidden_layers (",
                        num_hidden_layers, ")"));

@@ -1,6 +1,9 @@
 #include "common/model_tensors.h"
 
+#include <map>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace flotilla {
 namespace {
@@ -156,6 +159,49 @@ std::string LayerPrefix(const ModelConfig& config, int64_t layer_id) {
 
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config, ExpertFormat experts) {
   return Inventory(config, experts).Build();
+}
+
+absl::Status CheckInventory(const ModelConfig& config, const WeightSource& source) {
+  std::map<std::string, TensorSpec> expected;
+  for (TensorSpec& s : ExpectedTensors(config, DetectExpertFormat(config, source))) {
+    expected.emplace(s.name, std::move(s));
+  }
+  std::vector<std::string> unexpected, wrong;
+  for (const std::string& name : source.Names()) {
+    auto it = expected.find(name);
+    if (it == expected.end()) {
+      unexpected.push_back(name);
+      continue;
+    }
+    auto view = source.Get(name);
+    if (!view.ok()) return view.status();
+    if (view->info->dtype != it->second.dtype || view->info->shape != it->second.shape) {
+      wrong.push_back(absl::StrCat(name, " is ", std::string(DTypeName(view->info->dtype)),
+                                   ShapeString(view->info->shape), ", expected ",
+                                   std::string(DTypeName(it->second.dtype)), ShapeString(it->second.shape)));
+    }
+    expected.erase(it);
+  }
+  if (unexpected.empty() && wrong.empty() && expected.empty()) return absl::OkStatus();
+  std::vector<std::string> parts;
+  auto list = [&](const char* what, std::vector<std::string> names, const char* hint) {
+    if (names.empty()) return;
+    const size_t n = names.size();
+    if (n > 4) names.resize(4);
+    parts.push_back(absl::StrCat(n, " ", what, " (", absl::StrJoin(names, ", "), n > 4 ? ", ..." : "",
+                                 ")", hint));
+  };
+  std::vector<std::string> missing;
+  for (const auto& [name, spec] : expected) missing.push_back(name);
+  list("tensors the config does not explain", unexpected,
+       absl::StrCat("; does config.json's num_hidden_layers (", config.num_hidden_layers,
+                    ") match the shards?")
+           .c_str());
+  list("missing tensors", missing, "");
+  list("tensors of the wrong dtype or shape", wrong, "");
+  return absl::FailedPreconditionError(absl::StrCat(
+      source.Describe(), ": the checkpoint does not match its config: ", absl::StrJoin(parts, "; "),
+      " (flotilla inspect lists them all)"));
 }
 
 }  // namespace flotilla

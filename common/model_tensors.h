@@ -35,6 +35,12 @@ ExpertFormat DetectExpertFormat(const ModelConfig& config, const WeightSource& s
 // Every tensor of the checkpoint, in a stable order: globals, then each main layer, then MTP.
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config, ExpertFormat experts);
 
+// The inventory check `flotilla inspect` prints, as one status for the loaders: every expected
+// tensor present with its dtype and shape, and no tensor the config does not explain (a config
+// with fewer layers than the shards, say). The error names the directory, the count of each kind
+// of problem and the first few tensors of each.
+absl::Status CheckInventory(const ModelConfig& config, const WeightSource& source);
+
 // Name prefix of a layer id: "layers.L." for main layers, "mtp.I." for MTP layers.
 std::string LayerPrefix(const ModelConfig& config, int64_t layer_id);
 

@@ -135,6 +135,14 @@ class CheckpointDir : public WeightSource {
   std::map<std::string, std::pair<size_t, const TensorInfo*>, std::less<>> index_;
 };
 
+// Index of the first element of a floating-point tensor that is NaN or infinite (F8_E4M3 has no
+// infinity; F8_E8M0's 0xFF is NaN), or -1 when every value is finite or the dtype is an integer.
+int64_t FirstNonFinite(const TensorView& view);
+
+// The model name a checkpoint directory serves under: its last path component, ignoring trailing
+// separators and "." ("/models/tiny/" -> "tiny"); the error names the path when there is none.
+absl::StatusOr<std::string> ModelNameOfDir(const std::string& dir);
+
 // Writes model.safetensors.index.json for shards already written: weight_map name -> file name,
 // metadata.total_size = sum of tensor bytes.
 absl::Status WriteSafetensorsIndex(const std::string& dir,

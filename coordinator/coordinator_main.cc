@@ -1,9 +1,7 @@
 // flotilla-coordinator: MPI rank 0 of the serving job (design.md §1). Never links CUDA.
 // gRPC front door for clients, tokenizer and chat encoding, admission and continuous batching;
 // each step it broadcasts a plan to the workers over MPI and streams their tokens back.
-//   flotilla-coordinator --model DIR [--tp T] [--address 127.0.0.1] [--port 50051]
-//       [--port-file FILE] [--kv-pool 1GiB] [--page-tokens 256] [--step-token-budget 2048]
-//       [--max-queued 256] [--max-running 64] [--timeout-s 60]
+// Flags: kUsage below (`flotilla-coordinator --help`, docs/serving-api.md).
 // SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
 // exit 0.
 #include <csignal>
@@ -15,17 +13,41 @@
 #include "coordinator/engine.h"
 #include "coordinator/front_door.h"
 #include "coordinator/grpc_server.h"
+#include "coordinator/host_memory.h"
+#include "coordinator/liveness.h"
 #include "coordinator/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "comm/worker_control.h"
 #include "sharding/capacity.h"
 #include "common/flags.h"
+#include "common/safetensors.h"
+#include "common/version.h"
 #include "comm/control_endpoints.h"
 #include "comm/load_report.h"
 #include "comm/mpi_comm.h"
 
 namespace flotilla {
 namespace {
+
+constexpr char kUsage[] =
+    "usage: flotilla-coordinator --model DIR [--tp T] [--address A] [--port P] [--port-file F]\n"
+    "           [--kv-pool SIZE] [--page-tokens N] [--step-token-budget N] [--max-queued N]\n"
+    "           [--max-running N] [--timeout-s S] [--liveness-s S]\n"
+    "  MPI rank 0 of a serving job: start it with launch/flotilla-serve, which passes the flags\n"
+    "  after its `--` here.\n"
+    "  --tp T                  tensor-parallel ranks per DP group (default 1)\n"
+    "  --address A, --port P   where gRPC listens (default 127.0.0.1:50051; port 0: any free)\n"
+    "  --port-file F           write the port there once serving\n"
+    "  --kv-pool SIZE          KV budget per DP group, e.g. 2GiB (default 1GiB)\n"
+    "  --page-tokens N         tokens per KV page (default 256)\n"
+    "  --step-token-budget N   prompt and decode tokens per step (default 2048)\n"
+    "  --max-queued N          requests waiting for KV before RESOURCE_EXHAUSTED (default 256)\n"
+    "  --max-running N         sequences per DP group (default 64)\n"
+    "  --timeout-s S           bound on every wait for a worker over MPI (default 60)\n"
+    "  --liveness-s S          a worker silent this long turns health NOT_SERVING and admission\n"
+    "                          refuses with UNAVAILABLE naming it, until it answers (default 5)\n"
+    "  SIGTERM or SIGINT (or the Drain RPC): stop admitting, finish in-flight requests, stop\n"
+    "  every rank, exit 0.\n";
 
 Engine* g_engine = nullptr;
 void OnTerminate(int) {
@@ -39,6 +61,7 @@ struct Options {
   std::string port_file;
   SchedulerOptions scheduler;
   double timeout_s = 60;
+  LivenessOptions liveness;
 };
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
@@ -46,7 +69,8 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--address", "--port", "--port-file",
                                       "--kv-pool", "--page-tokens", "--step-token-budget",
-                                      "--max-queued", "--max-running", "--timeout-s"},
+                                      "--max-queued", "--max-running", "--timeout-s",
+                                      "--liveness-s"},
                                      {}));
   Options o;
   ASSIGN_OR_RETURN(o.model, f.Required("--model"));
@@ -61,12 +85,31 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(o.scheduler.max_queued, f.Int("--max-queued", 256));
   ASSIGN_OR_RETURN(o.scheduler.max_running_per_group, f.Int("--max-running", 64));
   ASSIGN_OR_RETURN(o.timeout_s, f.Double("--timeout-s", 60));
+  ASSIGN_OR_RETURN(const double liveness_s, f.Double("--liveness-s", 5));
+  if (!(liveness_s >= 0.5 && liveness_s <= 600)) {
+    return absl::InvalidArgumentError("--liveness-s must be in [0.5, 600]");
+  }
+  o.liveness.deadline = std::chrono::milliseconds(int64_t(liveness_s * 1000));
+  o.liveness.interval = std::min(std::chrono::milliseconds(250), o.liveness.deadline / 5);
+  RETURN_IF_ERROR(ModelNameOfDir(o.model).status());
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
   return o;
 }
 
 int Main(int argc, char** argv) {
+  // Before MPI: a help or version request starts nothing.
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::fputs(VersionLine("flotilla-coordinator").c_str(), stdout);
+      return 0;
+    }
+  }
   auto opts = ParseOptions(std::vector<std::string>(argv + 1, argv + argc));
   CommOptions comm_options;
   if (opts.ok()) comm_options.timeout = absl::Seconds(opts->timeout_s);
@@ -121,12 +164,27 @@ int Main(int argc, char** argv) {
   for (int64_t r = 0; r < workers; ++r) {
     control.push_back(std::make_unique<WorkerControlClient>((*endpoints)[r + 1]));
   }
+  {  // The KV pool must fit the memory of the hosts the workers run on.
+    std::vector<WorkerStats> stats;
+    for (int64_t r = 0; r < workers; ++r) {
+      WorkerReport report = control[r]->Report(int32_t(r + 1), std::chrono::milliseconds(10000));
+      if (report.error.empty()) stats.push_back(report.stats);
+    }
+    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, opts->tp, stats);
+    if (!st.ok()) {
+      world->Abort(st);  // the workers wait for their first step
+      return fail(st);
+    }
+  }
 
   Scheduler scheduler(config, opts->scheduler, tokenizer.get());
   FrontDoorOptions fdo;
-  fdo.model_name = std::filesystem::path(opts->model).filename().string();
+  fdo.model_name = *ModelNameOfDir(opts->model);  // checked in ParseOptions
   FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
-  Engine engine(*world, scheduler);
+  std::unique_ptr<LivenessMonitor> liveness;
+  EngineOptions engine_options;
+  engine_options.before_shutdown = [&] { liveness->Stop(); };  // the workers' exits are no deaths
+  Engine engine(*world, scheduler, engine_options);
   g_engine = &engine;
   std::signal(SIGTERM, OnTerminate);
   std::signal(SIGINT, OnTerminate);
@@ -151,6 +209,7 @@ int Main(int argc, char** argv) {
     return s;
   };
   callbacks.drain = [&] {
+    scheduler.Drain();  // before the reply: nothing is admitted once Drain has returned
     engine.RequestDrain();
     return absl::OkStatus();
   };
@@ -160,6 +219,18 @@ int Main(int argc, char** argv) {
     world->Abort(server.status());
     return fail(server.status());
   }
+  {
+    std::vector<WorkerEndpoint> watched;
+    for (int64_t r = 0; r < workers; ++r) watched.push_back({int32_t(r + 1), control[r]->target()});
+    ServingServer* serving = server->get();
+    liveness = std::make_unique<LivenessMonitor>(
+        watched, opts->liveness,
+        [&scheduler, serving](const absl::Status& st) {
+          scheduler.SetUnavailable(st);
+          serving->SetServing(st.ok());
+        },
+        [&scheduler](const absl::Status& st) { scheduler.FailAll(st); });
+  }
   std::fprintf(stderr, "flotilla-coordinator: serving %s on %s (%lld workers, tp %lld)\n",
                opts->model.c_str(), (*server)->endpoint().c_str(), (long long)workers,
                (long long)opts->tp);
@@ -167,6 +238,7 @@ int Main(int argc, char** argv) {
     std::ofstream(opts->port_file) << (*server)->port() << "\n";
   }
   st = engine.Run();
+  liveness->Stop();
   (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   g_engine = nullptr;
   if (!st.ok()) return fail(st);  // mpirun ends the job

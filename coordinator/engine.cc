@@ -75,6 +75,7 @@ absl::Status Engine::Run() {
     last_broadcast = std::chrono::steady_clock::now();
     if (!plan.seqs.empty()) scheduler_.OnStepDone(tokens);
   }
+  if (options_.before_shutdown) options_.before_shutdown();
   StepPlan bye;
   bye.step = ++step_;
   bye.shutdown = 1;

@@ -1,11 +1,12 @@
 // The coordinator's step loop (design.md §3): each step it takes the scheduler's plan,
 // broadcasts it to every worker over MPI, collects the tokens the DP groups sampled and hands
-// them back to the scheduler. While idle it sends a heartbeat plan, so a dead worker is noticed
-// within the communicator's deadline. Runs on one thread.
+// them back to the scheduler. While idle it sends a heartbeat plan once a second, so no wait
+// runs into the communicator's deadline. Runs on one thread.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "absl/time/time.h"
 #include "coordinator/scheduler.h"
@@ -14,8 +15,11 @@
 namespace flotilla {
 
 struct EngineOptions {
-  absl::Duration heartbeat = absl::Milliseconds(200);  // idle plan interval
+  // Idle plan interval. Liveness comes from the workers' Watch streams (coordinator/liveness.h),
+  // so the heartbeat only keeps the workers' waits bounded; each one costs every rank a wait.
+  absl::Duration heartbeat = absl::Seconds(1);
   absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
+  std::function<void()> before_shutdown;  // called before the workers are told to exit
 };
 
 class Engine {

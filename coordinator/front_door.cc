@@ -198,9 +198,9 @@ absl::Status FrontDoor::CheckHeader(const GenerateHeader& h) const {
     }
   }
   const SamplingOptions& s = h.sampling;
-  if (!s.greedy && !(s.temperature > 0 && std::isfinite(s.temperature))) {
+  if (!s.greedy && !(s.temperature >= 0 && std::isfinite(s.temperature))) {
     return Invalid(absl::StrCat("sampling.temperature: ", s.temperature,
-                                " (must be > 0 and finite; set greedy for argmax decoding)"));
+                                " (must be >= 0 and finite; 0 is greedy)"));
   }
   if (!(s.top_p > 0 && s.top_p <= 1)) {
     return Invalid(absl::StrCat("sampling.top_p: ", s.top_p, " (must be in (0, 1])"));
@@ -363,6 +363,7 @@ absl::StatusOr<GenerateRequest> FrontDoor::Prepare(PromptAssembler prompt) {
   request.prompt = std::move(ids);
   request.sampling = h.sampling;
   request.sampling.max_new_tokens = max_new;
+  if (request.sampling.temperature == 0) request.sampling.greedy = true;  // as OpenAI and vLLM
   request.priority = h.priority;
   return request;
 }

@@ -78,6 +78,7 @@ absl::StatusOr<GenerateHeader> HeaderFromProto(const v1::GenerateHeader& in) {
   if (s.has_max_new_tokens()) h.max_new_tokens = s.max_new_tokens();
   h.sampling.stop.assign(s.stop().begin(), s.stop().end());
   h.sampling.ignore_eos = s.ignore_eos();
+  h.sampling.skip_special_tokens = s.skip_special_tokens();
   h.priority = in.priority();
   h.model = in.model();
   return h;
@@ -243,7 +244,25 @@ class FlotillaService final : public v1::Flotilla::Service {
   FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks)
       : front_door_(front_door), callbacks_(std::move(callbacks)) {}
 
-  void set_server(grpc::Server* server) { server_ = server; }
+  void set_server(grpc::Server* server) {
+    server_ = server;
+    UpdateHealth();
+  }
+
+  // Health, overall ("") and for flotilla.v1.Flotilla: SERVING unless drained, stopped or
+  // told otherwise (a worker missing its deadline).
+  void set_serving(bool serving) {
+    serving_ = serving;
+    UpdateHealth();
+  }
+  void UpdateHealth() {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    grpc::Server* server = server_.load();
+    if (server == nullptr || server->GetHealthCheckService() == nullptr) return;
+    const bool serving = serving_ && !drained_;
+    server->GetHealthCheckService()->SetServingStatus(serving);
+    server->GetHealthCheckService()->SetServingStatus(v1::Flotilla::service_full_name(), serving);
+  }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
     // 1. The prompt: a header, then chunks until `last` or the client's half-close.
@@ -359,10 +378,7 @@ class FlotillaService final : public v1::Flotilla::Service {
     absl::Status s = callbacks_.drain();
     if (!s.ok()) return ToGrpc(s);
     drained_ = true;
-    grpc::Server* server = server_.load();
-    if (server != nullptr && server->GetHealthCheckService() != nullptr) {
-      server->GetHealthCheckService()->SetServingStatus(false);
-    }
+    UpdateHealth();
     return grpc::Status::OK;
   }
 
@@ -371,6 +387,8 @@ class FlotillaService final : public v1::Flotilla::Service {
   ServingCallbacks callbacks_;
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
+  std::atomic<bool> serving_{true};
+  std::mutex health_mu_;  // orders the health updates
 };
 
 }  // namespace
@@ -416,12 +434,14 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
 
 int ServingServer::port() const { return impl_->port; }
 
+void ServingServer::SetServing(bool serving) { impl_->service->set_serving(serving); }
+
 std::string ServingServer::endpoint() const { return Endpoint(impl_->address, impl_->port); }
 
 absl::Status ServingServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   std::lock_guard<std::mutex> lock(impl_->shutdown_mu);
   if (impl_->shut_down) return absl::OkStatus();
-  if (auto* health = impl_->server->GetHealthCheckService()) health->SetServingStatus(false);
+  impl_->service->set_serving(false);
   impl_->server->Shutdown(deadline);
   impl_->server->Wait();
   impl_->shut_down = true;

@@ -54,6 +54,10 @@ class ServingServer {
   int port() const;
   std::string endpoint() const;  // "address:port", for clients
 
+  // Health ("" and flotilla.v1.Flotilla) reports NOT_SERVING while `serving` is false (and
+  // after Drain or Shutdown, whatever this says).
+  void SetServing(bool serving);
+
   // Idempotent. Health turns NOT_SERVING; calls in progress get until `deadline`, then are
   // cancelled (their requests cancelled without notification).
   absl::Status Shutdown(std::chrono::system_clock::time_point deadline);

@@ -21,6 +21,7 @@ struct SamplingOptions {
   int64_t max_new_tokens = 256; // >= 1
   std::vector<std::string> stop;  // stop strings (matched on the detokenized text)
   bool ignore_eos = false;
+  bool skip_special_tokens = false;  // special tokens add no text (their ids are still sent)
 };
 
 // A request once its prompt is complete and tokenized.

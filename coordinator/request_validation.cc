@@ -24,7 +24,7 @@ absl::Status ValidateRequest(const GenerateRequest& r, const ModelConfig& config
   }
   if (!s.greedy && !(s.temperature > 0)) {
     return bad(absl::StrCat("sampling.temperature = ", s.temperature,
-                            " (must be > 0 unless sampling.greedy)"));
+                            " (must be > 0 unless sampling.greedy; the front door makes 0 greedy)"));
   }
   if (!(s.top_p > 0 && s.top_p <= 1)) {
     return bad(absl::StrCat("sampling.top_p = ", s.top_p, " (must be in (0, 1])"));

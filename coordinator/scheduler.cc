@@ -55,14 +55,24 @@ absl::Status SchedulerOptions::Validate(const ModelConfig& config) const {
   RETURN_IF_ERROR(at_least("max_queued", max_queued, 0));
   RETURN_IF_ERROR(at_least("max_running_per_group", max_running_per_group, 1));
   RETURN_IF_ERROR(at_least("max_head_bypass", max_head_bypass, 0));
-  return KvPageGeometry::Make(config, page_tokens).status();
+  ASSIGN_OR_RETURN(const KvPageGeometry g, KvPageGeometry::Make(config, page_tokens));
+  // A pool that cannot hold one page of tokens of one sequence would refuse every request.
+  const int64_t tokens = std::min(page_tokens, config.max_position_embeddings);
+  if (g.PagesInPool(kv_pool_bytes_per_group) < g.PagesFor(tokens)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "KV pool per DP group (--kv-pool) is ", kv_pool_bytes_per_group, " bytes (",
+        g.PagesInPool(kv_pool_bytes_per_group), " pages of ", g.page_bytes,
+        " bytes); one sequence of ", tokens, " tokens needs ", g.PagesFor(tokens), " pages: give at least ",
+        g.ReservationBytes(tokens), " bytes"));
+  }
+  return absl::OkStatus();
 }
 
 struct Scheduler::Sequence {
   Sequence(GenerateRequest r, EventSink s, const Tokenizer* tokenizer)
       : request(std::move(r)),
         sink(std::make_shared<const EventSink>(std::move(s))),
-        text(tokenizer, request.sampling.stop) {}
+        text(tokenizer, request.sampling.stop, request.sampling.skip_special_tokens) {}
 
   int64_t prompt_len() const { return int64_t(request.prompt.size()); }
   bool queued() const { return group < 0; }
@@ -312,6 +322,7 @@ struct Scheduler::Impl {
   std::vector<Planned> in_flight;         // the outstanding plan, in plan order
   bool plan_outstanding = false;
   bool draining = false;
+  absl::Status unavailable;  // SetUnavailable
   uint64_t next_arrival = 0;
   int64_t steps = 0;
   int64_t tokens_generated = 0;
@@ -341,6 +352,10 @@ absl::Status Scheduler::Submit(GenerateRequest request, EventSink sink) {
     if (m.draining) {
       return absl::UnavailableError(
           absl::StrCat("request ", request.id, " refused: the server is draining"));
+    }
+    if (!m.unavailable.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("request ", request.id, " refused: ", m.unavailable.message()));
     }
     const uint64_t id = request.id;
     if (m.seqs.count(id) != 0 || std::find(m.pending_release.begin(), m.pending_release.end(),
@@ -399,6 +414,11 @@ void Scheduler::Cancel(uint64_t id, bool notify) {
 void Scheduler::Drain() {
   std::lock_guard<std::mutex> lock(impl_->mu);
   impl_->draining = true;
+}
+
+void Scheduler::SetUnavailable(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->unavailable = status;
 }
 
 void Scheduler::FailAll(const absl::Status& status) {

@@ -88,6 +88,9 @@ class Scheduler : public RequestSink {
 
   // Stops admitting (Submit returns UNAVAILABLE); requests in flight run to completion.
   void Drain();
+  // While `status` is not OK, Submit returns it (a worker missing its liveness deadline);
+  // requests already submitted are not affected. OK admits again.
+  void SetUnavailable(const absl::Status& status);
   // Every queued and running request ends with `status` (kError event); pages are returned.
   // An outstanding plan is abandoned (its OnStepDone is ignored; NextStep may come first).
   void FailAll(const absl::Status& status);

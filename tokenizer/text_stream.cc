@@ -6,8 +6,8 @@
 
 namespace flotilla {
 
-TextStream::TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop)
-    : tokenizer_(tokenizer), detok_(tokenizer), stop_(std::move(stop)) {}
+TextStream::TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop, bool skip_special)
+    : tokenizer_(tokenizer), detok_(tokenizer, skip_special), stop_(std::move(stop)) {}
 
 bool TextStream::Push(int32_t id, std::string* out) {
   if (stopped_) return true;

@@ -16,8 +16,9 @@ namespace flotilla {
 
 class TextStream {
  public:
-  // `tokenizer` must outlive this; stop strings must be non-empty valid UTF-8.
-  TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop);
+  // `tokenizer` must outlive this; stop strings must be non-empty valid UTF-8. With
+  // `skip_special`, special tokens add no text (stop strings match the text without them).
+  TextStream(const Tokenizer* tokenizer, std::vector<std::string> stop, bool skip_special = false);
 
   // Appends `id`'s text. Ids the tokenizer has no token for add no text. Returns true when a
   // stop string is now complete: `out` got the text before it and the stream is over.

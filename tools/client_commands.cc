@@ -2,7 +2,9 @@
 // it arrives; then come the lines "ids: ...", "finish: ...", "usage: ..." and "timing: ..."
 // (chat adds "message:" and the parsed assistant message as JSON). An error status from the
 // server is printed as "flotilla CMD: CODE: message" and the exit code is the gRPC code; bad
-// flags exit 1. Every call has a deadline (--timeout-s, default 600).
+// flags exit 1. `status` has a deadline (--timeout-s, default 60); generate and chat wait as long
+// as the server streams unless --timeout-s is given, because a long generation has no useful bound
+// the client could know (the server bounds each request by max_new_tokens and ends the stream).
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -69,7 +71,7 @@ const std::set<std::string> kSamplingBooleans = {"--greedy", "--ignore-eos", "--
 
 struct CallOptions {
   std::string server;
-  std::chrono::seconds timeout{600};
+  std::chrono::seconds timeout{0};  // 0: no deadline
   int64_t chunk_bytes = 1 << 20;
   bool verbose = false;
 };
@@ -77,8 +79,8 @@ struct CallOptions {
 absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
   CallOptions o;
   ASSIGN_OR_RETURN(o.server, f.Required("--server"));
-  ASSIGN_OR_RETURN(const int64_t timeout, f.Int("--timeout-s", 600));
-  if (timeout < 1) return absl::InvalidArgumentError("--timeout-s must be >= 1");
+  ASSIGN_OR_RETURN(const int64_t timeout, f.Int("--timeout-s", 0));
+  if (timeout < 0) return absl::InvalidArgumentError("--timeout-s must be >= 0 (0: no deadline)");
   o.timeout = std::chrono::seconds(timeout);
   ASSIGN_OR_RETURN(o.chunk_bytes, f.Int("--chunk-bytes", 1 << 20));
   if (o.chunk_bytes < 4 || o.chunk_bytes > (4 << 20)) {
@@ -137,7 +139,7 @@ GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& h
   auto stub =
       v1::Flotilla::NewStub(grpc::CreateChannel(call.server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
+  if (call.timeout.count() > 0) ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
   auto stream = stub->Generate(&ctx);
 
   v1::GenerateRequest message;
@@ -179,7 +181,8 @@ GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& h
                      static_cast<long long>(event.admitted().queue_position()));
         break;
       case v1::GenerateResponse::kProgress:
-        if (call.verbose) {
+        // A prompt that takes more than one step shows its prefill as it goes.
+        if (call.verbose || event.progress().prefill_done() < event.progress().prefill_total()) {
           std::fprintf(stderr, "progress: prefill %lld / %lld tokens\n",
                        static_cast<long long>(event.progress().prefill_done()),
                        static_cast<long long>(event.progress().prefill_total()));
@@ -236,16 +239,19 @@ int GenerateMain(const std::vector<std::string>& args_in) {
   auto stops = TakeStops(&args);
   if (!stops.ok()) return Fail("generate", stops.status());
   std::set<std::string> with_value = kSamplingFlags;
-  with_value.insert({"--prompt", "--prompt-file", "--prompt-ids"});
-  auto f = Flags::Parse(args, with_value, kSamplingBooleans);
+  with_value.insert({"--prompt", "--prompt-file", "--prompt-ids", "--prompt-ids-file"});
+  std::set<std::string> booleans = kSamplingBooleans;
+  booleans.insert("--skip-special-tokens");
+  auto f = Flags::Parse(args, with_value, booleans);
   if (!f.ok()) return Fail("generate", f.status());
   auto call = ParseCallOptions(*f);
   if (!call.ok()) return Fail("generate", call.status());
-  const int sources = f->Has("--prompt") + f->Has("--prompt-file") + f->Has("--prompt-ids");
+  const int sources = f->Has("--prompt") + f->Has("--prompt-file") + f->Has("--prompt-ids") +
+                      f->Has("--prompt-ids-file");
   if (sources != 1) {
     return Fail("generate", absl::InvalidArgumentError(
-                                "give exactly one of --prompt TEXT, --prompt-file FILE or "
-                                "--prompt-ids 1,2,3"));
+                                "give exactly one of --prompt TEXT, --prompt-file FILE, "
+                                "--prompt-ids 1,2,3 or --prompt-ids-file FILE"));
   }
   v1::GenerateHeader header;
   if (absl::Status s = FillHeader(*f, std::move(stops).value(), &header); !s.ok()) {
@@ -253,9 +259,12 @@ int GenerateMain(const std::vector<std::string>& args_in) {
   }
   std::string text;
   std::vector<int32_t> ids;
-  if (f->Has("--prompt-ids")) {
+  header.mutable_sampling()->set_skip_special_tokens(f->Has("--skip-special-tokens"));
+  if (f->Has("--prompt-ids") || f->Has("--prompt-ids-file")) {
     header.set_prompt_kind(v1::PROMPT_KIND_TOKEN_IDS);
-    auto parsed = ParseIdList("--prompt-ids", f->Get("--prompt-ids"));
+    auto parsed = f->Has("--prompt-ids")
+                      ? ParseIdList("--prompt-ids", f->Get("--prompt-ids"))
+                      : ReadIdFile("--prompt-ids-file", f->Get("--prompt-ids-file"));
     if (!parsed.ok()) return Fail("generate", parsed.status());
     ids = std::move(parsed).value();
   } else {
@@ -381,8 +390,9 @@ int StatusMain(const std::vector<std::string>& args) {
   if (!f.ok()) return Fail("status", f.status());
   auto server = f->Required("--server");
   if (!server.ok()) return Fail("status", server.status());
-  auto timeout = f->Int("--timeout-s", 600);
+  auto timeout = f->Int("--timeout-s", 60);
   if (!timeout.ok()) return Fail("status", timeout.status());
+  if (*timeout < 1) return Fail("status", absl::InvalidArgumentError("--timeout-s must be >= 1"));
   auto stub =
       v1::Flotilla::NewStub(grpc::CreateChannel(*server, grpc::InsecureChannelCredentials()));
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(*timeout);
@@ -458,16 +468,41 @@ int StatusMain(const std::vector<std::string>& args) {
 
 }  // namespace
 
-FLOTILLA_COMMAND("generate",
-                 "stream a completion from a server: --server HOST:PORT --prompt TEXT | "
-                 "--prompt-file F | --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | "
-                 "--temperature T --top-p P --top-k K --seed S] [--stop S]... [--ignore-eos]",
+#define FLOTILLA_SAMPLING_USAGE                                                              \
+  "  sampling: [--max-new-tokens N] [--greedy | --temperature T [--top-p P] [--top-k K]\n"     \
+  "            [--seed S]] [--stop S]... [--ignore-eos] [--priority P] [--model-name NAME]\n"  \
+  "  --temperature 0 means greedy; the server's defaults are in docs/serving-api.md.\n"        \
+  "  --timeout-s S: give up after S seconds (default 0: wait as long as the server streams).\n" \
+  "  --chunk-bytes B: prompt bytes per stream message (default 1048576, at most 4194304).\n"   \
+  "  --verbose: print every progress event (a prompt that takes more than one step always\n"   \
+  "  shows its prefill progress on stderr).\n"                                                 \
+  "  Output: the text as it arrives, then the lines ids:, finish:, usage:, timing:. An error\n" \
+  "  from the server prints 'flotilla CMD: CODE: message' and exits with the gRPC code (3\n"    \
+  "  INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 14 UNAVAILABLE); a bad flag exits 1.\n"
+
+FLOTILLA_COMMAND("generate", "stream a completion from a server",
+                 "usage: flotilla generate --server HOST:PORT (--prompt TEXT | --prompt-file FILE |\n"
+                 "           --prompt-ids 1,2,3 | --prompt-ids-file FILE) [sampling flags]\n"
+                 "           [--skip-special-tokens] [--timeout-s S] [--chunk-bytes B] [--verbose]\n"
+                 "  --prompt-ids-file holds token ids separated by commas or white space (for\n"
+                 "  prompts too long for a command line). --skip-special-tokens leaves special\n"
+                 "  tokens out of the streamed text (their ids stay in ids:).\n"
+                 FLOTILLA_SAMPLING_USAGE,
                  GenerateMain);
-FLOTILLA_COMMAND("chat",
-                 "chat with a server: --server HOST:PORT --messages FILE.json [--thinking] "
-                 "[--reasoning-effort high|max] [--tools FILE.json] [sampling flags]",
+FLOTILLA_COMMAND("chat", "chat with a server (DeepSeek-V4 chat format)",
+                 "usage: flotilla chat --server HOST:PORT --messages FILE.json [--thinking]\n"
+                 "           [--keep-thinking] [--reasoning-effort high|max] [--tools FILE.json]\n"
+                 "           [sampling flags] [--timeout-s S] [--chunk-bytes B] [--verbose]\n"
+                 "  FILE.json holds a list of messages, or {\"messages\": [...], \"tools\": [...]}.\n"
+                 "  After the summary comes message: and the completion parsed back into an\n"
+                 "  assistant message, as JSON.\n"
+                 FLOTILLA_SAMPLING_USAGE,
                  ChatMain);
-FLOTILLA_COMMAND("status", "model, scheduler and workers of a server: --server HOST:PORT [--json]",
+FLOTILLA_COMMAND("status", "model, scheduler and workers of a server",
+                 "usage: flotilla status --server HOST:PORT [--json] [--timeout-s S]\n"
+                 "  Prints the model summary, the layout, the scheduler (running, queued, KV pages\n"
+                 "  per DP group) and one line per worker; --json prints both replies as JSON.\n"
+                 "  --timeout-s: deadline of each call (default 60).\n",
                  StatusMain);
 
 }  // namespace flotilla::cli

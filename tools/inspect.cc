@@ -1,4 +1,5 @@
 // flotilla inspect DIR: config summary, tensor inventory check, parameter and byte counts.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -7,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/model_tensors.h"
 #include "common/safetensors.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/command.h"
 #include "common/flags.h"
 
@@ -22,9 +24,13 @@ const char* FormatName(ExpertFormat f) {
   return "?";
 }
 
-int Inspect(const std::vector<std::string>& args) {
-  if (args.size() != 1) {
-    std::fprintf(stderr, "usage: flotilla inspect DIR\n");
+int Inspect(const std::vector<std::string>& args_in) {
+  std::vector<std::string> args = args_in;
+  const auto scan_flag = std::find(args.begin(), args.end(), "--scan-values");
+  const bool scan_values = scan_flag != args.end();
+  if (scan_values) args.erase(scan_flag);
+  if (args.size() != 1 || args[0].starts_with("--")) {
+    std::fprintf(stderr, "usage: flotilla inspect DIR [--scan-values]\n");
     return 2;
   }
   const std::string dir = args[0];
@@ -99,12 +105,45 @@ int Inspect(const std::vector<std::string>& args) {
   list("missing tensors", missing);
   list("unexpected tensors", unexpected);
   list("wrong dtype or shape", wrong);
-  const bool ok = valid.ok() && missing.empty() && unexpected.empty() && wrong.empty();
-  std::printf("inventory        %s\n", ok ? "complete" : "PROBLEMS (see above)");
+  const bool inventory_ok = missing.empty() && unexpected.empty() && wrong.empty();
+  std::printf("inventory        %s\n", inventory_ok ? "complete" : "PROBLEMS (see above)");
+
+  // The tokenizer the server would load.
+  auto tokenizer = Tokenizer::FromModelDir(dir);
+  if (tokenizer.ok()) {
+    std::printf("tokenizer        %lld ids\n", (long long)(*tokenizer)->vocab_size());
+  } else {
+    std::printf("tokenizer        PROBLEM: %s\n", std::string(tokenizer.status().message()).c_str());
+  }
+
+  // Opt-in: every floating-point value finite (reads every byte of the checkpoint).
+  std::vector<std::string> non_finite;
+  if (scan_values) {
+    for (const std::string& name : (*ckpt)->Names()) {
+      auto view = (*ckpt)->Get(name);
+      const int64_t at = FirstNonFinite(*view);
+      if (at >= 0) {
+        non_finite.push_back(absl::StrCat(name, ": element ", at, " is NaN or infinite (",
+                                          std::string(DTypeName(view->dtype())), ", ",
+                                          *view->file, ")"));
+      }
+    }
+    list("non-finite values", non_finite);
+    std::printf("values           %s\n", non_finite.empty() ? "all finite" : "PROBLEMS (see above)");
+  }
+  const bool ok = valid.ok() && inventory_ok && tokenizer.ok() && non_finite.empty();
   return ok ? 0 : 1;
 }
 
-FLOTILLA_COMMAND("inspect", "check a checkpoint directory against its config", Inspect);
+FLOTILLA_COMMAND("inspect", "check a checkpoint directory against its config",
+                 "usage: flotilla inspect DIR [--scan-values]\n"
+                 "  Reads DIR/config.json, the tokenizer files and the safetensors shards (through\n"
+                 "  model.safetensors.index.json when there is one) and checks every tensor against\n"
+                 "  the config: missing, unexpected, wrong dtype or shape. Prints the config summary,\n"
+                 "  the inventory, parameter and byte counts, and whether the tokenizer loads.\n"
+                 "  --scan-values also reads every value and names each tensor holding a NaN or an\n"
+                 "  infinity. Exit status 0 when everything checks out, 1 if not.\n",
+                 Inspect);
 
 }  // namespace
 }  // namespace flotilla::cli

@@ -33,7 +33,13 @@ int Main(const std::vector<std::string>& args) {
   return st.ok() ? 0 : Fail("make-model", st);
 }
 
-FLOTILLA_COMMAND("make-model", "write a synthetic checkpoint in the official format", Main);
+FLOTILLA_COMMAND("make-model", "write a synthetic checkpoint in the official format",
+                 "usage: flotilla make-model --preset tiny|small|mini-1b --out DIR [--seed N]\n"
+                 "                           [--tokenizer-dir DIR]\n"
+                 "  Writes config.json, safetensors shards, model.safetensors.index.json and the\n"
+                 "  tokenizer files into DIR. --seed (default 1) picks the random weights;\n"
+                 "  --tokenizer-dir copies tokenizer files from DIR instead of the built-in ones.\n",
+                 Main);
 
 }  // namespace
 }  // namespace flotilla::cli

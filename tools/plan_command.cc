@@ -240,15 +240,16 @@ absl::Status Plan(const std::vector<std::string>& args) {
 }
 
 int Main(const std::vector<std::string>& args) {
-  if (args.empty() || args[0] == "--help") {
-    std::fputs(kUsage, args.empty() ? stderr : stdout);
-    return args.empty() ? 2 : 0;
+  if (args.empty()) {
+    std::fputs(kUsage, stderr);
+    return 2;
   }
   absl::Status st = Plan(args);
   return st.ok() ? 0 : Fail("plan", st);
 }
 
-FLOTILLA_COMMAND("plan", "weights per rank, KV pool and longest context for a cluster shape", Main);
+FLOTILLA_COMMAND("plan", "weights per rank, KV pool and longest context for a cluster shape",
+                 kUsage, Main);
 
 }  // namespace
 }  // namespace flotilla::cli

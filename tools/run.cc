@@ -23,11 +23,15 @@ absl::Status Run(const std::vector<std::string>& args) {
       Flags f, Flags::Parse(args,
                             {"--model", "--prompt-ids", "--max-new-tokens", "--temperature",
                              "--top-p", "--top-k", "--seed", "--chunk", "--experts-per-token",
-                             "--dump-logits"},
+                             "--dump-logits", "--prompt-ids-file"},
                             {"--greedy", "--mtp", "--ignore-eos"}));
   ASSIGN_OR_RETURN(std::string dir, f.Required("--model"));
-  ASSIGN_OR_RETURN(std::string ids_text, f.Required("--prompt-ids"));
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, ParseIdList("--prompt-ids", ids_text));
+  if (f.Has("--prompt-ids") == f.Has("--prompt-ids-file")) {
+    return absl::InvalidArgumentError("give exactly one of --prompt-ids 1,2,3 or --prompt-ids-file FILE");
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt,
+                   f.Has("--prompt-ids") ? ParseIdList("--prompt-ids", f.Get("--prompt-ids"))
+                                         : ReadIdFile("--prompt-ids-file", f.Get("--prompt-ids-file")));
   ASSIGN_OR_RETURN(int64_t max_new, f.Int("--max-new-tokens", 16));
   ASSIGN_OR_RETURN(int64_t chunk, f.Int("--chunk", 0));
   ASSIGN_OR_RETURN(int64_t k, f.Int("--experts-per-token", 0));
@@ -45,9 +49,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   sp.seed = uint64_t(seed);
   if (max_new < 1) return absl::InvalidArgumentError("--max-new-tokens must be at least 1");
   if (chunk < 0) return absl::InvalidArgumentError("--chunk must be positive");
-  if (!sp.greedy && !(sp.temperature > 0.0f)) {
-    return absl::InvalidArgumentError("--temperature must be > 0 (use --greedy for argmax)");
+  if (!(sp.temperature >= 0.0f)) {
+    return absl::InvalidArgumentError("--temperature must be >= 0 (0 is greedy)");
   }
+  if (sp.temperature == 0.0f) sp.greedy = true;
   if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) {
     return absl::InvalidArgumentError("--top-p must be in (0, 1]");
   }
@@ -126,7 +131,19 @@ int Main(const std::vector<std::string>& args) {
   return st.ok() ? 0 : Fail("run", st);
 }
 
-FLOTILLA_COMMAND("run", "generate from a prompt in one process (the reference path)", Main);
+FLOTILLA_COMMAND(
+    "run", "generate from a prompt in one process (the reference path)",
+    "usage: flotilla run --model DIR (--prompt-ids 1,2,3 | --prompt-ids-file FILE)\n"
+    "                    [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K\n"
+    "                    --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
+    "                    [--dump-logits FILE.npy] [--mtp]\n"
+    "  Loads the whole model on the CPU backend and prints the generated ids and prefill and\n"
+    "  decode tokens per second. --prompt-ids-file holds ids separated by commas or white\n"
+    "  space. Greedy unless --temperature is given; --temperature 0 is greedy. Defaults:\n"
+    "  --max-new-tokens 16, --top-p 1, --top-k 0 (all), --seed 0. --chunk C feeds the prompt\n"
+    "  C tokens at a time; --dump-logits writes float32 [generated, vocab]; --mtp drafts with\n"
+    "  the MTP block and reports how often the draft matched.\n",
+    Main);
 
 }  // namespace
 }  // namespace flotilla::cli

@@ -133,14 +133,26 @@ int ParseCompletionMain(const std::vector<std::string>& args) {
 
 }  // namespace
 
-FLOTILLA_COMMAND("tokenize", "text -> token ids (JSON array; no BOS added): --model DIR --text T",
+FLOTILLA_COMMAND("tokenize", "text -> token ids (JSON array; no BOS added)",
+                 "usage: flotilla tokenize --model DIR (--text TEXT | --text-file FILE)\n"
+                 "  Prints the ids as a JSON array. The tokenizer comes from DIR (tokenizer.json,\n"
+                 "  tokenizer_config.json, config.json's vocab_size), as the server reads it.\n",
                  TokenizeMain);
-FLOTILLA_COMMAND("detokenize", "token ids -> text: --model DIR --ids 1,2,3", DetokenizeMain);
-FLOTILLA_COMMAND("encode-chat",
-                 "messages JSON -> DeepSeek-V4 prompt: --messages FILE [--thinking] "
-                 "[--reasoning-effort high|max] [--keep-thinking] [--no-bos]",
+FLOTILLA_COMMAND("detokenize", "token ids -> text",
+                 "usage: flotilla detokenize --model DIR --ids 1,2,3 [--skip-special]\n"
+                 "  Prints the text of the ids; --skip-special leaves out special tokens.\n",
+                 DetokenizeMain);
+FLOTILLA_COMMAND("encode-chat", "messages JSON -> DeepSeek-V4 prompt",
+                 "usage: flotilla encode-chat --messages FILE [--thinking]\n"
+                 "                            [--reasoning-effort high|max] [--keep-thinking]\n"
+                 "                            [--no-bos]\n"
+                 "  FILE holds a list of OpenAI-style messages, or {\"messages\": [...],\n"
+                 "  \"tools\": [...]}. Prints the rendered prompt (docs/tokenizer.md).\n",
                  EncodeChatMain);
-FLOTILLA_COMMAND("parse-completion", "completion text -> message JSON: --text T [--thinking]",
+FLOTILLA_COMMAND("parse-completion", "completion text -> message JSON",
+                 "usage: flotilla parse-completion (--text TEXT | --text-file FILE) [--thinking]\n"
+                 "  Parses a completion (special tokens kept, through EOS) back into an assistant\n"
+                 "  message and prints it as JSON.\n",
                  ParseCompletionMain);
 
 }  // namespace flotilla::cli

@@ -1,5 +1,7 @@
 #include "worker/control_host.h"
 
+#include <unistd.h>
+
 #include <cstdio>
 
 namespace flotilla {
@@ -57,6 +59,10 @@ WorkerStats WorkerControlHost::Stats() {
   s.weight_bytes = weight_bytes_;
   s.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   s.device = "cpu";
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) s.host = host;
+  const long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page_size > 0) s.host_memory_bytes = uint64_t(pages) * uint64_t(page_size);
   return s;
 }
 

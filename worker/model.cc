@@ -6,6 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/model_tensors.h"
 #include "kernels/ops.h"
 #include "worker/model_internal.h"
 
@@ -21,6 +22,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
   const std::string config_path = (std::filesystem::path(dir) / "config.json").string();
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromFile(config_path));
   ASSIGN_OR_RETURN(std::unique_ptr<CheckpointDir> ckpt, CheckpointDir::Open(dir));
+  RETURN_IF_ERROR(config.Validate());
+  RETURN_IF_ERROR(CheckInventory(config, *ckpt));
   return FromSource(config, std::shared_ptr<WeightSource>(std::move(ckpt)), options);
 }
 

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/model_tensors.h"
 #include "worker/sharded_source.h"
 
 namespace flotilla {
@@ -53,6 +54,7 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& a, Comm& world,
   ASSIGN_OR_RETURN(l.config, ModelConfig::FromFile(config_path));
   RETURN_IF_ERROR(l.config.Validate());
   ASSIGN_OR_RETURN(std::unique_ptr<CheckpointDir> ckpt, CheckpointDir::Open(a.model_dir));
+  RETURN_IF_ERROR(CheckInventory(l.config, *ckpt));
   l.fingerprint = Fingerprint(*ckpt);
   Layout layout;
   layout.num_workers = world.size();

@@ -9,6 +9,7 @@
 // subnet: comm/listen_address.h; default 127.0.0.1) at a free port, or at
 // --control-port-base + world rank.
 // Output (world rank 0) has the format of `flotilla run`.
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "common/flags.h"
+#include "common/version.h"
 #include "comm/mpi_comm.h"
 #include "worker/model.h"
 #include "worker/sampler.h"
@@ -57,13 +59,19 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                      {"--model", "--tp", "--prompt-ids", "--max-new-tokens",
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
-                                      "--control-address", "--control-port-base"},
+                                      "--control-address", "--control-port-base",
+                                      "--prompt-ids-file"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
   if (!serve) {
-    ASSIGN_OR_RETURN(std::string ids, f.Required("--prompt-ids"));
-    ASSIGN_OR_RETURN(a.prompt, cli::ParseIdList("--prompt-ids", ids));
+    if (f.Has("--prompt-ids") == f.Has("--prompt-ids-file")) {
+      return absl::InvalidArgumentError(
+          "give exactly one of --prompt-ids 1,2,3 or --prompt-ids-file FILE");
+    }
+    ASSIGN_OR_RETURN(a.prompt, f.Has("--prompt-ids")
+                                   ? cli::ParseIdList("--prompt-ids", f.Get("--prompt-ids"))
+                                   : cli::ReadIdFile("--prompt-ids-file", f.Get("--prompt-ids-file")));
   }
   ASSIGN_OR_RETURN(a.tp, f.Int("--tp", 1));
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
@@ -90,9 +98,10 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   if (a.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (a.max_new < 1) return absl::InvalidArgumentError("--max-new-tokens must be at least 1");
   if (a.chunk < 0) return absl::InvalidArgumentError("--chunk must be positive");
-  if (!a.sampling.greedy && !(a.sampling.temperature > 0.0f)) {
-    return absl::InvalidArgumentError("--temperature must be > 0");
+  if (!(a.sampling.temperature >= 0.0f)) {
+    return absl::InvalidArgumentError("--temperature must be >= 0 (0 is greedy)");
   }
+  if (a.sampling.temperature == 0.0f) a.sampling.greedy = true;
   return a;
 }
 
@@ -151,6 +160,9 @@ absl::Status Generate(const Args& a, Comm& world, Model& model) {
   return absl::OkStatus();
 }
 
+std::atomic<bool> g_drain_requested{false};  // set by SIGTERM / SIGINT when serving
+void OnTerminate(int) { g_drain_requested.store(true); }
+
 // Serving: world rank 0 is the coordinator; it broadcasts a step plan each step (or an idle
 // heartbeat), the workers run it, and each DP group's first TP rank returns the tokens it
 // sampled. Every wait is bounded by the communicator's deadline.
@@ -204,13 +216,24 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
       for (const auto& ch : chunks) tokens += int64_t(ch.tokens.size());
     }
     host.OnStep(tokens, int64_t(seqs.size()));
+    if (g_drain_requested.exchange(false)) {
+      std::fprintf(stderr, "worker (world rank %d): signal received; asking the coordinator to drain\n",
+                   world.rank());
+      (void)host.Drain();
+    }
     std::vector<StepToken> sampled;
     if (leader && !plan.seqs.empty()) {
-      for (size_t i = 0; i < mine.size(); ++i) {
-        if (!mine[i]->sample) continue;
+      std::vector<size_t> rows;  // index into `mine` of each sequence that samples
+      for (size_t i = 0; i < mine.size(); ++i)
+        if (mine[i]->sample) rows.push_back(i);
+      sampled.resize(rows.size());
+      // Each sequence has its own sampler, so they sample in parallel.
+#pragma omp parallel for schedule(dynamic, 1)
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const size_t i = rows[r];
         Seq& s = seqs.at(mine[i]->seq_id);
-        sampled.push_back({mine[i]->seq_id,
-                           s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)});
+        sampled[r] = {mine[i]->seq_id,
+                      s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)};
       }
     }
     // Results go to the coordinator (world rank 0) only: their size, with this worker's control
@@ -228,8 +251,33 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
   }
 }
 
+constexpr char kUsage[] =
+    "usage: mpirun -np W flotilla-worker --model DIR (--prompt-ids 1,2,3 | --prompt-ids-file F)\n"
+    "           [--tp T] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K\n"
+    "           --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
+    "           [--dump-logits FILE.npy] [--timeout-s S]\n"
+    "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S]\n"
+    "           [--control-address A] [--control-port-base P]   (started by launch/flotilla-serve)\n"
+    "  One worker rank: loads exactly its shard and checks that every rank runs the same\n"
+    "  checkpoint. Without --serve the first DP group runs the prompt and world rank 0 prints\n"
+    "  what `flotilla run` prints. --timeout-s bounds every wait on another rank (default 60).\n"
+    "  --control-address: where the WorkerControl service listens (default 127.0.0.1): an\n"
+    "  address, an interface name (ib0) or a subnet (10.0.0.0/16: this host's address in it).\n"
+    "  --control-port-base P: listen on P + world rank instead of a free port.\n";
+
 int Main(int argc, char** argv) {
   std::vector<std::string> argv_list(argv + 1, argv + argc);
+  // Before MPI: a help or version request starts nothing.
+  for (const std::string& a : argv_list) {
+    if (a == "--help" || a == "-h") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (a == "--version") {
+      std::fputs(VersionLine("flotilla-worker").c_str(), stdout);
+      return 0;
+    }
+  }
   const bool serve = std::find(argv_list.begin(), argv_list.end(), "--serve") != argv_list.end();
   if (serve) argv_list.erase(std::find(argv_list.begin(), argv_list.end(), "--serve"));
   auto args = ParseArgs(argv_list, serve);
@@ -267,9 +315,10 @@ int Main(int argc, char** argv) {
   if (!tp_comm.ok()) return fail(tp_comm.status());
 
   if (serve) {
-    // The coordinator drains and ends the job; a terminal's signals go to it, not to us.
-    std::signal(SIGTERM, SIG_IGN);
-    std::signal(SIGINT, SIG_IGN);
+    // SIGTERM or SIGINT to a worker drains the whole job: the next step result asks the
+    // coordinator to (Serve() passes the wish on).
+    std::signal(SIGTERM, OnTerminate);
+    std::signal(SIGINT, OnTerminate);
   }
   WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token};
   const auto load_start = Clock::now();
@@ -280,6 +329,9 @@ int Main(int argc, char** argv) {
                  double(loaded->bytes_read) / (1 << 20), Seconds(load_start, Clock::now()));
   }
   absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
+  // Every rank got the same message, naming the failing rank: world rank 0 prints it (the
+  // coordinator when serving), so it appears once.
+  if (!st.ok() && rank != 0) return 1;
   if (st.ok()) {
     if (serve) {
       // Host the control service and tell the coordinator where it is.
@@ -313,6 +365,8 @@ int Main(int argc, char** argv) {
     }
   }
   if (!st.ok()) {
+    // ABORTED: another rank ended the job and printed why; repeating it says nothing new.
+    if (absl::IsAborted(st)) return 1;
     // A failure inside a step leaves peers waiting: end the whole job with this message.
     if (loaded.ok() && !absl::IsFailedPrecondition(st)) world->Abort(st);
     return fail(st);

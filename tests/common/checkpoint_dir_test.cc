@@ -4,7 +4,9 @@
 #include <string>
 #include <vector>
 
+#include "common/model_tensors.h"
 #include "common/safetensors.h"
+#include "common/synthetic.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -252,6 +254,53 @@ TEST(WriteSafetensorsIndex, WritesHfLayout) {
   EXPECT_FALSE(bad.ok());
   EXPECT_THAT(std::string(bad.message()), HasSubstr("'a'"));
   EXPECT_FALSE(WriteSafetensorsIndex(dir.File("missing-dir"), {{"a", "x"}}, 0).ok());
+}
+
+// Issue 13, item 9: a trailing slash in --model gave an empty model name (and no name check).
+TEST(ModelNameOfDir, LastComponentWhateverTheSlashes) {
+  EXPECT_EQ(ModelNameOfDir("/models/tiny").value(), "tiny");
+  EXPECT_EQ(ModelNameOfDir("/models/tiny/").value(), "tiny");
+  EXPECT_EQ(ModelNameOfDir("/models/tiny//").value(), "tiny");
+  EXPECT_EQ(ModelNameOfDir("models/tiny/./").value(), "tiny");
+  EXPECT_EQ(ModelNameOfDir("tiny").value(), "tiny");
+  const std::string cwd_name = std::filesystem::current_path().filename().string();
+  EXPECT_EQ(ModelNameOfDir(".").value(), cwd_name);
+  EXPECT_EQ(ModelNameOfDir("./").value(), cwd_name);
+  const auto root = ModelNameOfDir("/");
+  EXPECT_EQ(root.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(root.status().message()), HasSubstr("--model /: cannot name the model"));
+}
+
+// Issue 13, item 9: a config with fewer layers than the shards was served silently; the loaders
+// now run the inventory check `flotilla inspect` prints.
+TEST(CheckInventory, FewerLayersInTheConfigThanInTheShards) {
+  ScopedTempDir dir;
+  ModelConfig c = PresetConfig("tiny").value();
+  SyntheticOptions opt;
+  ASSERT_TRUE(WriteSyntheticCheckpoint(c, opt, dir.path()).ok());
+  auto ckpt = CheckpointDir::Open(dir.path());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(CheckInventory(c, **ckpt).ok()) << CheckInventory(c, **ckpt);
+
+  // The same shards under a config with the last main layer dropped (MTP layer kept).
+  ModelConfig fewer = c;
+  ASSERT_EQ(c.num_hidden_layers, 4);
+  fewer.num_hidden_layers = 3;
+  fewer.compress_ratios.erase(fewer.compress_ratios.begin() + 3);
+  ASSERT_TRUE(fewer.Validate().ok()) << fewer.Validate();
+  const absl::Status st = CheckInventory(fewer, **ckpt);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  const std::string msg(st.message());
+  EXPECT_THAT(msg, HasSubstr(dir.path() + ": the checkpoint does not match its config: "));
+  EXPECT_THAT(msg, HasSubstr("tensors the config does not explain (layers.3."));
+  EXPECT_THAT(msg, HasSubstr("num_hidden_layers (3) match the shards?"));
+
+  // A config with more layers than the shards: the missing tensors are named.
+  ModelConfig more = c;
+  more.num_hidden_layers = 5;
+  more.compress_ratios.insert(more.compress_ratios.begin() + 4, 4);
+  ASSERT_TRUE(more.Validate().ok()) << more.Validate();
+  EXPECT_THAT(std::string(CheckInventory(more, **ckpt).message()), HasSubstr("missing tensors ("));
 }
 
 }  // namespace

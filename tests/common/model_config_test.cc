@@ -320,6 +320,8 @@ TEST(ModelConfigValidate, EachRuleNamesItsField) {
   const std::vector<Case> cases = {
       {[](ModelConfig& c) { c.model_type = "deepseek_v3"; }, {"model_type", "deepseek_v4"}},
       {[](ModelConfig& c) { c.vocab_size = 0; }, {"vocab_size is 0"}},
+      {[](ModelConfig& c) { c.max_position_embeddings = int64_t(1) << 33; },
+       {"max_position_embeddings is 8589934592", "at most 2^24"}},
       {[](ModelConfig& c) { c.hidden_size = -4096; }, {"hidden_size is -4096", "> 0"}},
       {[](ModelConfig& c) { c.num_hidden_layers = 0; }, {"num_hidden_layers is 0"}},
       {[](ModelConfig& c) { c.head_dim = 0; }, {"head_dim is 0"}},

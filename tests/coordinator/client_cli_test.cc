@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -177,9 +178,9 @@ TEST_F(ClientCliTest, GenerateIdsWithSamplingFlags) {
 }
 
 TEST_F(ClientCliTest, ServerErrorsExitWithTheirCode) {
-  CliRun r = Flotilla({"generate", "--server", address_, "--prompt", "hi", "--temperature", "0"});
+  CliRun r = Flotilla({"generate", "--server", address_, "--prompt", "hi", "--temperature", "-1"});
   EXPECT_EQ(r.exit_code, 3);  // INVALID_ARGUMENT
-  EXPECT_NE(r.err.find("flotilla generate: INVALID_ARGUMENT: sampling.temperature: 0"),
+  EXPECT_NE(r.err.find("flotilla generate: INVALID_ARGUMENT: sampling.temperature: -1"),
             std::string::npos)
       << r.err;
 
@@ -196,6 +197,102 @@ TEST_F(ClientCliTest, ServerErrorsExitWithTheirCode) {
   r = Flotilla(
       {"generate", "--server", address_, "--prompt", "x", "--greedy", "--temperature", "0.5"});
   EXPECT_EQ(r.exit_code, 1);
+}
+
+// Issue 13, item 8: every command answers --help (and -h, and `help CMD`) with its usage and
+// exit status 0 before doing anything; --version names the version.
+TEST(ClientCliHelp, EveryCommandHasHelp) {
+  const CliRun list = Flotilla({"help"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  std::vector<std::string> commands;
+  bool in_list = false;
+  for (absl::string_view line : absl::StrSplit(list.out, '\n')) {
+    if (line == "commands:") {
+      in_list = true;
+    } else if (in_list && absl::StartsWith(line, "  ")) {
+      std::vector<std::string> words = absl::StrSplit(line.substr(2), ' ');
+      commands.push_back(words[0]);
+    }
+  }
+  // The commands the README's table and the serving section name.
+  for (const char* want : {"chat", "detokenize", "encode-chat", "generate", "inspect", "make-model",
+                           "parse-completion", "plan", "run", "status", "tokenize"}) {
+    EXPECT_NE(std::find(commands.begin(), commands.end(), want), commands.end()) << want;
+  }
+  for (const std::string& c : commands) {
+    for (const char* flag : {"--help", "-h"}) {
+      const CliRun r = Flotilla({c, flag});
+      EXPECT_EQ(r.exit_code, 0) << c << " " << flag << ": " << r.err;
+      EXPECT_TRUE(absl::StartsWith(r.out, "usage: flotilla " + c + " ")) << c << ": " << r.out;
+      EXPECT_TRUE(r.err.empty()) << c << ": " << r.err;
+    }
+    // --help after other flags too (nothing runs: no server is contacted, no file is read).
+    const CliRun late = Flotilla({c, "--server", "127.0.0.1:1", "--model", "/nonexistent", "--help"});
+    EXPECT_EQ(late.exit_code, 0) << c << ": " << late.err;
+    EXPECT_TRUE(absl::StartsWith(late.out, "usage: flotilla " + c + " ")) << c;
+    const CliRun via_help = Flotilla({"help", c});
+    EXPECT_EQ(via_help.out, late.out) << c;
+  }
+
+  for (const char* v : {"--version", "version"}) {
+    const CliRun r = Flotilla({v});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.out, "flotilla (Flotilla) ")) << r.out;
+  }
+  const CliRun unknown = Flotilla({"help", "no-such-command"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.err.find("unknown command 'no-such-command'"), std::string::npos);
+}
+
+// Prompts too long for a command line come from a file (issue 13, item 8: --prompt-ids hit the
+// argument-length limit near 20k ids); temperature 0 is greedy; special tokens can be skipped.
+TEST_F(ClientCliTest, PromptIdsFileTemperatureZeroAndSkipSpecial) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 200000; ++i) ids.push_back((i * 7919 + 3) % 128000);
+  const std::string path = TempPath("ids.txt");
+  {
+    std::ofstream out(path);
+    for (size_t i = 0; i < ids.size(); ++i) out << ids[i] << (i % 10 == 9 ? "\n" : ", ");
+  }
+  CliRun r = Flotilla({"generate", "--server", address_, "--prompt-ids-file", path,
+                       "--temperature", "0", "--skip-special-tokens", "--max-new-tokens", "2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto submitted = backend_->submitted();
+  ASSERT_EQ(submitted.size(), 1u);
+  EXPECT_EQ(submitted[0].prompt, ids);
+  EXPECT_TRUE(submitted[0].sampling.greedy);
+  EXPECT_TRUE(submitted[0].sampling.skip_special_tokens);
+  {
+    std::ofstream out(path);
+    out << "1, 2, x3";
+  }
+  r = Flotilla({"generate", "--server", address_, "--prompt-ids-file", path});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--prompt-ids-file: " + path + ": item 2 'x3' is not a token id"),
+            std::string::npos)
+      << r.err;
+  std::remove(path.c_str());
+  EXPECT_EQ(backend_->submitted().size(), 1u);
+}
+
+// A prompt that takes several steps shows its prefill progress without --verbose (issue 13,
+// item 8); one that takes one step prints no progress line unless --verbose.
+TEST_F(ClientCliTest, LongPrefillShowsProgress) {
+  backend_->set_prefill_chunk(100);
+  std::vector<int32_t> ids(250, 77);
+  CliRun r = Flotilla({"generate", "--server", address_, "--prompt-ids", absl::StrJoin(ids, ","),
+                       "--max-new-tokens", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("progress: prefill 100 / 250 tokens\nprogress: prefill 200 / 250 tokens\n"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(r.err.find("250 / 250"), std::string::npos) << r.err;
+  r = Flotilla({"generate", "--server", address_, "--prompt-ids", "1,2,3", "--max-new-tokens", "1"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err.find("progress:"), std::string::npos) << r.err;
+  r = Flotilla({"generate", "--server", address_, "--prompt-ids", "1,2,3", "--max-new-tokens", "1",
+                "--verbose"});
+  EXPECT_NE(r.err.find("progress: prefill 3 / 3 tokens"), std::string::npos) << r.err;
 }
 
 TEST_F(ClientCliTest, NoServerIsUnavailable) {

@@ -140,10 +140,19 @@ void FakeBackend::Run(Job& job) {
     return;
   }
   const int64_t num_prompt = static_cast<int64_t>(job.request.prompt.size());
+  int64_t chunk = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    chunk = prefill_chunk_;
+  }
   e.kind = RequestEvent::Kind::kProgress;
-  e.prefill_done = num_prompt;
   e.prefill_total = num_prompt;
-  job.sink(e);
+  for (int64_t done = chunk > 0 ? std::min(chunk, num_prompt) : num_prompt;;
+       done = std::min(done + chunk, num_prompt)) {
+    e.prefill_done = done;
+    job.sink(e);
+    if (done == num_prompt) break;
+  }
   StreamingDetokenizer detok(tokenizer_);
   const std::vector<int32_t> tokens = ExpectedTokens(job.request);
   for (int32_t id : tokens) {

@@ -33,6 +33,11 @@ class FakeBackend : public RequestSink {
   void set_hold(bool hold);
   // Admitted requests end with an error event carrying `status` (OK: run normally).
   void set_run_error(absl::Status status);
+  // Progress comes every `tokens` prompt tokens (0: one event for the whole prompt).
+  void set_prefill_chunk(int64_t tokens) {
+    std::lock_guard<std::mutex> lock(mu_);
+    prefill_chunk_ = tokens;
+  }
 
   std::vector<GenerateRequest> submitted() const;
   std::vector<std::pair<uint64_t, bool>> cancels() const;  // (id, notify)
@@ -63,6 +68,7 @@ class FakeBackend : public RequestSink {
   absl::Status submit_status_;
   absl::Status run_error_;
   bool hold_ = false;
+  int64_t prefill_chunk_ = 0;
   bool stop_ = false;
   std::thread engine_;
 };

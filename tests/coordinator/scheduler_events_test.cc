@@ -288,6 +288,24 @@ TEST(SchedulerEvents, DrainRefusesNewRequestsAndFinishesTheRest) {
   EXPECT_EQ(log.Last(2).reason, FinishReason::kLength);
 }
 
+// Issue 13, item 4: while a worker misses its liveness deadline, admission refuses naming it;
+// what was submitted before runs on.
+TEST(SchedulerEvents, UnavailableRefusesNewRequestsUntilCleared) {
+  Scheduler s(TinyConfig(), Options(50), &ProjectTokenizer());
+  EventLog log;
+  ASSERT_TRUE(s.Submit(Request(1, 4, 3), log.Sink(1)).ok());
+  s.SetUnavailable(absl::UnavailableError("worker rank 2 (h:1) has not answered for 5.0 s"));
+  const absl::Status st = s.Submit(Request(2, 4, 3), log.Sink(2));
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(st.message(), "request 2 refused: worker rank 2 (h:1) has not answered for 5.0 s");
+  EXPECT_TRUE(log.Of(2).empty());
+  s.SetUnavailable(absl::OkStatus());
+  ASSERT_TRUE(s.Submit(Request(3, 4, 3), log.Sink(3)).ok());
+  EXPECT_TRUE(RunUntilIdle(s));
+  EXPECT_EQ(log.Last(1).reason, FinishReason::kLength);
+  EXPECT_EQ(log.Last(3).reason, FinishReason::kLength);
+}
+
 TEST(SchedulerEvents, BadWorkerAnswerFailsOnlyThatSequence) {
   Scheduler s(TinyConfig(), Options(1000), &ProjectTokenizer());
   EventLog log;

@@ -118,6 +118,18 @@ TEST(Scheduler, OptionsValidate) {
   o = SchedulerOptions();
   o.max_head_bypass = -1;
   expect_bad(o, "max_head_bypass is -1");
+
+  // Issue 13, item 9: a pool that cannot hold one page of tokens of one sequence refused every
+  // request. Tiny with 256-token pages (docs/scheduling.md): pages of 40,704 B, 3 fixed pages,
+  // so 256 tokens need 4 pages = 162,816 B.
+  o = SchedulerOptions();
+  o.kv_pool_bytes_per_group = 1024;
+  expect_bad(o, "KV pool per DP group (--kv-pool) is 1024 bytes (0 pages of 40704 bytes); one "
+                "sequence of 256 tokens needs 4 pages: give at least 162816 bytes");
+  o.kv_pool_bytes_per_group = 162815;
+  expect_bad(o, "(3 pages of 40704 bytes)");
+  o.kv_pool_bytes_per_group = 162816;
+  EXPECT_TRUE(o.Validate(config).ok()) << o.Validate(config);
 }
 
 TEST(Scheduler, DecodesFirstThenPromptChunksWithinTheBudget) {

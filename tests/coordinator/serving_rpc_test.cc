@@ -22,7 +22,7 @@
 namespace flotilla::testing {
 namespace {
 
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel);
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "");
 
 // ---- disconnect and cancel ----
 
@@ -207,6 +207,9 @@ TEST_F(ServingTest, ModelInfoAndClusterStatusFromCallbacks) {
   }
   EXPECT_TRUE(drained);
   EXPECT_EQ(HealthStatus(channel_), 2);  // NOT_SERVING once draining
+  EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 2);
+  server_->SetServing(true);  // a drained server stays NOT_SERVING
+  EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 2);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
   ASSERT_TRUE(stub_->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &status).ok());
@@ -243,13 +246,17 @@ void Await(grpc::CompletionQueue* cq, void* want) {
   ASSERT_EQ(tag, want);
 }
 
-// grpc.health.v1.Health/Check with service "" -> the status enum (1 SERVING, 2 NOT_SERVING).
-int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
+// grpc.health.v1.Health/Check -> the status enum (1 SERVING, 2 NOT_SERVING); -1 for an error
+// status (NOT_FOUND for an unknown service). The request is HealthCheckRequest{service = 1},
+// encoded by hand: tag 0x0a, length, bytes.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
   grpc::CompletionQueue cq;
-  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", FromBytes(""), &cq);
+  const std::string request =
+      service.empty() ? "" : std::string(1, '\x0a') + char(service.size()) + service;
+  auto call = stub.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", FromBytes(request), &cq);
   call->StartCall();
   grpc::ByteBuffer response;
   grpc::Status status;
@@ -263,6 +270,15 @@ int HealthStatus(const std::shared_ptr<grpc::Channel>& channel) {
 
 TEST_F(ServingTest, HealthServesUntilDrainAndShutdown) {
   EXPECT_EQ(HealthStatus(channel_), 1);
+  // Per service too (issue 13, item 9), and SetServing turns both off and on.
+  EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 1);
+  EXPECT_EQ(HealthStatus(channel_, "no.such.Service"), -1);
+  server_->SetServing(false);
+  EXPECT_EQ(HealthStatus(channel_), 2);
+  EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 2);
+  server_->SetServing(true);
+  EXPECT_EQ(HealthStatus(channel_), 1);
+  EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 1);
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1)).IgnoreError();
   EXPECT_EQ(HealthStatus(channel_), -1);                                  // gone
   EXPECT_TRUE(server_->Shutdown(std::chrono::system_clock::now()).ok());  // idempotent

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <functional>
 #include <memory>
 #include <string>
@@ -70,9 +71,10 @@ std::vector<BadCase> BadCases() {
                "empty prompt: no token ids were sent"});
   c.push_back({"empty chat prompt", {Header(chat)}, "empty prompt: no messages JSON was sent"});
   c.push_back(
-      {"temperature 0",
-       {Header(text, sampling([](auto* s) { s->set_temperature(0); })), TextChunk("hi", true)},
-       "sampling.temperature: 0 (must be > 0"});
+      {"temperature NaN",
+       {Header(text, sampling([](auto* s) { s->set_temperature(std::nanf("")); })),
+        TextChunk("hi", true)},
+       "sampling.temperature: nan (must be >= 0 and finite; 0 is greedy)"});
   c.push_back(
       {"temperature negative",
        {Header(text, sampling([](auto* s) { s->set_temperature(-1); })), TextChunk("hi", true)},
@@ -223,6 +225,22 @@ TEST_F(ServingTest, GreedyIgnoresTemperatureAndDefaultsFillTheRequest) {
   // Unset max_new_tokens: min(256, context left) = 64 - 60.
   EXPECT_EQ(submitted[0].sampling.max_new_tokens, 4);
   EXPECT_FLOAT_EQ(submitted[0].sampling.top_p, 1.0f);
+}
+
+// Temperature 0 means greedy, as OpenAI and vLLM users mean it (issue 13, item 8).
+TEST_F(ServingTest, TemperatureZeroIsGreedy) {
+  const CallResult r = Call({Header(v1::PROMPT_KIND_TOKEN_IDS,
+                                    [](auto* h) {
+                                      h->mutable_sampling()->set_greedy(false);
+                                      h->mutable_sampling()->set_temperature(0);
+                                      h->mutable_sampling()->set_skip_special_tokens(true);
+                                    }),
+                             IdsChunk({5, 6, 7}, true)});
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  const auto submitted = backend_->submitted();
+  ASSERT_EQ(submitted.size(), 1u);
+  EXPECT_TRUE(submitted[0].sampling.greedy);
+  EXPECT_TRUE(submitted[0].sampling.skip_special_tokens);
 }
 
 // ---- errors from the scheduler ----

@@ -6,9 +6,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <vector>
 #include <mutex>
 
 #include "coordinator/grpc_server.h"
+#include "coordinator/liveness.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/tokenizer/test_data.h"
@@ -181,6 +184,112 @@ TEST(WorkerControlTest, ClusterStatusCarriesWorkerReports) {
   EXPECT_TRUE(status.workers(0).error().empty());
   EXPECT_EQ(status.workers(1).world_rank(), 2);
   EXPECT_FALSE(status.workers(1).error().empty());
+}
+
+// ---- liveness (issue 13, item 4) ----
+
+TEST(LivenessTable, LateAndGoneRanksAreNamed) {
+  using Clock = LivenessTable::Clock;
+  const Clock::time_point t0 = Clock::now();
+  LivenessTable t({{1, "a:1"}, {2, "b:2"}}, 5000ms, t0);
+  EXPECT_TRUE(t.Check(t0 + 4900ms).ok());
+  t.OnReport(1, t0 + 1000ms);
+  // Rank 2 has been silent since the start (5.5 s); rank 1 for 4.5 s.
+  absl::Status st = t.Check(t0 + 5500ms);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(st.message(),
+            "worker rank 2 (b:2) has not answered for 5.5 s (liveness deadline 5.0 s); not "
+            "admitting requests until it does");
+  // Both late: the lowest rank is named.
+  EXPECT_NE(std::string(t.Check(t0 + 6500ms).message()).find("worker rank 1 (a:1) has not answered for 5.5 s"),
+            std::string::npos);
+  t.OnReport(1, t0 + 6000ms);
+  t.OnReport(2, t0 + 6000ms);
+  EXPECT_TRUE(t.Check(t0 + 6500ms).ok());
+  EXPECT_FALSE(t.AnyGone());
+  // Gone comes before late, and stays.
+  t.OnGone(2, absl::UnavailableError("b:2: Socket closed"));
+  st = t.Check(t0 + 6500ms);
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(st.message(), "worker rank 2 (b:2) is gone: b:2: Socket closed");
+  EXPECT_TRUE(t.AnyGone());
+  t.OnReport(2, t0 + 7000ms);
+  EXPECT_FALSE(t.Check(t0 + 7000ms).ok());
+}
+
+// A worker whose Health() can be held, as a stopped process holds it.
+class HangingWorker : public FakeWorker {
+ public:
+  WorkerHealth Health() override {
+    std::unique_lock<std::mutex> lock(hang_mu_);
+    hang_cv_.wait(lock, [&] { return !hang_; });
+    return FakeWorker::Health();
+  }
+  void set_hang(bool hang) {
+    std::lock_guard<std::mutex> lock(hang_mu_);
+    hang_ = hang;
+    hang_cv_.notify_all();
+  }
+
+ private:
+  std::mutex hang_mu_;
+  std::condition_variable hang_cv_;
+  bool hang_ = false;
+};
+
+TEST(LivenessMonitor, HungThenBackThenGone) {
+  HangingWorker logic;
+  auto server = WorkerControlServer::Start(WorkerControlServerOptions(), &logic);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->endpoint();
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<absl::Status> changes, gone;
+  LivenessOptions options;
+  options.deadline = 500ms;
+  options.interval = 50ms;
+  LivenessMonitor monitor(
+      {{7, address}}, options,
+      [&](const absl::Status& st) {
+        std::lock_guard<std::mutex> lock(mu);
+        changes.push_back(st);
+        cv.notify_all();
+      },
+      [&](const absl::Status& st) {
+        std::lock_guard<std::mutex> lock(mu);
+        gone.push_back(st);
+        cv.notify_all();
+      });
+  auto wait_changes = [&](size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, 20s, [&] { return changes.size() >= n; });
+  };
+  logic.set_hang(true);
+  ASSERT_TRUE(wait_changes(1)) << "a hung worker was not noticed";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_EQ(changes[0].code(), absl::StatusCode::kUnavailable);
+    EXPECT_NE(std::string(changes[0].message())
+                  .find("worker rank 7 (" + address + ") has not answered for"),
+              std::string::npos)
+        << changes[0];
+    EXPECT_TRUE(gone.empty());
+  }
+  logic.set_hang(false);
+  ASSERT_TRUE(wait_changes(2)) << "the worker's return was not noticed";
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_TRUE(changes[1].ok()) << changes[1];
+  }
+  (*server)->Shutdown(std::chrono::system_clock::now()).IgnoreError();
+  ASSERT_TRUE(wait_changes(3)) << "a gone worker was not noticed";
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_EQ(gone.size(), 1u);
+  EXPECT_EQ(gone[0].code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(std::string(gone[0].message()).find("worker rank 7 (" + address + ") is gone: "),
+            std::string::npos)
+      << gone[0];
+  EXPECT_EQ(changes[2], gone[0]);
 }
 
 }  // namespace

@@ -2,6 +2,13 @@
 // a message naming the problem, and the server must keep serving (a valid request afterwards
 // succeeds). Prints "N passed, M failed" and exits non-zero on any failure.
 //   malformed_check HOST:PORT
+// With `drain`: calls Drain, then at once sends a request, which must get UNAVAILABLE (issue 13,
+// item 2: a request sent right after Drain returned was once admitted).
+//   malformed_check HOST:PORT drain
+// With `health`: prints the health status of service "" and flotilla.v1.Flotilla (SERVING,
+// NOT_SERVING, or the error), read with a hand-encoded grpc.health.v1 request.
+//   malformed_check HOST:PORT health
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
@@ -65,13 +72,68 @@ grpc::Status RunStream(v1::Flotilla::Stub& stub, const std::vector<v1::GenerateR
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: malformed_check HOST:PORT\n");
+  const std::string mode = argc == 3 ? argv[2] : "";
+  if (argc != 2 && !(argc == 3 && (mode == "drain" || mode == "health"))) {
+    std::fprintf(stderr, "usage: malformed_check HOST:PORT [drain|health]\n");
     return 2;
   }
   auto channel = grpc::CreateChannel(argv[1], grpc::InsecureChannelCredentials());
   auto stub = v1::Flotilla::NewStub(channel);
   using K = v1::PromptKind;
+  if (mode == "health") {
+    for (const std::string service : {"", "flotilla.v1.Flotilla"}) {
+      grpc::GenericStub generic(channel);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      // HealthCheckRequest{service = 1}: tag 0x0a, length, bytes.
+      const std::string request =
+          service.empty() ? "" : std::string(1, '\x0a') + char(service.size()) + service;
+      grpc::Slice slice(request);
+      grpc::ByteBuffer in(&slice, 1), out;
+      grpc::CompletionQueue cq;
+      auto call = generic.PrepareUnaryCall(&ctx, "/grpc.health.v1.Health/Check", in, &cq);
+      call->StartCall();
+      grpc::Status status;
+      call->Finish(&out, &status, reinterpret_cast<void*>(1));
+      void* tag = nullptr;
+      bool ok = false;
+      cq.Next(&tag, &ok);
+      cq.Shutdown();
+      while (cq.Next(&tag, &ok)) {
+      }
+      std::vector<grpc::Slice> slices;
+      std::string bytes;
+      if (status.ok() && out.Dump(&slices).ok()) {
+        for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+      const char* name = !status.ok()                                  ? "ERROR"
+                         : bytes.size() == 2 && bytes[0] == 0x08 && bytes[1] == 1 ? "SERVING"
+                         : bytes.size() == 2 && bytes[0] == 0x08 && bytes[1] == 2 ? "NOT_SERVING"
+                                                                                  : "UNKNOWN";
+      std::printf("%s: %s\n", service.empty() ? "(server)" : service.c_str(), name);
+    }
+    return 0;
+  }
+  if (mode == "drain") {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    v1::DrainResponse drained;
+    const grpc::Status d = stub->Drain(&ctx, v1::DrainRequest(), &drained);
+    if (!d.ok()) {
+      std::printf("FAIL: Drain: %s\n", d.error_message().c_str());
+      return 1;
+    }
+    int tokens = 0;
+    const grpc::Status s = RunStream(*stub, {Header(K::PROMPT_KIND_TOKEN_IDS), Ids({1, 2, 3})},
+                                     &tokens);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      std::printf("FAIL: a request right after Drain got %d (%s) and %d tokens, not UNAVAILABLE\n",
+                  int(s.error_code()), s.error_message().c_str(), tokens);
+      return 1;
+    }
+    std::printf("after Drain: UNAVAILABLE: %s\n", s.error_message().c_str());
+    return 0;
+  }
   const std::string big(5 << 20, 'a');
   std::vector<Case> cases = {
       {"no header", [] { return std::vector{Text("hello")}; }, "header"},
@@ -90,12 +152,12 @@ int main(int argc, char** argv) {
        [] { return std::vector{Header(K::PROMPT_KIND_TOKEN_IDS), Ids({-3})}; }, "-3"},
       {"empty prompt", [] { return std::vector{Header(K::PROMPT_KIND_TEXT), Text("")}; },
        "empty"},
-      {"temperature 0 without greedy",
+      {"negative temperature",
        [] {
          return std::vector{Header(K::PROMPT_KIND_TEXT,
                                    [](v1::GenerateHeader* h) {
                                      h->mutable_sampling()->set_greedy(false);
-                                     h->mutable_sampling()->set_temperature(0);
+                                     h->mutable_sampling()->set_temperature(-0.5f);
                                    }),
                             Text("hi")};
        },

@@ -18,10 +18,13 @@ model=$work/tiny
 [ -f "$model/config.json" ] || "$flotilla" make-model --preset tiny --out "$model" --seed 5 >/dev/null
 
 server_pid=""
-start_server() {  # start_server [coordinator flags...]
+launcher_flags=()
+start_server() {  # start_server [coordinator flags...]; launcher_flags go to flotilla-serve
   rm -f "$work/port"
-  "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 -- --port-file "$work/port" \
-    "$@" >"$work/serve.log" 2>&1 &
+  # A background job of a script starts with SIGINT ignored; a terminal's job does not.
+  env --default-signal=INT "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 \
+    "${launcher_flags[@]}" \
+    -- --port-file "$work/port" "$@" >"$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do
     [ -s "$work/port" ] && break
@@ -51,6 +54,28 @@ pages_used() {  # total KV pages in use over the DP groups
     python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(int(g["pages_used"]) for g in s["cluster"]["scheduler"]["groups"]))'
 }
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
+job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
+# Waits (at most $2 s) for the launcher to exit; fails naming $1 if it does not.
+wait_exit() {
+  for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
+  kill -0 $server_pid 2>/dev/null && fail "$1: the job still runs after $2 s"
+  wait $server_pid
+  local rc=$?
+  server_pid=""
+  return $rc
+}
+# A 60-token greedy stream in the background ($client), once it holds KV pages.
+start_stream() {
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3,4,5 --max-new-tokens ${1:-60} --greedy \
+    --ignore-eos >"$work/inflight.txt" 2>&1 &
+  client=$!
+  for _ in $(seq 1 100); do [ "$(pages_used)" -gt 0 ] && break; sleep 0.05; done
+  [ "$(pages_used)" -gt 0 ] || fail "the stream never held KV pages"
+}
+expect_stream_complete() {  # the stream finished cleanly with all $1 tokens
+  wait $client || { cat "$work/inflight.txt"; fail "$2: the in-flight stream did not finish cleanly"; }
+  [ "$(ids_of "$work/inflight.txt" | tr ',' '\n' | wc -l)" -eq "$1" ] || fail "$2: the stream was cut short"
+}
 
 case $case in
 concurrent)
@@ -169,12 +194,185 @@ worker-killed)
   elapsed=$(( $(date +%s) - start ))
   [ $rc -ne 0 ] || fail "the client did not see an error"
   [ $elapsed -le 10 ] || fail "the client took $elapsed s to see the error"
+  # Issue 13, item 4: UNAVAILABLE naming the rank, not a transport error as the job ends.
+  grep -q "UNAVAILABLE: worker rank [12] (127.0.0.1:[0-9]*) is gone" "$work/victim.txt" ||
+    { tail -n 2 "$work/victim.txt"; fail "the client's error does not name the dead rank"; }
   for _ in $(seq 1 300); do kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
   wait $server_pid
   rc=$?
   server_pid=""
   [ $rc -ne 0 ] || fail "the job exited 0 after losing a worker"
   echo "worker killed: client error after $elapsed s ($(tail -n 1 "$work/victim.txt")); job exited $rc"
+  ;;
+worker-hung)
+  # Issue 13, item 4: a stopped worker (SIGSTOP) turns health NOT_SERVING and admission refuses
+  # with UNAVAILABLE naming it within the liveness deadline (--liveness-s 3 here); after SIGCONT
+  # the server serves again.
+  start_server --liveness-s 3
+  health() { "$malformed_check" "$server" health | tr '\n' ' '; }
+  [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] || fail "health at start: $(health)"
+  victim=$(pgrep -n -f "^$build/worker/flotilla-worker --serve --model $model")
+  kill -STOP "$victim"
+  start=$(date +%s)
+  for _ in $(seq 1 200); do
+    [ "$(health)" = "(server): NOT_SERVING flotilla.v1.Flotilla: NOT_SERVING " ] && break
+    sleep 0.1
+  done
+  elapsed=$(( $(date +%s) - start ))
+  [ "$(health)" = "(server): NOT_SERVING flotilla.v1.Flotilla: NOT_SERVING " ] ||
+    { kill -CONT "$victim"; fail "health still $(health) with a stopped worker"; }
+  [ $elapsed -le 10 ] || { kill -CONT "$victim"; fail "NOT_SERVING after $elapsed s (deadline 3 s)"; }
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/refused.txt" 2>&1
+  rc=$?
+  kill -CONT "$victim"
+  [ $rc -eq 14 ] || { cat "$work/refused.txt"; fail "a request with a stopped worker: exit $rc, not 14"; }
+  grep -q "UNAVAILABLE: .*worker rank [12] (127.0.0.1:[0-9]*) has not answered" "$work/refused.txt" ||
+    { cat "$work/refused.txt"; fail "the refusal does not name the rank"; }
+  for _ in $(seq 1 200); do
+    [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] && break
+    sleep 0.1
+  done
+  [ "$(health)" = "(server): SERVING flotilla.v1.Flotilla: SERVING " ] || fail "health after SIGCONT: $(health)"
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/after.txt" 2>&1 ||
+    { cat "$work/after.txt"; fail "no service after SIGCONT"; }
+  stop_server || fail "server exit status $?"
+  echo "stopped worker: NOT_SERVING after $elapsed s, refused naming the rank; serving again after SIGCONT"
+  ;;
+idle)
+  # Issue 13, item 7: an idle server is idle. Each process's CPU time (utime + stime from
+  # /proc/PID/stat, in clock ticks) over 10 s of idling must stay under 5% of a core.
+  start_server
+  sleep 3
+  pids=$(pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model")
+  [ "$(echo "$pids" | wc -w)" -eq 3 ] || fail "expected 3 processes, found: $pids"
+  hz=$(getconf CLK_TCK)
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  declare -A before
+  for p in $pids; do before[$p]=$(ticks "$p"); done
+  sleep 10
+  for p in $pids; do
+    used=$(( $(ticks "$p") - ${before[$p]} ))
+    name=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -d' ' -f1 | xargs basename)
+    echo "$name (pid $p): $used ticks of $((10 * hz)) while idle"
+    [ $(( used * 100 )) -lt $(( 5 * 10 * hz )) ] || fail "$name used $used of $((10 * hz)) ticks while idle"
+  done
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 2 >"$work/after.txt" 2>&1 ||
+    fail "no service after idling"
+  stop_server || fail "server exit status $?"
+  ;;
+bad-start)
+  # Issue 13, item 9: mistakes that used to start a server are refused at start-up, each message
+  # printed once and without Open MPI's boilerplate; a trailing slash in --model still names
+  # the model.
+  expect_refused() {  # expect_refused WHAT MESSAGE_FRAGMENT LAUNCHER_ARGS...
+    local what=$1 fragment=$2
+    shift 2
+    timeout 120 "$here/launch/flotilla-serve" "$@" >"$work/bad.log" 2>&1
+    local rc=$?
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] || { cat "$work/bad.log"; fail "$what: exit status $rc"; }
+    [ "$(grep -c -F -- "$fragment" "$work/bad.log")" -eq 1 ] ||
+      { cat "$work/bad.log"; fail "$what: '$fragment' not printed exactly once"; }
+    grep -q -- '------------' "$work/bad.log" && { cat "$work/bad.log"; fail "$what: mpirun boilerplate"; }
+    echo "refused: $what"
+  }
+  expect_refused "--workers 0" "--workers '0': expected a positive integer" --model "$model" --workers 0
+  expect_refused "--kv-pool 1KiB" "one sequence of 256 tokens needs 4 pages: give at least 162816 bytes" \
+    --model "$model" --workers 2 --port 0 -- --kv-pool 1KiB
+  expect_refused "--kv-pool 1TiB" "--kv-pool 1.00 TiB per DP group does not fit host" \
+    --model "$model" --workers 2 --port 0 -- --kv-pool 1TiB
+  # The same shards under a config with one main layer fewer.
+  fewer=$work/fewer
+  rm -rf "$fewer" && mkdir -p "$fewer"
+  for f in "$model"/*; do ln -s "$f" "$fewer/"; done
+  rm "$fewer/config.json"
+  python3 - "$model/config.json" "$fewer/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["num_hidden_layers"] -= 1
+del c["compress_ratios"][c["num_hidden_layers"]]
+json.dump(c, open(sys.argv[2], "w"), indent=2)
+PY
+  expect_refused "fewer layers than the shards" "tensors the config does not explain" \
+    --model "$fewer" --workers 2 --port 0
+  "$flotilla" run --model "$fewer" --prompt-ids 1,2,3 --max-new-tokens 1 >"$work/run.log" 2>&1 &&
+    fail "flotilla run served a config with fewer layers than the shards"
+  grep -q "tensors the config does not explain" "$work/run.log" || { cat "$work/run.log"; fail "run: no reason"; }
+  # A trailing slash: the model is still called after its directory, and the name is checked.
+  model_dir=$model
+  model="$model/"
+  start_server
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 1 --model-name tiny \
+    >"$work/named.txt" 2>&1 || { cat "$work/named.txt"; fail "--model-name tiny refused"; }
+  "$flotilla" generate --server "$server" --prompt-ids 1,2 --max-new-tokens 1 --model-name other \
+    >"$work/other.txt" 2>&1 && fail "--model-name other accepted"
+  grep -q "is not served here" "$work/other.txt" || { cat "$work/other.txt"; fail "no name check"; }
+  stop_server || fail "server exit status $?"
+  model=$model_dir
+  echo "bad starts refused with one message each; trailing slash keeps the model name"
+  ;;
+launcher-signals)
+  # Issue 13, item 2: SIGTERM or SIGINT to launch/flotilla-serve drains (the stream in flight
+  # completes, every rank exits 0); so does SIGTERM to a worker; a request right after the Drain
+  # RPC returned is refused.
+  for sig in TERM INT; do
+    start_server
+    start_stream 60
+    kill -$sig $server_pid
+    expect_stream_complete 60 "SIG$sig to the launcher"
+    wait_exit "SIG$sig to the launcher" 120 || fail "SIG$sig to the launcher: exit status $?"
+    [ "$(job_processes)" -eq 0 ] || fail "SIG$sig: processes left"
+    grep -q "drained after" "$work/serve.log" || fail "SIG$sig: the coordinator did not drain"
+    echo "SIG$sig to flotilla-serve drained the stream; every rank exited 0"
+  done
+  start_server
+  start_stream 60
+  pkill -TERM -n -f "^$build/worker/flotilla-worker --serve --model $model"
+  expect_stream_complete 60 "SIGTERM to a worker"
+  wait_exit "SIGTERM to a worker" 120 || fail "SIGTERM to a worker: exit status $?"
+  grep -q "asked to drain; draining the job" "$work/serve.log" || fail "the worker's drain was not seen"
+  echo "SIGTERM to a worker drained the job; every rank exited 0"
+  start_server
+  "$malformed_check" "$server" drain || fail "a request right after Drain"
+  wait_exit "after the Drain RPC" 120 || fail "after the Drain RPC: exit status $?"
+  ;;
+hard-stop)
+  # Issue 13, item 2: a second signal, or the end of --grace-s, stops the job at once; the
+  # client gets an error status, no process is left.
+  start_server
+  start_stream 100000
+  kill -TERM $server_pid
+  sleep 1
+  kill -INT $server_pid
+  wait_exit "a second signal" 60 && fail "a second signal: the job exited 0"
+  wait $client && fail "the stream cut by a hard stop ended cleanly"
+  sleep 1
+  [ "$(job_processes)" -eq 0 ] || fail "a second signal: processes left"
+  echo "a second signal stopped the job hard ($(tail -n 1 "$work/inflight.txt"))"
+  launcher_flags=(--grace-s 3)
+  start_server
+  start_stream 100000
+  kill -TERM $server_pid
+  wait_exit "--grace-s 3" 60 && fail "--grace-s 3: the job exited 0"
+  wait $client && fail "the stream cut by the grace period ended cleanly"
+  grep -q "grace period of 3 s is over" "$work/serve.log" || fail "the grace period was not the reason"
+  sleep 1
+  [ "$(job_processes)" -eq 0 ] || fail "--grace-s: processes left"
+  echo "--grace-s 3 stopped the job hard after the grace period"
+  ;;
+demo)
+  # Issue 13, item 3: launch/demo stops its own server, not another one of the same build, and
+  # exits 0.
+  start_server
+  decoy=$server
+  FLOTILLA_BIN=$build timeout 600 "$here/launch/demo" --model "$work/demo_model" >"$work/demo.log" 2>&1 ||
+    { tail -n 30 "$work/demo.log"; fail "launch/demo failed"; }
+  grep -q "drained after" "$work/demo.log" || { tail -n 5 "$work/demo.log"; fail "the demo's server did not drain"; }
+  pgrep -f "^$build/coordinator/flotilla-coordinator --model $work/demo_model" >/dev/null &&
+    fail "the demo left its coordinator running"
+  "$flotilla" generate --server "$decoy" --prompt-ids 1,2 --max-new-tokens 2 >"$work/decoy.txt" 2>&1 ||
+    { cat "$work/decoy.txt"; fail "the other server was stopped by the demo"; }
+  stop_server || fail "server exit status $?"
+  echo "launch/demo stopped its own server only"
   ;;
 *) fail "unknown case $case" ;;
 esac

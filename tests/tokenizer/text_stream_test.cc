@@ -45,6 +45,23 @@ TEST(TextStream, NoStopStringsStreamsTheDecodedText) {
   for (const std::string& p : parts) EXPECT_TRUE(utf8::IsValid(p)) << p;
 }
 
+// Issue 13, item 8: special tokens can be left out of the text (skip_special_tokens).
+TEST(TextStream, SkipSpecialLeavesOutSpecialTokens) {
+  // BOS and EOS are special in the project's tokenizer_config.json; "<｜User｜>" is not.
+  const std::string text = "<｜begin▁of▁sentence｜>Hi<｜User｜>there<｜end▁of▁sentence｜>";
+  const std::vector<int32_t> ids = Encode(text);
+  ASSERT_TRUE(ProjectTokenizer().IsSpecial(ids.front()));
+  ASSERT_TRUE(ProjectTokenizer().IsSpecial(ids.back()));
+  TextStream kept(&ProjectTokenizer(), {});
+  EXPECT_EQ(Join(Feed(kept, ids)), text);
+  TextStream skipped(&ProjectTokenizer(), {"Hi<｜User｜>th"}, /*skip_special=*/true);
+  std::vector<std::string> parts = Feed(skipped, ids);
+  EXPECT_TRUE(skipped.stopped());  // the stop string matches the text without BOS
+  EXPECT_EQ(Join(parts), "");
+  TextStream plain(&ProjectTokenizer(), {}, /*skip_special=*/true);
+  EXPECT_EQ(Join(Feed(plain, ids)), "Hi<｜User｜>there");
+}
+
 TEST(TextStream, StopStringSplitAcrossTokens) {
   const std::string text = "The quick brown fox jumps over the lazy dog";
   const std::vector<int32_t> ids = Encode(text);

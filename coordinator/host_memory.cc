@@ -1,0 +1,44 @@
+#include "coordinator/host_memory.h"
+
+#include <algorithm>
+#include <map>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "sharding/capacity.h"
+
+namespace flotilla {
+
+absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
+                                  const std::vector<WorkerStats>& workers) {
+  struct Host {
+    int64_t ranks = 0;
+    uint64_t weights = 0, memory = 0;
+  };
+  std::map<std::string, Host> hosts;
+  for (const WorkerStats& w : workers) {
+    if (w.host_memory_bytes == 0) continue;
+    Host& h = hosts[w.host];
+    h.ranks += 1;
+    h.weights += w.weight_bytes;
+    h.memory = w.host_memory_bytes;
+  }
+  const uint64_t share = pool_bytes_per_group / uint64_t(std::max<int64_t>(tp, 1));
+  const std::string* worst = nullptr;
+  uint64_t fits = UINT64_MAX;  // the largest pool per group that fits every host
+  for (const auto& [name, h] : hosts) {
+    const uint64_t room = h.memory > h.weights ? h.memory - h.weights : 0;
+    const uint64_t host_fits = room / uint64_t(h.ranks) * uint64_t(std::max<int64_t>(tp, 1));
+    fits = std::min(fits, host_fits);
+    if (share > room / uint64_t(h.ranks) && worst == nullptr) worst = &name;
+  }
+  if (worst == nullptr) return absl::OkStatus();
+  const Host& h = hosts[*worst];
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--kv-pool ", FormatBytes(pool_bytes_per_group), " per DP group does not fit host '", *worst,
+      "': its ", h.ranks, " worker rank(s) hold ", FormatBytes(h.weights), " of weights and at least ",
+      FormatBytes(share), " of KV each (the pool / tp ", tp, "), more than its ",
+      FormatBytes(h.memory), " of memory; the largest pool that fits is ", FormatBytes(fits)));
+}
+
+}  // namespace flotilla

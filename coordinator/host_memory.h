@@ -1,0 +1,20 @@
+// Whether a KV pool can live where the workers run: the check behind refusing `--kv-pool 1TiB`
+// on a 24 GiB machine at start-up instead of admitting requests the workers cannot hold.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "comm/worker_control.h"
+
+namespace flotilla {
+
+// Every worker holds its weights and at least its share of its DP group's pool
+// (pool_bytes_per_group / tp). Summed over the workers of each host (WorkerStats::host), that must
+// fit the host's physical memory. INVALID_ARGUMENT names the host, the sums and the largest pool
+// that fits everywhere; workers that report no memory size are not counted.
+absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
+                                  const std::vector<WorkerStats>& workers);
+
+}  // namespace flotilla
