@@ -140,8 +140,8 @@ serve)
   ;;
 remote-missing-model|remote-wrong-checkpoint)
   # Node 2 (world ranks 3 and 4) sees no model, or another checkpoint, at the model path: the
-  # coordinator and every worker print that rank's message, every process on every node ends,
-  # and the launcher's status says it failed.
+  # job stops with that rank's message (printed once), every process on every node ends, and the
+  # launcher's status says it failed.
   cluster_up "$work" 3 || fail "cluster_up"
   model "$work/tiny" 3
   if [ "$case" = remote-missing-model ]; then
@@ -159,9 +159,7 @@ remote-missing-model|remote-wrong-checkpoint)
   rc=$?
   elapsed=$(( $(date +%s) - start ))
   [ $rc -ne 0 ] || fail "the launcher exited 0"
-  for who in "flotilla-coordinator" "flotilla-worker rank 1" "flotilla-worker rank 2"; do
-    grep -q "^$who: .*$want" "$work/serve.log" || fail "$who did not report '$want'"
-  done
+  grep -q "$want" "$work/serve.log" || fail "no '$want' in the log"
   expect_no_processes 10
   echo "$case: the job stopped in $elapsed s with exit status $rc: $(grep -m1 "$want" "$work/serve.log")"
   ;;
@@ -187,7 +185,8 @@ link-cut)
   elapsed=$(( $(date +%s) - start ))
   [ $rc -ne 0 ] || fail "the client did not see an error"
   grep -q "UNAVAILABLE" "$work/victim.txt" || { tail -n 3 "$work/victim.txt"; fail "no UNAVAILABLE"; }
-  grep -q "rank [34]" "$work/victim.txt" || { tail -n 3 "$work/victim.txt"; fail "the error names no rank of node 2"; }
+  grep -Eq "ranks? \[?([34]|3, 4)\]?( |:|,|\)|$)" "$work/victim.txt" ||
+    { tail -n 3 "$work/victim.txt"; fail "the error names no rank of node 2"; }
   [ $elapsed -le $((deadline + 10)) ] || fail "the client waited $elapsed s (deadline $deadline s)"
   wait $server_pid
   src=$?
@@ -273,10 +272,14 @@ sbatch)
   [ "$(ids_of "$work/stream.txt")" = "$(reference "$p" 6)" ] || fail "tokens differ from flotilla run"
   on_node 0 "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
   [ "$(grep -c ': ready, loaded' "$work/status.txt")" -eq 4 ] || { cat "$work/status.txt"; fail "workers"; }
-  kill -TERM $server_pid
+  # What scancel does: SIGTERM to the batch script ($server_pid is the shell around it).
+  sbatch_pid=$(pgrep -f "launch/flotilla.sbatch --model $work/tiny" | head -n 1)
+  [ -n "$sbatch_pid" ] || fail "no flotilla.sbatch process"
+  kill -TERM "$sbatch_pid"
   wait $server_pid
   rc=$?
   [ $rc -eq 0 ] || fail "flotilla.sbatch exited $rc after SIGTERM"
+  grep -q "draining" "$work/serve.log" || fail "SIGTERM did not drain"
   expect_no_processes 10
   echo "flotilla.sbatch: 2 nodes x 2 GPUs, served, drained on SIGTERM with status 0"
   ;;
