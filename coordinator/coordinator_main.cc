@@ -4,6 +4,10 @@
 //   flotilla-coordinator --model DIR [--tp T] [--address 127.0.0.1] [--port 50051]
 //       [--port-file FILE] [--kv-pool 1GiB] [--page-tokens 256] [--step-token-budget 2048]
 //       [--max-queued 256] [--max-running 64] [--timeout-s 60]
+//       [--http-port 8000] [--http-port-file FILE] [--api-key KEY] [--tls-cert PEM --tls-key PEM]
+//       [--insecure-public]
+// HTTP (OpenAI-compatible, docs/http-api.md) listens on the same --address as gRPC; port 0 picks
+// a free one, -1 turns it off. The API key may come from FLOTILLA_API_KEY instead.
 // SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
 // exit 0.
 #include <csignal>
@@ -15,6 +19,8 @@
 #include "coordinator/engine.h"
 #include "coordinator/front_door.h"
 #include "coordinator/grpc_server.h"
+#include "coordinator/http_server.h"
+#include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "comm/worker_control.h"
@@ -39,15 +45,25 @@ struct Options {
   std::string port_file;
   SchedulerOptions scheduler;
   double timeout_s = 60;
+  HttpOptions http;
+  bool http_enabled = true;
+  std::string http_port_file;
 };
+
+bool IsLoopback(const std::string& address) {
+  return address == "127.0.0.1" || address == "::1" || address == "localhost" ||
+         address.rfind("127.", 0) == 0;
+}
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(cli::Flags f,
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--address", "--port", "--port-file",
                                       "--kv-pool", "--page-tokens", "--step-token-budget",
-                                      "--max-queued", "--max-running", "--timeout-s"},
-                                     {}));
+                                      "--max-queued", "--max-running", "--timeout-s",
+                                      "--http-port", "--http-port-file", "--api-key", "--tls-cert",
+                                      "--tls-key"},
+                                     {"--insecure-public"}));
   Options o;
   ASSIGN_OR_RETURN(o.model, f.Required("--model"));
   ASSIGN_OR_RETURN(o.tp, f.Int("--tp", 1));
@@ -63,6 +79,29 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(o.timeout_s, f.Double("--timeout-s", 60));
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
+  ASSIGN_OR_RETURN(int64_t http_port, f.Int("--http-port", 8000));
+  if (http_port < -1 || http_port > 65535) {
+    return absl::InvalidArgumentError("--http-port must be 0..65535, or -1 for no HTTP");
+  }
+  o.http_enabled = http_port >= 0;
+  o.http.port = int(http_port);
+  o.http.address = o.serving.address;
+  o.http_port_file = f.Get("--http-port-file");
+  // The one place the environment is read.
+  const char* env_key = std::getenv("FLOTILLA_API_KEY");
+  o.http.api_key = f.Get("--api-key", env_key != nullptr ? env_key : "");
+  o.serving.api_key = o.http.api_key;
+  o.http.tls_cert_file = o.serving.tls_cert_file = f.Get("--tls-cert");
+  o.http.tls_key_file = o.serving.tls_key_file = f.Get("--tls-key");
+  if (o.http.tls_cert_file.empty() != o.http.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!IsLoopback(o.serving.address) && o.http.api_key.empty() && !f.Has("--insecure-public")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--address ", o.serving.address,
+        " is beyond loopback and no API key is set: give --api-key (or FLOTILLA_API_KEY), or "
+        "--insecure-public to serve without one"));
+  }
   return o;
 }
 
@@ -126,7 +165,18 @@ int Main(int argc, char** argv) {
   FrontDoorOptions fdo;
   fdo.model_name = std::filesystem::path(opts->model).filename().string();
   FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
-  Engine engine(*world, scheduler);
+  ServingMetrics metrics;
+  EngineOptions engine_options;
+  engine_options.on_step = [&metrics](const StepPlan& plan, double seconds) {
+    // A one-token entry past position 0 is a decode; everything else is prompt.
+    int64_t prefill = 0, decode = 0;
+    for (const StepSequence& s : plan.seqs) {
+      if (s.tokens.size() == 1 && s.start_pos > 0) ++decode;
+      else prefill += static_cast<int64_t>(s.tokens.size());
+    }
+    metrics.ObserveStep(seconds, prefill, decode);
+  };
+  Engine engine(*world, scheduler, engine_options);
   g_engine = &engine;
   std::signal(SIGTERM, OnTerminate);
   std::signal(SIGINT, OnTerminate);
@@ -166,7 +216,25 @@ int Main(int argc, char** argv) {
   if (!opts->port_file.empty()) {
     std::ofstream(opts->port_file) << (*server)->port() << "\n";
   }
+  std::unique_ptr<HttpServer> http;
+  if (opts->http_enabled) {
+    HttpCallbacks http_callbacks;
+    http_callbacks.scheduler_stats = [&] { return scheduler.Stats(); };
+    auto started = HttpServer::Start(opts->http, &front_door, tokenizer.get(), &metrics,
+                                     http_callbacks);
+    if (!started.ok()) {
+      world->Abort(started.status());
+      return fail(started.status());
+    }
+    http = std::move(started).value();
+    std::fprintf(stderr, "flotilla-coordinator: HTTP (OpenAI API) on %s%s\n",
+                 http->endpoint().c_str(), opts->http.tls_cert_file.empty() ? "" : " (TLS)");
+    if (!opts->http_port_file.empty()) {
+      std::ofstream(opts->http_port_file) << http->port() << "\n";
+    }
+  }
   st = engine.Run();
+  if (http != nullptr) (void)http->Shutdown();
   (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   g_engine = nullptr;
   if (!st.ok()) return fail(st);  // mpirun ends the job

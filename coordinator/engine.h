@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 
 #include "absl/time/time.h"
 #include "coordinator/scheduler.h"
@@ -16,6 +17,9 @@ namespace flotilla {
 struct EngineOptions {
   absl::Duration heartbeat = absl::Milliseconds(200);  // idle plan interval
   absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
+  // Called on the engine thread after each step with sequences: the plan and the step's wall
+  // time in seconds (broadcast to tokens back). Unset: nothing.
+  std::function<void(const StepPlan&, double)> on_step;
 };
 
 class Engine {

@@ -313,6 +313,7 @@ absl::StatusOr<std::string> FrontDoor::RenderChat(const std::string& messages_js
     if (!plain.ok()) return AsInvalid(plain.status(), "");
   }
   if (!text.ok()) return AsInvalid(text.status(), "");
+  text->append(chat.assistant_prefix);
   return text;
 }
 

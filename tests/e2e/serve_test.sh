@@ -20,7 +20,8 @@ model=$work/tiny
 server_pid=""
 start_server() {  # start_server [coordinator flags...]
   rm -f "$work/port"
-  "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 -- --port-file "$work/port" \
+  "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 --http-port 0 \
+    -- --port-file "$work/port" \
     "$@" >"$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do
