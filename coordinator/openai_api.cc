@@ -93,6 +93,14 @@ absl::Status ParseCommon(const ojson& body, ApiRequest* r) {
     s.seed = (uint64_t{rd()} << 32) ^ rd();
   }
   ASSIGN_OR_RETURN(s.ignore_eos, Bool(body, "ignore_eos", false));
+  // Sampling controls this server does not apply are refused, not ignored.
+  for (const char* key : {"frequency_penalty", "presence_penalty"}) {
+    ASSIGN_OR_RETURN(const double v, Number(body, key, 0.0));
+    if (v != 0) return Invalid(key, absl::StrCat(v, ": penalties are not supported (only 0)"));
+  }
+  if (const ojson* bias = Find(body, "logit_bias"); bias != nullptr && !bias->empty()) {
+    return Invalid("logit_bias", "not supported (only an empty object)");
+  }
 
   bool has_max = false, has_max_completion = false;
   ASSIGN_OR_RETURN(const int64_t max_tokens, Integer(body, "max_tokens", 0, &has_max));
