@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/step_plan.h"
 #include "tokenizer/chat_message.h"
 #include "tokenizer/python_json.h"
 #include "tokenizer/utf8.h"
@@ -218,6 +219,13 @@ absl::Status FrontDoor::CheckHeader(const GenerateHeader& h) const {
                                   " is above the model's maximum context of ", max_context(),
                                   " tokens"));
     }
+  }
+  if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
+    return Invalid(absl::StrCat("sampling.top_logprobs: ", s.top_logprobs, " (must be 0..",
+                                kMaxTopLogprobs, ")"));
+  }
+  if (s.top_logprobs > 0 && !s.logprobs) {
+    return Invalid("sampling.top_logprobs: needs sampling.logprobs");
   }
   if (s.stop.size() > options_.max_stop_strings) {
     return Invalid(absl::StrCat("sampling.stop: ", s.stop.size(), " stop strings (at most ",

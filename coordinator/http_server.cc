@@ -119,6 +119,8 @@ struct Choice {
   bool finished = false;
   bool started = false;  // streamed: the role chunk went out
   Clock::time_point last_token;
+  std::vector<TokenLogprob> logprobs;  // not yet sent (streamed) / all (whole)
+  size_t text_offset = 0;              // completions: where the next token's text starts
 };
 
 }  // namespace
@@ -220,6 +222,56 @@ class SseWriter {
 };
 
 std::string Dump(const ojson& j) { return j.dump(-1, ' ', false, ojson::error_handler_t::replace); }
+
+std::string TokenText(const Tokenizer& tokenizer, int32_t id) {
+  auto text = tokenizer.Decode(std::vector<int32_t>{id});
+  return text.ok() ? *text : std::string();
+}
+
+ojson Bytes(const std::string& s) {
+  ojson out = ojson::array();
+  for (const char c : s) out.push_back(static_cast<int>(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}.
+ojson ChatLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& lps) {
+  ojson content = ojson::array();
+  for (const TokenLogprob& lp : lps) {
+    const std::string text = TokenText(tokenizer, lp.token_id);
+    ojson top = ojson::array();
+    for (const auto& [id, v] : lp.top) {
+      const std::string t = TokenText(tokenizer, id);
+      top.push_back({{"token", t}, {"logprob", v}, {"bytes", Bytes(t)}});
+    }
+    content.push_back({{"token", text},
+                       {"logprob", lp.logprob},
+                       {"bytes", Bytes(text)},
+                       {"top_logprobs", std::move(top)}});
+  }
+  return {{"content", std::move(content)}};
+}
+
+// Completions: {"tokens", "token_logprobs", "top_logprobs": [{token: logprob}], "text_offset"}.
+ojson CompletionLogprobs(const Tokenizer& tokenizer, const std::vector<TokenLogprob>& lps,
+                         size_t* text_offset) {
+  ojson tokens = ojson::array(), values = ojson::array(), tops = ojson::array(),
+        offsets = ojson::array();
+  for (const TokenLogprob& lp : lps) {
+    const std::string text = TokenText(tokenizer, lp.token_id);
+    tokens.push_back(text);
+    values.push_back(lp.logprob);
+    ojson top = ojson::object();
+    for (const auto& [id, v] : lp.top) top[TokenText(tokenizer, id)] = v;
+    tops.push_back(std::move(top));
+    offsets.push_back(*text_offset);
+    *text_offset += text.size();
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(values)},
+          {"top_logprobs", std::move(tops)},
+          {"text_offset", std::move(offsets)}};
+}
 
 }  // namespace
 
@@ -534,10 +586,18 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
       if (delta.empty() && finish == nullptr) return true;
       choice = {{"index", i}, {"delta", std::move(delta)}, {"logprobs", nullptr},
                 {"finish_reason", finish == nullptr ? ojson(nullptr) : ojson(finish)}};
+      if (api.header.sampling.logprobs) {
+        choice["logprobs"] = ChatLogprobs(*tokenizer, c.logprobs);
+        c.logprobs.clear();
+      }
     } else {
       if (d.content.empty() && finish == nullptr) return true;
       choice = {{"index", i}, {"text", d.content}, {"logprobs", nullptr},
                 {"finish_reason", finish == nullptr ? ojson(nullptr) : ojson(finish)}};
+      if (api.header.sampling.logprobs) {
+        choice["logprobs"] = CompletionLogprobs(*tokenizer, c.logprobs, &c.text_offset);
+        c.logprobs.clear();
+      }
     }
     ojson chunk = envelope(ojson::array({std::move(choice)}));
     if (api.include_usage) chunk["usage"] = nullptr;
@@ -601,6 +661,7 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
       if (chat && c.parser.in_reasoning()) c.reasoning_tokens += n;
       c.completion_tokens += n;
       metrics->AddTokens(0, n);
+      c.logprobs.insert(c.logprobs.end(), e.logprobs.begin(), e.logprobs.end());
       if (chat) {
         delta = c.parser.Push(e.text);
       } else {
@@ -658,12 +719,17 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
       }
       out_choices.push_back({{"index", i},
                              {"message", std::move(message)},
-                             {"logprobs", nullptr},
+                             {"logprobs", api.header.sampling.logprobs
+                                              ? ChatLogprobs(*tokenizer, c.logprobs)
+                                              : ojson(nullptr)},
                              {"finish_reason", finish}});
     } else {
+      size_t offset = 0;
       out_choices.push_back({{"index", i},
                              {"text", echo_text + c.content},
-                             {"logprobs", nullptr},
+                             {"logprobs", api.header.sampling.logprobs
+                                              ? CompletionLogprobs(*tokenizer, c.logprobs, &offset)
+                                              : ojson(nullptr)},
                              {"finish_reason", finish}});
     }
   }

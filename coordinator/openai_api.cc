@@ -5,6 +5,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/step_plan.h"
 #include "tokenizer/chat_tokens.h"
 
 namespace flotilla {
@@ -150,21 +151,33 @@ absl::Status ParseCommon(const ojson& body, ApiRequest* r) {
   return absl::OkStatus();
 }
 
-// Log probabilities need per-token distributions from the workers, which the step results do
-// not carry: a request for them is refused rather than answered without them.
-absl::Status RefuseLogprobs(const ojson& body, ApiEndpoint endpoint) {
+// Chat: `logprobs` true and `top_logprobs` 0..20. Completions: `logprobs` an integer 0..20 (the
+// number of alternatives), not with `echo` (prompt tokens get no log probabilities).
+absl::Status ParseLogprobs(const ojson& body, ApiRequest* r) {
+  SamplingOptions& s = r->header.sampling;
   const ojson* lp = Find(body, "logprobs");
-  const bool asked = lp != nullptr && !(lp->is_boolean() && !lp->get<bool>()) &&
-                     !(endpoint == ApiEndpoint::kCompletions && lp->is_number_integer() &&
-                       lp->get<int64_t>() == 0);
-  if (asked) {
-    return Invalid("logprobs", "this server does not return log probabilities (the workers "
-                               "send back sampled token ids only)");
+  if (r->endpoint == ApiEndpoint::kChatCompletions) {
+    ASSIGN_OR_RETURN(s.logprobs, Bool(body, "logprobs", false));
+    bool has_top = false;
+    ASSIGN_OR_RETURN(const int64_t top, Integer(body, "top_logprobs", 0, &has_top));
+    if (top < 0 || top > kMaxTopLogprobs) {
+      return Invalid("top_logprobs", absl::StrCat(top, " is outside [0, ", kMaxTopLogprobs, "]"));
+    }
+    if (has_top && !s.logprobs) return Invalid("top_logprobs", "needs \"logprobs\": true");
+    s.top_logprobs = static_cast<int32_t>(top);
+    return absl::OkStatus();
   }
-  if (const ojson* top = Find(body, "top_logprobs");
-      top != nullptr && !(top->is_number_integer() && top->get<int64_t>() == 0)) {
-    return Invalid("top_logprobs", "this server does not return log probabilities");
+  if (lp == nullptr) return absl::OkStatus();
+  ASSIGN_OR_RETURN(const int64_t top, Integer(body, "logprobs", 0));
+  if (top < 0 || top > kMaxTopLogprobs) {
+    return Invalid("logprobs", absl::StrCat(top, " is outside [0, ", kMaxTopLogprobs, "]"));
   }
+  if (r->echo) {
+    return Invalid("logprobs", "not with \"echo\": this server gives prompt tokens no log "
+                               "probabilities");
+  }
+  s.logprobs = true;
+  s.top_logprobs = static_cast<int32_t>(top);
   return absl::OkStatus();
 }
 
@@ -308,7 +321,7 @@ absl::StatusOr<ApiRequest> ParseChatRequest(const ojson& body, const std::string
   r.header.prompt_kind = PromptKind::kChat;
   RETURN_IF_ERROR(CheckModel(body, served_model));
   RETURN_IF_ERROR(ParseCommon(body, &r));
-  RETURN_IF_ERROR(RefuseLogprobs(body, r.endpoint));
+  RETURN_IF_ERROR(ParseLogprobs(body, &r));
   const ojson* messages = Find(body, "messages");
   if (messages == nullptr) return Invalid("messages", "required");
   if (!messages->is_array() || messages->empty()) {
@@ -339,8 +352,8 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(const ojson& body,
   r.endpoint = ApiEndpoint::kCompletions;
   RETURN_IF_ERROR(CheckModel(body, served_model));
   RETURN_IF_ERROR(ParseCommon(body, &r));
-  RETURN_IF_ERROR(RefuseLogprobs(body, r.endpoint));
   ASSIGN_OR_RETURN(r.echo, Bool(body, "echo", false));
+  RETURN_IF_ERROR(ParseLogprobs(body, &r));
   if (!r.header.max_new_tokens.has_value()) r.header.max_new_tokens = 16;  // OpenAI's default
   const ojson* prompt = Find(body, "prompt");
   if (prompt == nullptr) return Invalid("prompt", "required");

@@ -149,6 +149,8 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
   struct Seq {
     std::unique_ptr<SequenceState> state;
     Sampler sampler;
+    bool logprobs = false;
+    int top_logprobs = 0;
   };
   std::map<uint64_t, Seq> seqs;
   const bool leader = w.tp_rank == 0;
@@ -176,7 +178,9 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
         sp.top_p = s.sampling.top_p;
         sp.top_k = s.sampling.top_k;
         sp.seed = s.sampling.seed;
-        it = seqs.emplace(s.seq_id, Seq{model.NewSequence(), Sampler(sp)}).first;
+        it = seqs.emplace(s.seq_id, Seq{model.NewSequence(), Sampler(sp), s.sampling.logprobs != 0,
+                                        int(s.sampling.top_logprobs)})
+                 .first;
       }
       if (it == seqs.end() || it->second.state->position() != s.start_pos) {
         return absl::InternalError(absl::StrCat(
@@ -198,8 +202,15 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
       for (size_t i = 0; i < mine.size(); ++i) {
         if (!mine[i]->sample) continue;
         Seq& s = seqs.at(mine[i]->seq_id);
-        sampled.push_back({mine[i]->seq_id,
-                           s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)});
+        const float* row = out.logits.data() + out.first_row[i] * vocab;
+        StepToken t{mine[i]->seq_id, s.sampler.Sample(row, vocab)};
+        if (s.logprobs) {
+          TokenLogprobs lp = LogProbs(row, vocab, t.token, s.top_logprobs);
+          t.has_logprob = true;
+          t.logprob = lp.logprob;
+          t.top = std::move(lp.top);
+        }
+        sampled.push_back(std::move(t));
       }
     }
     // Results go to the coordinator (world rank 0) only: their size, with this worker's control

@@ -9,6 +9,8 @@ responses and errors. Every loop is bounded.
 """
 import asyncio
 import json
+import math
+import struct
 import subprocess
 import sys
 import time
@@ -60,6 +62,33 @@ def reference_ids(prompt_ids, n):
                           "--ignore-eos"], capture_output=True, text=True, check=True).stdout
     line = [l for l in out.splitlines() if l.startswith("generated:")][0]
     return [int(t) for t in line.split(":", 1)[1].split()]
+
+
+def reference_logprobs(prompt_ids, n, top):
+    """Per generated token: (chosen id, its log softmax, the `top` largest log softmax values),
+    in double from the float32 logits `flotilla run --dump-logits` writes."""
+    path = MODEL_DIR.rstrip("/") + "_logits.npy"
+    out = subprocess.run([FLOTILLA, "run", "--model", MODEL_DIR, "--prompt-ids",
+                          ",".join(map(str, prompt_ids)), "--max-new-tokens", str(n), "--greedy",
+                          "--ignore-eos", "--dump-logits", path], capture_output=True, text=True,
+                         check=True).stdout
+    chosen = [int(t) for t in [l for l in out.splitlines() if l.startswith("generated:")][0]
+              .split(":", 1)[1].split()]
+    data = open(path, "rb").read()
+    assert data[:6] == b"\x93NUMPY", "not a .npy file"
+    header_len = struct.unpack("<H", data[8:10])[0]
+    header = data[10:10 + header_len].decode()
+    assert "'<f4'" in header and "False" in header, header
+    rows, vocab = [int(x) for x in header.split("(")[1].split(")")[0].split(",") if x.strip()]
+    values = struct.unpack(f"<{rows * vocab}f", data[10 + header_len:10 + header_len + 4 * rows * vocab])
+    result = []
+    for r in range(rows):
+        row = values[r * vocab:(r + 1) * vocab]
+        m = max(row)
+        log_z = m + math.log(sum(math.exp(v - m) for v in row))
+        result.append((chosen[r], row[chosen[r]] - log_z,
+                       sorted((v - log_z for v in row), reverse=True)[:top]))
+    return result
 
 
 def detokenize(ids):
@@ -193,6 +222,33 @@ def case_api():
         check(cut.text == full[: full.index(stop)], f"stop: {cut.text!r} vs {full!r} / {stop!r}")
         check(cut.finish_reason == "stop", f"stop finish {cut.finish_reason}")
 
+    # Log probabilities: the log softmax of `flotilla run`'s logits, token by token.
+    ref = reference_logprobs(PROMPT_IDS, 6, 5)
+    lp = client.completions.create(model=MODEL, prompt=PROMPT_IDS, max_tokens=6, temperature=0,
+                                   logprobs=5, extra_body={"ignore_eos": True}).choices[0]
+    got = lp.logprobs
+    check(len(got.token_logprobs) == 6 and len(got.top_logprobs) == 6, f"logprobs: {got}")
+    check("".join(got.tokens) == lp.text, "logprobs tokens spell the text")
+    for i, (tok, want, want_top) in enumerate(ref[:len(got.token_logprobs)]):
+        check(abs(got.token_logprobs[i] - want) < 1e-4,
+              f"token {i}: logprob {got.token_logprobs[i]} vs reference {want}")
+        top_values = sorted(got.top_logprobs[i].values(), reverse=True)
+        # Keyed by token text, so two tokens with the same text share an entry.
+        check(1 <= len(top_values) <= 5 and abs(top_values[0] - want_top[0]) < 1e-4 and
+              all(any(abs(a - b) < 1e-4 for b in want_top) for a in top_values),
+              f"token {i}: top {top_values} vs reference {want_top}")
+    lp_chunks = []
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8,
+                                                temperature=0, logprobs=True, top_logprobs=3,
+                                                stream=True, extra_body={"ignore_eos": True}):
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            lp_chunks.extend(chunk.choices[0].logprobs.content or [])
+    check(len(lp_chunks) == 8, f"streamed chat logprobs: {len(lp_chunks)} entries for 8 tokens")
+    for e in lp_chunks:
+        tops = [t.logprob for t in e.top_logprobs]
+        check(len(tops) == 3 and tops == sorted(tops, reverse=True) and
+              abs(e.logprob - tops[0]) < 1e-6, f"greedy token is the most likely: {e}")
+
     # Errors, in OpenAI's shape, naming the field.
     expect_error(openai.BadRequestError, 400, lambda: client.chat.completions.create(
         model=MODEL, messages=messages, temperature=5), "temperature", "temperature 5")
@@ -203,7 +259,10 @@ def case_api():
     expect_error(openai.BadRequestError, 400, lambda: client.chat.completions.create(
         model=MODEL, messages=[{"role": "wizard", "content": "x"}]), None, "bad role")
     expect_error(openai.BadRequestError, 400, lambda: client.chat.completions.create(
-        model=MODEL, messages=messages, logprobs=True), "logprobs", "logprobs")
+        model=MODEL, messages=messages, logprobs=True, top_logprobs=21), "top_logprobs",
+        "top_logprobs 21")
+    expect_error(openai.BadRequestError, 400, lambda: client.completions.create(
+        model=MODEL, prompt="x", logprobs=2, echo=True), "logprobs", "logprobs with echo")
     expect_error(openai.BadRequestError, 400, lambda: client.chat.completions.create(
         model=MODEL, messages=messages, tool_choice="required"), "tool_choice", "tool_choice w/o tools")
     expect_error(openai.NotFoundError, 404, lambda: client.chat.completions.create(
