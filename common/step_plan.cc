@@ -135,8 +135,8 @@ absl::StatusOr<StepSequence> ParseSequence(Reader& r, uint32_t index) {
   ASSIGN_OR_RETURN(s.sampling.logprobs, r.Flag(at + ".sampling.logprobs"));
   ASSIGN_OR_RETURN(const uint64_t top, r.Le(1, at + ".sampling.top_logprobs"));
   if (top > uint64_t(kMaxTopLogprobs)) {
-    return r.Error(absl::StrCat(at, ".sampling.top_logprobs is ", top, " (at most ",
-                                kMaxTopLogprobs, ")"));
+    return r.Error(
+        absl::StrCat(at, ".sampling.top_logprobs is ", top, " (at most ", kMaxTopLogprobs, ")"));
   }
   s.sampling.top_logprobs = uint8_t(top);
   ASSIGN_OR_RETURN(const uint32_t num_tokens, r.Count(4, at + ".num_tokens"));

@@ -60,9 +60,8 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--address", "--port", "--port-file",
                                       "--kv-pool", "--page-tokens", "--step-token-budget",
-                                      "--max-queued", "--max-running", "--timeout-s",
-                                      "--http-port", "--http-port-file", "--api-key", "--tls-cert",
-                                      "--tls-key"},
+                                      "--max-queued", "--max-running", "--timeout-s", "--http-port",
+                                      "--http-port-file", "--api-key", "--tls-cert", "--tls-key"},
                                      {"--insecure-public"}));
   Options o;
   ASSIGN_OR_RETURN(o.model, f.Required("--model"));
@@ -171,8 +170,11 @@ int Main(int argc, char** argv) {
     // A one-token entry past position 0 is a decode; everything else is prompt.
     int64_t prefill = 0, decode = 0;
     for (const StepSequence& s : plan.seqs) {
-      if (s.tokens.size() == 1 && s.start_pos > 0) ++decode;
-      else prefill += static_cast<int64_t>(s.tokens.size());
+      if (s.tokens.size() == 1 && s.start_pos > 0) {
+        ++decode;
+      } else {
+        prefill += static_cast<int64_t>(s.tokens.size());
+      }
     }
     metrics.ObserveStep(seconds, prefill, decode);
   };

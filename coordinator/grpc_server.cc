@@ -382,7 +382,8 @@ class FlotillaService final : public v1::Flotilla::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Drain(grpc::ServerContext* ctx, const v1::DrainRequest*, v1::DrainResponse*) override {
+  grpc::Status Drain(grpc::ServerContext* ctx, const v1::DrainRequest*,
+                     v1::DrainResponse*) override {
     if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     if (!callbacks_.drain) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server has no drain hook");

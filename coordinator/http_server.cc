@@ -302,8 +302,8 @@ void HttpServer::Impl::AcceptLoop() {
       // Over the limit: answer 503 on this thread and close.
       beast::tcp_stream s(std::move(*socket));
       WriteError(s, 11, false,
-                 absl::UnavailableError(absl::StrCat("too many connections (at most ",
-                                                     options.max_connections, ")")),
+                 absl::UnavailableError(
+                     absl::StrCat("too many connections (at most ", options.max_connections, ")")),
                  options.retry_after_s);
       continue;
     }
@@ -373,8 +373,9 @@ bool HttpServer::Impl::Handle(Stream& stream, tcp::socket& socket,
 
   if (target == "/health") {
     if (!get) {
-      return WriteResponse(stream, version, keep, 405, "application/json",
-                           Dump(ErrorBody(absl::InvalidArgumentError("method: /health takes GET"))));
+      return WriteResponse(
+          stream, version, keep, 405, "application/json",
+          Dump(ErrorBody(absl::InvalidArgumentError("method: /health takes GET"))));
     }
     return WriteResponse(stream, version, keep, 200, "application/json", "{\"status\":\"ok\"}");
   }
@@ -401,10 +402,10 @@ bool HttpServer::Impl::Handle(Stream& stream, tcp::socket& socket,
                            Dump(ErrorBody(absl::InvalidArgumentError(
                                absl::StrCat("method: ", target, " takes POST")))));
     }
-    return Generate(stream, socket, req,
-                    target == "/v1/completions" ? ApiEndpoint::kCompletions
-                                                : ApiEndpoint::kChatCompletions,
-                    arrival);
+    return Generate(
+        stream, socket, req,
+        target == "/v1/completions" ? ApiEndpoint::kCompletions : ApiEndpoint::kChatCompletions,
+        arrival);
   }
   if (get && target == "/metrics") {
     const SchedulerStats stats =
@@ -413,9 +414,11 @@ bool HttpServer::Impl::Handle(Stream& stream, tcp::socket& socket,
                          metrics->Render(stats));
   }
   const std::string model = front_door->options().model_name;
-  const ojson model_json = {
-      {"id", model}, {"object", "model"}, {"created", 0}, {"owned_by", "flotilla"},
-      {"max_model_len", front_door->max_context()}};
+  const ojson model_json = {{"id", model},
+                            {"object", "model"},
+                            {"created", 0},
+                            {"owned_by", "flotilla"},
+                            {"max_model_len", front_door->max_context()}};
   if (get && target == "/v1/models") {
     return WriteResponse(stream, version, keep, 200, "application/json",
                          Dump({{"object", "list"}, {"data", ojson::array({model_json})}}));
@@ -432,15 +435,15 @@ bool HttpServer::Impl::Handle(Stream& stream, tcp::socket& socket,
                       0);
   }
   return WriteError(stream, version, keep,
-                    absl::NotFoundError(absl::StrCat("path: no endpoint ", std::string(req.method_string()),
-                                                     " ", target)),
+                    absl::NotFoundError(absl::StrCat(
+                        "path: no endpoint ", std::string(req.method_string()), " ", target)),
                     0);
 }
 
 template <class Stream>
 bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
-                                const http::request<http::string_body>& req,
-                                ApiEndpoint endpoint, Clock::time_point arrival) {
+                                const http::request<http::string_body>& req, ApiEndpoint endpoint,
+                                Clock::time_point arrival) {
   const unsigned version = req.version();
   const bool keep = req.keep_alive();
   const std::string label = EndpointLabel(endpoint);
@@ -470,9 +473,9 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
       for (size_t at = 0; s.ok() && at < api.prompt_ids.size(); at += piece / 4) {
         PromptChunk chunk;
         chunk.kind = PromptChunk::Kind::kTokenIds;
-        chunk.token_ids.assign(api.prompt_ids.begin() + at,
-                               api.prompt_ids.begin() +
-                                   std::min(api.prompt_ids.size(), at + piece / 4));
+        chunk.token_ids.assign(
+            api.prompt_ids.begin() + at,
+            api.prompt_ids.begin() + std::min(api.prompt_ids.size(), at + piece / 4));
         s = prompt.AddChunk(std::move(chunk));
       }
     } else {
@@ -532,8 +535,8 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
   const bool chat = endpoint == ApiEndpoint::kChatCompletions;
   const std::string object_id = absl::StrCat(chat ? "chatcmpl-" : "cmpl-", first_id);
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
-  const std::string object = chat ? (api.stream ? "chat.completion.chunk" : "chat.completion")
-                                  : "text_completion";
+  const std::string object =
+      chat ? (api.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
   auto envelope = [&](ojson choices_json) {
     ojson j = {{"id", object_id},
                {"object", object},
@@ -584,7 +587,9 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
         delta["tool_calls"] = std::move(calls);
       }
       if (delta.empty() && finish == nullptr) return true;
-      choice = {{"index", i}, {"delta", std::move(delta)}, {"logprobs", nullptr},
+      choice = {{"index", i},
+                {"delta", std::move(delta)},
+                {"logprobs", nullptr},
                 {"finish_reason", finish == nullptr ? ojson(nullptr) : ojson(finish)}};
       if (api.header.sampling.logprobs) {
         choice["logprobs"] = ChatLogprobs(*tokenizer, c.logprobs);
@@ -592,7 +597,9 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
       }
     } else {
       if (d.content.empty() && finish == nullptr) return true;
-      choice = {{"index", i}, {"text", d.content}, {"logprobs", nullptr},
+      choice = {{"index", i},
+                {"text", d.content},
+                {"logprobs", nullptr},
                 {"finish_reason", finish == nullptr ? ojson(nullptr) : ojson(finish)}};
       if (api.header.sampling.logprobs) {
         choice["logprobs"] = CompletionLogprobs(*tokenizer, c.logprobs, &c.text_offset);
@@ -704,9 +711,8 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
     const char* finish = ApiFinishReason(c.reason, !c.tool_calls.empty());
     if (chat) {
       ojson message = {{"role", "assistant"},
-                       {"content", c.content.empty() && !c.tool_calls.empty()
-                                       ? ojson(nullptr)
-                                       : ojson(c.content)}};
+                       {"content", c.content.empty() && !c.tool_calls.empty() ? ojson(nullptr)
+                                                                              : ojson(c.content)}};
       if (api.mode == ThinkingMode::kThinking) message["reasoning_content"] = c.reasoning;
       if (!c.tool_calls.empty()) {
         ojson calls = ojson::array();
@@ -717,12 +723,12 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
         }
         message["tool_calls"] = std::move(calls);
       }
-      out_choices.push_back({{"index", i},
-                             {"message", std::move(message)},
-                             {"logprobs", api.header.sampling.logprobs
-                                              ? ChatLogprobs(*tokenizer, c.logprobs)
-                                              : ojson(nullptr)},
-                             {"finish_reason", finish}});
+      out_choices.push_back(
+          {{"index", i},
+           {"message", std::move(message)},
+           {"logprobs",
+            api.header.sampling.logprobs ? ChatLogprobs(*tokenizer, c.logprobs) : ojson(nullptr)},
+           {"finish_reason", finish}});
     } else {
       size_t offset = 0;
       out_choices.push_back({{"index", i},
@@ -764,8 +770,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
     beast::error_code ec;
     impl->tls->use_certificate_chain_file(options.tls_cert_file, ec);
     if (ec) {
-      return absl::InvalidArgumentError(absl::StrCat("TLS certificate ", options.tls_cert_file,
-                                                     ": ", ec.message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS certificate ", options.tls_cert_file, ": ", ec.message()));
     }
     impl->tls->use_private_key_file(options.tls_key_file, net::ssl::context::pem, ec);
     if (ec) {

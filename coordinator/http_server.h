@@ -24,8 +24,8 @@ namespace flotilla {
 
 struct HttpOptions {
   std::string address = "127.0.0.1";
-  int port = 0;             // 0: pick a free port (see HttpServer::port())
-  std::string api_key;      // non-empty: every endpoint but /health needs "Bearer <key>"
+  int port = 0;         // 0: pick a free port (see HttpServer::port())
+  std::string api_key;  // non-empty: every endpoint but /health needs "Bearer <key>"
   std::string tls_cert_file, tls_key_file;  // both set: HTTPS (PEM files)
   size_t max_body_bytes = size_t{64} << 20;
   int max_connections = 512;

@@ -21,8 +21,7 @@ void Header(std::string* out, const std::string& name, const char* type, const c
 }
 
 std::vector<double> LatencyBounds() {
-  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
-          300};
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
 }
 
 std::vector<double> TokenBounds() {
@@ -42,15 +41,13 @@ void Histogram::Observe(double value) {
   ++count_;
 }
 
-void Histogram::Render(const std::string& name, const std::string& labels,
-                       std::string* out) const {
+void Histogram::Render(const std::string& name, const std::string& labels, std::string* out) const {
   const std::string sep = labels.empty() ? "" : ",";
   uint64_t cumulative = 0;
   for (size_t i = 0; i <= bounds_.size(); ++i) {
     cumulative += counts_[i];
     const double le = i < bounds_.size() ? bounds_[i] : INFINITY;
-    absl::StrAppend(out, name, "_bucket{", labels, sep, "le=\"", Num(le), "\"} ", cumulative,
-                    "\n");
+    absl::StrAppend(out, name, "_bucket{", labels, sep, "le=\"", Num(le), "\"} ", cumulative, "\n");
   }
   const std::string braces = labels.empty() ? "" : absl::StrCat("{", labels, "}");
   absl::StrAppend(out, name, "_sum", braces, " ", Num(sum_), "\n");

@@ -39,7 +39,8 @@ absl::StatusOr<double> Number(const ojson& body, const char* key, double fallbac
 absl::StatusOr<bool> Bool(const ojson& body, const char* key, bool fallback) {
   const ojson* v = Find(body, key);
   if (v == nullptr) return fallback;
-  if (!v->is_boolean()) return Invalid(key, absl::StrCat("expected true or false, got ", Describe(*v)));
+  if (!v->is_boolean())
+    return Invalid(key, absl::StrCat("expected true or false, got ", Describe(*v)));
   return v->get<bool>();
 }
 
@@ -60,7 +61,8 @@ absl::StatusOr<int64_t> Integer(const ojson& body, const char* key, int64_t fall
 absl::Status CheckModel(const ojson& body, const std::string& served) {
   const ojson* v = Find(body, "model");
   if (v == nullptr) return Invalid("model", "required (this server serves '" + served + "')");
-  if (!v->is_string()) return Invalid("model", absl::StrCat("expected a string, got ", Describe(*v)));
+  if (!v->is_string())
+    return Invalid("model", absl::StrCat("expected a string, got ", Describe(*v)));
   if (v->get<std::string>() != served) {
     return absl::NotFoundError(absl::StrCat("model: '", v->get<std::string>(),
                                             "' does not exist here (this server serves '", served,
@@ -79,7 +81,8 @@ absl::Status ParseCommon(const ojson& body, ApiRequest* r) {
   s.greedy = temperature == 0;
   s.temperature = s.greedy ? 1.0f : static_cast<float>(temperature);
   ASSIGN_OR_RETURN(const double top_p, Number(body, "top_p", 1.0));
-  if (!(top_p > 0 && top_p <= 1)) return Invalid("top_p", absl::StrCat(top_p, " is outside (0, 1]"));
+  if (!(top_p > 0 && top_p <= 1))
+    return Invalid("top_p", absl::StrCat(top_p, " is outside (0, 1]"));
   s.top_p = static_cast<float>(top_p);
   ASSIGN_OR_RETURN(s.top_k, Integer(body, "top_k", 0));
   if (s.top_k == -1) s.top_k = 0;  // -1 means all tokens in several servers' dialects
@@ -144,8 +147,8 @@ absl::Status ParseCommon(const ojson& body, ApiRequest* r) {
         s.stop.push_back((*stop)[i].get<std::string>());
       }
     } else {
-      return Invalid("stop", absl::StrCat("expected a string or an array of strings, got ",
-                                          Describe(*stop)));
+      return Invalid(
+          "stop", absl::StrCat("expected a string or an array of strings, got ", Describe(*stop)));
     }
   }
   return absl::OkStatus();
@@ -173,8 +176,9 @@ absl::Status ParseLogprobs(const ojson& body, ApiRequest* r) {
     return Invalid("logprobs", absl::StrCat(top, " is outside [0, ", kMaxTopLogprobs, "]"));
   }
   if (r->echo) {
-    return Invalid("logprobs", "not with \"echo\": this server gives prompt tokens no log "
-                               "probabilities");
+    return Invalid("logprobs",
+                   "not with \"echo\": this server gives prompt tokens no log "
+                   "probabilities");
   }
   s.logprobs = true;
   s.top_logprobs = static_cast<int32_t>(top);
@@ -234,9 +238,9 @@ absl::Status ParseThinking(const ojson& body, ApiRequest* r) {
       chat.reasoning_effort = ReasoningEffort::kMax;
       if (!explicit_thinking) thinking = true;
     } else {
-      return Invalid("reasoning_effort",
-                     absl::StrCat("'", effort,
-                                  "' (expected none, minimal, low, medium, high, xhigh or max)"));
+      return Invalid(
+          "reasoning_effort",
+          absl::StrCat("'", effort, "' (expected none, minimal, low, medium, high, xhigh or max)"));
     }
   }
   chat.thinking = thinking;
@@ -249,7 +253,8 @@ absl::Status ParseTools(const ojson& body, ApiRequest* r) {
   const ojson* choice = Find(body, "tool_choice");
   std::vector<std::string> names;
   if (tools != nullptr) {
-    if (!tools->is_array()) return Invalid("tools", absl::StrCat("expected an array, got ", Describe(*tools)));
+    if (!tools->is_array())
+      return Invalid("tools", absl::StrCat("expected an array, got ", Describe(*tools)));
     for (size_t i = 0; i < tools->size(); ++i) {
       const ojson& t = (*tools)[i];
       const std::string field = absl::StrCat("tools[", i, "]");
@@ -271,8 +276,9 @@ absl::Status ParseTools(const ojson& body, ApiRequest* r) {
       mode = choice->get<std::string>();
       if (mode != "none" && mode != "auto" && mode != "required") {
         return Invalid("tool_choice",
-                       absl::StrCat("'", mode, "' (expected none, auto, required or "
-                                               "{\"type\": \"function\", \"function\": {\"name\"}})"));
+                       absl::StrCat("'", mode,
+                                    "' (expected none, auto, required or "
+                                    "{\"type\": \"function\", \"function\": {\"name\"}})"));
       }
     } else if (choice->is_object() && choice->value("type", "") == "function" &&
                choice->contains("function") && (*choice)["function"].is_object() &&
@@ -358,8 +364,8 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(const ojson& body,
   const ojson* prompt = Find(body, "prompt");
   if (prompt == nullptr) return Invalid("prompt", "required");
   const ojson* single = prompt;
-  if (prompt->is_array() && !prompt->empty() && (prompt->front().is_string() ||
-                                                 prompt->front().is_array())) {
+  if (prompt->is_array() && !prompt->empty() &&
+      (prompt->front().is_string() || prompt->front().is_array())) {
     if (prompt->size() != 1) {
       return Invalid("prompt", absl::StrCat(prompt->size(),
                                             " prompts: this server takes one prompt per request"));
@@ -375,8 +381,7 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(const ojson& body,
     if (single->empty()) return Invalid("prompt", "an empty list of token ids");
     for (size_t i = 0; i < single->size(); ++i) {
       const ojson& id = (*single)[i];
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
-          id.get<int64_t>() > INT32_MAX) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX) {
         return Invalid(absl::StrCat("prompt[", i, "]"),
                        absl::StrCat("expected a non-negative token id, got ", Describe(id)));
       }

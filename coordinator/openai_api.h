@@ -19,13 +19,13 @@ enum class ApiEndpoint { kChatCompletions, kCompletions };
 // One chat or completions request, checked.
 struct ApiRequest {
   ApiEndpoint endpoint = ApiEndpoint::kChatCompletions;
-  GenerateHeader header;           // prompt kind, sampling (seed of choice 0), chat options
-  std::string prompt_text;         // chat: the messages JSON; completions: the text prompt
-  std::vector<int32_t> prompt_ids; // completions with a token-id prompt
-  int n = 1;                       // choices; choice i samples with seed + i
+  GenerateHeader header;            // prompt kind, sampling (seed of choice 0), chat options
+  std::string prompt_text;          // chat: the messages JSON; completions: the text prompt
+  std::vector<int32_t> prompt_ids;  // completions with a token-id prompt
+  int n = 1;                        // choices; choice i samples with seed + i
   bool stream = false;
-  bool include_usage = false;      // stream_options.include_usage
-  bool echo = false;               // completions: the prompt text leads each choice's text
+  bool include_usage = false;  // stream_options.include_usage
+  bool echo = false;           // completions: the prompt text leads each choice's text
   // Chat: how to read the output.
   ThinkingMode mode = ThinkingMode::kChat;
   bool parse_tool_calls = false;

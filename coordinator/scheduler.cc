@@ -477,10 +477,10 @@ void Scheduler::OnStepDone(const std::vector<StepToken>& tokens) {
                                                    "for sequence ",
                                                    p.seq_id)));
       } else if (t->second->token < 0 || t->second->token >= m.config.vocab_size) {
-        m.Fail(s, absl::InternalError(absl::StrCat(
-                      "step ", step, ": the workers returned token ", t->second->token,
-                      " for sequence ",
-                      p.seq_id, ", outside [0, vocab_size ", m.config.vocab_size, ")")));
+        m.Fail(s, absl::InternalError(absl::StrCat("step ", step, ": the workers returned token ",
+                                                   t->second->token, " for sequence ", p.seq_id,
+                                                   ", outside [0, vocab_size ", m.config.vocab_size,
+                                                   ")")));
       } else {
         m.OnToken(s, *t->second);
       }

@@ -27,9 +27,7 @@ struct OutputDelta {
   std::string reasoning_content;
   std::string content;
   std::vector<ParsedToolCall> tool_calls;  // complete calls, in output order
-  bool empty() const {
-    return reasoning_content.empty() && content.empty() && tool_calls.empty();
-  }
+  bool empty() const { return reasoning_content.empty() && content.empty() && tool_calls.empty(); }
 };
 
 class OutputParser {

@@ -63,8 +63,8 @@ absl::StatusOr<std::vector<std::string>> TakeStops(std::vector<std::string>* arg
 }
 
 const std::set<std::string> kSamplingFlags = {
-    "--server", "--max-new-tokens", "--temperature", "--top-p",       "--top-k",
-    "--seed",   "--priority",       "--timeout-s",   "--chunk-bytes", "--model-name"};
+    "--server",   "--max-new-tokens", "--temperature", "--top-p",      "--top-k",  "--seed",
+    "--priority", "--timeout-s",      "--chunk-bytes", "--model-name", "--api-key"};
 const std::set<std::string> kSamplingBooleans = {"--greedy", "--ignore-eos", "--verbose"};
 
 struct CallOptions {
@@ -72,6 +72,7 @@ struct CallOptions {
   std::chrono::seconds timeout{600};
   int64_t chunk_bytes = 1 << 20;
   bool verbose = false;
+  std::string api_key;  // sent as "authorization: Bearer KEY" when set
 };
 
 absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
@@ -85,6 +86,7 @@ absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
     return absl::InvalidArgumentError("--chunk-bytes must be in [4, 4194304]");
   }
   o.verbose = f.Has("--verbose");
+  o.api_key = f.Get("--api-key");
   return o;
 }
 
@@ -138,6 +140,7 @@ GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& h
       v1::Flotilla::NewStub(grpc::CreateChannel(call.server, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
+  if (!call.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + call.api_key);
   auto stream = stub->Generate(&ctx);
 
   v1::GenerateRequest message;
@@ -377,7 +380,7 @@ int ChatMain(const std::vector<std::string>& args_in) {
 // ---- status ----
 
 int StatusMain(const std::vector<std::string>& args) {
-  auto f = Flags::Parse(args, {"--server", "--timeout-s"}, {"--json"});
+  auto f = Flags::Parse(args, {"--server", "--timeout-s", "--api-key"}, {"--json"});
   if (!f.ok()) return Fail("status", f.status());
   auto server = f->Required("--server");
   if (!server.ok()) return Fail("status", server.status());
@@ -391,6 +394,7 @@ int StatusMain(const std::vector<std::string>& args) {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(deadline);
+    if (f->Has("--api-key")) ctx.AddMetadata("authorization", "Bearer " + f->Get("--api-key"));
     grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &model);
     if (!s.ok()) return ReportRpcError("status", s);
   }
@@ -398,6 +402,7 @@ int StatusMain(const std::vector<std::string>& args) {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(deadline);
+    if (f->Has("--api-key")) ctx.AddMetadata("authorization", "Bearer " + f->Get("--api-key"));
     grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &cluster);
     if (!s.ok()) return ReportRpcError("status", s);
   }
@@ -461,13 +466,16 @@ int StatusMain(const std::vector<std::string>& args) {
 FLOTILLA_COMMAND("generate",
                  "stream a completion from a server: --server HOST:PORT --prompt TEXT | "
                  "--prompt-file F | --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | "
-                 "--temperature T --top-p P --top-k K --seed S] [--stop S]... [--ignore-eos]",
+                 "--temperature T --top-p P --top-k K --seed S] [--stop S]... [--ignore-eos] "
+                 "[--api-key K]",
                  GenerateMain);
 FLOTILLA_COMMAND("chat",
                  "chat with a server: --server HOST:PORT --messages FILE.json [--thinking] "
                  "[--reasoning-effort high|max] [--tools FILE.json] [sampling flags]",
                  ChatMain);
-FLOTILLA_COMMAND("status", "model, scheduler and workers of a server: --server HOST:PORT [--json]",
+FLOTILLA_COMMAND("status",
+                 "model, scheduler and workers of a server: --server HOST:PORT [--json] "
+                 "[--api-key K]",
                  StatusMain);
 
 }  // namespace flotilla::cli

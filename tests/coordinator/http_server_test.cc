@@ -63,8 +63,7 @@ class HttpServerTest : public ::testing::Test {
     front_door_ = std::make_unique<FrontDoor>(config, &ProjectTokenizer(), backend_.get(), fdo);
     options.address = "127.0.0.1";
     options.port = 0;
-    auto server =
-        HttpServer::Start(options, front_door_.get(), &ProjectTokenizer(), &metrics_, {});
+    auto server = HttpServer::Start(options, front_door_.get(), &ProjectTokenizer(), &metrics_, {});
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
   }
@@ -183,9 +182,9 @@ TEST_F(HttpServerTest, ThinkingAndToolCallWhole) {
 
 TEST_F(HttpServerTest, ThinkingAndToolCallStreamed) {
   Script("Need time.</think>" + kToolCall);
-  const Reply r = Post("/v1/chat/completions",
-                       Chat(true, {{"tools", json::parse(kTools)},
-                                   {"chat_template_kwargs", {{"thinking", true}}}}));
+  const Reply r = Post(
+      "/v1/chat/completions",
+      Chat(true, {{"tools", json::parse(kTools)}, {"chat_template_kwargs", {{"thinking", true}}}}));
   ASSERT_EQ(r.status, 200) << r.body;
   const Streamed s = Join(r);
   EXPECT_EQ(s.reasoning, "Need time.");
@@ -244,7 +243,8 @@ TEST_F(HttpServerTest, MalformedDsmlIsReleasedAsContent) {
 
 TEST_F(HttpServerTest, TextBeforeToolCallIsContent) {
   Script("Let me look." + kToolCall);
-  const Streamed s = Join(Post("/v1/chat/completions", Chat(true, {{"tools", json::parse(kTools)}})));
+  const Streamed s =
+      Join(Post("/v1/chat/completions", Chat(true, {{"tools", json::parse(kTools)}})));
   EXPECT_EQ(s.content, "Let me look.");
   ASSERT_EQ(s.tool_calls.size(), 1u);
   EXPECT_EQ(s.finish, "tool_calls");
@@ -252,12 +252,13 @@ TEST_F(HttpServerTest, TextBeforeToolCallIsContent) {
 
 TEST_F(HttpServerTest, NamedToolChoiceOpensTheCallInThePrompt) {
   // The model continues inside the forced invoke.
-  Script("<｜DSML｜parameter name=\"tz\" string=\"true\">UTC</｜DSML｜parameter>\n"
-         "</｜DSML｜invoke>\n</｜DSML｜tool_calls>");
-  const Reply r = Post("/v1/chat/completions",
-                       Chat(false, {{"tools", json::parse(kTools)},
-                                    {"tool_choice",
-                                     {{"type", "function"}, {"function", {{"name", "get_time"}}}}}}));
+  Script(
+      "<｜DSML｜parameter name=\"tz\" string=\"true\">UTC</｜DSML｜parameter>\n"
+      "</｜DSML｜invoke>\n</｜DSML｜tool_calls>");
+  const Reply r = Post(
+      "/v1/chat/completions",
+      Chat(false, {{"tools", json::parse(kTools)},
+                   {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_time"}}}}}}));
   ASSERT_EQ(r.status, 200) << r.body;
   const json whole = r.Json();
   const json& m = whole["choices"][0]["message"];
@@ -268,10 +269,10 @@ TEST_F(HttpServerTest, NamedToolChoiceOpensTheCallInThePrompt) {
   ASSERT_GE(prompt.size(), tail.size());
   EXPECT_EQ(prompt.substr(prompt.size() - tail.size()), tail);
   // A tool that is not offered is refused, naming the field.
-  const Reply bad = Post("/v1/chat/completions",
-                         Chat(false, {{"tools", json::parse(kTools)},
-                                      {"tool_choice",
-                                       {{"type", "function"}, {"function", {{"name", "nope"}}}}}}));
+  const Reply bad = Post(
+      "/v1/chat/completions",
+      Chat(false, {{"tools", json::parse(kTools)},
+                   {"tool_choice", {{"type", "function"}, {"function", {{"name", "nope"}}}}}}));
   EXPECT_EQ(bad.status, 400);
   EXPECT_EQ(bad.Json()["error"]["param"], "tool_choice.function.name");
 }
@@ -383,10 +384,14 @@ TEST_F(HttpServerTest, MetricsArePrometheusText) {
   const Reply r = Send(http::verb::get, "/metrics", "");
   ASSERT_EQ(r.status, 200);
   const auto ids = ProjectTokenizer().Encode("one two");
-  EXPECT_NE(r.body.find("flotilla_requests_total{endpoint=\"chat_completions\",outcome=\"ok\"} 1\n"),
-            std::string::npos) << r.body;
-  EXPECT_NE(r.body.find("flotilla_requests_total{endpoint=\"chat_completions\",outcome=\"client_error\"} 1\n"),
-            std::string::npos);
+  EXPECT_NE(
+      r.body.find("flotilla_requests_total{endpoint=\"chat_completions\",outcome=\"ok\"} 1\n"),
+      std::string::npos)
+      << r.body;
+  EXPECT_NE(
+      r.body.find(
+          "flotilla_requests_total{endpoint=\"chat_completions\",outcome=\"client_error\"} 1\n"),
+      std::string::npos);
   EXPECT_NE(r.body.find("flotilla_generated_tokens_total " + std::to_string(ids->size()) + "\n"),
             std::string::npos);
   EXPECT_NE(r.body.find("# TYPE flotilla_time_to_first_token_seconds histogram"),

@@ -350,6 +350,14 @@ def case_auth():
                          capture_output=True, text=True)
     said = out.stdout + out.stderr
     check(out.returncode != 0 and "authorization: missing" in said, f"gRPC without key: {said}")
+    out = subprocess.run([FLOTILLA, "status", "--server", sys.argv[6], "--timeout-s", "10",
+                          "--api-key", "wrong"], capture_output=True, text=True)
+    check(out.returncode != 0 and "not valid" in out.stdout + out.stderr, "gRPC, wrong key")
+    out = subprocess.run([FLOTILLA, "generate", "--server", sys.argv[6], "--timeout-s", "60",
+                          "--api-key", API_KEY, "--prompt", "Hi", "--max-new-tokens", "3"],
+                         capture_output=True, text=True)
+    check(out.returncode == 0 and "completion_tokens=3" in out.stdout + out.stderr,
+          f"gRPC with the key: {out.stdout} {out.stderr}")
 
 
 def case_admission():

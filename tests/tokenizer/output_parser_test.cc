@@ -97,17 +97,15 @@ void CheckAllSplits(ThinkingMode mode, bool tools, const std::string& text, cons
   int failures = 0;
   for (size_t i = 1; i + 1 < b.size() && failures < 3; ++i) {
     for (size_t k = i; k + 1 < b.size() && failures < 3; ++k) {
-      const std::vector<std::string> pieces = {text.substr(0, b[i]),
-                                               text.substr(b[i], b[k] - b[i]),
+      const std::vector<std::string> pieces = {text.substr(0, b[i]), text.substr(b[i], b[k] - b[i]),
                                                text.substr(b[k])};
       const Joined got = Feed(mode, tools, pieces, forced, forbid_markup);
       if (got.reasoning != want.reasoning || got.content != want.content ||
           got.calls != want.calls || got.markup_leaked) {
         ++failures;
-        ExpectSame(got, want, "cut at bytes " + std::to_string(b[i]) + " and " +
-                                  std::to_string(b[k]));
-        EXPECT_FALSE(got.markup_leaked)
-            << "cut at bytes " << b[i] << " and " << b[k];
+        ExpectSame(got, want,
+                   "cut at bytes " + std::to_string(b[i]) + " and " + std::to_string(b[k]));
+        EXPECT_FALSE(got.markup_leaked) << "cut at bytes " << b[i] << " and " << b[k];
       }
     }
   }
@@ -174,7 +172,8 @@ TEST(OutputParser, NearMissMarkupIsReleasedUnchanged) {
 TEST(OutputParser, MalformedBlockIsReleasedAsContent) {
   // Missing the ">\n" after the invoke head; the strict grammar refuses it.
   const std::string bad =
-      "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\"></｜DSML｜invoke>\n</｜DSML｜tool_calls>";
+      "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke "
+      "name=\"f\"></｜DSML｜invoke>\n</｜DSML｜tool_calls>";
   CheckAllSplits(ThinkingMode::kChat, true, "x" + bad + " after", {"", "x" + bad + " after", {}},
                  false);
 }

@@ -1,17 +1,18 @@
 // Log probabilities against hand-worked values: logits log(1), log(2), log(3), log(2) are the
 // distribution 1/8, 2/8, 3/8, 2/8 (any shift of the logits gives the same).
+#include "worker/sampler.h"
+
 #include <cmath>
 
 #include "gtest/gtest.h"
-#include "worker/sampler.h"
 
 namespace flotilla {
 namespace {
 
 TEST(LogProbs, HandWorkedDistribution) {
   for (const float shift : {0.0f, 100.0f, -50.0f}) {
-    const float logits[] = {std::log(1.0f) + shift, std::log(2.0f) + shift,
-                            std::log(3.0f) + shift, std::log(2.0f) + shift};
+    const float logits[] = {std::log(1.0f) + shift, std::log(2.0f) + shift, std::log(3.0f) + shift,
+                            std::log(2.0f) + shift};
     const TokenLogprobs lp = LogProbs(logits, 4, 1, 3);
     EXPECT_NEAR(lp.logprob, std::log(0.25), 1e-5) << shift;
     ASSERT_EQ(lp.top.size(), 3u);
