@@ -11,7 +11,7 @@
 //   seq    := u64 seq_id | i32 dp_group | i64 start_pos | u8 sample | sampling
 //             | u32 num_tokens | i32 tokens[]
 //   sampling := u8 greedy | f32 temperature | f32 top_p | i64 top_k | u64 seed | u8 logprobs
-//               | u8 top_logprobs
+//               | u8 top_logprobs | u8 experts_per_token
 //   tokens := u32 magic "FST2" | u32 count | token[]
 //   token  := u64 seq_id | i32 token | u8 n (0: no log probabilities; else 1 + alternatives)
 //             | [f32 logprob | (i32 id | f32 logprob)[n - 1]]
@@ -22,7 +22,7 @@ namespace {
 
 constexpr uint32_t kPlanMagic = 0x32505346;    // "FSP2"
 constexpr uint32_t kTokensMagic = 0x32545346;  // "FST2"
-constexpr size_t kSamplingBytes = 1 + 4 + 4 + 8 + 8 + 1 + 1;
+constexpr size_t kSamplingBytes = 1 + 4 + 4 + 8 + 8 + 1 + 1 + 1;
 constexpr size_t kSeqFixedBytes = 8 + 4 + 8 + 1 + kSamplingBytes + 4;
 constexpr size_t kTokenRecordBytes = 8 + 4 + 1;  // the smallest record
 
@@ -139,6 +139,8 @@ absl::StatusOr<StepSequence> ParseSequence(Reader& r, uint32_t index) {
         absl::StrCat(at, ".sampling.top_logprobs is ", top, " (at most ", kMaxTopLogprobs, ")"));
   }
   s.sampling.top_logprobs = uint8_t(top);
+  ASSIGN_OR_RETURN(const uint64_t experts, r.Le(1, at + ".sampling.experts_per_token"));
+  s.sampling.experts_per_token = uint8_t(experts);
   ASSIGN_OR_RETURN(const uint32_t num_tokens, r.Count(4, at + ".num_tokens"));
   if (num_tokens == 0) return r.Error(absl::StrCat(at, " has no tokens"));
   s.tokens.resize(num_tokens);
@@ -173,6 +175,7 @@ std::string SerializeStepPlan(const StepPlan& plan) {
     w.U64(s.sampling.seed);
     w.U8(s.sampling.logprobs);
     w.U8(s.sampling.top_logprobs);
+    w.U8(s.sampling.experts_per_token);
     w.U32(uint32_t(s.tokens.size()));
     for (int32_t t : s.tokens) w.I32(t);
   }

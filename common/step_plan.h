@@ -20,6 +20,7 @@ struct StepSampling {
   uint64_t seed = 0;
   uint8_t logprobs = 0;      // 1: return the sampled token's log probability
   uint8_t top_logprobs = 0;  // with logprobs: also the this-many most likely tokens (<= 20)
+  uint8_t experts_per_token = 0;  // routed experts per token; 0: the model's
 };
 
 inline constexpr int kMaxTopLogprobs = 20;

@@ -220,6 +220,11 @@ absl::Status FrontDoor::CheckHeader(const GenerateHeader& h) const {
                                   " tokens"));
     }
   }
+  if (s.experts_per_token < 0 || s.experts_per_token > config_.num_experts_per_tok) {
+    return Invalid(absl::StrCat(
+        "experts_per_token: ", s.experts_per_token, " (must be 1..", config_.num_experts_per_tok,
+        ", the checkpoint's experts per token; 0 or unset for all of them)"));
+  }
   if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
     return Invalid(absl::StrCat("sampling.top_logprobs: ", s.top_logprobs, " (must be 0..",
                                 kMaxTopLogprobs, ")"));

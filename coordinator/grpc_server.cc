@@ -82,6 +82,7 @@ absl::StatusOr<GenerateHeader> HeaderFromProto(const v1::GenerateHeader& in) {
   h.sampling.ignore_eos = s.ignore_eos();
   h.priority = in.priority();
   h.model = in.model();
+  h.sampling.experts_per_token = in.experts_per_token();
   return h;
 }
 

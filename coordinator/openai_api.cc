@@ -97,6 +97,13 @@ absl::Status ParseCommon(const ojson& body, ApiRequest* r) {
     s.seed = (uint64_t{rd()} << 32) ^ rd();
   }
   ASSIGN_OR_RETURN(s.ignore_eos, Bool(body, "ignore_eos", false));
+  ASSIGN_OR_RETURN(const int64_t experts, Integer(body, "experts_per_token", 0));
+  if (experts < 0 || experts > 255) {
+    return Invalid("experts_per_token", absl::StrCat(experts,
+                                                     " (must be 1..the checkpoint's "
+                                                     "experts per token)"));
+  }
+  s.experts_per_token = static_cast<int32_t>(experts);
   // Sampling controls this server does not apply are refused, not ignored.
   for (const char* key : {"frequency_penalty", "presence_penalty"}) {
     ASSIGN_OR_RETURN(const double v, Number(body, key, 0.0));

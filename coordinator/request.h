@@ -24,6 +24,9 @@ struct SamplingOptions {
   bool ignore_eos = false;
   bool logprobs = false;     // Token events carry the log probability of each token
   int32_t top_logprobs = 0;  // with logprobs: and of the this-many most likely tokens (0..20)
+  // Routed experts per token for this request, 1..the checkpoint's num_experts_per_tok; 0: the
+  // model's. Requests with different values share batches.
+  int32_t experts_per_token = 0;
 };
 
 // Log softmax of the raw logits (temperature 1, before top-k / top-p) for one generated token.

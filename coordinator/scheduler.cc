@@ -36,6 +36,7 @@ StepSampling ToStepSampling(const SamplingOptions& s) {
   out.seed = s.seed;
   out.logprobs = s.logprobs ? 1 : 0;
   out.top_logprobs = s.logprobs ? uint8_t(s.top_logprobs) : 0;
+  out.experts_per_token = uint8_t(s.experts_per_token);
   return out;
 }
 

@@ -151,6 +151,7 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
     Sampler sampler;
     bool logprobs = false;
     int top_logprobs = 0;
+    int64_t experts_per_token = 0;  // 0: the model's
   };
   std::map<uint64_t, Seq> seqs;
   const bool leader = w.tp_rank == 0;
@@ -178,8 +179,9 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
         sp.top_p = s.sampling.top_p;
         sp.top_k = s.sampling.top_k;
         sp.seed = s.sampling.seed;
-        it = seqs.emplace(s.seq_id, Seq{model.NewSequence(), Sampler(sp), s.sampling.logprobs != 0,
-                                        int(s.sampling.top_logprobs)})
+        it = seqs.emplace(s.seq_id,
+                          Seq{model.NewSequence(), Sampler(sp), s.sampling.logprobs != 0,
+                              int(s.sampling.top_logprobs), int64_t(s.sampling.experts_per_token)})
                  .first;
       }
       if (it == seqs.end() || it->second.state->position() != s.start_pos) {
@@ -187,7 +189,8 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
             "step ", plan.step, ": sequence ", s.seq_id, " at position ",
             it == seqs.end() ? -1 : it->second.state->position(), ", the plan says ", s.start_pos));
       }
-      chunks.push_back({it->second.state.get(), std::span<const int32_t>(s.tokens), false});
+      chunks.push_back({it->second.state.get(), std::span<const int32_t>(s.tokens), false,
+                        it->second.experts_per_token});
       mine.push_back(&s);
     }
     Model::Output out;

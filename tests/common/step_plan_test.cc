@@ -63,8 +63,8 @@ absl::Status ParseError(const std::string& bytes) { return ParseStepPlan(bytes).
 TEST(StepPlan, RoundTrip) {
   const StepPlan plan = SamplePlan();
   const std::string bytes = SerializeStepPlan(plan);
-  // magic 4 + step 8 + shutdown 1 + 2 releases (4 + 16) + num_seqs 4 + 2 x 52 fixed + 5 tokens.
-  EXPECT_EQ(bytes.size(), 4u + 8 + 1 + 4 + 16 + 4 + 2 * 52 + 5 * 4);
+  // magic 4 + step 8 + shutdown 1 + 2 releases (4 + 16) + num_seqs 4 + 2 x 53 fixed + 5 tokens.
+  EXPECT_EQ(bytes.size(), 4u + 8 + 1 + 4 + 16 + 4 + 2 * 53 + 5 * 4);
   absl::StatusOr<StepPlan> back = ParseStepPlan(bytes);
   ASSERT_TRUE(back.ok()) << back.status();
   ExpectSame(plan, *back);
@@ -195,10 +195,13 @@ TEST(StepPlan, LogprobRequestsRoundTrip) {
   StepPlan plan = SamplePlan();
   plan.seqs[0].sampling.logprobs = 1;
   plan.seqs[0].sampling.top_logprobs = 20;
+  plan.seqs[1].sampling.experts_per_token = 4;
   auto back = ParseStepPlan(SerializeStepPlan(plan));
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->seqs[0].sampling.logprobs, 1);
   EXPECT_EQ(back->seqs[0].sampling.top_logprobs, 20);
+  EXPECT_EQ(back->seqs[0].sampling.experts_per_token, 0);
+  EXPECT_EQ(back->seqs[1].sampling.experts_per_token, 4);
   plan.seqs[0].sampling.top_logprobs = 21;
   EXPECT_THAT(std::string(ParseError(SerializeStepPlan(plan)).message()),
               HasSubstr("seqs[0].sampling.top_logprobs is 21 (at most 20)"));

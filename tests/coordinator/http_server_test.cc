@@ -377,6 +377,18 @@ TEST_F(HttpServerTest, NChoicesSampleConsecutiveSeeds) {
   EXPECT_EQ(sub[2].sampling.seed, 12u);
 }
 
+TEST_F(HttpServerTest, ExpertsPerTokenReachesTheRequest) {
+  Script("x");
+  ASSERT_EQ(Post("/v1/chat/completions", Chat(false, {{"experts_per_token", 3}})).status, 200);
+  EXPECT_EQ(backend_->submitted().back().sampling.experts_per_token, 3);
+  // The test config's checkpoint routes to num_experts_per_tok experts.
+  ModelConfig config;
+  const Reply r = Post("/v1/chat/completions",
+                       Chat(false, {{"experts_per_token", config.num_experts_per_tok + 1}}));
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.Json()["error"]["param"], "experts_per_token");
+}
+
 TEST_F(HttpServerTest, MetricsArePrometheusText) {
   Script("one two");
   ASSERT_EQ(Post("/v1/chat/completions", Chat(false)).status, 200);

@@ -64,14 +64,15 @@ def reference_ids(prompt_ids, n):
     return [int(t) for t in line.split(":", 1)[1].split()]
 
 
-def reference_logprobs(prompt_ids, n, top):
+def reference_logprobs(prompt_ids, n, top, experts=0):
     """Per generated token: (chosen id, its log softmax, the `top` largest log softmax values),
     in double from the float32 logits `flotilla run --dump-logits` writes."""
     path = MODEL_DIR.rstrip("/") + "_logits.npy"
     out = subprocess.run([FLOTILLA, "run", "--model", MODEL_DIR, "--prompt-ids",
                           ",".join(map(str, prompt_ids)), "--max-new-tokens", str(n), "--greedy",
-                          "--ignore-eos", "--dump-logits", path], capture_output=True, text=True,
-                         check=True).stdout
+                          "--ignore-eos", "--dump-logits", path] +
+                         (["--experts-per-token", str(experts)] if experts else []),
+                         capture_output=True, text=True, check=True).stdout
     chosen = [int(t) for t in [l for l in out.splitlines() if l.startswith("generated:")][0]
               .split(":", 1)[1].split()]
     data = open(path, "rb").read()
@@ -248,6 +249,30 @@ def case_api():
         tops = [t.logprob for t in e.top_logprobs]
         check(len(tops) == 3 and tops == sorted(tops, reverse=True) and
               abs(e.logprob - tops[0]) < 1e-6, f"greedy token is the most likely: {e}")
+
+    # Experts per token per request: concurrent requests with K = 2, 4 and the checkpoint's 6
+    # share batches; each matches `flotilla run --experts-per-token K`, tokens and logprobs.
+    import concurrent.futures
+
+    def with_k(k):
+        body = {"ignore_eos": True}
+        if k:
+            body["experts_per_token"] = k
+        return client.completions.create(model=MODEL, prompt=PROMPT_IDS, max_tokens=6,
+                                         temperature=0, logprobs=0, extra_body=body).choices[0]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(with_k, [2, 4, 0]))
+    for k, ans in zip([2, 4, 0], answers):
+        want = reference_logprobs(PROMPT_IDS, 6, 1, experts=k)
+        got_lp = ans.logprobs.token_logprobs
+        check(ans.text == detokenize([t for t, _, _ in want]), f"K={k}: text {ans.text!r}")
+        check(len(got_lp) == 6 and all(abs(a - b) < 1e-5 for a, (_, b, _) in zip(got_lp, want)),
+              f"K={k}: logprobs {got_lp} vs {[b for _, b, _ in want]}")
+    check(answers[0].logprobs.token_logprobs != answers[2].logprobs.token_logprobs,
+          "K changes the output")
+    expect_error(openai.BadRequestError, 400, lambda: client.completions.create(
+        model=MODEL, prompt="x", extra_body={"experts_per_token": 7}), "experts_per_token",
+        "experts_per_token 7")
 
     # Errors, in OpenAI's shape, naming the field.
     expect_error(openai.BadRequestError, 400, lambda: client.chat.completions.create(
