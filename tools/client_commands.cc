@@ -64,7 +64,8 @@ absl::StatusOr<std::vector<std::string>> TakeStops(std::vector<std::string>* arg
 
 const std::set<std::string> kSamplingFlags = {
     "--server",   "--max-new-tokens", "--temperature", "--top-p",      "--top-k",  "--seed",
-    "--priority", "--timeout-s",      "--chunk-bytes", "--model-name", "--api-key"};
+    "--priority", "--timeout-s",      "--chunk-bytes", "--model-name", "--api-key",
+    "--tls-ca"};
 const std::set<std::string> kSamplingBooleans = {"--greedy", "--ignore-eos", "--verbose"};
 
 struct CallOptions {
@@ -73,7 +74,22 @@ struct CallOptions {
   int64_t chunk_bytes = 1 << 20;
   bool verbose = false;
   std::string api_key;  // sent as "authorization: Bearer KEY" when set
+  std::string tls_ca;   // PEM roots: connect with TLS (empty: plaintext)
 };
+
+// Plaintext, or TLS trusting the PEM roots in `ca_file`.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const std::string& ca_file) {
+  if (ca_file.empty()) return grpc::InsecureChannelCredentials();
+  std::ifstream in(ca_file, std::ios::binary);
+  std::ostringstream pem;
+  pem << in.rdbuf();
+  if (!in || pem.str().empty()) {
+    return absl::InvalidArgumentError("--tls-ca " + ca_file + ": cannot read it");
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = pem.str();
+  return grpc::SslCredentials(ssl);
+}
 
 absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
   CallOptions o;
@@ -87,6 +103,8 @@ absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
   }
   o.verbose = f.Has("--verbose");
   o.api_key = f.Get("--api-key");
+  o.tls_ca = f.Get("--tls-ca");
+  RETURN_IF_ERROR(Credentials(o.tls_ca).status());
   return o;
 }
 
@@ -137,7 +155,7 @@ GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& h
   GenerateOutcome result;
   const auto start = std::chrono::steady_clock::now();
   auto stub =
-      v1::Flotilla::NewStub(grpc::CreateChannel(call.server, grpc::InsecureChannelCredentials()));
+      v1::Flotilla::NewStub(grpc::CreateChannel(call.server, *Credentials(call.tls_ca)));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
   if (!call.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + call.api_key);
@@ -380,14 +398,16 @@ int ChatMain(const std::vector<std::string>& args_in) {
 // ---- status ----
 
 int StatusMain(const std::vector<std::string>& args) {
-  auto f = Flags::Parse(args, {"--server", "--timeout-s", "--api-key"}, {"--json"});
+  auto f = Flags::Parse(args, {"--server", "--timeout-s", "--api-key", "--tls-ca"}, {"--json"});
   if (!f.ok()) return Fail("status", f.status());
   auto server = f->Required("--server");
   if (!server.ok()) return Fail("status", server.status());
   auto timeout = f->Int("--timeout-s", 600);
   if (!timeout.ok()) return Fail("status", timeout.status());
+  auto credentials = Credentials(f->Get("--tls-ca"));
+  if (!credentials.ok()) return Fail("status", credentials.status());
   auto stub =
-      v1::Flotilla::NewStub(grpc::CreateChannel(*server, grpc::InsecureChannelCredentials()));
+      v1::Flotilla::NewStub(grpc::CreateChannel(*server, *credentials));
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(*timeout);
 
   v1::ModelInfo model;
@@ -467,7 +487,7 @@ FLOTILLA_COMMAND("generate",
                  "stream a completion from a server: --server HOST:PORT --prompt TEXT | "
                  "--prompt-file F | --prompt-ids 1,2,3 [--max-new-tokens N] [--greedy | "
                  "--temperature T --top-p P --top-k K --seed S] [--stop S]... [--ignore-eos] "
-                 "[--api-key K]",
+                 "[--api-key K] [--tls-ca ROOTS.pem]",
                  GenerateMain);
 FLOTILLA_COMMAND("chat",
                  "chat with a server: --server HOST:PORT --messages FILE.json [--thinking] "
@@ -475,7 +495,7 @@ FLOTILLA_COMMAND("chat",
                  ChatMain);
 FLOTILLA_COMMAND("status",
                  "model, scheduler and workers of a server: --server HOST:PORT [--json] "
-                 "[--api-key K]",
+                 "[--api-key K] [--tls-ca ROOTS.pem]",
                  StatusMain);
 
 }  // namespace flotilla::cli

@@ -82,6 +82,11 @@ tls)
   echo "$out" | "$py" -c 'import json,sys; r=json.load(sys.stdin); assert r["usage"]["completion_tokens"]==3, r' ||
     fail "HTTPS answer: $out"
   plain=$(curl -sS "http://127.0.0.1:$http_port/health" 2>&1) && fail "plain HTTP on the TLS port answered: $plain"
+  # gRPC is on TLS too: the client trusting the certificate gets through, a plaintext one not.
+  "$flotilla" status --server "$grpc" --tls-ca "$work/cert.pem" --timeout-s 20 >"$work/status.txt" 2>&1 ||
+    fail "gRPC over TLS: $(cat "$work/status.txt")"
+  grep -q "scheduler:" "$work/status.txt" || fail "gRPC over TLS answered: $(cat "$work/status.txt")"
+  "$flotilla" status --server "$grpc" --timeout-s 5 >/dev/null 2>&1 && fail "plaintext gRPC on the TLS port answered"
   SSL_CERT_FILE=$work/cert.pem "$py" - "$http_port" <<'PY' || fail "openai over HTTPS"
 import sys, openai
 c = openai.OpenAI(base_url=f"https://127.0.0.1:{sys.argv[1]}/v1", api_key="x", max_retries=0)
