@@ -206,6 +206,9 @@ int Main(int argc, char** argv) {
     engine.RequestDrain();
     return absl::OkStatus();
   };
+  callbacks.on_generate_done = [&](const char* outcome) {
+    metrics.CountRequest("grpc_generate", outcome);
+  };
   auto server = ServingServer::Start(opts->serving, &front_door, callbacks);
   if (!server.ok()) {
     // The workers are waiting for their first step: end them with this message.

@@ -272,6 +272,33 @@ class FlotillaService final : public v1::Flotilla::Service {
   void set_server(grpc::Server* server) { server_ = server; }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
+    const grpc::Status status = GenerateStream(ctx, stream);
+    if (callbacks_.on_generate_done) callbacks_.on_generate_done(OutcomeOf(status));
+    return status;
+  }
+
+  static const char* OutcomeOf(const grpc::Status& s) {
+    switch (s.error_code()) {
+      case grpc::StatusCode::OK:
+        return "ok";
+      case grpc::StatusCode::CANCELLED:
+        return "cancelled";
+      case grpc::StatusCode::UNAUTHENTICATED:
+        return "unauthorized";
+      case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      case grpc::StatusCode::UNAVAILABLE:
+        return "rejected";
+      case grpc::StatusCode::INVALID_ARGUMENT:
+      case grpc::StatusCode::NOT_FOUND:
+      case grpc::StatusCode::OUT_OF_RANGE:
+      case grpc::StatusCode::FAILED_PRECONDITION:
+        return "client_error";
+      default:
+        return "server_error";
+    }
+  }
+
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream) {
     if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     // 1. The prompt: a header, then chunks until `last` or the client's half-close.
     PromptAssembler prompt = front_door_->NewPrompt();

@@ -45,6 +45,9 @@ struct ServingCallbacks {
   std::function<ModelInfo()> model_info;          // unset: FrontDoor::ModelSummary()
   std::function<ClusterStatus()> cluster_status;  // unset: empty stats, no workers
   std::function<absl::Status()> drain;            // unset: Drain answers UNIMPLEMENTED
+  // After each Generate stream: "ok", "cancelled", "client_error", "unauthorized", "rejected"
+  // (RESOURCE_EXHAUSTED, UNAVAILABLE) or "server_error". Unset: nothing.
+  std::function<void(const char* outcome)> on_generate_done;
 };
 
 class ServingServer {

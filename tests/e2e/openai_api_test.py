@@ -383,6 +383,8 @@ def case_auth():
                          capture_output=True, text=True)
     check(out.returncode == 0 and "completion_tokens=3" in out.stdout + out.stderr,
           f"gRPC with the key: {out.stdout} {out.stderr}")
+    check(metric("flotilla_requests_total", 'endpoint="grpc_generate",outcome="ok"') == 1,
+          "the gRPC stream is counted")
 
 
 def case_admission():
