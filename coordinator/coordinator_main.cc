@@ -225,6 +225,7 @@ int Main(int argc, char** argv) {
   if (opts->http_enabled) {
     HttpCallbacks http_callbacks;
     http_callbacks.scheduler_stats = [&] { return scheduler.Stats(); };
+    http_callbacks.draining = [&] { return engine.draining(); };
     auto started = HttpServer::Start(opts->http, &front_door, tokenizer.get(), &metrics,
                                      http_callbacks);
     if (!started.ok()) {

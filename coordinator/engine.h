@@ -34,6 +34,7 @@ class Engine {
 
   // Async-signal-safe: stop admitting, finish what is in flight, then leave Run().
   void RequestDrain() { drain_.store(true); }
+  bool draining() const { return drain_.load(); }
   int64_t steps() const { return step_; }
 
  private:

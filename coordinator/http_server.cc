@@ -377,6 +377,10 @@ bool HttpServer::Impl::Handle(Stream& stream, tcp::socket& socket,
           stream, version, keep, 405, "application/json",
           Dump(ErrorBody(absl::InvalidArgumentError("method: /health takes GET"))));
     }
+    if (callbacks.draining && callbacks.draining()) {
+      return WriteResponse(stream, version, keep, 503, "application/json",
+                           "{\"status\":\"draining\"}", options.retry_after_s);
+    }
     return WriteResponse(stream, version, keep, 200, "application/json", "{\"status\":\"ok\"}");
   }
 

@@ -34,6 +34,7 @@ struct HttpOptions {
 
 struct HttpCallbacks {
   std::function<SchedulerStats()> scheduler_stats;  // unset: empty stats
+  std::function<bool()> draining;  // true: GET /health answers 503 "draining"; unset: never
 };
 
 class HttpServer {

@@ -54,7 +54,7 @@ const char* kTools =
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void Start(HttpOptions options = {}) {
+  void Start(HttpOptions options = {}, HttpCallbacks callbacks = {}) {
     ModelConfig config;
     config.max_position_embeddings = 4096;
     FrontDoorOptions fdo;
@@ -63,7 +63,8 @@ class HttpServerTest : public ::testing::Test {
     front_door_ = std::make_unique<FrontDoor>(config, &ProjectTokenizer(), backend_.get(), fdo);
     options.address = "127.0.0.1";
     options.port = 0;
-    auto server = HttpServer::Start(options, front_door_.get(), &ProjectTokenizer(), &metrics_, {});
+    auto server =
+        HttpServer::Start(options, front_door_.get(), &ProjectTokenizer(), &metrics_, callbacks);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
   }
@@ -363,6 +364,18 @@ TEST_F(HttpServerTest, ApiKeyIsABearerToken) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.Json()["data"][0]["id"], "test-model");
   EXPECT_EQ(Post("/v1/chat/completions", Chat(false), "sekrit").status, 200);
+}
+
+TEST_F(HttpServerTest, HealthSaysDraining) {
+  EXPECT_EQ(Send(http::verb::get, "/health", "").Json()["status"], "ok");
+  server_->Shutdown().IgnoreError();
+  HttpCallbacks callbacks;
+  callbacks.draining = [] { return true; };
+  Start({}, callbacks);
+  const Reply r = Send(http::verb::get, "/health", "");
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.retry_after, "1");
+  EXPECT_EQ(r.Json()["status"], "draining");
 }
 
 TEST_F(HttpServerTest, NChoicesSampleConsecutiveSeeds) {
