@@ -417,7 +417,9 @@ int HttpStatusFor(const absl::Status& status) {
     case absl::StatusCode::kNotFound:
       return 404;
     case absl::StatusCode::kResourceExhausted:
-      return 429;
+      // The scheduler's refusal of a request larger than a DP group's whole KV pool
+      // (scheduler.cc) can never succeed: the client's error, not a reason to retry.
+      return absl::StrContains(status.message(), "whole pool") ? 400 : 429;
     case absl::StatusCode::kUnavailable:
       return 503;
     default:
@@ -453,7 +455,8 @@ ojson ErrorBody(const absl::Status& status) {
       break;
     default:
       if (absl::StrContains(message, "maximum context") ||
-          absl::StrContains(message, "prompt too large")) {
+          absl::StrContains(message, "prompt too large") ||
+          absl::StrContains(message, "whole pool")) {
         code = "context_length_exceeded";
       }
       break;

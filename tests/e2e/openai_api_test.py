@@ -409,6 +409,11 @@ def case_admission():
     check(status == 429, f"queue full: status {status} {body}")
     check(headers.get("Retry-After") == "1", f"Retry-After: {headers}")
     check(json.loads(body)["error"]["type"] == "rate_limit_error", f"429 body {body}")
+    # A request that could never fit a DP group's KV pool is the client's error, not a retry.
+    status, headers, body = raw("POST", "/v1/completions", {"model": MODEL, "prompt": "x",
+                                                            "max_tokens": 1000000})
+    check(status == 400 and json.loads(body)["error"]["code"] == "context_length_exceeded" and
+          "Retry-After" not in headers, f"never fits: {status} {headers} {body}")
     for s in held:
         s.close()
     queued.wait(timeout=120)

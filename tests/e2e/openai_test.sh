@@ -67,7 +67,7 @@ auth)
   echo "$out" | grep -q -- "--insecure-public" || fail "public address without a key: $out"
   ;;
 admission)
-  start_server --max-running 1 --max-queued 1
+  start_server --max-running 1 --max-queued 1 --kv-pool 64MiB
   "$py" "$script" admission "http://127.0.0.1:$http_port/v1" "$flotilla" "$model" || fail "admission checks"
   stop_server
   ;;
