@@ -6,22 +6,25 @@
 #include "absl/strings/str_cat.h"
 
 // Wire format (all integers little-endian, floats as their IEEE-754 bits):
-//   plan   := u32 magic "FSP1" | i64 step | u8 shutdown | u32 num_release | u64 release[]
+//   plan   := u32 magic "FSP2" | i64 step | u8 shutdown | u32 num_release | u64 release[]
 //             | u32 num_seqs | seq[]
 //   seq    := u64 seq_id | i32 dp_group | i64 start_pos | u8 sample | sampling
 //             | u32 num_tokens | i32 tokens[]
-//   sampling := u8 greedy | f32 temperature | f32 top_p | i64 top_k | u64 seed
-//   tokens := u32 magic "FST1" | u32 count | (u64 seq_id | i32 token)[]
+//   sampling := u8 greedy | f32 temperature | f32 top_p | i64 top_k | u64 seed | u8 logprobs
+//               | u8 top_logprobs | u8 experts_per_token
+//   tokens := u32 magic "FST2" | u32 count | token[]
+//   token  := u64 seq_id | i32 token | u8 n (0: no log probabilities; else 1 + alternatives)
+//             | [f32 logprob | (i32 id | f32 logprob)[n - 1]]
 // Counts are checked against the bytes left before anything is allocated.
 
 namespace flotilla {
 namespace {
 
-constexpr uint32_t kPlanMagic = 0x31505346;    // "FSP1"
-constexpr uint32_t kTokensMagic = 0x31545346;  // "FST1"
-constexpr size_t kSamplingBytes = 1 + 4 + 4 + 8 + 8;
+constexpr uint32_t kPlanMagic = 0x32505346;    // "FSP2"
+constexpr uint32_t kTokensMagic = 0x32545346;  // "FST2"
+constexpr size_t kSamplingBytes = 1 + 4 + 4 + 8 + 8 + 1 + 1 + 1;
 constexpr size_t kSeqFixedBytes = 8 + 4 + 8 + 1 + kSamplingBytes + 4;
-constexpr size_t kTokenRecordBytes = 8 + 4;
+constexpr size_t kTokenRecordBytes = 8 + 4 + 1;  // the smallest record
 
 class Writer {
  public:
@@ -129,6 +132,15 @@ absl::StatusOr<StepSequence> ParseSequence(Reader& r, uint32_t index) {
     return r.Error(absl::StrCat(at, ".sampling.top_k is negative (", s.sampling.top_k, ")"));
   }
   ASSIGN_OR_RETURN(s.sampling.seed, r.Le(8, at + ".sampling.seed"));
+  ASSIGN_OR_RETURN(s.sampling.logprobs, r.Flag(at + ".sampling.logprobs"));
+  ASSIGN_OR_RETURN(const uint64_t top, r.Le(1, at + ".sampling.top_logprobs"));
+  if (top > uint64_t(kMaxTopLogprobs)) {
+    return r.Error(
+        absl::StrCat(at, ".sampling.top_logprobs is ", top, " (at most ", kMaxTopLogprobs, ")"));
+  }
+  s.sampling.top_logprobs = uint8_t(top);
+  ASSIGN_OR_RETURN(const uint64_t experts, r.Le(1, at + ".sampling.experts_per_token"));
+  s.sampling.experts_per_token = uint8_t(experts);
   ASSIGN_OR_RETURN(const uint32_t num_tokens, r.Count(4, at + ".num_tokens"));
   if (num_tokens == 0) return r.Error(absl::StrCat(at, " has no tokens"));
   s.tokens.resize(num_tokens);
@@ -161,6 +173,9 @@ std::string SerializeStepPlan(const StepPlan& plan) {
     w.F32(s.sampling.top_p);
     w.I64(s.sampling.top_k);
     w.U64(s.sampling.seed);
+    w.U8(s.sampling.logprobs);
+    w.U8(s.sampling.top_logprobs);
+    w.U8(s.sampling.experts_per_token);
     w.U32(uint32_t(s.tokens.size()));
     for (int32_t t : s.tokens) w.I32(t);
   }
@@ -172,7 +187,7 @@ absl::StatusOr<StepPlan> ParseStepPlan(const std::string& bytes) {
   ASSIGN_OR_RETURN(const uint64_t magic, r.Le(4, "magic"));
   if (magic != kPlanMagic) {
     return r.Error(absl::StrCat("bad magic 0x", absl::Hex(magic), " (expected 0x",
-                                absl::Hex(kPlanMagic), ", \"FSP1\")"));
+                                absl::Hex(kPlanMagic), ", \"FSP2\")"));
   }
   StepPlan plan;
   ASSIGN_OR_RETURN(const uint64_t step, r.Le(8, "step"));
@@ -205,6 +220,16 @@ std::string SerializeStepTokens(const std::vector<StepToken>& tokens) {
   for (const StepToken& t : tokens) {
     w.U64(t.seq_id);
     w.I32(t.token);
+    if (!t.has_logprob) {
+      w.U8(0);
+      continue;
+    }
+    w.U8(uint8_t(1 + t.top.size()));
+    w.F32(t.logprob);
+    for (const auto& [id, lp] : t.top) {
+      w.I32(id);
+      w.F32(lp);
+    }
   }
   return w.Take();
 }
@@ -214,7 +239,7 @@ absl::StatusOr<std::vector<StepToken>> ParseStepTokens(const std::string& bytes)
   ASSIGN_OR_RETURN(const uint64_t magic, r.Le(4, "magic"));
   if (magic != kTokensMagic) {
     return r.Error(absl::StrCat("bad magic 0x", absl::Hex(magic), " (expected 0x",
-                                absl::Hex(kTokensMagic), ", \"FST1\")"));
+                                absl::Hex(kTokensMagic), ", \"FST2\")"));
   }
   ASSIGN_OR_RETURN(const uint32_t count, r.Count(kTokenRecordBytes, "count"));
   std::vector<StepToken> tokens(count);
@@ -225,6 +250,19 @@ absl::StatusOr<std::vector<StepToken>> ParseStepTokens(const std::string& bytes)
     if (tokens[i].token < 0) {
       return r.Error(absl::StrCat("token ", i, " (seq_id ", tokens[i].seq_id, ") is negative (",
                                   tokens[i].token, ")"));
+    }
+    ASSIGN_OR_RETURN(const uint64_t n, r.Le(1, "logprob count"));
+    if (n == 0) continue;
+    if (n > uint64_t(1 + kMaxTopLogprobs)) {
+      return r.Error(absl::StrCat("token ", i, " carries ", n - 1, " alternatives (at most ",
+                                  kMaxTopLogprobs, ")"));
+    }
+    tokens[i].has_logprob = true;
+    ASSIGN_OR_RETURN(tokens[i].logprob, r.F32("logprob"));
+    for (uint64_t k = 1; k < n; ++k) {
+      ASSIGN_OR_RETURN(const uint64_t id, r.Le(4, "alternative id"));
+      ASSIGN_OR_RETURN(const float lp, r.F32("alternative logprob"));
+      tokens[i].top.emplace_back(int32_t(uint32_t(id)), lp);
     }
   }
   RETURN_IF_ERROR(r.Done());

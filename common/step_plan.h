@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -17,7 +18,12 @@ struct StepSampling {
   float top_p = 1.0f;
   int64_t top_k = 0;
   uint64_t seed = 0;
+  uint8_t logprobs = 0;      // 1: return the sampled token's log probability
+  uint8_t top_logprobs = 0;  // with logprobs: also the this-many most likely tokens (<= 20)
+  uint8_t experts_per_token = 0;  // routed experts per token; 0: the model's
 };
+
+inline constexpr int kMaxTopLogprobs = 20;
 
 struct StepSequence {
   uint64_t seq_id = 0;
@@ -47,6 +53,11 @@ constexpr uint32_t kWishDrain = 1, kWishShutdown = 2;
 struct StepToken {
   uint64_t seq_id = 0;
   int32_t token = 0;
+  // When the sequence asked for them: log softmax of the raw logits (temperature 1, before
+  // top-k / top-p) at `token`, and the most likely tokens, most likely first (ties: lower id).
+  bool has_logprob = false;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
 };
 
 std::string SerializeStepTokens(const std::vector<StepToken>& tokens);

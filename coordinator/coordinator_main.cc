@@ -15,6 +15,8 @@
 #include "coordinator/grpc_server.h"
 #include "coordinator/host_memory.h"
 #include "coordinator/liveness.h"
+#include "coordinator/http_server.h"
+#include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
 #include "tokenizer/tokenizer.h"
 #include "comm/worker_control.h"
@@ -62,7 +64,15 @@ struct Options {
   SchedulerOptions scheduler;
   double timeout_s = 60;
   LivenessOptions liveness;
+  HttpOptions http;
+  bool http_enabled = true;
+  std::string http_port_file;
 };
+
+bool IsLoopback(const std::string& address) {
+  return address == "127.0.0.1" || address == "::1" || address == "localhost" ||
+         address.rfind("127.", 0) == 0;
+}
 
 absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(cli::Flags f,
@@ -70,8 +80,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
                                      {"--model", "--tp", "--address", "--port", "--port-file",
                                       "--kv-pool", "--page-tokens", "--step-token-budget",
                                       "--max-queued", "--max-running", "--timeout-s",
-                                      "--liveness-s"},
-                                     {}));
+                                      "--liveness-s", "--http-port", "--http-port-file",
+                                      "--api-key", "--tls-cert", "--tls-key"},
+                                     {"--insecure-public"}));
   Options o;
   ASSIGN_OR_RETURN(o.model, f.Required("--model"));
   ASSIGN_OR_RETURN(o.tp, f.Int("--tp", 1));
@@ -94,6 +105,29 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   RETURN_IF_ERROR(ModelNameOfDir(o.model).status());
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
+  ASSIGN_OR_RETURN(int64_t http_port, f.Int("--http-port", 8000));
+  if (http_port < -1 || http_port > 65535) {
+    return absl::InvalidArgumentError("--http-port must be 0..65535, or -1 for no HTTP");
+  }
+  o.http_enabled = http_port >= 0;
+  o.http.port = int(http_port);
+  o.http.address = o.serving.address;
+  o.http_port_file = f.Get("--http-port-file");
+  // The one place the environment is read.
+  const char* env_key = std::getenv("FLOTILLA_API_KEY");
+  o.http.api_key = f.Get("--api-key", env_key != nullptr ? env_key : "");
+  o.serving.api_key = o.http.api_key;
+  o.http.tls_cert_file = o.serving.tls_cert_file = f.Get("--tls-cert");
+  o.http.tls_key_file = o.serving.tls_key_file = f.Get("--tls-key");
+  if (o.http.tls_cert_file.empty() != o.http.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!IsLoopback(o.serving.address) && o.http.api_key.empty() && !f.Has("--insecure-public")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--address ", o.serving.address,
+        " is beyond loopback and no API key is set: give --api-key (or FLOTILLA_API_KEY), or "
+        "--insecure-public to serve without one"));
+  }
   return o;
 }
 
@@ -182,8 +216,21 @@ int Main(int argc, char** argv) {
   fdo.model_name = *ModelNameOfDir(opts->model);  // checked in ParseOptions
   FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
   std::unique_ptr<LivenessMonitor> liveness;
+  ServingMetrics metrics;
   EngineOptions engine_options;
   engine_options.before_shutdown = [&] { liveness->Stop(); };  // the workers' exits are no deaths
+  engine_options.on_step = [&metrics](const StepPlan& plan, double seconds) {
+    // A one-token entry past position 0 is a decode; everything else is prompt.
+    int64_t prefill = 0, decode = 0;
+    for (const StepSequence& s : plan.seqs) {
+      if (s.tokens.size() == 1 && s.start_pos > 0) {
+        ++decode;
+      } else {
+        prefill += static_cast<int64_t>(s.tokens.size());
+      }
+    }
+    metrics.ObserveStep(seconds, prefill, decode);
+  };
   Engine engine(*world, scheduler, engine_options);
   g_engine = &engine;
   std::signal(SIGTERM, OnTerminate);
@@ -213,6 +260,9 @@ int Main(int argc, char** argv) {
     engine.RequestDrain();
     return absl::OkStatus();
   };
+  callbacks.on_generate_done = [&](const char* outcome) {
+    metrics.CountRequest("grpc_generate", outcome);
+  };
   auto server = ServingServer::Start(opts->serving, &front_door, callbacks);
   if (!server.ok()) {
     // The workers are waiting for their first step: end them with this message.
@@ -237,8 +287,27 @@ int Main(int argc, char** argv) {
   if (!opts->port_file.empty()) {
     std::ofstream(opts->port_file) << (*server)->port() << "\n";
   }
+  std::unique_ptr<HttpServer> http;
+  if (opts->http_enabled) {
+    HttpCallbacks http_callbacks;
+    http_callbacks.scheduler_stats = [&] { return scheduler.Stats(); };
+    http_callbacks.draining = [&] { return engine.draining(); };
+    auto started = HttpServer::Start(opts->http, &front_door, tokenizer.get(), &metrics,
+                                     http_callbacks);
+    if (!started.ok()) {
+      world->Abort(started.status());
+      return fail(started.status());
+    }
+    http = std::move(started).value();
+    std::fprintf(stderr, "flotilla-coordinator: HTTP (OpenAI API) on %s%s\n",
+                 http->endpoint().c_str(), opts->http.tls_cert_file.empty() ? "" : " (TLS)");
+    if (!opts->http_port_file.empty()) {
+      std::ofstream(opts->http_port_file) << http->port() << "\n";
+    }
+  }
   st = engine.Run();
   liveness->Stop();
+  if (http != nullptr) (void)http->Shutdown();
   (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   g_engine = nullptr;
   if (!st.ok()) return fail(st);  // mpirun ends the job

@@ -65,6 +65,7 @@ absl::Status Engine::Run() {
       continue;
     }
     plan.step = ++step_;
+    const auto step_start = std::chrono::steady_clock::now();
     absl::Status st = Step(plan, &tokens);
     if (!st.ok()) {
       const absl::Status gone = absl::UnavailableError(
@@ -73,6 +74,9 @@ absl::Status Engine::Run() {
       return gone;
     }
     last_broadcast = std::chrono::steady_clock::now();
+    if (!plan.seqs.empty() && options_.on_step) {
+      options_.on_step(plan, std::chrono::duration<double>(last_broadcast - step_start).count());
+    }
     if (!plan.seqs.empty()) scheduler_.OnStepDone(tokens);
   }
   if (options_.before_shutdown) options_.before_shutdown();

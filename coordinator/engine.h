@@ -20,6 +20,9 @@ struct EngineOptions {
   absl::Duration heartbeat = absl::Seconds(1);
   absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
   std::function<void()> before_shutdown;  // called before the workers are told to exit
+  // Called on the engine thread after each step with sequences: the plan and the step's wall
+  // time in seconds (broadcast to tokens back). Unset: nothing.
+  std::function<void(const StepPlan&, double)> on_step;
 };
 
 class Engine {
@@ -34,6 +37,7 @@ class Engine {
 
   // Async-signal-safe: stop admitting, finish what is in flight, then leave Run().
   void RequestDrain() { drain_.store(true); }
+  bool draining() const { return drain_.load(); }
   int64_t steps() const { return step_; }
 
  private:

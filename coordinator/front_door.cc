@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/step_plan.h"
 #include "tokenizer/chat_message.h"
 #include "tokenizer/python_json.h"
 #include "tokenizer/utf8.h"
@@ -219,6 +220,18 @@ absl::Status FrontDoor::CheckHeader(const GenerateHeader& h) const {
                                   " tokens"));
     }
   }
+  if (s.experts_per_token < 0 || s.experts_per_token > config_.num_experts_per_tok) {
+    return Invalid(absl::StrCat(
+        "experts_per_token: ", s.experts_per_token, " (must be 1..", config_.num_experts_per_tok,
+        ", the checkpoint's experts per token; 0 or unset for all of them)"));
+  }
+  if (s.top_logprobs < 0 || s.top_logprobs > kMaxTopLogprobs) {
+    return Invalid(absl::StrCat("sampling.top_logprobs: ", s.top_logprobs, " (must be 0..",
+                                kMaxTopLogprobs, ")"));
+  }
+  if (s.top_logprobs > 0 && !s.logprobs) {
+    return Invalid("sampling.top_logprobs: needs sampling.logprobs");
+  }
   if (s.stop.size() > options_.max_stop_strings) {
     return Invalid(absl::StrCat("sampling.stop: ", s.stop.size(), " stop strings (at most ",
                                 options_.max_stop_strings, ")"));
@@ -313,6 +326,7 @@ absl::StatusOr<std::string> FrontDoor::RenderChat(const std::string& messages_js
     if (!plain.ok()) return AsInvalid(plain.status(), "");
   }
   if (!text.ok()) return AsInvalid(text.status(), "");
+  text->append(chat.assistant_prefix);
   return text;
 }
 

@@ -34,6 +34,9 @@ struct ChatPromptOptions {
   // JSON array of OpenAI tools, "" for none. Placed on the leading system message (an empty
   // one is added when the messages do not start with a system message).
   std::string tools_json;
+  // Appended to the rendered prompt: the start of the assistant's answer, which the model
+  // continues (the HTTP API's forced tool calls). "" for none.
+  std::string assistant_prefix;
 };
 
 // The first message of a Generate stream.

@@ -7,7 +7,9 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <mutex>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
@@ -81,6 +83,7 @@ absl::StatusOr<GenerateHeader> HeaderFromProto(const v1::GenerateHeader& in) {
   h.sampling.skip_special_tokens = s.skip_special_tokens();
   h.priority = in.priority();
   h.model = in.model();
+  h.sampling.experts_per_token = in.experts_per_token();
   return h;
 }
 
@@ -241,8 +244,31 @@ void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int
 
 class FlotillaService final : public v1::Flotilla::Service {
  public:
-  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks)
-      : front_door_(front_door), callbacks_(std::move(callbacks)) {}
+  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, std::string api_key)
+      : front_door_(front_door), callbacks_(std::move(callbacks)), api_key_(std::move(api_key)) {}
+
+  // grpc::Status::OK when no key is required or the call carries it.
+  grpc::Status Authorize(const grpc::ServerContext* ctx) const {
+    if (api_key_.empty()) return grpc::Status::OK;
+    const auto& md = ctx->client_metadata();
+    const auto it = md.find("authorization");
+    if (it == md.end()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "authorization: missing; send the metadata \"authorization: Bearer "
+                          "<key>\"");
+    }
+    const std::string got(it->second.data(), it->second.size());
+    const std::string want = "Bearer " + api_key_;
+    unsigned diff = got.size() == want.size() ? 0 : 1;
+    for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+      diff |= static_cast<unsigned char>(got[i] ^ want[i]);
+    }
+    if (diff != 0) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "authorization: the API key is not valid");
+    }
+    return grpc::Status::OK;
+  }
 
   void set_server(grpc::Server* server) {
     server_ = server;
@@ -265,6 +291,34 @@ class FlotillaService final : public v1::Flotilla::Service {
   }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
+    const grpc::Status status = GenerateStream(ctx, stream);
+    if (callbacks_.on_generate_done) callbacks_.on_generate_done(OutcomeOf(status));
+    return status;
+  }
+
+  static const char* OutcomeOf(const grpc::Status& s) {
+    switch (s.error_code()) {
+      case grpc::StatusCode::OK:
+        return "ok";
+      case grpc::StatusCode::CANCELLED:
+        return "cancelled";
+      case grpc::StatusCode::UNAUTHENTICATED:
+        return "unauthorized";
+      case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      case grpc::StatusCode::UNAVAILABLE:
+        return "rejected";
+      case grpc::StatusCode::INVALID_ARGUMENT:
+      case grpc::StatusCode::NOT_FOUND:
+      case grpc::StatusCode::OUT_OF_RANGE:
+      case grpc::StatusCode::FAILED_PRECONDITION:
+        return "client_error";
+      default:
+        return "server_error";
+    }
+  }
+
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream) {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     // 1. The prompt: a header, then chunks until `last` or the client's half-close.
     PromptAssembler prompt = front_door_->NewPrompt();
     v1::GenerateRequest in;
@@ -335,14 +389,16 @@ class FlotillaService final : public v1::Flotilla::Service {
     }
   }
 
-  grpc::Status Cancel(grpc::ServerContext*, const v1::CancelRequest* in,
+  grpc::Status Cancel(grpc::ServerContext* ctx, const v1::CancelRequest* in,
                       v1::CancelResponse* out) override {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     out->set_found(front_door_->Cancel(in->request_id(), /*notify=*/true));
     return grpc::Status::OK;
   }
 
-  grpc::Status Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* in,
+  grpc::Status Tokenize(grpc::ServerContext* ctx, const v1::TokenizeRequest* in,
                         v1::TokenizeResponse* out) override {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     auto kind = PromptKindFromProto(in->prompt_kind(), "prompt_kind");
     if (!kind.ok()) return ToGrpc(kind.status());
     auto chat = ChatFromProto(in->chat(), "chat");
@@ -354,15 +410,17 @@ class FlotillaService final : public v1::Flotilla::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status GetModelInfo(grpc::ServerContext*, const v1::GetModelInfoRequest*,
+  grpc::Status GetModelInfo(grpc::ServerContext* ctx, const v1::GetModelInfoRequest*,
                             v1::ModelInfo* out) override {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     ModelInfoToProto(callbacks_.model_info ? callbacks_.model_info() : front_door_->ModelSummary(),
                      out);
     return grpc::Status::OK;
   }
 
-  grpc::Status GetClusterStatus(grpc::ServerContext*, const v1::GetClusterStatusRequest*,
+  grpc::Status GetClusterStatus(grpc::ServerContext* ctx, const v1::GetClusterStatusRequest*,
                                 v1::ClusterStatus* out) override {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     const ClusterStatus status =
         callbacks_.cluster_status ? callbacks_.cluster_status() : ClusterStatus{};
     ClusterStatusToProto(status, out);
@@ -371,7 +429,9 @@ class FlotillaService final : public v1::Flotilla::Service {
     return grpc::Status::OK;
   }
 
-  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override {
+  grpc::Status Drain(grpc::ServerContext* ctx, const v1::DrainRequest*,
+                     v1::DrainResponse*) override {
+    if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
     if (!callbacks_.drain) {
       return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "this server has no drain hook");
     }
@@ -385,6 +445,7 @@ class FlotillaService final : public v1::Flotilla::Service {
  private:
   FrontDoor* front_door_;
   ServingCallbacks callbacks_;
+  std::string api_key_;
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
   std::atomic<bool> serving_{true};
@@ -414,11 +475,35 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks));
+  impl->service =
+      std::make_unique<FlotillaService>(front_door, std::move(callbacks), options.api_key);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+    auto read = [](const std::string& path, std::string* out) {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) return false;
+      std::ostringstream ss;
+      ss << in.rdbuf();
+      *out = ss.str();
+      return !out->empty();
+    };
+    grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+    if (!read(options.tls_cert_file, &pair.cert_chain)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS certificate ", options.tls_cert_file, ": cannot read it"));
+    }
+    if (!read(options.tls_key_file, &pair.private_key)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS key ", options.tls_key_file, ": cannot read it"));
+    }
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back(std::move(pair));
+    credentials = grpc::SslServerCredentials(ssl);
+  }
   impl->address = options.address;
   grpc::ServerBuilder builder;
   const std::string requested = Endpoint(options.address, options.port);
-  builder.AddListeningPort(requested, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(requested, credentials, &impl->port);
   // gRPC sets SO_REUSEPORT by default: a second server on a busy port would silently share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);

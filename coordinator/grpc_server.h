@@ -27,6 +27,10 @@ struct ServingOptions {
   int port = 0;  // 0: pick a free port (see ServingServer::port())
   // Largest gRPC message either way; the front door's chunk limit (4 MiB) sits below it.
   int max_message_bytes = 16 << 20;
+  // Non-empty: every flotilla.v1 call must carry the metadata "authorization: Bearer <key>"
+  // (UNAUTHENTICATED otherwise). The health service and reflection stay open.
+  std::string api_key;
+  std::string tls_cert_file, tls_key_file;  // both set: TLS (PEM files)
 };
 
 // What GetClusterStatus reports; active_requests is filled in by the server.
@@ -41,6 +45,9 @@ struct ServingCallbacks {
   std::function<ModelInfo()> model_info;          // unset: FrontDoor::ModelSummary()
   std::function<ClusterStatus()> cluster_status;  // unset: empty stats, no workers
   std::function<absl::Status()> drain;            // unset: Drain answers UNIMPLEMENTED
+  // After each Generate stream: "ok", "cancelled", "client_error", "unauthorized", "rejected"
+  // (RESOURCE_EXHAUSTED, UNAVAILABLE) or "server_error". Unset: nothing.
+  std::function<void(const char* outcome)> on_generate_done;
 };
 
 class ServingServer {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -22,6 +23,18 @@ struct SamplingOptions {
   std::vector<std::string> stop;  // stop strings (matched on the detokenized text)
   bool ignore_eos = false;
   bool skip_special_tokens = false;  // special tokens add no text (their ids are still sent)
+  bool logprobs = false;     // Token events carry the log probability of each token
+  int32_t top_logprobs = 0;  // with logprobs: and of the this-many most likely tokens (0..20)
+  // Routed experts per token for this request, 1..the checkpoint's num_experts_per_tok; 0: the
+  // model's. Requests with different values share batches.
+  int32_t experts_per_token = 0;
+};
+
+// Log softmax of the raw logits (temperature 1, before top-k / top-p) for one generated token.
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // most likely first
 };
 
 // A request once its prompt is complete and tokenized.
@@ -54,6 +67,7 @@ struct RequestEvent {
   // kToken
   std::vector<int32_t> token_ids;
   std::string text;  // detokenized delta (complete UTF-8 only)
+  std::vector<TokenLogprob> logprobs;  // one per id, when the request asked for them
   // kFinished
   FinishReason reason = FinishReason::kStop;
   Usage usage;

@@ -34,6 +34,9 @@ StepSampling ToStepSampling(const SamplingOptions& s) {
   out.top_p = s.top_p;
   out.top_k = s.top_k;
   out.seed = s.seed;
+  out.logprobs = s.logprobs ? 1 : 0;
+  out.top_logprobs = s.logprobs ? uint8_t(s.top_logprobs) : 0;
+  out.experts_per_token = uint8_t(s.experts_per_token);
   return out;
 }
 
@@ -266,7 +269,8 @@ struct Scheduler::Impl {
   }
 
   // One sampled token: Token event (ids + settled text), then Finished when it ends the request.
-  void OnToken(Sequence* s, int32_t token) {
+  void OnToken(Sequence* s, const StepToken& sampled) {
+    const int32_t token = sampled.token;
     const SteadyClock::time_point now = Now();
     if (++s->completion_tokens == 1) s->first_token_time = now;
     s->last_token_time = now;
@@ -275,6 +279,9 @@ struct Scheduler::Impl {
     RequestEvent e;
     e.kind = RequestEvent::Kind::kToken;
     e.token_ids = {token};
+    if (s->request.sampling.logprobs && sampled.has_logprob) {
+      e.logprobs.push_back({token, sampled.logprob, sampled.top});
+    }
     const bool eos = token == config.eos_token_id && !s->request.sampling.ignore_eos;
     bool stopped = false;
     if (!eos) stopped = s->text.Push(token, &e.text);  // EOS: in the ids, not in the text
@@ -466,8 +473,8 @@ void Scheduler::OnStepDone(const std::vector<StepToken>& tokens) {
     m.plan_outstanding = false;
     const int64_t step = m.steps - 1;
     m.ApplyCancels();
-    std::map<uint64_t, int32_t> sampled;
-    for (const StepToken& t : tokens) sampled.emplace(t.seq_id, t.token);
+    std::map<uint64_t, const StepToken*> sampled;
+    for (const StepToken& t : tokens) sampled.emplace(t.seq_id, &t);
     for (const Impl::Planned& p : m.in_flight) {
       auto it = m.seqs.find(p.seq_id);
       if (it == m.seqs.end()) continue;  // ended meanwhile
@@ -490,12 +497,13 @@ void Scheduler::OnStepDone(const std::vector<StepToken>& tokens) {
                                                    ": the workers returned no token "
                                                    "for sequence ",
                                                    p.seq_id)));
-      } else if (t->second < 0 || t->second >= m.config.vocab_size) {
-        m.Fail(s, absl::InternalError(absl::StrCat(
-                      "step ", step, ": the workers returned token ", t->second, " for sequence ",
-                      p.seq_id, ", outside [0, vocab_size ", m.config.vocab_size, ")")));
+      } else if (t->second->token < 0 || t->second->token >= m.config.vocab_size) {
+        m.Fail(s, absl::InternalError(absl::StrCat("step ", step, ": the workers returned token ",
+                                                   t->second->token, " for sequence ", p.seq_id,
+                                                   ", outside [0, vocab_size ", m.config.vocab_size,
+                                                   ")")));
       } else {
-        m.OnToken(s, t->second);
+        m.OnToken(s, *t->second);
       }
     }
     m.in_flight.clear();

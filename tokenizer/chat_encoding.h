@@ -52,6 +52,10 @@ struct ParsedCompletion {
 // in `mode`. Malformed text is an InvalidArgument error with the reference's message.
 absl::StatusOr<ParsedCompletion> ParseCompletion(std::string_view text, ThinkingMode mode);
 
+// One tool-call block with the strict grammar of spec §7.3: `block` is the text that follows
+// "\n\n<｜DSML｜tool_calls" through the first "</｜DSML｜tool_calls>", which must end it.
+absl::StatusOr<std::vector<ParsedToolCall>> ParseToolCallBlock(std::string_view block);
+
 // {"role": "assistant", "content", "reasoning_content", "tool_calls": [{"type": "function",
 // "function": {"name", "arguments"}}]}; no call ids (the server mints them).
 nlohmann::ordered_json ParsedCompletionToJson(const ParsedCompletion& message);

@@ -156,6 +156,22 @@ absl::Status ParseToolCalls(std::string_view text, size_t* pos,
 
 }  // namespace
 
+absl::StatusOr<std::vector<ParsedToolCall>> ParseToolCallBlock(std::string_view block) {
+  if (!EndsWith(block, tk::kToolCallsEnd)) {
+    return Malformed("Missing special token in tool calls");
+  }
+  const size_t bad = utf8::FindInvalid(block);
+  if (bad != block.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tool calls are not valid UTF-8 (byte offset ", bad, ")"));
+  }
+  std::vector<ParsedToolCall> calls;
+  size_t pos = 0;
+  RETURN_IF_ERROR(ParseToolCalls(block, &pos, &calls));
+  if (pos != block.size()) return Malformed("Unexpected content after tool calls");
+  return calls;
+}
+
 absl::StatusOr<ParsedCompletion> ParseCompletion(std::string_view text, ThinkingMode mode) {
   const size_t bad = utf8::FindInvalid(text);
   if (bad != text.size()) {

@@ -65,8 +65,9 @@ absl::StatusOr<std::vector<std::string>> TakeStops(std::vector<std::string>* arg
 }
 
 const std::set<std::string> kSamplingFlags = {
-    "--server", "--max-new-tokens", "--temperature", "--top-p",       "--top-k",
-    "--seed",   "--priority",       "--timeout-s",   "--chunk-bytes", "--model-name"};
+    "--server",   "--max-new-tokens", "--temperature", "--top-p",      "--top-k",  "--seed",
+    "--priority", "--timeout-s",      "--chunk-bytes", "--model-name", "--api-key",
+    "--tls-ca"};
 const std::set<std::string> kSamplingBooleans = {"--greedy", "--ignore-eos", "--verbose"};
 
 struct CallOptions {
@@ -74,7 +75,23 @@ struct CallOptions {
   std::chrono::seconds timeout{0};  // 0: no deadline
   int64_t chunk_bytes = 1 << 20;
   bool verbose = false;
+  std::string api_key;  // sent as "authorization: Bearer KEY" when set
+  std::string tls_ca;   // PEM roots: connect with TLS (empty: plaintext)
 };
+
+// Plaintext, or TLS trusting the PEM roots in `ca_file`.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> Credentials(const std::string& ca_file) {
+  if (ca_file.empty()) return grpc::InsecureChannelCredentials();
+  std::ifstream in(ca_file, std::ios::binary);
+  std::ostringstream pem;
+  pem << in.rdbuf();
+  if (!in || pem.str().empty()) {
+    return absl::InvalidArgumentError("--tls-ca " + ca_file + ": cannot read it");
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = pem.str();
+  return grpc::SslCredentials(ssl);
+}
 
 absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
   CallOptions o;
@@ -87,6 +104,9 @@ absl::StatusOr<CallOptions> ParseCallOptions(const Flags& f) {
     return absl::InvalidArgumentError("--chunk-bytes must be in [4, 4194304]");
   }
   o.verbose = f.Has("--verbose");
+  o.api_key = f.Get("--api-key");
+  o.tls_ca = f.Get("--tls-ca");
+  RETURN_IF_ERROR(Credentials(o.tls_ca).status());
   return o;
 }
 
@@ -137,9 +157,10 @@ GenerateOutcome RunGenerate(const CallOptions& call, const v1::GenerateHeader& h
   GenerateOutcome result;
   const auto start = std::chrono::steady_clock::now();
   auto stub =
-      v1::Flotilla::NewStub(grpc::CreateChannel(call.server, grpc::InsecureChannelCredentials()));
+      v1::Flotilla::NewStub(grpc::CreateChannel(call.server, *Credentials(call.tls_ca)));
   grpc::ClientContext ctx;
   if (call.timeout.count() > 0) ctx.set_deadline(std::chrono::system_clock::now() + call.timeout);
+  if (!call.api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + call.api_key);
   auto stream = stub->Generate(&ctx);
 
   v1::GenerateRequest message;
@@ -386,21 +407,24 @@ int ChatMain(const std::vector<std::string>& args_in) {
 // ---- status ----
 
 int StatusMain(const std::vector<std::string>& args) {
-  auto f = Flags::Parse(args, {"--server", "--timeout-s"}, {"--json"});
+  auto f = Flags::Parse(args, {"--server", "--timeout-s", "--api-key", "--tls-ca"}, {"--json"});
   if (!f.ok()) return Fail("status", f.status());
   auto server = f->Required("--server");
   if (!server.ok()) return Fail("status", server.status());
   auto timeout = f->Int("--timeout-s", 60);
   if (!timeout.ok()) return Fail("status", timeout.status());
   if (*timeout < 1) return Fail("status", absl::InvalidArgumentError("--timeout-s must be >= 1"));
+  auto credentials = Credentials(f->Get("--tls-ca"));
+  if (!credentials.ok()) return Fail("status", credentials.status());
   auto stub =
-      v1::Flotilla::NewStub(grpc::CreateChannel(*server, grpc::InsecureChannelCredentials()));
+      v1::Flotilla::NewStub(grpc::CreateChannel(*server, *credentials));
   const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(*timeout);
 
   v1::ModelInfo model;
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(deadline);
+    if (f->Has("--api-key")) ctx.AddMetadata("authorization", "Bearer " + f->Get("--api-key"));
     grpc::Status s = stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &model);
     if (!s.ok()) return ReportRpcError("status", s);
   }
@@ -408,6 +432,7 @@ int StatusMain(const std::vector<std::string>& args) {
   {
     grpc::ClientContext ctx;
     ctx.set_deadline(deadline);
+    if (f->Has("--api-key")) ctx.AddMetadata("authorization", "Bearer " + f->Get("--api-key"));
     grpc::Status s = stub->GetClusterStatus(&ctx, v1::GetClusterStatusRequest(), &cluster);
     if (!s.ok()) return ReportRpcError("status", s);
   }
@@ -484,6 +509,7 @@ FLOTILLA_COMMAND("generate", "stream a completion from a server",
                  "usage: flotilla generate --server HOST:PORT (--prompt TEXT | --prompt-file FILE |\n"
                  "           --prompt-ids 1,2,3 | --prompt-ids-file FILE) [sampling flags]\n"
                  "           [--skip-special-tokens] [--timeout-s S] [--chunk-bytes B] [--verbose]\n"
+                 "           [--api-key K] [--tls-ca ROOTS.pem]\n"
                  "  --prompt-ids-file holds token ids separated by commas or white space (for\n"
                  "  prompts too long for a command line). --skip-special-tokens leaves special\n"
                  "  tokens out of the streamed text (their ids stay in ids:).\n"
@@ -499,7 +525,8 @@ FLOTILLA_COMMAND("chat", "chat with a server (DeepSeek-V4 chat format)",
                  FLOTILLA_SAMPLING_USAGE,
                  ChatMain);
 FLOTILLA_COMMAND("status", "model, scheduler and workers of a server",
-                 "usage: flotilla status --server HOST:PORT [--json] [--timeout-s S]\n"
+                 "usage: flotilla status --server HOST:PORT [--json] [--timeout-s S] [--api-key K]\n"
+                 "           [--tls-ca ROOTS.pem]\n"
                  "  Prints the model summary, the layout, the scheduler (running, queued, KV pages\n"
                  "  per DP group) and one line per worker; --json prints both replies as JSON.\n"
                  "  --timeout-s: deadline of each call (default 60).\n",

@@ -263,7 +263,13 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
                                                 " exceed max_position_embeddings ",
                                                 c.max_position_embeddings));
     }
-    rows.Add(ch.seq, ch.seq->pos_, ch.tokens);
+    if (ch.experts_per_token < 0 || ch.experts_per_token > top_k_) {
+      return absl::InvalidArgumentError(absl::StrCat(what, ": experts_per_token ",
+                                                     ch.experts_per_token, " (must be 1..", top_k_,
+                                                     ", or 0 for ", top_k_, ")"));
+    }
+    rows.Add(ch.seq, ch.seq->pos_, ch.tokens,
+             ch.experts_per_token > 0 ? ch.experts_per_token : top_k_);
   }
 
   ++step_;
@@ -311,7 +317,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       const int64_t count = (lag ? 1 : 0) + ch.n - 1;
       if (count > 0) {
         toks.assign(next.end() - count, next.end());
-        mrows.Add(seq, ch.start_pos - (lag ? 1 : 0), toks);
+        mrows.Add(seq, ch.start_pos - (lag ? 1 : 0), toks, rows.experts[ch.first_row]);
       }
     }
     if (mrows.n > 0) {
@@ -365,7 +371,7 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
           absl::StrCat("DraftMtp: sequence ", i, " has not been run through Forward"));
     }
     hlast.insert(hlast.end(), seqs[i]->last_h_.begin(), seqs[i]->last_h_.end());
-    rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1));
+    rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1), top_k_);
   }
   const MtpWeights& mw = w_->mtp[0];
   std::vector<bf16> h;

@@ -77,6 +77,9 @@ class Model {
     SequenceState* seq = nullptr;      // distinct sequences within one call
     std::span<const int32_t> tokens;   // continues the sequence at seq->position()
     bool all_logits = false;           // logits of every position, not only the last
+    // Routed experts per token for this chunk: 0 = experts_per_token(); else 1..that. The
+    // chunk's logits are bitwise those of a model loaded with this many (batches may mix them).
+    int64_t experts_per_token = 0;
   };
   struct Output {
     std::vector<float> logits;         // [rows, vocab] f32

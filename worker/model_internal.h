@@ -20,14 +20,17 @@ struct Model::Rows {
   std::vector<int64_t> pos;
   std::vector<int32_t> token;
   std::vector<int32_t> chunk_of;
+  std::vector<int32_t> experts;  // routed experts of each row (its chunk's; <= the model's K)
   std::vector<ChunkInfo> chunks;
 
-  void Add(SequenceState* seq, int64_t start_pos, std::span<const int32_t> tokens) {
+  void Add(SequenceState* seq, int64_t start_pos, std::span<const int32_t> tokens,
+           int64_t num_experts) {
     chunks.push_back({seq, n, int64_t(tokens.size()), start_pos});
     for (size_t i = 0; i < tokens.size(); ++i) {
       pos.push_back(start_pos + int64_t(i));
       token.push_back(tokens[i]);
       chunk_of.push_back(int32_t(chunks.size() - 1));
+      experts.push_back(int32_t(num_experts));
     }
     n += int64_t(tokens.size());
   }
@@ -38,9 +41,13 @@ struct Model::Rows {
 void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
                    const float* row_weight, float limit, bf16* out, int64_t d);
 
-// Gate, sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec §9.1) for n rows.
-void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens, int64_t n,
-                 int64_t k, const bf16* x, std::vector<int32_t>* idx, std::vector<float>* weights);
+// Gate, sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec §9.1) for n rows, k slots
+// each. `experts` (may be null: k for every row) gives a row its own K <= k: it is routed as a
+// model with K experts per token would route it (hash layers: the first K tid2eid columns), and
+// its slots past K repeat its first expert with weight 0, which adds exactly nothing.
+void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
+                 const int32_t* experts, int64_t n, int64_t k, const bf16* x,
+                 std::vector<int32_t>* idx, std::vector<float>* weights);
 
 // Per token: routed outputs ([n, k, d], slot order) summed in f32 in increasing expert id, then
 // the shared output (may be null), one rounding to bf16.

@@ -33,8 +33,9 @@ void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* 
   LinearForward(e.w2, act.data(), inter, m, out, d);
 }
 
-void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens, int64_t n,
-                 int64_t k, const bf16* x, std::vector<int32_t>* idx, std::vector<float>* weights) {
+void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
+                 const int32_t* experts, int64_t n, int64_t k, const bf16* x,
+                 std::vector<int32_t>* idx, std::vector<float>* weights) {
   const int64_t d = c.hidden_size, num_experts = c.n_routed_experts;
   idx->resize(n * k);
   weights->resize(n * k);
@@ -54,6 +55,39 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
   std::vector<int64_t> hash_ids;
   idx->resize(n * k);
   weights->resize(n * k);
+  if (experts != nullptr && std::any_of(experts, experts + n, [&](int32_t e) { return e != k; })) {
+    // Rows route one at a time, each with its own K (routing is per row, so a row's result is
+    // the one a batch of rows with that K would give it).
+    std::vector<int32_t> row_idx;
+    std::vector<float> row_weights;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t kt = experts[t];
+      kernels::RouterParams rp;
+      rp.logits = logits.data() + t * num_experts;
+      rp.m = 1;
+      rp.num_experts = num_experts;
+      rp.top_k = kt;
+      rp.route_scale = float(c.routed_scaling_factor);
+      row_idx.assign(kt, 0);
+      row_weights.assign(kt, 0.0f);
+      rp.expert_idx = row_idx.data();
+      rp.weights = row_weights.data();
+      if (mw.tid2eid != nullptr) {
+        hash_ids.assign(mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols,
+                        mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols + kt);
+        rp.hash_ids = hash_ids.data();
+        rp.ld_hash = kt;
+      } else {
+        rp.bias = mw.bias;
+      }
+      kernels::Route(rp);
+      for (int64_t s = 0; s < k; ++s) {
+        (*idx)[t * k + s] = s < kt ? row_idx[s] : row_idx[0];
+        (*weights)[t * k + s] = s < kt ? row_weights[s] : 0.0f;
+      }
+    }
+    return;
+  }
   kernels::RouterParams rp;
   rp.logits = logits.data();
   rp.m = n;
@@ -99,7 +133,7 @@ absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, b
   const float limit = float(c.swiglu_limit);
   std::vector<int32_t> idx;
   std::vector<float> weights;
-  RouteTokens(c, mw, rows.token.data(), n, k, x, &idx, &weights);
+  RouteTokens(c, mw, rows.token.data(), rows.experts.data(), n, k, x, &idx, &weights);
 
   // Activations are quantised once (act_quant is per row) and gathered per expert.
   const bool quantized = mw.experts[0].w1.TakesQuantizedInput();

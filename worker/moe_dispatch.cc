@@ -24,7 +24,8 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   const bf16* xs = x + slice.begin * d;
   std::vector<int32_t> idx;
   std::vector<float> weights;
-  RouteTokens(c, mw, rows.token.data() + slice.begin, ns, k, xs, &idx, &weights);
+  RouteTokens(c, mw, rows.token.data() + slice.begin, rows.experts.data() + slice.begin, ns, k, xs,
+              &idx, &weights);
 
   // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
   const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts

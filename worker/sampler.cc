@@ -61,6 +61,28 @@ int32_t Argmax(const float* logits, int64_t n) {
   return int32_t(best);
 }
 
+TokenLogprobs LogProbs(const float* logits, int64_t vocab, int32_t token, int num_top) {
+  double top = -INFINITY;
+  for (int64_t i = 0; i < vocab; ++i) top = std::max(top, double(logits[i]));
+  double sum = 0.0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(logits[i]) - top);
+  const double log_z = top + std::log(sum);
+  TokenLogprobs out;
+  out.logprob = float(double(logits[token]) - log_z);
+  const int64_t k = std::min<int64_t>(num_top, vocab);
+  if (k > 0) {
+    std::vector<int32_t> ids(vocab);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int64_t i = 0; i < k; ++i) {
+      out.top.emplace_back(ids[i], float(double(logits[ids[i]]) - log_z));
+    }
+  }
+  return out;
+}
+
 Sampler::Sampler(const SamplingParams& params) : params_(params), state_(params.seed) {}
 
 double Sampler::NextUniform() {  // splitmix64

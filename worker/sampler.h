@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <utility>
+#include <vector>
 
 namespace flotilla {
 
@@ -40,5 +42,13 @@ class Sampler {
 
 // Index of the largest value; ties go to the lowest index.
 int32_t Argmax(const float* logits, int64_t n);
+
+// Log softmax of raw `logits` (temperature 1, no top-k / top-p), computed in double: the value
+// at `token`, and the `num_top` largest (most likely first, ties: lower id).
+struct TokenLogprobs {
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+TokenLogprobs LogProbs(const float* logits, int64_t vocab, int32_t token, int num_top);
 
 }  // namespace flotilla

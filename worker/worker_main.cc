@@ -172,6 +172,9 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
   struct Seq {
     std::unique_ptr<SequenceState> state;
     Sampler sampler;
+    bool logprobs = false;
+    int top_logprobs = 0;
+    int64_t experts_per_token = 0;  // 0: the model's
   };
   std::map<uint64_t, Seq> seqs;
   const bool leader = w.tp_rank == 0;
@@ -199,14 +202,18 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
         sp.top_p = s.sampling.top_p;
         sp.top_k = s.sampling.top_k;
         sp.seed = s.sampling.seed;
-        it = seqs.emplace(s.seq_id, Seq{model.NewSequence(), Sampler(sp)}).first;
+        it = seqs.emplace(s.seq_id,
+                          Seq{model.NewSequence(), Sampler(sp), s.sampling.logprobs != 0,
+                              int(s.sampling.top_logprobs), int64_t(s.sampling.experts_per_token)})
+                 .first;
       }
       if (it == seqs.end() || it->second.state->position() != s.start_pos) {
         return absl::InternalError(absl::StrCat(
             "step ", plan.step, ": sequence ", s.seq_id, " at position ",
             it == seqs.end() ? -1 : it->second.state->position(), ", the plan says ", s.start_pos));
       }
-      chunks.push_back({it->second.state.get(), std::span<const int32_t>(s.tokens), false});
+      chunks.push_back({it->second.state.get(), std::span<const int32_t>(s.tokens), false,
+                        it->second.experts_per_token});
       mine.push_back(&s);
     }
     Model::Output out;
@@ -232,8 +239,15 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
       for (size_t r = 0; r < rows.size(); ++r) {
         const size_t i = rows[r];
         Seq& s = seqs.at(mine[i]->seq_id);
-        sampled[r] = {mine[i]->seq_id,
-                      s.sampler.Sample(out.logits.data() + out.first_row[i] * vocab, vocab)};
+        const float* row = out.logits.data() + out.first_row[i] * vocab;
+        StepToken t{mine[i]->seq_id, s.sampler.Sample(row, vocab)};
+        if (s.logprobs) {
+          TokenLogprobs lp = LogProbs(row, vocab, t.token, s.top_logprobs);
+          t.has_logprob = true;
+          t.logprob = lp.logprob;
+          t.top = std::move(lp.top);
+        }
+        sampled[r] = std::move(t);
       }
     }
     // Results go to the coordinator (world rank 0) only: their size, with this worker's control

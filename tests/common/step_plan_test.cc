@@ -63,8 +63,8 @@ absl::Status ParseError(const std::string& bytes) { return ParseStepPlan(bytes).
 TEST(StepPlan, RoundTrip) {
   const StepPlan plan = SamplePlan();
   const std::string bytes = SerializeStepPlan(plan);
-  // magic 4 + step 8 + shutdown 1 + 2 releases (4 + 16) + num_seqs 4 + 2 x 50 fixed + 5 tokens.
-  EXPECT_EQ(bytes.size(), 4u + 8 + 1 + 4 + 16 + 4 + 2 * 50 + 5 * 4);
+  // magic 4 + step 8 + shutdown 1 + 2 releases (4 + 16) + num_seqs 4 + 2 x 53 fixed + 5 tokens.
+  EXPECT_EQ(bytes.size(), 4u + 8 + 1 + 4 + 16 + 4 + 2 * 53 + 5 * 4);
   absl::StatusOr<StepPlan> back = ParseStepPlan(bytes);
   ASSERT_TRUE(back.ok()) << back.status();
   ExpectSame(plan, *back);
@@ -81,7 +81,7 @@ TEST(StepPlan, LittleEndianLayout) {
   plan.step = 0x0102;
   const std::string bytes = SerializeStepPlan(plan);
   ASSERT_EQ(bytes.size(), 4u + 8 + 1 + 4 + 4);
-  EXPECT_EQ(bytes.substr(0, 4), "FSP1");
+  EXPECT_EQ(bytes.substr(0, 4), "FSP2");
   EXPECT_EQ(bytes[4], '\x02');
   EXPECT_EQ(bytes[5], '\x01');
 }
@@ -139,7 +139,7 @@ TEST(StepPlan, MalformedFieldsAreNamed) {
 TEST(StepTokens, RoundTripAndMalformed) {
   const std::vector<StepToken> tokens = {{1, 5}, {0xffffffffffffffffull, 129279}, {7, 0}};
   const std::string bytes = SerializeStepTokens(tokens);
-  EXPECT_EQ(bytes.size(), 4u + 4 + 3 * 12);
+  EXPECT_EQ(bytes.size(), 4u + 4 + 3 * 13);
   absl::StatusOr<std::vector<StepToken>> back = ParseStepTokens(bytes);
   ASSERT_TRUE(back.ok()) << back.status();
   ASSERT_EQ(back->size(), 3u);
@@ -159,6 +159,52 @@ TEST(StepTokens, RoundTripAndMalformed) {
               HasSubstr("2 trailing bytes"));
   EXPECT_THAT(std::string(ParseStepTokens(SerializeStepTokens({{3, -2}})).status().message()),
               HasSubstr("token 0 (seq_id 3) is negative (-2)"));
+}
+
+TEST(StepTokens, LogprobsRoundTrip) {
+  StepToken with;
+  with.seq_id = 9;
+  with.token = 17;
+  with.has_logprob = true;
+  with.logprob = -0.25f;
+  with.top = {{17, -0.25f}, {4, -1.5f}};
+  const std::vector<StepToken> tokens = {with, {10, 3}};
+  const std::string bytes = SerializeStepTokens(tokens);
+  // Record 1: 8 + 4 + 1 + 4 + 2 x 8; record 2: 13.
+  EXPECT_EQ(bytes.size(), 4u + 4 + (13 + 4 + 16) + 13);
+  auto back = ParseStepTokens(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), 2u);
+  EXPECT_TRUE((*back)[0].has_logprob);
+  EXPECT_EQ((*back)[0].logprob, -0.25f);
+  EXPECT_EQ((*back)[0].top, with.top);
+  EXPECT_FALSE((*back)[1].has_logprob);
+  EXPECT_TRUE((*back)[1].top.empty());
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_EQ(ParseStepTokens(bytes.substr(0, n)).status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << n;
+  }
+  std::string too_many = bytes;
+  too_many[8 + 12] = 30;  // the first record's count: 29 alternatives
+  EXPECT_THAT(std::string(ParseStepTokens(too_many).status().message()),
+              HasSubstr("carries 29 alternatives (at most 20)"));
+}
+
+TEST(StepPlan, LogprobRequestsRoundTrip) {
+  StepPlan plan = SamplePlan();
+  plan.seqs[0].sampling.logprobs = 1;
+  plan.seqs[0].sampling.top_logprobs = 20;
+  plan.seqs[1].sampling.experts_per_token = 4;
+  auto back = ParseStepPlan(SerializeStepPlan(plan));
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->seqs[0].sampling.logprobs, 1);
+  EXPECT_EQ(back->seqs[0].sampling.top_logprobs, 20);
+  EXPECT_EQ(back->seqs[0].sampling.experts_per_token, 0);
+  EXPECT_EQ(back->seqs[1].sampling.experts_per_token, 4);
+  plan.seqs[0].sampling.top_logprobs = 21;
+  EXPECT_THAT(std::string(ParseError(SerializeStepPlan(plan)).message()),
+              HasSubstr("seqs[0].sampling.top_logprobs is 21 (at most 20)"));
 }
 
 }  // namespace

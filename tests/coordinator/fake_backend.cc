@@ -81,6 +81,12 @@ void FakeBackend::set_run_error(absl::Status status) {
   run_error_ = std::move(status);
 }
 
+void FakeBackend::set_script(std::vector<int32_t> tokens, FinishReason reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  script_ = std::move(tokens);
+  script_reason_ = reason;
+}
+
 std::vector<GenerateRequest> FakeBackend::submitted() const {
   std::lock_guard<std::mutex> lock(mu_);
   return submitted_;
@@ -129,9 +135,13 @@ void FakeBackend::Run(Job& job) {
     return;
   }
   absl::Status run_error;
+  std::vector<int32_t> script;
+  FinishReason script_reason;
   {
     std::lock_guard<std::mutex> lock(mu_);
     run_error = run_error_;
+    script = script_;
+    script_reason = script_reason_;
   }
   if (!run_error.ok()) {
     e.kind = RequestEvent::Kind::kError;
@@ -154,7 +164,7 @@ void FakeBackend::Run(Job& job) {
     if (done == num_prompt) break;
   }
   StreamingDetokenizer detok(tokenizer_);
-  const std::vector<int32_t> tokens = ExpectedTokens(job.request);
+  const std::vector<int32_t> tokens = script.empty() ? ExpectedTokens(job.request) : script;
   for (int32_t id : tokens) {
     RequestEvent t;
     t.kind = RequestEvent::Kind::kToken;
@@ -164,7 +174,7 @@ void FakeBackend::Run(Job& job) {
   }
   RequestEvent f;
   f.kind = RequestEvent::Kind::kFinished;
-  f.reason = FinishReason::kLength;
+  f.reason = script.empty() ? FinishReason::kLength : script_reason;
   f.usage.prompt_tokens = num_prompt;
   f.usage.completion_tokens = static_cast<int64_t>(tokens.size());
   f.usage.time_to_first_token_s = 0.001;

@@ -2,7 +2,8 @@
 // as the Scheduler does), then an engine thread of its own emits Progress, one Token event per
 // id and Finished(kLength). The tokens echo the prompt: token i is prompt[i % prompt.size()].
 // Knobs: refuse Submit with a status, hold requests (no tokens until cancelled), fail admitted
-// requests with an error event. Every Submit and Cancel is recorded.
+// requests with an error event, or script the output (fixed token ids, one Token event each,
+// then Finished with a given reason). Every Submit and Cancel is recorded.
 #pragma once
 
 #include <chrono>
@@ -38,6 +39,9 @@ class FakeBackend : public RequestSink {
     std::lock_guard<std::mutex> lock(mu_);
     prefill_chunk_ = tokens;
   }
+  // Every request then gets exactly `tokens` (one Token event per id, text detokenized with
+  // special tokens kept) and Finished(`reason`). Empty: echo the prompt again.
+  void set_script(std::vector<int32_t> tokens, FinishReason reason);
 
   std::vector<GenerateRequest> submitted() const;
   std::vector<std::pair<uint64_t, bool>> cancels() const;  // (id, notify)
@@ -67,6 +71,8 @@ class FakeBackend : public RequestSink {
   std::vector<std::pair<uint64_t, bool>> cancels_;
   absl::Status submit_status_;
   absl::Status run_error_;
+  std::vector<int32_t> script_;
+  FinishReason script_reason_ = FinishReason::kStop;
   bool hold_ = false;
   int64_t prefill_chunk_ = 0;
   bool stop_ = false;

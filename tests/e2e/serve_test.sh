@@ -23,7 +23,7 @@ start_server() {  # start_server [coordinator flags...]; launcher_flags go to fl
   rm -f "$work/port"
   # A background job of a script starts with SIGINT ignored; a terminal's job does not.
   env --default-signal=INT "$here/launch/flotilla-serve" --model "$model" --workers 2 --port 0 \
-    "${launcher_flags[@]}" \
+    --http-port 0 "${launcher_flags[@]}" \
     -- --port-file "$work/port" "$@" >"$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do

@@ -242,6 +242,70 @@ TEST_F(TinyModel, FourExpertVariantRoutesHashLayersByTheFirstFourColumns) {
   EXPECT_FALSE(BitwiseEqual(logits_with(head, 4), k4));
 }
 
+// Requests with different experts per token share a batch; each gets bitwise the logits of a
+// model loaded with its K (hash layers: the first K tid2eid columns), prefill and decode.
+TEST_F(TinyModel, MixedExpertsPerTokenInOneBatch) {
+  const std::vector<int64_t> ks = {2, 4, 0};  // 0: the model's own (the checkpoint's 6)
+  const std::vector<std::vector<int32_t>> prompts = {Prompt(9, 1), Prompt(5, 2), Prompt(12, 3)};
+  const std::vector<int32_t> next = {17, 4242, 99};
+  const int64_t v = model_->config().vocab_size;
+
+  // One model, one batch per step.
+  std::vector<std::unique_ptr<SequenceState>> seqs;
+  for (size_t i = 0; i < ks.size(); ++i) seqs.push_back(model_->NewSequence());
+  std::vector<std::vector<float>> mixed(ks.size());
+  for (int step = 0; step < 2; ++step) {
+    std::vector<Model::Chunk> chunks;
+    for (size_t i = 0; i < ks.size(); ++i) {
+      Model::Chunk ch{
+          seqs[i].get(),
+          step == 0 ? std::span<const int32_t>(prompts[i]) : std::span<const int32_t>(&next[i], 1),
+          true};
+      ch.experts_per_token = ks[i];
+      chunks.push_back(ch);
+    }
+    Model::Output out;
+    ASSERT_TRUE(model_->Forward(chunks, &out).ok());
+    for (size_t i = 0; i < ks.size(); ++i) {
+      const int64_t rows = int64_t(chunks[i].tokens.size());
+      mixed[i].insert(mixed[i].end(), out.logits.begin() + out.first_row[i] * v,
+                      out.logits.begin() + (out.first_row[i] + rows) * v);
+    }
+  }
+
+  // Each alone on a model loaded with its K.
+  for (size_t i = 0; i < ks.size(); ++i) {
+    ModelOptions o;
+    o.experts_per_token = ks[i];
+    auto m = Model::Load(*dir_, o);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto seq = (*m)->NewSequence();
+    std::vector<float> alone;
+    for (int step = 0; step < 2; ++step) {
+      Model::Chunk ch{
+          seq.get(),
+          step == 0 ? std::span<const int32_t>(prompts[i]) : std::span<const int32_t>(&next[i], 1),
+          true};
+      Model::Output out;
+      ASSERT_TRUE((*m)->Forward(std::span<const Model::Chunk>(&ch, 1), &out).ok());
+      alone.insert(alone.end(), out.logits.begin(), out.logits.end());
+    }
+    EXPECT_TRUE(BitwiseEqual(mixed[i], alone)) << "K = " << ks[i];
+  }
+  // And K changes the result (the comparison above can fail).
+  EXPECT_NE(std::vector<float>(mixed[0].begin(), mixed[0].begin() + v),
+            std::vector<float>(mixed[2].begin(), mixed[2].begin() + v));
+
+  auto seq = model_->NewSequence();
+  Model::Chunk bad{seq.get(), std::span<const int32_t>(prompts[0]), false};
+  bad.experts_per_token = 7;
+  Model::Output out;
+  const absl::Status st = model_->Forward(std::span<const Model::Chunk>(&bad, 1), &out);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(st.message()).find("experts_per_token 7 (must be 1..6"), std::string::npos)
+      << st;
+}
+
 TEST_F(TinyModel, RejectsBadInput) {
   auto seq = model_->NewSequence();
   Model::Output out;
