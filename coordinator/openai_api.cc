@@ -398,7 +398,7 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(const ojson& body,
     return Invalid("prompt", absl::StrCat("expected a string or an array of token ids, got ",
                                           Describe(*prompt)));
   }
-  if (const ojson* suffix = Find(body, "suffix")) {
+  if (Find(body, "suffix") != nullptr) {
     return Invalid("suffix", "not supported: this model has no fill-in-the-middle format");
   }
   return r;
