@@ -324,4 +324,56 @@ BackendStatus Backend::SwiGlu(Queue& q, const SwiGluArgs& a) {
   FLOTILLA_CHECKED(DoSwiGlu(q, a), c.Done());
 }
 
+namespace {
+
+// Shape checks of the packed layouts; `indexer`: FP4 keys (rope 0, dim % 32 == 0).
+void CheckPackShape(Checker& c, bool indexer, int64_t rows, int64_t nope, int64_t rope,
+                    int64_t entry_bytes, int64_t ldx) {
+  c.NonNegative("rows", rows).That(nope > 0, "nope > 0").NonNegative("rope", rope);
+  int64_t need = 0;
+  if (indexer) {
+    c.That(rope == 0, "rope == 0 for indexer keys")
+        .That(nope % 32 == 0, "dim a multiple of 32 (got " + Str(nope) + ")");
+    need = nope / 2 + nope / 32;
+  } else {
+    need = nope + 2 * rope + (nope + 63) / 64;
+  }
+  c.That(entry_bytes >= need, "entry_bytes >= " + Str(need) + " (got " + Str(entry_bytes) + ")");
+  c.Stride("ldx", ldx, nope + rope);
+}
+
+BackendStatus CheckPack(const Backend& b, const char* op, bool indexer, const KvPackArgs& a) {
+  Checker c(b, op);
+  CheckPackShape(c, indexer, a.rows, a.nope, a.rope, a.entry_bytes, a.ldx);
+  c.Span("x", a.x, Extent(a.rows, a.nope + a.rope, a.ldx));
+  c.Span("entries", a.entries, a.rows * a.entry_bytes);
+  return c.Done();
+}
+
+BackendStatus CheckUnpack(const Backend& b, const char* op, bool indexer, const KvUnpackArgs& a) {
+  Checker c(b, op);
+  CheckPackShape(c, indexer, a.rows, a.nope, a.rope, a.entry_bytes, a.ldx);
+  c.Span("entries", a.entries, a.rows * a.entry_bytes);
+  c.Span("x", a.x, Extent(a.rows, a.nope + a.rope, a.ldx));
+  return c.Done();
+}
+
+}  // namespace
+
+BackendStatus Backend::PackKvEntries(Queue& q, const KvPackArgs& a) {
+  FLOTILLA_CHECKED(DoPackKvEntries(q, a), CheckPack(*this, "PackKvEntries", false, a));
+}
+
+BackendStatus Backend::UnpackKvEntries(Queue& q, const KvUnpackArgs& a) {
+  FLOTILLA_CHECKED(DoUnpackKvEntries(q, a), CheckUnpack(*this, "UnpackKvEntries", false, a));
+}
+
+BackendStatus Backend::PackIndexerKeys(Queue& q, const KvPackArgs& a) {
+  FLOTILLA_CHECKED(DoPackIndexerKeys(q, a), CheckPack(*this, "PackIndexerKeys", true, a));
+}
+
+BackendStatus Backend::UnpackIndexerKeys(Queue& q, const KvUnpackArgs& a) {
+  FLOTILLA_CHECKED(DoUnpackIndexerKeys(q, a), CheckUnpack(*this, "UnpackIndexerKeys", true, a));
+}
+
 }  // namespace flotilla::kernels

@@ -119,6 +119,10 @@ class Backend {
   BackendStatus SparseAttention(Queue& queue, const SparseAttentionArgs& args);
   BackendStatus Route(Queue& queue, const RouteArgs& args);
   BackendStatus SwiGlu(Queue& queue, const SwiGluArgs& args);
+  BackendStatus PackKvEntries(Queue& queue, const KvPackArgs& args);
+  BackendStatus UnpackKvEntries(Queue& queue, const KvUnpackArgs& args);
+  BackendStatus PackIndexerKeys(Queue& queue, const KvPackArgs& args);
+  BackendStatus UnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args);
 
   // Whether `span` is usable by this backend: made by one of its arenas, inside it. Empty spans
   // pass only where the caller allows (optional inputs). The error names `op` and `arg`.
@@ -156,6 +160,10 @@ class Backend {
   virtual BackendStatus DoSparseAttention(Queue& queue, const SparseAttentionArgs& args) = 0;
   virtual BackendStatus DoRoute(Queue& queue, const RouteArgs& args) = 0;
   virtual BackendStatus DoSwiGlu(Queue& queue, const SwiGluArgs& args) = 0;
+  virtual BackendStatus DoPackKvEntries(Queue& queue, const KvPackArgs& args) = 0;
+  virtual BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) = 0;
+  virtual BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) = 0;
+  virtual BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) = 0;
 
  private:
   BackendStatus CheckRaw(const char* op, const char* arg, const Arena* arena, uintptr_t address,

@@ -220,4 +220,22 @@ struct SwiGluArgs {
   int64_t ld_out = 0;
 };
 
+// PackKvEntries / PackIndexerKeys (for the indexer: nope = dim, rope = 0).
+struct KvPackArgs {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;
+  In<bf16> x{};  // [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+  Out<uint8_t> entries{};  // [rows, entry_bytes]
+};
+
+// UnpackKvEntries / UnpackIndexerKeys.
+struct KvUnpackArgs {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;
+  In<uint8_t> entries{};  // [rows, entry_bytes]
+  Out<bf16> x{};          // [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+};
+
 }  // namespace flotilla::kernels

@@ -427,4 +427,56 @@ BackendStatus CpuBackend::DoSwiGlu(Queue& queue, const SwiGluArgs& a) {
   return BackendStatus::Ok();
 }
 
+namespace {
+
+KvPackParams PackParams(const KvPackArgs& a) {
+  KvPackParams p;
+  p.rows = a.rows;
+  p.nope = a.nope;
+  p.rope = a.rope;
+  p.entry_bytes = a.entry_bytes;
+  p.x = Ptr(a.x);
+  p.ldx = a.ldx;
+  p.entries = Ptr(a.entries);
+  return p;
+}
+
+KvUnpackParams UnpackParams(const KvUnpackArgs& a) {
+  KvUnpackParams p;
+  p.rows = a.rows;
+  p.nope = a.nope;
+  p.rope = a.rope;
+  p.entry_bytes = a.entry_bytes;
+  p.entries = Ptr(a.entries);
+  p.x = Ptr(a.x);
+  p.ldx = a.ldx;
+  return p;
+}
+
+}  // namespace
+
+BackendStatus CpuBackend::DoPackKvEntries(Queue& queue, const KvPackArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "PackKvEntries");
+  kernels::PackKvEntries(PackParams(a));
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "UnpackKvEntries");
+  kernels::UnpackKvEntries(UnpackParams(a));
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoPackIndexerKeys(Queue& queue, const KvPackArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "PackIndexerKeys");
+  kernels::PackIndexerKeys(PackParams(a));
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "UnpackIndexerKeys");
+  kernels::UnpackIndexerKeys(UnpackParams(a));
+  return BackendStatus::Ok();
+}
+
 }  // namespace flotilla::kernels

@@ -798,5 +798,82 @@ TEST_F(BackendTest, RoutingAndSwiGluMatchDirectCalls) {
   }
 }
 
+TEST_F(BackendTest, PackedKvOpsMatchDirectCalls) {
+  Rng rng(9);
+  const int64_t rows = 7, nope = 448, rope = 64, entry = 584, ldx = 520;
+  std::vector<bf16> x = rng.Bf16(rows * ldx, 4.0);
+  Fp8SimulateInPlace(x.data(), rows, ldx, nope, 64);
+  std::vector<uint8_t> packed(rows * entry);
+  PackKvEntries({.rows = rows,
+                 .nope = nope,
+                 .rope = rope,
+                 .entry_bytes = entry,
+                 .x = x.data(),
+                 .ldx = ldx,
+                 .entries = packed.data()});
+  DeviceSpan<uint8_t> dpacked = Zeros<uint8_t>(rows * entry);
+  EXPECT_OK(backend_.PackKvEntries(*queue_, {.rows = rows,
+                                             .nope = nope,
+                                             .rope = rope,
+                                             .entry_bytes = entry,
+                                             .x = Up(x),
+                                             .ldx = ldx,
+                                             .entries = dpacked}));
+  EXPECT_BITWISE_EQ(Down(dpacked), packed);
+  std::vector<bf16> back(rows * ldx);
+  UnpackKvEntries({.rows = rows,
+                   .nope = nope,
+                   .rope = rope,
+                   .entry_bytes = entry,
+                   .entries = packed.data(),
+                   .x = back.data(),
+                   .ldx = ldx});
+  DeviceSpan<bf16> dback = Zeros<bf16>(rows * ldx);
+  EXPECT_OK(backend_.UnpackKvEntries(*queue_, {.rows = rows,
+                                               .nope = nope,
+                                               .rope = rope,
+                                               .entry_bytes = entry,
+                                               .entries = dpacked,
+                                               .x = dback,
+                                               .ldx = ldx}));
+  EXPECT_BITWISE_EQ(Down(dback), back);
+  EXPECT_ERROR(backend_.PackKvEntries(*queue_, {.rows = rows,
+                                                .nope = nope,
+                                                .rope = rope,
+                                                .entry_bytes = 575,
+                                                .x = Up(x),
+                                                .ldx = ldx,
+                                                .entries = dpacked}),
+               "PackKvEntries: expected entry_bytes >= 583 (got 575)");
+
+  const int64_t dim = 128, key = 68;
+  std::vector<bf16> k = rng.Bf16(rows * dim, 2.0);
+  Fp4SimulateInPlace(k.data(), rows, dim, dim, 32);
+  std::vector<uint8_t> keys(rows * key);
+  PackIndexerKeys({.rows = rows,
+                   .nope = dim,
+                   .entry_bytes = key,
+                   .x = k.data(),
+                   .ldx = dim,
+                   .entries = keys.data()});
+  DeviceSpan<uint8_t> dkeys = Zeros<uint8_t>(rows * key);
+  EXPECT_OK(backend_.PackIndexerKeys(
+      *queue_,
+      {.rows = rows, .nope = dim, .entry_bytes = key, .x = Up(k), .ldx = dim, .entries = dkeys}));
+  EXPECT_BITWISE_EQ(Down(dkeys), keys);
+  DeviceSpan<bf16> dk = Zeros<bf16>(rows * dim);
+  EXPECT_OK(backend_.UnpackIndexerKeys(
+      *queue_,
+      {.rows = rows, .nope = dim, .entry_bytes = key, .entries = dkeys, .x = dk, .ldx = dim}));
+  EXPECT_BITWISE_EQ(Down(dk), k);
+  EXPECT_ERROR(backend_.PackIndexerKeys(*queue_, {.rows = rows,
+                                                  .nope = 100,
+                                                  .entry_bytes = key,
+                                                  .x = Up(k),
+                                                  .ldx = dim,
+                                                  .entries = dkeys}),
+               "dim a multiple of 32 (got 100)");
+}
+
 }  // namespace
 }  // namespace flotilla::kernels
