@@ -360,6 +360,47 @@ BackendStatus CheckUnpack(const Backend& b, const char* op, bool indexer, const 
 
 }  // namespace
 
+BackendStatus Backend::MoePermute(Queue& q, const MoePermuteArgs& a) {
+  Checker c(*this, "MoePermute");
+  c.NonNegative("n", a.n).That(a.k > 0, "k > 0").That(a.num_experts > 0, "num_experts > 0");
+  c.Span("expert_idx", a.expert_idx, a.n * a.k).Span("offsets", a.offsets, a.num_experts + 1);
+  c.Span("order", a.order, a.n * a.k);
+  FLOTILLA_CHECKED(DoMoePermute(q, a), c.Done());
+}
+
+namespace {
+BackendStatus CheckRowCopy(const Backend& b, const char* op, const RowCopyArgs& a) {
+  Checker c(b, op);
+  c.NonNegative("rows", a.rows).That(a.divisor > 0, "divisor > 0");
+  c.That(a.row_bytes > 0, "row_bytes > 0");
+  c.Stride("ld_src", a.ld_src, a.row_bytes).Stride("ld_dst", a.ld_dst, a.row_bytes);
+  c.Span("index", a.index, a.rows);
+  // The indexed side (src of a gather, dst of a scatter) must hold at least one row; the other
+  // side holds `rows` rows.
+  const bool gather = std::string(op) == "GatherRows";
+  const int64_t live = a.rows > 0;
+  c.Span("src", a.src, gather ? live * a.row_bytes : Extent(a.rows, a.row_bytes, a.ld_src));
+  c.Span("dst", a.dst, gather ? Extent(a.rows, a.row_bytes, a.ld_dst) : live * a.row_bytes);
+  return c.Done();
+}
+}  // namespace
+
+BackendStatus Backend::GatherRows(Queue& q, const RowCopyArgs& a) {
+  FLOTILLA_CHECKED(DoGatherRows(q, a), CheckRowCopy(*this, "GatherRows", a));
+}
+
+BackendStatus Backend::ScatterRows(Queue& q, const RowCopyArgs& a) {
+  FLOTILLA_CHECKED(DoScatterRows(q, a), CheckRowCopy(*this, "ScatterRows", a));
+}
+
+BackendStatus Backend::MoeCombine(Queue& q, const MoeCombineArgs& a) {
+  Checker c(*this, "MoeCombine");
+  c.NonNegative("n", a.n).That(a.k > 0 && a.k <= 64, "0 < k <= 64").That(a.d > 0, "d > 0");
+  c.Span("expert_idx", a.expert_idx, a.n * a.k).Span("routed", a.routed, a.n * a.k * a.d);
+  c.Optional("shared", a.shared, a.n * a.d).Span("out", a.out, a.n * a.d);
+  FLOTILLA_CHECKED(DoMoeCombine(q, a), c.Done());
+}
+
 BackendStatus Backend::PackKvEntries(Queue& q, const KvPackArgs& a) {
   FLOTILLA_CHECKED(DoPackKvEntries(q, a), CheckPack(*this, "PackKvEntries", false, a));
 }

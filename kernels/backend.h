@@ -119,6 +119,10 @@ class Backend {
   BackendStatus SparseAttention(Queue& queue, const SparseAttentionArgs& args);
   BackendStatus Route(Queue& queue, const RouteArgs& args);
   BackendStatus SwiGlu(Queue& queue, const SwiGluArgs& args);
+  BackendStatus MoePermute(Queue& queue, const MoePermuteArgs& args);
+  BackendStatus GatherRows(Queue& queue, const RowCopyArgs& args);
+  BackendStatus ScatterRows(Queue& queue, const RowCopyArgs& args);
+  BackendStatus MoeCombine(Queue& queue, const MoeCombineArgs& args);
   BackendStatus PackKvEntries(Queue& queue, const KvPackArgs& args);
   BackendStatus UnpackKvEntries(Queue& queue, const KvUnpackArgs& args);
   BackendStatus PackIndexerKeys(Queue& queue, const KvPackArgs& args);
@@ -160,6 +164,10 @@ class Backend {
   virtual BackendStatus DoSparseAttention(Queue& queue, const SparseAttentionArgs& args) = 0;
   virtual BackendStatus DoRoute(Queue& queue, const RouteArgs& args) = 0;
   virtual BackendStatus DoSwiGlu(Queue& queue, const SwiGluArgs& args) = 0;
+  virtual BackendStatus DoMoePermute(Queue& queue, const MoePermuteArgs& args) = 0;
+  virtual BackendStatus DoGatherRows(Queue& queue, const RowCopyArgs& args) = 0;
+  virtual BackendStatus DoScatterRows(Queue& queue, const RowCopyArgs& args) = 0;
+  virtual BackendStatus DoMoeCombine(Queue& queue, const MoeCombineArgs& args) = 0;
   virtual BackendStatus DoPackKvEntries(Queue& queue, const KvPackArgs& args) = 0;
   virtual BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) = 0;
   virtual BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) = 0;

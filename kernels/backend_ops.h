@@ -220,6 +220,34 @@ struct SwiGluArgs {
   int64_t ld_out = 0;
 };
 
+// MoePermute (ops.h).
+struct MoePermuteArgs {
+  In<int32_t> expert_idx{};  // [n, k] global expert ids
+  int64_t n = 0, k = 0;
+  int64_t first_expert = 0, num_experts = 0;
+  Out<int64_t> offsets{};  // [num_experts + 1]
+  Out<int32_t> order{};    // [n * k]
+};
+
+// GatherRows / ScatterRows (ops.h) on byte views (DeviceSpan::as_bytes); strides in bytes. The
+// CPU backend checks each index / divisor against the rows of the indexed side as it reads.
+struct RowCopyArgs {
+  In<uint8_t> src{};
+  int64_t ld_src = 0;
+  In<int32_t> index{};  // [rows]
+  int64_t rows = 0, divisor = 1, row_bytes = 0;
+  Out<uint8_t> dst{};
+  int64_t ld_dst = 0;
+};
+
+struct MoeCombineArgs {
+  In<int32_t> expert_idx{};  // [n, k]
+  In<bf16> routed{};         // [n * k, d]
+  In<bf16> shared{};         // [n, d] or empty
+  int64_t n = 0, k = 0, d = 0;
+  Out<bf16> out{};  // [n, d]
+};
+
 // PackKvEntries / PackIndexerKeys (for the indexer: nope = dim, rope = 0).
 struct KvPackArgs {
   int64_t rows = 0, nope = 0, rope = 0;

@@ -82,6 +82,22 @@ class DeviceSpan {
   DeviceSpan subspan(int64_t offset) const { return subspan(offset, size_ - offset); }
   DeviceSpan first(int64_t count) const { return subspan(0, count); }
 
+  // The same memory as bytes (for ops that move rows of any element type).
+  DeviceSpan<const uint8_t> as_bytes() const {
+    DeviceSpan<const uint8_t> out;
+    out.arena_ = arena_;
+    out.address_ = address_;
+    out.size_ = size_bytes();
+    return out;
+  }
+  DeviceSpan<uint8_t> as_writable_bytes() const requires(!std::is_const_v<T>) {
+    DeviceSpan<uint8_t> out;
+    out.arena_ = arena_;
+    out.address_ = address_;
+    out.size_ = size_bytes();
+    return out;
+  }
+
   // Same memory, same element bytes (for ops that view, say, an fp8 buffer as bytes).
   template <typename U>
   requires(sizeof(U) == sizeof(T) &&

@@ -272,6 +272,48 @@ struct SwiGluParams {
 };
 void SwiGlu(const SwiGluParams& p);
 
+// ---------------------------------------------------------------- MoE permutation (§9)
+
+// Groups the n * k assignments of expert_idx [n, k] by expert, for the experts
+// [first_expert, first_expert + num_experts): expert e's assignments are
+// order[offsets[e] .. offsets[e + 1]), each the flat index t * k + s, in increasing flat index
+// (token order). offsets has num_experts + 1 entries, offsets[0] = 0; assignments to other
+// experts are left out (offsets[num_experts] counts those kept).
+struct MoePermuteParams {
+  const int32_t* expert_idx = nullptr;  // [n, k] global expert ids
+  int64_t n = 0, k = 0;
+  int64_t first_expert = 0, num_experts = 0;
+  int64_t* offsets = nullptr;  // [num_experts + 1]
+  int32_t* order = nullptr;    // [n * k] (the first offsets[num_experts] are written)
+};
+void MoePermute(const MoePermuteParams& p);
+
+// Row copies through an index list, rows of row_bytes bytes, strides in bytes:
+// Gather: dst row i = src row (index[i] / divisor); Scatter: dst row (index[i] / divisor) =
+// src row i. (divisor k turns flat assignment indices into token rows; 1 uses them as is.)
+struct RowCopyParams {
+  const uint8_t* src = nullptr;
+  int64_t ld_src = 0;
+  const int32_t* index = nullptr;  // [rows]
+  int64_t rows = 0, divisor = 1, row_bytes = 0;
+  uint8_t* dst = nullptr;
+  int64_t ld_dst = 0;
+};
+void GatherRows(const RowCopyParams& p);
+void ScatterRows(const RowCopyParams& p);
+
+// Combine (§9.3), per token t and channel c: y = Σ over its k routed outputs in increasing expert
+// id (ties in slot order) of f32(routed[t*k + s][c]), then + f32(shared[t][c]) when shared is
+// set; out = bf16(y), one rounding. k <= 64.
+struct MoeCombineParams {
+  const int32_t* expert_idx = nullptr;  // [n, k]
+  const bf16* routed = nullptr;         // [n * k, d], slot order
+  const bf16* shared = nullptr;         // [n, d] or nullptr
+  int64_t n = 0, k = 0, d = 0;
+  bf16* out = nullptr;  // [n, d]
+};
+void MoeCombine(const MoeCombineParams& p);
+
 // ---------------------------------------------------------------- packed KV (§8.2)
 
 // Main KV entries: rows of nope + rope bf16 values whose first nope values went through

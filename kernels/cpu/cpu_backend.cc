@@ -455,6 +455,81 @@ KvUnpackParams UnpackParams(const KvUnpackArgs& a) {
 
 }  // namespace
 
+BackendStatus CpuBackend::DoMoePermute(Queue& queue, const MoePermuteArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "MoePermute");
+  MoePermuteParams p;
+  p.expert_idx = Ptr(a.expert_idx);
+  p.n = a.n;
+  p.k = a.k;
+  p.first_expert = a.first_expert;
+  p.num_experts = a.num_experts;
+  p.offsets = Ptr(a.offsets);
+  p.order = Ptr(a.order);
+  kernels::MoePermute(p);
+  return BackendStatus::Ok();
+}
+
+namespace {
+
+// Checks index[i] / divisor against the rows `indexed` holds (row_bytes at stride ld), then
+// fills the kernel's parameters.
+BackendResult<RowCopyParams> RowCopy(const char* op, const RowCopyArgs& a, int64_t indexed_bytes,
+                                     int64_t ld) {
+  const int64_t indexed_rows =
+      indexed_bytes < a.row_bytes ? 0 : (indexed_bytes - a.row_bytes) / ld + 1;
+  const int32_t* index = Ptr(a.index);
+  for (int64_t i = 0; i < a.rows; ++i) {
+    if (index[i] < 0 || int64_t(index[i]) / a.divisor >= indexed_rows) {
+      return BackendStatus::Error(std::string(op) + ": index[" + std::to_string(i) +
+                                  "] = " + std::to_string(index[i]) + " (row " +
+                                  std::to_string(int64_t(index[i]) / a.divisor) +
+                                  "); expected rows 0 to " + std::to_string(indexed_rows - 1));
+    }
+  }
+  RowCopyParams p;
+  p.src = Ptr(a.src);
+  p.ld_src = a.ld_src;
+  p.index = index;
+  p.rows = a.rows;
+  p.divisor = a.divisor;
+  p.row_bytes = a.row_bytes;
+  p.dst = Ptr(a.dst);
+  p.ld_dst = a.ld_dst;
+  return p;
+}
+
+}  // namespace
+
+BackendStatus CpuBackend::DoGatherRows(Queue& queue, const RowCopyArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "GatherRows");
+  BackendResult<RowCopyParams> p = RowCopy("GatherRows", a, a.src.size(), a.ld_src);
+  if (!p.ok()) return p.status();
+  kernels::GatherRows(p.value());
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoScatterRows(Queue& queue, const RowCopyArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "ScatterRows");
+  BackendResult<RowCopyParams> p = RowCopy("ScatterRows", a, a.dst.size(), a.ld_dst);
+  if (!p.ok()) return p.status();
+  kernels::ScatterRows(p.value());
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoMoeCombine(Queue& queue, const MoeCombineArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "MoeCombine");
+  MoeCombineParams p;
+  p.expert_idx = Ptr(a.expert_idx);
+  p.routed = Ptr(a.routed);
+  p.shared = Ptr(a.shared);
+  p.n = a.n;
+  p.k = a.k;
+  p.d = a.d;
+  p.out = Ptr(a.out);
+  kernels::MoeCombine(p);
+  return BackendStatus::Ok();
+}
+
 BackendStatus CpuBackend::DoPackKvEntries(Queue& queue, const KvPackArgs& a) {
   FLOTILLA_CPU_QUEUE(queue, "PackKvEntries");
   kernels::PackKvEntries(PackParams(a));

@@ -52,6 +52,10 @@ class CpuBackend final : public Backend {
   BackendStatus DoSparseAttention(Queue& queue, const SparseAttentionArgs& args) override;
   BackendStatus DoRoute(Queue& queue, const RouteArgs& args) override;
   BackendStatus DoSwiGlu(Queue& queue, const SwiGluArgs& args) override;
+  BackendStatus DoMoePermute(Queue& queue, const MoePermuteArgs& args) override;
+  BackendStatus DoGatherRows(Queue& queue, const RowCopyArgs& args) override;
+  BackendStatus DoScatterRows(Queue& queue, const RowCopyArgs& args) override;
+  BackendStatus DoMoeCombine(Queue& queue, const MoeCombineArgs& args) override;
   BackendStatus DoPackKvEntries(Queue& queue, const KvPackArgs& args) override;
   BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) override;
   BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) override;

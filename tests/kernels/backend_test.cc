@@ -875,5 +875,105 @@ TEST_F(BackendTest, PackedKvOpsMatchDirectCalls) {
                "dim a multiple of 32 (got 100)");
 }
 
+TEST_F(BackendTest, MoePermutationOpsMatchDirectCalls) {
+  Rng rng(10);
+  const int64_t n = 40, k = 6, experts = 16, first = 4, local = 8, d = 256;
+  std::vector<int32_t> idx(n * k);
+  for (auto& e : idx) e = int32_t(rng.Int(0, experts - 1));
+  std::vector<int64_t> offsets(local + 1);
+  std::vector<int32_t> order(n * k);
+  MoePermute({.expert_idx = idx.data(),
+              .n = n,
+              .k = k,
+              .first_expert = first,
+              .num_experts = local,
+              .offsets = offsets.data(),
+              .order = order.data()});
+  DeviceSpan<int32_t> didx = Up(idx);
+  DeviceSpan<int64_t> doff = Zeros<int64_t>(local + 1);
+  DeviceSpan<int32_t> dorder = Zeros<int32_t>(n * k);
+  EXPECT_OK(backend_.MoePermute(*queue_, {.expert_idx = didx,
+                                          .n = n,
+                                          .k = k,
+                                          .first_expert = first,
+                                          .num_experts = local,
+                                          .offsets = doff,
+                                          .order = dorder}));
+  EXPECT_EQ(Down(doff), offsets);
+  const int64_t kept = offsets[local];
+  EXPECT_EQ(Down(dorder.first(kept)), std::vector<int32_t>(order.begin(), order.begin() + kept));
+
+  // Gather the tokens' bf16 rows per assignment, scatter them back to assignment order.
+  const std::vector<bf16> x = rng.Bf16(n * d);
+  std::vector<bf16> gathered(kept * d);
+  GatherRows({.src = reinterpret_cast<const uint8_t*>(x.data()),
+              .ld_src = 2 * d,
+              .index = order.data(),
+              .rows = kept,
+              .divisor = k,
+              .row_bytes = 2 * d,
+              .dst = reinterpret_cast<uint8_t*>(gathered.data()),
+              .ld_dst = 2 * d});
+  DeviceSpan<bf16> dx = Up(x);
+  DeviceSpan<bf16> dg = Zeros<bf16>(kept * d);
+  EXPECT_OK(backend_.GatherRows(*queue_, {.src = dx.as_bytes(),
+                                          .ld_src = 2 * d,
+                                          .index = dorder.first(kept),
+                                          .rows = kept,
+                                          .divisor = k,
+                                          .row_bytes = 2 * d,
+                                          .dst = dg.as_writable_bytes(),
+                                          .ld_dst = 2 * d}));
+  EXPECT_BITWISE_EQ(Down(dg), gathered);
+  std::vector<bf16> routed(n * k * d, 0);
+  ScatterRows({.src = reinterpret_cast<const uint8_t*>(gathered.data()),
+               .ld_src = 2 * d,
+               .index = order.data(),
+               .rows = kept,
+               .divisor = 1,
+               .row_bytes = 2 * d,
+               .dst = reinterpret_cast<uint8_t*>(routed.data()),
+               .ld_dst = 2 * d});
+  DeviceSpan<bf16> drouted = Zeros<bf16>(n * k * d);
+  EXPECT_OK(backend_.ScatterRows(*queue_, {.src = dg.as_bytes(),
+                                           .ld_src = 2 * d,
+                                           .index = dorder.first(kept),
+                                           .rows = kept,
+                                           .divisor = 1,
+                                           .row_bytes = 2 * d,
+                                           .dst = drouted.as_writable_bytes(),
+                                           .ld_dst = 2 * d}));
+  EXPECT_BITWISE_EQ(Down(drouted), routed);
+  EXPECT_ERROR(backend_.GatherRows(*queue_, {.src = dx.as_bytes(),
+                                             .ld_src = 2 * d,
+                                             .index = dorder.first(kept),
+                                             .rows = kept,
+                                             .divisor = 1,
+                                             .row_bytes = 2 * d,
+                                             .dst = dg.as_writable_bytes(),
+                                             .ld_dst = 2 * d}),
+               "expected rows 0 to 39");
+
+  // Combine every assignment's rows (all experts) with a shared output.
+  const std::vector<bf16> all = rng.Bf16(n * k * d), shared = rng.Bf16(n * d);
+  std::vector<bf16> out(n * d);
+  MoeCombine({.expert_idx = idx.data(),
+              .routed = all.data(),
+              .shared = shared.data(),
+              .n = n,
+              .k = k,
+              .d = d,
+              .out = out.data()});
+  DeviceSpan<bf16> dout = Zeros<bf16>(n * d);
+  EXPECT_OK(backend_.MoeCombine(*queue_, {.expert_idx = didx,
+                                          .routed = Up(all),
+                                          .shared = Up(shared),
+                                          .n = n,
+                                          .k = k,
+                                          .d = d,
+                                          .out = dout}));
+  EXPECT_BITWISE_EQ(Down(dout), out);
+}
+
 }  // namespace
 }  // namespace flotilla::kernels
