@@ -60,18 +60,28 @@ absl::StatusOr<KvPoolLayout> KvPoolLayout::Make(const ModelConfig& c, int64_t pa
   return l;
 }
 
-KvPoolLayout::Pages KvPoolLayout::SequencePages(int64_t tokens) const {
-  FLOTILLA_CHECK(tokens >= 0);
+KvPoolLayout::Pages KvPoolLayout::LayerPages(int64_t layer, int64_t tokens) const {
+  FLOTILLA_CHECK(tokens >= 0 && layer >= 0 && layer < num_layers());
   Pages p;
-  for (size_t i = 0; i < ratios_.size(); ++i) {
-    const int64_t m = ratios_[i];
-    p.window += window_pages;
-    p.state += state_pages_[i];
-    if (m == 0) continue;
-    p.main += CeilDiv(tokens / m, main_per_page);
-    if (m == kCsaRatio) p.indexer += CeilDiv(tokens / m, keys_per_page);
-  }
+  const int64_t m = ratios_[size_t(layer)];
+  p.window = window_pages;
+  p.state = state_pages_[size_t(layer)];
+  if (m == 0) return p;
+  p.main = CeilDiv(tokens / m, main_per_page);
+  if (m == kCsaRatio) p.indexer = CeilDiv(tokens / m, keys_per_page);
   return p;
+}
+
+KvPoolLayout::Pages KvPoolLayout::SequencePages(int64_t tokens) const {
+  Pages total;
+  for (int64_t layer = 0; layer < num_layers(); ++layer) {
+    const Pages p = LayerPages(layer, tokens);
+    total.main += p.main;
+    total.indexer += p.indexer;
+    total.window += p.window;
+    total.state += p.state;
+  }
+  return total;
 }
 
 int64_t KvPoolLayout::LongestContext(int64_t pages, int64_t cap) const {

@@ -44,6 +44,10 @@ struct KvPoolLayout {
     int64_t Total() const { return Growing() + Fixed(); }
   };
   Pages SequencePages(int64_t tokens) const;
+  // The same for one layer (hidden layers 0.., then the MTP layers); the sum over layers is
+  // SequencePages.
+  Pages LayerPages(int64_t layer, int64_t tokens) const;
+  int64_t num_layers() const { return int64_t(ratios_.size()); }
 
   int64_t PagesInPool(uint64_t pool_bytes) const {
     return int64_t(pool_bytes / uint64_t(page_bytes));
