@@ -117,12 +117,12 @@ BackendStatus CheckSimulate(const Backend& b, const char* op, const QuantSimulat
 }
 }  // namespace
 
-BackendStatus Backend::Fp8Simulate(Queue& q, const QuantSimulateArgs& a) {
-  FLOTILLA_CHECKED(DoFp8Simulate(q, a), CheckSimulate(*this, "Fp8Simulate", a));
+BackendStatus Backend::Fp8SimulateInPlace(Queue& q, const QuantSimulateArgs& a) {
+  FLOTILLA_CHECKED(DoFp8SimulateInPlace(q, a), CheckSimulate(*this, "Fp8SimulateInPlace", a));
 }
 
-BackendStatus Backend::Fp4Simulate(Queue& q, const QuantSimulateArgs& a) {
-  FLOTILLA_CHECKED(DoFp4Simulate(q, a), CheckSimulate(*this, "Fp4Simulate", a));
+BackendStatus Backend::Fp4SimulateInPlace(Queue& q, const QuantSimulateArgs& a) {
+  FLOTILLA_CHECKED(DoFp4SimulateInPlace(q, a), CheckSimulate(*this, "Fp4SimulateInPlace", a));
 }
 
 BackendStatus Backend::GemmFp8(Queue& q, const GemmFp8Args& a) {

@@ -99,8 +99,8 @@ class Backend {
 
   // ---- ops (kernels/ops.h), checked then issued on `queue`
   BackendStatus ActQuantFp8(Queue& queue, const ActQuantArgs& args);
-  BackendStatus Fp8Simulate(Queue& queue, const QuantSimulateArgs& args);
-  BackendStatus Fp4Simulate(Queue& queue, const QuantSimulateArgs& args);
+  BackendStatus Fp8SimulateInPlace(Queue& queue, const QuantSimulateArgs& args);
+  BackendStatus Fp4SimulateInPlace(Queue& queue, const QuantSimulateArgs& args);
   BackendStatus GemmFp8(Queue& queue, const GemmFp8Args& args);
   BackendStatus GemmFp8Fp4(Queue& queue, const GemmFp8Fp4Args& args);
   BackendStatus GemmBf16(Queue& queue, const GemmBf16Args& args);
@@ -144,8 +144,8 @@ class Backend {
 
   // Ops after their arguments passed the checks.
   virtual BackendStatus DoActQuantFp8(Queue& queue, const ActQuantArgs& args) = 0;
-  virtual BackendStatus DoFp8Simulate(Queue& queue, const QuantSimulateArgs& args) = 0;
-  virtual BackendStatus DoFp4Simulate(Queue& queue, const QuantSimulateArgs& args) = 0;
+  virtual BackendStatus DoFp8SimulateInPlace(Queue& queue, const QuantSimulateArgs& args) = 0;
+  virtual BackendStatus DoFp4SimulateInPlace(Queue& queue, const QuantSimulateArgs& args) = 0;
   virtual BackendStatus DoGemmFp8(Queue& queue, const GemmFp8Args& args) = 0;
   virtual BackendStatus DoGemmFp8Fp4(Queue& queue, const GemmFp8Fp4Args& args) = 0;
   virtual BackendStatus DoGemmBf16(Queue& queue, const GemmBf16Args& args) = 0;

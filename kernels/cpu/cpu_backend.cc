@@ -137,15 +137,15 @@ BackendStatus CpuBackend::DoActQuantFp8(Queue& queue, const ActQuantArgs& a) {
   return BackendStatus::Ok();
 }
 
-BackendStatus CpuBackend::DoFp8Simulate(Queue& queue, const QuantSimulateArgs& a) {
-  FLOTILLA_CPU_QUEUE(queue, "Fp8Simulate");
-  Fp8SimulateInPlace(Ptr(a.x), a.rows, a.ld, a.n, a.block);
+BackendStatus CpuBackend::DoFp8SimulateInPlace(Queue& queue, const QuantSimulateArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "Fp8SimulateInPlace");
+  kernels::Fp8SimulateInPlace(Ptr(a.x), a.rows, a.ld, a.n, a.block);
   return BackendStatus::Ok();
 }
 
-BackendStatus CpuBackend::DoFp4Simulate(Queue& queue, const QuantSimulateArgs& a) {
-  FLOTILLA_CPU_QUEUE(queue, "Fp4Simulate");
-  Fp4SimulateInPlace(Ptr(a.x), a.rows, a.ld, a.n, a.block);
+BackendStatus CpuBackend::DoFp4SimulateInPlace(Queue& queue, const QuantSimulateArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "Fp4SimulateInPlace");
+  kernels::Fp4SimulateInPlace(Ptr(a.x), a.rows, a.ld, a.n, a.block);
   return BackendStatus::Ok();
 }
 

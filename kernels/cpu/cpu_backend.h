@@ -32,8 +32,8 @@ class CpuBackend final : public Backend {
                        uint64_t pattern) override;
 
   BackendStatus DoActQuantFp8(Queue& queue, const ActQuantArgs& args) override;
-  BackendStatus DoFp8Simulate(Queue& queue, const QuantSimulateArgs& args) override;
-  BackendStatus DoFp4Simulate(Queue& queue, const QuantSimulateArgs& args) override;
+  BackendStatus DoFp8SimulateInPlace(Queue& queue, const QuantSimulateArgs& args) override;
+  BackendStatus DoFp4SimulateInPlace(Queue& queue, const QuantSimulateArgs& args) override;
   BackendStatus DoGemmFp8(Queue& queue, const GemmFp8Args& args) override;
   BackendStatus DoGemmFp8Fp4(Queue& queue, const GemmFp8Fp4Args& args) override;
   BackendStatus DoGemmBf16(Queue& queue, const GemmBf16Args& args) override;

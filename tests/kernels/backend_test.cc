@@ -343,12 +343,12 @@ TEST_F(BackendTest, ActQuantAndQatRoundTripsMatchDirectCalls) {
     DeviceSpan<bf16> dx = Up(direct);
     if (fp4) {
       Fp4SimulateInPlace(direct.data(), rows, ld, n, block);
-      EXPECT_OK(
-          backend_.Fp4Simulate(*queue_, {.x = dx, .rows = rows, .ld = ld, .n = n, .block = block}));
+      EXPECT_OK(backend_.Fp4SimulateInPlace(
+          *queue_, {.x = dx, .rows = rows, .ld = ld, .n = n, .block = block}));
     } else {
       Fp8SimulateInPlace(direct.data(), rows, ld, n, block);
-      EXPECT_OK(
-          backend_.Fp8Simulate(*queue_, {.x = dx, .rows = rows, .ld = ld, .n = n, .block = block}));
+      EXPECT_OK(backend_.Fp8SimulateInPlace(
+          *queue_, {.x = dx, .rows = rows, .ld = ld, .n = n, .block = block}));
     }
     EXPECT_BITWISE_EQ(Down(dx), direct) << (fp4 ? "fp4" : "fp8");
   }
