@@ -31,8 +31,8 @@ struct ActQuantParams {
   int64_t ldx = 0;
   int64_t m = 0, k = 0;
   int64_t block = 128;
-  fp8* q = nullptr;        // [m, k], dense
-  e8m0* scale = nullptr;   // [m, k / block]
+  fp8* q = nullptr;       // [m, k], dense
+  e8m0* scale = nullptr;  // [m, k / block]
 };
 void ActQuantFp8(const ActQuantParams& p);
 
@@ -55,7 +55,7 @@ struct GemmFp8Params {
   const fp8* w = nullptr;         // [n, k] dense
   const e8m0* w_scale = nullptr;  // [ceil(n/128), k/128]
   const float* w_scale_f32 = nullptr;
-  bf16* c = nullptr;              // [m, n], row stride ldc
+  bf16* c = nullptr;  // [m, n], row stride ldc
   int64_t ldc = 0;
   int64_t m = 0, n = 0, k = 0;
 };
@@ -84,7 +84,7 @@ struct GemmBf16Params {
   int64_t lda = 0;
   const bf16* w = nullptr;  // [n, k], row stride ldw
   int64_t ldw = 0;
-  bf16* c = nullptr;        // [m, n], row stride ldc
+  bf16* c = nullptr;  // [m, n], row stride ldc
   float* c_f32 = nullptr;
   int64_t ldc = 0;
   int64_t m = 0, n = 0, k = 0;
@@ -100,7 +100,7 @@ struct GemmF32Params {
   const float* w = nullptr;
   const bf16* w_bf16 = nullptr;  // [n, k], row stride ldw
   int64_t ldw = 0;
-  float* c = nullptr;            // [m, n], row stride ldc
+  float* c = nullptr;  // [m, n], row stride ldc
   int64_t ldc = 0;
   int64_t m = 0, n = 0, k = 0;
 };
@@ -133,7 +133,7 @@ void RopeFrequencies(int64_t rope_dim, double base, bool yarn, double factor,
 // token, in place: θ = f32(pos) * f_i, (re, im) <- (re*c - im*s, re*s + im*c) in f32 (no FMA),
 // rounded to bf16. inverse: s -> -s.
 struct RopeParams {
-  bf16* x = nullptr;                // token t, head h starts at x + t*ld + h*head_stride
+  bf16* x = nullptr;  // token t, head h starts at x + t*ld + h*head_stride
   int64_t ld = 0;
   int64_t head_stride = 0;
   int64_t num_tokens = 0, num_heads = 0;
@@ -151,29 +151,29 @@ void ApplyRope(const RopeParams& p);
 // `iters` normalisations, expf); x = bf16(((pre0*h0 + pre1*h1) + pre2*h2) + pre3*h3) with each
 // product rounded to f32 on its own.
 struct HcPreParams {
-  const bf16* h = nullptr;      // [m, hc, d]
-  const float* fn = nullptr;    // [(2+hc)*hc, hc*d]
-  const float* scale = nullptr; // [3]
-  const float* base = nullptr;  // [(2+hc)*hc]
+  const bf16* h = nullptr;       // [m, hc, d]
+  const float* fn = nullptr;     // [(2+hc)*hc, hc*d]
+  const float* scale = nullptr;  // [3]
+  const float* base = nullptr;   // [(2+hc)*hc]
   int64_t m = 0, hc = 4, d = 0;
   int64_t sinkhorn_iters = 20;
   float norm_eps = 1e-6f;
   float hc_eps = 1e-6f;
-  bf16* x = nullptr;            // [m, d]
-  float* post = nullptr;        // [m, hc]
-  float* comb = nullptr;        // [m, hc, hc]; comb[j][k]: j input stream, k output stream
+  bf16* x = nullptr;      // [m, d]
+  float* post = nullptr;  // [m, hc]
+  float* comb = nullptr;  // [m, hc, hc]; comb[j][k]: j input stream, k output stream
 };
 void HcPre(const HcPreParams& p);
 
 // h_out[k] = bf16( (Σ_j comb[j][k]*res[j], summed in j order, products rounded) + post[k]*x ).
 // h_out must not alias res.
 struct HcPostParams {
-  const bf16* x = nullptr;       // [m, d]
-  const bf16* res = nullptr;     // [m, hc, d]
-  const float* post = nullptr;   // [m, hc]
-  const float* comb = nullptr;   // [m, hc, hc]
+  const bf16* x = nullptr;      // [m, d]
+  const bf16* res = nullptr;    // [m, hc, d]
+  const float* post = nullptr;  // [m, hc]
+  const float* comb = nullptr;  // [m, hc, hc]
   int64_t m = 0, hc = 4, d = 0;
-  bf16* h_out = nullptr;         // [m, hc, d]
+  bf16* h_out = nullptr;  // [m, hc, d]
 };
 void HcPost(const HcPostParams& p);
 
@@ -186,7 +186,7 @@ struct HcHeadParams {
   int64_t m = 0, hc = 4, d = 0;
   float norm_eps = 1e-6f;
   float hc_eps = 1e-6f;
-  bf16* y = nullptr;             // [m, d]
+  bf16* y = nullptr;  // [m, d]
 };
 void HcHead(const HcHeadParams& p);
 
@@ -214,7 +214,7 @@ struct IndexerScoreParams {
   const bf16* keys = nullptr;  // [n, dim], row stride ldk
   int64_t ldk = 0;
   int64_t n = 0, num_heads = 0, dim = 0;
-  float* scores = nullptr;     // [n]
+  float* scores = nullptr;  // [n]
 };
 void IndexerScores(const IndexerScoreParams& p);
 
@@ -233,10 +233,10 @@ struct SparseAttentionParams {
   const bf16* q = nullptr;            // [num_heads, dim]
   const bf16* const* rows = nullptr;  // [n] rows of dim bf16 values
   int64_t n = 0;
-  const float* sink = nullptr;        // [num_heads]
+  const float* sink = nullptr;  // [num_heads]
   int64_t num_heads = 0, dim = 0;
-  float scale = 0.0f;                 // f32(dim^-0.5)
-  bf16* out = nullptr;                // [num_heads, dim]
+  float scale = 0.0f;   // f32(dim^-0.5)
+  bf16* out = nullptr;  // [num_heads, dim]
 };
 void SparseAttention(const SparseAttentionParams& p);
 
@@ -246,14 +246,14 @@ void SparseAttention(const SparseAttentionParams& p);
 // idx = the first top_k columns of the token's tid2eid row; else idx = top_k of score + bias
 // (descending, ties to the lower expert id). w = score[idx] / Σ (slot-order f32 sum) * scale.
 struct RouterParams {
-  const float* logits = nullptr;     // [m, num_experts]
-  const float* bias = nullptr;       // [num_experts] (score layers)
-  const int64_t* hash_ids = nullptr; // [m, ld_hash] the tokens' tid2eid rows (hash layers)
+  const float* logits = nullptr;      // [m, num_experts]
+  const float* bias = nullptr;        // [num_experts] (score layers)
+  const int64_t* hash_ids = nullptr;  // [m, ld_hash] the tokens' tid2eid rows (hash layers)
   int64_t ld_hash = 0;
   int64_t m = 0, num_experts = 0, top_k = 0;
   float route_scale = 1.0f;
-  int32_t* expert_idx = nullptr;     // [m, top_k]
-  float* weights = nullptr;          // [m, top_k]
+  int32_t* expert_idx = nullptr;  // [m, top_k]
+  float* weights = nullptr;       // [m, top_k]
 };
 void Route(const RouterParams& p);
 
@@ -267,10 +267,85 @@ struct SwiGluParams {
   const float* row_weight = nullptr;  // [m] or nullptr (shared expert)
   int64_t m = 0, inter = 0;
   float limit = 10.0f;
-  bf16* out = nullptr;         // [m, inter], row stride ld_out
+  bf16* out = nullptr;  // [m, inter], row stride ld_out
   int64_t ld_out = 0;
 };
 void SwiGlu(const SwiGluParams& p);
+
+// ---------------------------------------------------------------- MoE permutation (§9)
+
+// Groups the n * k assignments of expert_idx [n, k] by expert, for the experts
+// [first_expert, first_expert + num_experts): expert e's assignments are
+// order[offsets[e] .. offsets[e + 1]), each the flat index t * k + s, in increasing flat index
+// (token order). offsets has num_experts + 1 entries, offsets[0] = 0; assignments to other
+// experts are left out (offsets[num_experts] counts those kept).
+struct MoePermuteParams {
+  const int32_t* expert_idx = nullptr;  // [n, k] global expert ids
+  int64_t n = 0, k = 0;
+  int64_t first_expert = 0, num_experts = 0;
+  int64_t* offsets = nullptr;  // [num_experts + 1]
+  int32_t* order = nullptr;    // [n * k] (the first offsets[num_experts] are written)
+};
+void MoePermute(const MoePermuteParams& p);
+
+// Row copies through an index list, rows of row_bytes bytes, strides in bytes:
+// Gather: dst row i = src row (index[i] / divisor); Scatter: dst row (index[i] / divisor) =
+// src row i. (divisor k turns flat assignment indices into token rows; 1 uses them as is.)
+struct RowCopyParams {
+  const uint8_t* src = nullptr;
+  int64_t ld_src = 0;
+  const int32_t* index = nullptr;  // [rows]
+  int64_t rows = 0, divisor = 1, row_bytes = 0;
+  uint8_t* dst = nullptr;
+  int64_t ld_dst = 0;
+};
+void GatherRows(const RowCopyParams& p);
+void ScatterRows(const RowCopyParams& p);
+
+// Combine (§9.3), per token t and channel c: y = Σ over its k routed outputs in increasing expert
+// id (ties in slot order) of f32(routed[t*k + s][c]), then + f32(shared[t][c]) when shared is
+// set; out = bf16(y), one rounding. k <= 64.
+struct MoeCombineParams {
+  const int32_t* expert_idx = nullptr;  // [n, k]
+  const bf16* routed = nullptr;         // [n * k, d], slot order
+  const bf16* shared = nullptr;         // [n, d] or nullptr
+  int64_t n = 0, k = 0, d = 0;
+  bf16* out = nullptr;  // [n, d]
+};
+void MoeCombine(const MoeCombineParams& p);
+
+// ---------------------------------------------------------------- packed KV (§8.2)
+
+// Main KV entries: rows of nope + rope bf16 values whose first nope values went through
+// Fp8SimulateInPlace (block 64, a shorter last group its own group) <-> entry_bytes each:
+// bytes [0, nope) the E4M3 codes of each group at the scale act_quant computes from the group
+// (§2.3), then the rope values as bf16 (2 bytes each, little-endian), then ceil(nope / 64)
+// UE8M0 scales, then zero padding. For such rows Unpack(Pack(x)) == x bitwise: the QAT rounding
+// leaves every group a set of E4M3 values times a power of two. A group holding NaN or inf packs
+// as scale 0xFF and unpacks to the NaN the simulation writes.
+struct KvPackParams {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;  // >= nope + 2 * rope + ceil(nope / 64)
+  const bf16* x = nullptr;  // Pack: [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+  uint8_t* entries = nullptr;  // Pack: [rows, entry_bytes]
+};
+struct KvUnpackParams {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;
+  const uint8_t* entries = nullptr;  // [rows, entry_bytes]
+  bf16* x = nullptr;                 // [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+};
+void PackKvEntries(const KvPackParams& p);
+void UnpackKvEntries(const KvUnpackParams& p);
+
+// Indexer keys: rows of dim bf16 values that went through Fp4SimulateInPlace (block 32;
+// dim % 32 == 0) <-> key_bytes each: dim / 2 bytes of E2M1 codes (byte j: element 2j in the
+// low nibble, 2j+1 in the high one) at the FP4 scale of each group, then dim / 32 UE8M0 scales,
+// then zero padding. Unpack(Pack(x)) == x bitwise for such rows; NaN groups as above.
+void PackIndexerKeys(const KvPackParams& p);      // nope = dim, rope = 0
+void UnpackIndexerKeys(const KvUnpackParams& p);  // nope = dim, rope = 0
 
 // ---------------------------------------------------------------- backend info
 

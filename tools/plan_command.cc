@@ -9,12 +9,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/flags.h"
 #include "common/model_tensors.h"
 #include "common/safetensors.h"
 #include "sharding/capacity.h"
+#include "sharding/kv_pool_layout.h"
 #include "sharding/shard_plan.h"
 #include "tools/command.h"
-#include "common/flags.h"
 
 namespace flotilla::cli {
 namespace {
@@ -23,10 +24,11 @@ constexpr int64_t kOneMillion = 1048576;  // "1M" tokens, as in the spec
 
 const char* kUsage =
     "usage: flotilla plan (--config FILE | --model DIR) --nodes N --gpus-per-node G\n"
-    "                     --gpu-memory SIZE [--tp T] [--reserve SIZE] [--tensors RANK]\n"
+    "                     --gpu-memory SIZE [--tp T] [--reserve SIZE] [--kv-page SIZE]\n"
+    "                     [--tensors RANK]\n"
     "  SIZE: e.g. 80GiB, 141GB, 512MiB, 4096B. --tp defaults to 1, --reserve to 8GiB\n"
-    "  (activations, communication buffers, CUDA context). --tensors RANK also lists the\n"
-    "  tensors and byte runs that rank reads.\n";
+    "  (activations, communication buffers, CUDA context), --kv-page (the page of a worker's\n"
+    "  KV pool) to 64KiB. --tensors RANK also lists the tensors and byte runs that rank reads.\n";
 
 // 3688172544 -> "3,688,172,544"
 std::string Thousands(uint64_t v) {
@@ -101,10 +103,11 @@ void PrintTensors(const RankPlan& rank) {
 }
 
 absl::Status Plan(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(Flags f, Flags::Parse(args,
-                                         {"--config", "--model", "--nodes", "--gpus-per-node",
-                                          "--gpu-memory", "--tp", "--reserve", "--tensors"},
-                                         {}));
+  ASSIGN_OR_RETURN(
+      Flags f, Flags::Parse(args,
+                            {"--config", "--model", "--nodes", "--gpus-per-node", "--gpu-memory",
+                             "--tp", "--reserve", "--tensors", "--kv-page"},
+                            {}));
   std::string source;
   ModelConfig c;
   ExpertFormat experts;
@@ -117,6 +120,9 @@ absl::Status Plan(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(std::string memory_text, f.Required("--gpu-memory"));
   ASSIGN_OR_RETURN(uint64_t gpu_memory, ParseByteSize(memory_text));
   ASSIGN_OR_RETURN(uint64_t reserve, ParseByteSize(f.Get("--reserve", "8GiB")));
+  ASSIGN_OR_RETURN(uint64_t kv_page, ParseByteSize(f.Get("--kv-page", "64KiB")));
+  ASSIGN_OR_RETURN(const KvPoolLayout pages,
+                   KvPoolLayout::Make(c, int64_t(std::min<uint64_t>(kv_page, uint64_t(1) << 40))));
   ASSIGN_OR_RETURN(int64_t tensors_rank, f.Int("--tensors", -1));
   if (nodes < 1 || gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be at least 1");
@@ -234,6 +240,29 @@ absl::Status Plan(const std::vector<std::string>& args) {
   row(absl::StrCat(ref_name, "-token sequences"),
       absl::StrCat(SequencesThatFit(c, pool, reference_tokens), " per DP group, ", in_all,
                    " in all (", layout.dp(), layout.dp() == 1 ? " DP group)" : " DP groups)"));
+
+  // The same pool in pages of one kind each (sharding/kv_pool_layout.h, docs/capacity.md §6).
+  const int64_t pool_pages = pages.PagesInPool(pool);
+  const KvPoolLayout::Pages ref_pages = pages.SequencePages(reference_tokens);
+  std::printf("\nKV pool in %s pages (%lld main entries or %lld indexer keys a page):\n",
+              FormatBytes(kv_page).c_str(), (long long)pages.main_per_page,
+              (long long)pages.keys_per_page);
+  row("pages per DP group", Thousands(uint64_t(pool_pages)));
+  row("per token, asymptotic", absl::StrCat(Decimal(pages.BytesPerTokenAsymptotic()), " B"));
+  row("empty sequence", absl::StrCat(ref_pages.Fixed(), " pages (windows ", ref_pages.window,
+                                     ", compressor state ", ref_pages.state, ")"));
+  row(absl::StrCat("one ", ref_name, "-token sequence"),
+      absl::StrCat(Thousands(uint64_t(ref_pages.Total())),
+                   " pages = ", BytesBoth(uint64_t(ref_pages.Total()) * kv_page)));
+  const int64_t paged_longest = pages.LongestContext(pool_pages, c.max_position_embeddings);
+  row("longest context that fits", paged_longest < 0
+                                       ? std::string("none")
+                                       : absl::StrCat(Thousands(uint64_t(paged_longest)), " tokens",
+                                                      paged_longest == c.max_position_embeddings
+                                                          ? ", capped by max_position_embeddings"
+                                                          : ""));
+  row(absl::StrCat(ref_name, "-token sequences"),
+      absl::StrCat(pool_pages / std::max<int64_t>(1, ref_pages.Total()), " per DP group"));
 
   if (tensors_rank >= 0) PrintTensors(plan.Rank(tensors_rank));
   return absl::OkStatus();

@@ -211,7 +211,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   std::vector<bf16> o(n * h * hd);
   const int64_t window = c.sliding_window;
   const float scale = float(1.0 / std::sqrt(double(hd)));
-#pragma omp parallel
+#pragma omp parallel if (n > 1)  // one row: the kernels use the threads
   {
     std::vector<const bf16*> list;
     std::vector<float> scores;

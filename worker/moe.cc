@@ -1,6 +1,5 @@
 // Mixture of experts (spec §9): router, grouped expert compute, fixed-order combine.
 #include <algorithm>
-#include <numeric>
 
 #include "kernels/ops.h"
 #include "worker/model_internal.h"
@@ -109,21 +108,17 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
   kernels::Route(rp);
 }
 
-void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed, const bf16* shared,
-                    int64_t n, int64_t k, int64_t d, bf16* out) {
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t) {
-    int64_t order[64];
-    std::iota(order, order + k, int64_t(0));
-    std::sort(order, order + k,
-              [&](int64_t a, int64_t b) { return idx[t * k + a] < idx[t * k + b]; });
-    for (int64_t col = 0; col < d; ++col) {
-      float y = 0.0f;
-      for (int64_t s = 0; s < k; ++s) y += Bf16ToF32(routed[(t * k + order[s]) * d + col]);
-      if (shared != nullptr) y += Bf16ToF32(shared[t * d + col]);
-      out[t * d + col] = F32ToBf16(y);
-    }
-  }
+void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed,
+                    const bf16* shared, int64_t n, int64_t k, int64_t d, bf16* out) {
+  kernels::MoeCombineParams p;
+  p.expert_idx = idx;
+  p.routed = routed;
+  p.shared = shared;
+  p.n = n;
+  p.k = k;
+  p.d = d;
+  p.out = out;
+  kernels::MoeCombine(p);
 }
 
 absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out) const {
@@ -140,14 +135,23 @@ absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, b
   QuantizedActs xq;
   if (quantized) QuantizeActs(x, d, n, d, &xq);
 
-  std::vector<std::vector<int64_t>> assigned(num_experts);  // (token * k + slot), token order
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t s = 0; s < k; ++s) assigned[idx[t * k + s]].push_back(t * k + s);
+  // Expert e's assignments (token * k + slot, token order): order[offsets[e], offsets[e + 1]).
+  std::vector<int64_t> offsets(num_experts + 1);
+  std::vector<int32_t> order(n * k);
+  kernels::MoePermuteParams pp;
+  pp.expert_idx = idx.data();
+  pp.n = n;
+  pp.k = k;
+  pp.first_expert = 0;
+  pp.num_experts = num_experts;
+  pp.offsets = offsets.data();
+  pp.order = order.data();
+  kernels::MoePermute(pp);
 
   std::vector<bf16> routed(n * k * d);
   for (int64_t e = 0; e < num_experts; ++e) {
-    const auto& list = assigned[e];
-    const int64_t m = int64_t(list.size());
+    const int32_t* list = order.data() + offsets[e];
+    const int64_t m = offsets[e + 1] - offsets[e];
     if (m == 0) continue;
     std::vector<float> w(m);
     std::vector<bf16> xe, ye(m * d);

@@ -288,5 +288,36 @@ TEST(TopK, ExactWithTies) {
   }
 }
 
+// NaN ranks after every number; the buffered one-pass selection cuts many times on long inputs.
+TEST(TopK, NaNsLastAndLongInputsExact) {
+  const auto ref = [](const std::vector<float>& s, int64_t k) {
+    std::vector<int32_t> idx(s.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+      const bool an = std::isnan(s[a]), bn = std::isnan(s[b]);
+      if (an != bn) return bn;
+      return !an && s[a] > s[b];
+    });
+    idx.resize(k);
+    return idx;
+  };
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{
+           {300000, 512}, {100000, 4}, {5000, 1}, {40, 30}, {20, 20}}) {
+    Rng rng(n * 3 + k);
+    std::vector<float> s(n);
+    // Rising scores make every cut raise the threshold; a few NaNs and ties in between.
+    for (int64_t i = 0; i < n; ++i) s[i] = float(i % 1000) * 0.01f + float(rng.Int(0, 3));
+    for (int64_t i = 5; i < n; i += 97) s[i] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<int32_t> idx(k);
+    TopK(s.data(), n, k, idx.data());
+    EXPECT_EQ(idx, ref(s, k)) << n << " " << k;
+  }
+  // Fewer numbers than k: the NaNs fill the tail in index order.
+  std::vector<float> s = {std::nanf(""), 1.0f, std::nanf(""), 2.0f};
+  std::vector<int32_t> idx(4);
+  TopK(s.data(), 4, 4, idx.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{3, 1, 0, 2}));
+}
+
 }  // namespace
 }  // namespace flotilla::kernels

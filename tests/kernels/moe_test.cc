@@ -132,5 +132,85 @@ TEST(SwiGlu, MatchesReferenceWithClamps) {
   }
 }
 
+// ------------------------------------------------------------------ permutation and combine
+
+TEST(MoePermute, GroupsAssignmentsByExpertInTokenOrder) {
+  // 3 tokens, top-2, local experts [4, 8): expert 2 and 9 are another rank's.
+  const std::vector<int32_t> idx = {5, 4,   // token 0: flat 0 -> 5, flat 1 -> 4
+                                    2, 5,   // token 1: flat 2 -> 2 (not local), 3 -> 5
+                                    7, 9};  // token 2: flat 4 -> 7, flat 5 -> 9 (not local)
+  std::vector<int64_t> offsets(5, -1);
+  std::vector<int32_t> order(6, -1);
+  MoePermute({.expert_idx = idx.data(),
+              .n = 3,
+              .k = 2,
+              .first_expert = 4,
+              .num_experts = 4,
+              .offsets = offsets.data(),
+              .order = order.data()});
+  EXPECT_EQ(offsets, (std::vector<int64_t>{0, 1, 3, 3, 4}));  // 4: 1, 5: 2, 6: 0, 7: 1
+  EXPECT_EQ(std::vector<int32_t>(order.begin(), order.begin() + 4),
+            (std::vector<int32_t>{1, 0, 3, 4}));
+}
+
+TEST(GatherScatterRows, MoveRowsThroughAnIndexList) {
+  // Source rows of 3 bytes at stride 4; flat indices / 2 pick the rows.
+  const std::vector<uint8_t> src = {10, 11, 12, 0, 20, 21, 22, 0, 30, 31, 32, 0};
+  const std::vector<int32_t> index = {5, 0, 3};  // rows 2, 0, 1
+  std::vector<uint8_t> dst(9, 0);
+  GatherRows({.src = src.data(),
+              .ld_src = 4,
+              .index = index.data(),
+              .rows = 3,
+              .divisor = 2,
+              .row_bytes = 3,
+              .dst = dst.data(),
+              .ld_dst = 3});
+  EXPECT_EQ(dst, (std::vector<uint8_t>{30, 31, 32, 10, 11, 12, 20, 21, 22}));
+  std::vector<uint8_t> back(12, 0);
+  ScatterRows({.src = dst.data(),
+               .ld_src = 3,
+               .index = index.data(),
+               .rows = 3,
+               .divisor = 2,
+               .row_bytes = 3,
+               .dst = back.data(),
+               .ld_dst = 4});
+  EXPECT_EQ(back, src);
+}
+
+TEST(MoeCombine, SumsInIncreasingExpertIdThenShared) {
+  // One token, top-3: slot 0 expert 7 (1.0), slot 1 expert 2 (2^25), slot 2 expert 4 (-2^25).
+  // Expert order: (2^25 - 2^25) + 1 = 1; slot order would lose the 1 (1 + 2^25 rounds to 2^25).
+  const std::vector<int32_t> idx = {7, 2, 4};
+  const std::vector<bf16> routed = {F32ToBf16(1.0f), F32ToBf16(0x1p25f), F32ToBf16(-0x1p25f)};
+  const std::vector<bf16> shared = {F32ToBf16(0.5f)};
+  bf16 out = 0;
+  MoeCombine({.expert_idx = idx.data(),
+              .routed = routed.data(),
+              .shared = shared.data(),
+              .n = 1,
+              .k = 3,
+              .d = 1,
+              .out = &out});
+  EXPECT_EQ(Bf16ToF32(out), 1.5f);
+  MoeCombine(
+      {.expert_idx = idx.data(), .routed = routed.data(), .n = 1, .k = 3, .d = 1, .out = &out});
+  EXPECT_EQ(Bf16ToF32(out), 1.0f);
+  // One rounding at the end: 1 + 2^-8 + 2^-8 is 1 + 2^-7 in f32, representable in bf16, while
+  // rounding after each add would stop at 1 (1 + 2^-8 is a bf16 tie, to even: 1).
+  const std::vector<int32_t> idx2 = {0, 1};
+  const std::vector<bf16> r2 = {F32ToBf16(1.0f), F32ToBf16(0x1p-8f)};
+  const std::vector<bf16> s2 = {F32ToBf16(0x1p-8f)};
+  MoeCombine({.expert_idx = idx2.data(),
+              .routed = r2.data(),
+              .shared = s2.data(),
+              .n = 1,
+              .k = 2,
+              .d = 1,
+              .out = &out});
+  EXPECT_EQ(Bf16ToF32(out), 1.0f + 0x1p-7f);
+}
+
 }  // namespace
 }  // namespace flotilla::kernels

@@ -1,0 +1,269 @@
+// Arguments of the backend ops: the ops of kernels/ops.h (same math, same bitwise contract; see
+// there for each op's definition) with backend spans in place of host pointers. Every tensor is
+// a DeviceSpan holding at least the elements its shape and row stride reach; an empty span is
+// "not set" where an input is optional. Lists of rows that ops.h passes as host pointer arrays
+// are index lists into one or two row buffers here, so that a device can read them.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "kernels/device_memory.h"
+
+namespace flotilla::kernels {
+
+template <typename T>
+using In = DeviceSpan<const T>;
+template <typename T>
+using Out = DeviceSpan<T>;
+
+struct ActQuantArgs {
+  In<bf16> x{};  // [m, k], row stride ldx
+  int64_t ldx = 0;
+  int64_t m = 0, k = 0;
+  int64_t block = 128;
+  Out<fp8> q{};       // [m, k]
+  Out<e8m0> scale{};  // [m, k / block]
+};
+
+// Fp8SimulateInPlace / Fp4SimulateInPlace.
+struct QuantSimulateArgs {
+  Out<bf16> x{};  // [rows, ld]; elements [0, n) of each row are rounded in place
+  int64_t rows = 0, ld = 0, n = 0;
+  int64_t block = 64;
+};
+
+struct GemmFp8Args {
+  In<fp8> a{};              // [m, k]
+  In<e8m0> a_scale{};       // [m, k/128]
+  In<fp8> w{};              // [n, k]
+  In<e8m0> w_scale{};       // [ceil(n/128), k/128]; exactly one of w_scale / w_scale_f32
+  In<float> w_scale_f32{};  // [ceil(n/128), k/128]
+  Out<bf16> c{};            // [m, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t m = 0, n = 0, k = 0;
+};
+
+struct GemmFp8Fp4Args {
+  In<fp8> a{};         // [m, k]
+  In<e8m0> a_scale{};  // [m, k/128]
+  In<uint8_t> w{};     // [n, k/2] packed E2M1
+  In<e8m0> w_scale{};  // [n, k/32]
+  Out<bf16> c{};       // [m, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t m = 0, n = 0, k = 0;
+};
+
+struct GemmBf16Args {
+  In<bf16> a{};  // [m, k], row stride lda
+  int64_t lda = 0;
+  In<bf16> w{};  // [n, k], row stride ldw
+  int64_t ldw = 0;
+  Out<bf16> c{};  // [m, n], row stride ldc; exactly one of c / c_f32
+  Out<float> c_f32{};
+  int64_t ldc = 0;
+  int64_t m = 0, n = 0, k = 0;
+};
+
+struct GemmF32Args {
+  In<float> a{};  // [m, k], row stride lda; exactly one of a / a_bf16
+  In<bf16> a_bf16{};
+  int64_t lda = 0;
+  In<float> w{};  // [n, k], row stride ldw; exactly one of w / w_bf16
+  In<bf16> w_bf16{};
+  int64_t ldw = 0;
+  Out<float> c{};  // [m, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t m = 0, n = 0, k = 0;
+};
+
+// y may be the same span as x (in place).
+struct RmsNormArgs {
+  In<bf16> x{};  // [m, d], row stride ldx
+  int64_t ldx = 0;
+  In<bf16> w{};  // [d]
+  int64_t m = 0, d = 0;
+  float eps = 1e-6f;
+  Out<bf16> y{};  // [m, d], row stride ldy
+  int64_t ldy = 0;
+};
+
+struct HeadRmsNormArgs {
+  Out<bf16> q{};  // [rows, dim], in place
+  int64_t rows = 0, dim = 0;
+  float eps = 1e-6f;
+};
+
+struct RopeFrequenciesArgs {
+  int64_t rope_dim = 0;
+  double base = 10000.0;
+  bool yarn = false;
+  double factor = 1.0;
+  int64_t original_max_position = 0;
+  double beta_fast = 32.0, beta_slow = 1.0;
+  Out<float> freqs{};  // [rope_dim / 2]
+};
+
+struct RopeArgs {
+  Out<bf16> x{};  // token t, head h at t*ld + h*head_stride; in place
+  int64_t ld = 0;
+  int64_t head_stride = 0;
+  int64_t num_tokens = 0, num_heads = 0;
+  int64_t rope_offset = 0, rope_dim = 0;
+  In<int64_t> positions{};  // [num_tokens]
+  In<float> freqs{};        // [rope_dim / 2]
+  bool inverse = false;
+};
+
+struct HcPreArgs {
+  In<bf16> h{};       // [m, hc, d]
+  In<float> fn{};     // [(2+hc)*hc, hc*d]
+  In<float> scale{};  // [3]
+  In<float> base{};   // [(2+hc)*hc]
+  int64_t m = 0, hc = 4, d = 0;
+  int64_t sinkhorn_iters = 20;
+  float norm_eps = 1e-6f;
+  float hc_eps = 1e-6f;
+  Out<bf16> x{};      // [m, d]
+  Out<float> post{};  // [m, hc]
+  Out<float> comb{};  // [m, hc, hc]
+};
+
+// h_out must not overlap res.
+struct HcPostArgs {
+  In<bf16> x{};      // [m, d]
+  In<bf16> res{};    // [m, hc, d]
+  In<float> post{};  // [m, hc]
+  In<float> comb{};  // [m, hc, hc]
+  int64_t m = 0, hc = 4, d = 0;
+  Out<bf16> h_out{};  // [m, hc, d]
+};
+
+struct HcHeadArgs {
+  In<bf16> h{};       // [m, hc, d]
+  In<float> fn{};     // [hc, hc*d]
+  In<float> scale{};  // [1]
+  In<float> base{};   // [hc]
+  int64_t m = 0, hc = 4, d = 0;
+  float norm_eps = 1e-6f;
+  float hc_eps = 1e-6f;
+  Out<bf16> y{};  // [m, d]
+};
+
+// num_entries compressed entries (ops.h CompressPool each): slot s of entry e reads d channels
+// of kv and score starting at element slot_offsets[e * n_slots + s].
+struct CompressPoolArgs {
+  In<float> kv{};              // compressor state values
+  In<float> score{};           // compressor state scores, same layout as kv
+  In<int64_t> slot_offsets{};  // [num_entries, n_slots] element offsets, each + d <= kv.size()
+  int64_t num_entries = 0, n_slots = 0, d = 0;
+  Out<float> out{};  // [num_entries, d]
+};
+
+struct HadamardArgs {
+  Out<bf16> x{};  // [rows, dim], in place; dim a power of two
+  int64_t rows = 0, dim = 0;
+};
+
+struct IndexerScoreArgs {
+  In<bf16> q{};     // [num_heads, dim] of one token
+  In<bf16> w{};     // [num_heads]
+  In<bf16> keys{};  // [n, dim], row stride ldk
+  int64_t ldk = 0;
+  int64_t n = 0, num_heads = 0, dim = 0;
+  Out<float> scores{};  // [n]
+};
+
+// Per row r: the k largest of scores[r * ld_scores, + n), ops.h TopK.
+struct TopKArgs {
+  In<float> scores{};  // [rows, ld_scores]
+  int64_t ld_scores = 0;
+  int64_t rows = 1, n = 0, k = 0;
+  Out<int32_t> idx{};  // [rows, k]
+};
+
+// One token over a list of n KV rows: row_idx[i] = -1 is an empty slot; 0 <= idx < kv rows reads
+// kv row idx; kv rows <= idx < kv rows + kv2 rows reads kv2 row idx - kv rows (two buffers: the
+// cache and the chunk's own fresh rows, say). The first entry must not be empty. The CPU backend
+// checks the indices as it runs; a device backend trusts them.
+struct SparseAttentionArgs {
+  In<bf16> q{};           // [num_heads, dim]
+  In<bf16> kv{};          // [kv rows, dim]
+  In<bf16> kv2{};         // [kv2 rows, dim] or empty
+  In<int32_t> row_idx{};  // [n]
+  int64_t n = 0;
+  In<float> sink{};  // [num_heads]
+  int64_t num_heads = 0, dim = 0;
+  float scale = 0.0f;
+  Out<bf16> out{};  // [num_heads, dim]
+};
+
+struct RouteArgs {
+  In<float> logits{};      // [m, num_experts]
+  In<float> bias{};        // [num_experts] (score layers); exactly one of bias / hash_ids
+  In<int64_t> hash_ids{};  // [m, ld_hash] (hash layers)
+  int64_t ld_hash = 0;
+  int64_t m = 0, num_experts = 0, top_k = 0;
+  float route_scale = 1.0f;
+  Out<int32_t> expert_idx{};  // [m, top_k]
+  Out<float> weights{};       // [m, top_k]
+};
+
+struct SwiGluArgs {
+  In<bf16> gate{};  // [m, inter], row stride ld_in
+  In<bf16> up{};    // [m, inter], row stride ld_in
+  int64_t ld_in = 0;
+  In<float> row_weight{};  // [m] or empty (shared expert)
+  int64_t m = 0, inter = 0;
+  float limit = 10.0f;
+  Out<bf16> out{};  // [m, inter], row stride ld_out
+  int64_t ld_out = 0;
+};
+
+// MoePermute (ops.h).
+struct MoePermuteArgs {
+  In<int32_t> expert_idx{};  // [n, k] global expert ids
+  int64_t n = 0, k = 0;
+  int64_t first_expert = 0, num_experts = 0;
+  Out<int64_t> offsets{};  // [num_experts + 1]
+  Out<int32_t> order{};    // [n * k]
+};
+
+// GatherRows / ScatterRows (ops.h) on byte views (DeviceSpan::as_bytes); strides in bytes. The
+// CPU backend checks each index / divisor against the rows of the indexed side as it reads.
+struct RowCopyArgs {
+  In<uint8_t> src{};
+  int64_t ld_src = 0;
+  In<int32_t> index{};  // [rows]
+  int64_t rows = 0, divisor = 1, row_bytes = 0;
+  Out<uint8_t> dst{};
+  int64_t ld_dst = 0;
+};
+
+struct MoeCombineArgs {
+  In<int32_t> expert_idx{};  // [n, k]
+  In<bf16> routed{};         // [n * k, d]
+  In<bf16> shared{};         // [n, d] or empty
+  int64_t n = 0, k = 0, d = 0;
+  Out<bf16> out{};  // [n, d]
+};
+
+// PackKvEntries / PackIndexerKeys (for the indexer: nope = dim, rope = 0).
+struct KvPackArgs {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;
+  In<bf16> x{};  // [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+  Out<uint8_t> entries{};  // [rows, entry_bytes]
+};
+
+// UnpackKvEntries / UnpackIndexerKeys.
+struct KvUnpackArgs {
+  int64_t rows = 0, nope = 0, rope = 0;
+  int64_t entry_bytes = 0;
+  In<uint8_t> entries{};  // [rows, entry_bytes]
+  Out<bf16> x{};          // [rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+};
+
+}  // namespace flotilla::kernels
