@@ -34,7 +34,9 @@ namespace {
 constexpr char kUsage[] =
     "usage: flotilla-coordinator --model DIR [--tp T] [--address A] [--port P] [--port-file F]\n"
     "           [--kv-pool SIZE] [--page-tokens N] [--step-token-budget N] [--max-queued N]\n"
-    "           [--max-running N] [--timeout-s S] [--liveness-s S]\n"
+    "           [--max-running N] [--timeout-s S] [--liveness-s S] [--http-port H]\n"
+    "           [--http-port-file F] [--api-key K] [--tls-cert PEM --tls-key PEM]\n"
+    "           [--insecure-public]\n"
     "  MPI rank 0 of a serving job: start it with launch/flotilla-serve, which passes the flags\n"
     "  after its `--` here.\n"
     "  --tp T                  tensor-parallel ranks per DP group (default 1)\n"
@@ -48,6 +50,13 @@ constexpr char kUsage[] =
     "  --timeout-s S           bound on every wait for a worker over MPI (default 60)\n"
     "  --liveness-s S          a worker silent this long turns health NOT_SERVING and admission\n"
     "                          refuses with UNAVAILABLE naming it, until it answers (default 5)\n"
+    "  --http-port H           OpenAI-compatible HTTP API on --address (docs/http-api.md;\n"
+    "                          default 8000; 0: any free; -1: none)\n"
+    "  --http-port-file F      write the HTTP port there once serving\n"
+    "  --api-key K             required as a Bearer token on HTTP and as gRPC metadata\n"
+    "                          (or FLOTILLA_API_KEY)\n"
+    "  --tls-cert PEM, --tls-key PEM   TLS for both front doors\n"
+    "  --insecure-public       allow an address beyond loopback without an API key\n"
     "  SIGTERM or SIGINT (or the Drain RPC): stop admitting, finish in-flight requests, stop\n"
     "  every rank, exit 0.\n";
 

@@ -41,8 +41,8 @@ start_server() {  # start_server WORKERS TP [coordinator flags...]
   shift 2
   rm -f "$work/port"
   on_node 0 "$here/launch/flotilla-serve" --model "$work/tiny" --workers "$w" --tp "$tp" \
-    --hostfile "$work/hostfile" --network "$CLUSTER_NETWORK" --port 0 -- \
-    --port-file "$work/port" "$@" >"$work/serve.log" 2>&1 &
+    --hostfile "$work/hostfile" --network "$CLUSTER_NETWORK" --port 0 --http-port 0 -- \
+    --port-file "$work/port" --http-port-file "$work/http_port" "$@" >"$work/serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     [ -s "$work/port" ] && break
@@ -134,9 +134,17 @@ serve)
     grep -q "rank $r 198\.18\.0\.$(( (r + 1) / 2 + 1 )):4700$r: ready" "$work/status.txt" ||
       { cat "$work/status.txt"; fail "rank $r's control service is not where it should be"; }
   done
+  # The OpenAI-compatible front door too, from the coordinator's node.
+  on_node 0 curl -sS --max-time 60 "http://127.0.0.1:$(cat "$work/http_port")/v1/chat/completions" \
+    -H 'Content-Type: application/json' \
+    -d '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}' \
+    >"$work/http.json" || fail "the HTTP front door did not answer"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["usage"]["completion_tokens"] == 4, r' \
+    "$work/http.json" || { cat "$work/http.json"; fail "unexpected HTTP reply"; }
   stop_server || fail "server exit status $?"
   expect_no_processes 10
-  echo "serving across 3 nodes: 4 streams equal to flotilla run, 4 workers report, clean stop"
+  echo "serving across 3 nodes: 4 streams equal to flotilla run, 4 workers report, HTTP answers," \
+    "clean stop"
   ;;
 remote-missing-model|remote-wrong-checkpoint)
   # Node 2 (world ranks 3 and 4) sees no model, or another checkpoint, at the model path: the
