@@ -241,8 +241,10 @@ void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int
 
 class FlotillaService final : public v1::Flotilla::Service {
  public:
-  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks)
-      : front_door_(front_door), callbacks_(std::move(callbacks)) {}
+  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, size_t max_message_bytes)
+      : front_door_(front_door),
+        callbacks_(std::move(callbacks)),
+        max_message_bytes_(max_message_bytes) {}
 
   void set_server(grpc::Server* server) {
     server_ = server;
@@ -350,7 +352,18 @@ class FlotillaService final : public v1::Flotilla::Service {
     auto result = front_door_->Tokenize(*kind, in->text(), *chat);
     if (!result.ok()) return ToGrpc(result.status());
     out->mutable_ids()->Add(result->ids.begin(), result->ids.end());
-    out->set_prompt(std::move(result->prompt));
+    // A text prompt is the client's own text: echoing it could double the reply.
+    if (*kind == PromptKind::kChat) out->set_prompt(std::move(result->prompt));
+    if (out->ByteSizeLong() > max_message_bytes_) {
+      const size_t bytes = out->ByteSizeLong();
+      out->Clear();
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("Tokenize: the reply (", result->ids.size(), " ids",
+                       *kind == PromptKind::kChat ? " and the rendered prompt" : "", ") would be ",
+                       bytes, " bytes, above the ", max_message_bytes_,
+                       "-byte message limit; send less text per call"));
+    }
     return grpc::Status::OK;
   }
 
@@ -388,6 +401,7 @@ class FlotillaService final : public v1::Flotilla::Service {
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
   std::atomic<bool> serving_{true};
+  size_t max_message_bytes_;
   std::mutex health_mu_;  // orders the health updates
 };
 
@@ -414,7 +428,8 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks));
+  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks),
+                                                    size_t(options.max_message_bytes));
   impl->address = options.address;
   grpc::ServerBuilder builder;
   const std::string requested = Endpoint(options.address, options.port);
