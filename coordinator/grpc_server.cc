@@ -244,8 +244,12 @@ void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int
 
 class FlotillaService final : public v1::Flotilla::Service {
  public:
-  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, std::string api_key)
-      : front_door_(front_door), callbacks_(std::move(callbacks)), api_key_(std::move(api_key)) {}
+  FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, std::string api_key,
+                  size_t max_message_bytes)
+      : front_door_(front_door),
+        callbacks_(std::move(callbacks)),
+        api_key_(std::move(api_key)),
+        max_message_bytes_(max_message_bytes) {}
 
   // grpc::Status::OK when no key is required or the call carries it.
   grpc::Status Authorize(const grpc::ServerContext* ctx) const {
@@ -406,7 +410,18 @@ class FlotillaService final : public v1::Flotilla::Service {
     auto result = front_door_->Tokenize(*kind, in->text(), *chat);
     if (!result.ok()) return ToGrpc(result.status());
     out->mutable_ids()->Add(result->ids.begin(), result->ids.end());
-    out->set_prompt(std::move(result->prompt));
+    // A text prompt is the client's own text: echoing it could double the reply.
+    if (*kind == PromptKind::kChat) out->set_prompt(std::move(result->prompt));
+    if (out->ByteSizeLong() > max_message_bytes_) {
+      const size_t bytes = out->ByteSizeLong();
+      out->Clear();
+      return grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("Tokenize: the reply (", result->ids.size(), " ids",
+                       *kind == PromptKind::kChat ? " and the rendered prompt" : "", ") would be ",
+                       bytes, " bytes, above the ", max_message_bytes_,
+                       "-byte message limit; send less text per call"));
+    }
     return grpc::Status::OK;
   }
 
@@ -449,6 +464,7 @@ class FlotillaService final : public v1::Flotilla::Service {
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
   std::atomic<bool> serving_{true};
+  size_t max_message_bytes_;
   std::mutex health_mu_;  // orders the health updates
 };
 
@@ -475,8 +491,9 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
-  impl->service =
-      std::make_unique<FlotillaService>(front_door, std::move(callbacks), options.api_key);
+  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks),
+                                                    options.api_key,
+                                                    size_t(options.max_message_bytes));
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
     auto read = [](const std::string& path, std::string* out) {

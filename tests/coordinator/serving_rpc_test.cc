@@ -113,6 +113,7 @@ TEST_F(ServingTest, TokenizeTextAndChat) {
   }
   EXPECT_EQ(std::vector<int32_t>(out.ids().begin(), out.ids().end()),
             ProjectTokenizer().Encode("Hello world").value());
+  EXPECT_EQ(out.prompt(), "");  // a text prompt is not echoed
 
   const std::string messages = R"([{"role": "user", "content": "Hi"}])";
   in.set_prompt_kind(v1::PROMPT_KIND_CHAT);
@@ -333,6 +334,56 @@ TEST_F(ServingTest, ReflectionListsTheServices) {
   }
   EXPECT_NE(std::find(names.begin(), names.end(), "flotilla.v1.Flotilla"), names.end());
   EXPECT_NE(std::find(names.begin(), names.end(), "grpc.health.v1.Health"), names.end());
+}
+
+// Issue 13, item 5: Tokenize echoed the whole prompt and failed on its own reply above the
+// message limit. Text is no longer echoed, and a reply that would not fit is refused by name.
+TEST(ServingServerTest, TokenizeRepliesWithinTheMessageLimit) {
+  FakeBackend backend(&ProjectTokenizer());
+  FrontDoor door(ModelConfig(), &ProjectTokenizer(), &backend);
+  ServingOptions options;
+  options.max_message_bytes = 1 << 20;
+  auto server = ServingServer::Start(options, &door);
+  ASSERT_TRUE(server.ok()) << server.status();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  auto stub = v1::Flotilla::NewStub(grpc::CreateCustomChannel(
+      (*server)->endpoint(), grpc::InsecureChannelCredentials(), args));
+  auto tokenize = [&](const std::string& text, v1::TokenizeResponse* out) {
+    v1::TokenizeRequest in;
+    in.set_prompt_kind(v1::PROMPT_KIND_TEXT);
+    in.set_text(text);
+    grpc::ClientContext ctx;
+    // Tokenizing a megabyte takes a while under sanitizers.
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+    return stub->Tokenize(&ctx, in, out);
+  };
+  // 800 KB of words: the ids alone fit in 1 MiB; with the text echoed they did not.
+  std::string words;
+  while (words.size() < 800000) words += "Hello world ";
+  v1::TokenizeResponse out;
+  grpc::Status s = tokenize(words, &out);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(std::vector<int32_t>(out.ids().begin(), out.ids().end()),
+            ProjectTokenizer().Encode(words).value());
+  // 600,000 bytes of rare CJK characters (U+20000..): 4 UTF-8 bytes each, a byte token per
+  // byte, ids of 2 varint bytes: 1.2 MB of ids from a 0.6 MB request.
+  std::string letters;
+  for (int i = 0; letters.size() < 600000; ++i) {
+    const uint32_t cp = 0x20000 + uint32_t(i % 64);
+    letters += char(0xF0 | (cp >> 18));
+    letters += char(0x80 | ((cp >> 12) & 0x3F));
+    letters += char(0x80 | ((cp >> 6) & 0x3F));
+    letters += char(0x80 | (cp & 0x3F));
+  }
+  const size_t num_ids = ProjectTokenizer().Encode(letters).value().size();
+  s = tokenize(letters, &out);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find(absl::StrCat("Tokenize: the reply (", num_ids, " ids) would be ")),
+            std::string::npos)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("above the 1048576-byte message limit"), std::string::npos);
 }
 
 TEST(ServingServerTest, ABusyPortIsUnavailable) {

@@ -55,6 +55,8 @@ pages_used() {  # total KV pages in use over the DP groups
 }
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
 job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
+# Every process of the launcher, its timers included (their command line is the launcher's).
+launcher_processes() { pgrep -f "launch/flotilla-serve --model $model " | wc -l; }
 # Waits (at most $2 s) for the launcher to exit; fails naming $1 if it does not.
 wait_exit() {
   for _ in $(seq 1 $(( $2 * 10 ))); do kill -0 $server_pid 2>/dev/null || break; sleep 0.1; done
@@ -322,6 +324,8 @@ launcher-signals)
     wait_exit "SIG$sig to the launcher" 120 || fail "SIG$sig to the launcher: exit status $?"
     [ "$(job_processes)" -eq 0 ] || fail "SIG$sig: processes left"
     grep -q "drained after" "$work/serve.log" || fail "SIG$sig: the coordinator did not drain"
+    sleep 1
+    [ "$(launcher_processes)" -eq 0 ] || fail "SIG$sig: launcher processes left (its grace timer?)"
     echo "SIG$sig to flotilla-serve drained the stream; every rank exited 0"
   done
   start_server
@@ -331,8 +335,11 @@ launcher-signals)
   wait_exit "SIGTERM to a worker" 120 || fail "SIGTERM to a worker: exit status $?"
   grep -q "asked to drain; draining the job" "$work/serve.log" || fail "the worker's drain was not seen"
   echo "SIGTERM to a worker drained the job; every rank exited 0"
+  # With a stream in flight, so that the server is still up (draining) when the request comes.
   start_server
+  start_stream 60
   "$malformed_check" "$server" drain || fail "a request right after Drain"
+  expect_stream_complete 60 "the Drain RPC"
   wait_exit "after the Drain RPC" 120 || fail "after the Drain RPC: exit status $?"
   ;;
 hard-stop)
@@ -347,6 +354,7 @@ hard-stop)
   wait $client && fail "the stream cut by a hard stop ended cleanly"
   sleep 1
   [ "$(job_processes)" -eq 0 ] || fail "a second signal: processes left"
+  [ "$(launcher_processes)" -eq 0 ] || fail "a second signal: launcher processes left (its grace timer?)"
   echo "a second signal stopped the job hard ($(tail -n 1 "$work/inflight.txt"))"
   launcher_flags=(--grace-s 3)
   start_server
