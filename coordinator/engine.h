@@ -18,7 +18,7 @@ struct EngineOptions {
   // Idle plan interval. Liveness comes from the workers' Watch streams (coordinator/liveness.h),
   // so the heartbeat only keeps the workers' waits bounded; each one costs every rank a wait.
   absl::Duration heartbeat = absl::Seconds(1);
-  absl::Duration idle_poll = absl::Milliseconds(1);    // how often an idle loop looks for work
+  absl::Duration idle_poll = absl::Milliseconds(2);    // how often an idle loop looks for work
   std::function<void()> before_shutdown;  // called before the workers are told to exit
   // Called on the engine thread after each step with sequences: the plan and the step's wall
   // time in seconds (broadcast to tokens back). Unset: nothing.
