@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <random>
 #include <vector>
+
+#include "common/dtype.h"
 
 namespace flotilla::kernels::cuda::testing {
 
@@ -33,6 +36,15 @@ std::vector<T> Download(const T* device, size_t n) {
     EXPECT_EQ(cudaMemcpy(out.data(), device, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
   }
   return out;
+}
+
+// n bf16 values from N(0, scale^2), reproducible from `seed`.
+inline std::vector<bf16> RandomBf16(size_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<bf16> v(n);
+  for (auto& x : v) x = F32ToBf16(d(rng));
+  return v;
 }
 
 }  // namespace flotilla::kernels::cuda::testing

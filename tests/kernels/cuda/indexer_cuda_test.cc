@@ -19,13 +19,7 @@ using testing::Download;
 using testing::HaveGpu;
 using testing::Upload;
 
-std::vector<bf16> RandomBf16(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<bf16> v(n);
-  for (auto& x : v) x = F32ToBf16(d(rng));
-  return v;
-}
+using testing::RandomBf16;
 
 TEST(IndexerCuda, HadamardBitwise) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";

@@ -17,20 +17,14 @@ namespace {
 
 using testing::HaveGpu;
 
-std::vector<bf16> Random(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<bf16> v(n);
-  for (auto& x : v) x = F32ToBf16(d(rng));
-  return v;
-}
+using testing::RandomBf16;
 
 using testing::Download;
 using testing::Upload;
 
 void CheckRmsNorm(int64_t m, int64_t d, int64_t ldx, bool in_place, uint32_t seed) {
-  const std::vector<bf16> x = Random(m * ldx, seed, std::ldexp(1.0f, int(seed % 20) - 10));
-  const std::vector<bf16> w = Random(d, seed + 1, 1.0f);
+  const std::vector<bf16> x = RandomBf16(m * ldx, seed, std::ldexp(1.0f, int(seed % 20) - 10));
+  const std::vector<bf16> w = RandomBf16(d, seed + 1, 1.0f);
   std::vector<bf16> want = x;  // rows keep their padding; the norm writes [0, d)
   RmsNorm(x.data(), ldx, w.data(), m, d, 1e-6f, want.data(), ldx);
   bf16* dx = Upload(x);
@@ -68,7 +62,7 @@ TEST(NormCuda, HeadRmsNormBitwise) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   for (int64_t dim : {512, 128, 13}) {
     const int64_t rows = 200;
-    std::vector<bf16> q = Random(rows * dim, uint32_t(dim), 3.0f);
+    std::vector<bf16> q = RandomBf16(rows * dim, uint32_t(dim), 3.0f);
     std::vector<bf16> want = q;
     HeadRmsNormBf16(want.data(), rows, dim, 1e-6f);
     bf16* dq = Upload(q);
