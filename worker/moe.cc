@@ -71,9 +71,9 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
       row_weights.assign(kt, 0.0f);
       rp.expert_idx = row_idx.data();
       rp.weights = row_weights.data();
-      if (mw.tid2eid != nullptr) {
-        hash_ids.assign(mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols,
-                        mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols + kt);
+      if (!mw.tid2eid.empty()) {
+        hash_ids.assign(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols,
+                        mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols + kt);
         rp.hash_ids = hash_ids.data();
         rp.ld_hash = kt;
       } else {
@@ -95,10 +95,10 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
   rp.route_scale = float(c.routed_scaling_factor);
   rp.expert_idx = idx->data();
   rp.weights = weights->data();
-  if (mw.tid2eid != nullptr) {
+  if (!mw.tid2eid.empty()) {
     hash_ids.resize(n * k);
     for (int64_t t = 0; t < n; ++t) {
-      std::copy_n(mw.tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols, k, hash_ids.data() + t * k);
+      std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, k, hash_ids.data() + t * k);
     }
     rp.hash_ids = hash_ids.data();
     rp.ld_hash = k;

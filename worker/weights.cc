@@ -1,5 +1,7 @@
 #include "worker/weights.h"
 
+#include <cstring>
+
 #include <map>
 #include <set>
 
@@ -142,9 +144,13 @@ class Binder {
     MoeWeights& m = b->moe;
     RETURN_IF_ERROR(Bind(p + "ffn.gate.weight", &m.gate));
     if (layer_id < c_.num_hidden_layers && c_.IsHashLayer(layer_id)) {
-      RETURN_IF_ERROR(Bind(p + "ffn.gate.tid2eid", &m.tid2eid));
+      {
+        ASSIGN_OR_RETURN(TensorView v, View(p + "ffn.gate.tid2eid"));
+        m.tid2eid.resize(v.info->NumBytes() / sizeof(int64_t));
+        std::memcpy(m.tid2eid.data(), v.data, m.tid2eid.size() * sizeof(int64_t));
+      }
       m.tid2eid_cols = c_.num_experts_per_tok;
-      RETURN_IF_ERROR(CheckTid2eid(p + "ffn.gate.tid2eid", m.tid2eid));
+      RETURN_IF_ERROR(CheckTid2eid(p + "ffn.gate.tid2eid", m.tid2eid.data()));
     } else {
       RETURN_IF_ERROR(Bind(p + "ffn.gate.bias", &m.bias));
     }

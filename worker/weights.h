@@ -60,7 +60,9 @@ struct ExpertWeights {
 struct MoeWeights {
   const bf16* gate = nullptr;       // [E, D]
   const float* bias = nullptr;      // [E] (score-routed layers)
-  const int64_t* tid2eid = nullptr; // [V, cols] (hash layers)
+  // [V, cols] (hash layers), copied at load: an I64 tensor in a safetensors file need not be
+  // 8-byte aligned.
+  std::vector<int64_t> tid2eid;
   int64_t tid2eid_cols = 0;
   bool has_shared = false;
   ExpertWeights shared;

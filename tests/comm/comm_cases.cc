@@ -154,7 +154,7 @@ void AllGatherRankOrder(Comm& comm) {
       for (size_t i = 0; i < bytes; ++i) send[i] = PatternByte(me, i);
       const void* from = send.data();
       if (in_place) {
-        std::memcpy(recv.data() + me * bytes, send.data(), bytes);
+        if (bytes > 0) std::memcpy(recv.data() + me * bytes, send.data(), bytes);
         from = recv.data() + me * bytes;
       }
       ASSERT_OK(comm.AllGather(from, bytes, recv.data(), {"allgather", int64_t(bytes)}));
