@@ -14,6 +14,9 @@
 // * Multithreaded internally (OpenMP) over independent outputs; no allocation on hot paths
 //   beyond per-call scratch.
 // * Dependency-free (no absl, MPI, gRPC): bad shapes are programmer errors checked by callers.
+// * e^x, sin/cos, the sigmoid and the router's softplus are common/hd_math.h's: the same bits on
+//   the host and on a CUDA device (attention and SwiGLU use the host expf: their GPU versions
+//   are held to a tolerance).
 #pragma once
 
 #include <cstdint>
@@ -130,7 +133,7 @@ void RopeFrequencies(int64_t rope_dim, double base, bool yarn, double factor,
                      float* freqs);
 
 // Interleaved-pair rotation of x[.., rope_offset : rope_offset + rope_dim] of every head of every
-// token, in place: θ = f32(pos) * f_i, (re, im) <- (re*c - im*s, re*s + im*c) in f32 (no FMA),
+// token, in place: θ = f32(pos) * f_i, (s, c) = hd::SinCosF(θ), (re, im) <- (re*c - im*s, re*s + im*c) in f32 (no FMA),
 // rounded to bf16. inverse: s -> -s.
 struct RopeParams {
   bf16* x = nullptr;  // token t, head h starts at x + t*ld + h*head_stride
@@ -148,7 +151,7 @@ void ApplyRope(const RopeParams& p);
 
 // hc_pre for m tokens: v = f32(h) flattened stream-major [hc*d]; r = 1/sqrtf(mean(v²) + eps);
 // mix = (fn · v) * r ((2+hc)*hc values, lane-order dots); split with Sinkhorn (spec §4.3 step 4,
-// `iters` normalisations, expf); x = bf16(((pre0*h0 + pre1*h1) + pre2*h2) + pre3*h3) with each
+// `iters` normalisations, hd::ExpF, sigmoid hd::SigmoidF); x = bf16(((pre0*h0 + pre1*h1) + pre2*h2) + pre3*h3) with each
 // product rounded to f32 on its own.
 struct HcPreParams {
   const bf16* h = nullptr;       // [m, hc, d]
@@ -193,7 +196,7 @@ void HcHead(const HcHeadParams& p);
 // ---------------------------------------------------------------- compressor (§6)
 
 // One compressed entry: per channel c in [0, d), softmax over the n_slots slots of g[s][c]
-// (max-subtracted, expf, true division by the sum, sum in slot order), then
+// (max-subtracted, hd::ExpF, true division by the sum, sum in slot order), then
 // out[c] = Σ_s (p_s * k[s][c]) in slot order, each product rounded to f32 on its own.
 // Slot s reads k_rows[s][c] and g_rows[s][c]; a slot whose g is -inf weighs exactly 0.
 void CompressPool(const float* const* k_rows, const float* const* g_rows, int64_t n_slots,
@@ -242,7 +245,7 @@ void SparseAttention(const SparseAttentionParams& p);
 
 // ---------------------------------------------------------------- MoE (§9)
 
-// Router for m tokens. score = sqrtf(z > 20 ? z : log1pf(expf(z))). Hash layers (hash_ids set):
+// Router for m tokens. score = sqrtf(z > 20 ? z : f32(ln(1 + e^z))) (hd::SqrtSoftplusF). Hash layers (hash_ids set):
 // idx = the first top_k columns of the token's tid2eid row; else idx = top_k of score + bias
 // (descending, ties to the lower expert id). w = score[idx] / Σ (slot-order f32 sum) * scale.
 struct RouterParams {

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/hd_math.h"
 #include "kernels/ops.h"
 
 namespace flotilla::kernels {
@@ -19,7 +20,7 @@ void CompressPool(const float* const* k_rows, const float* const* g_rows, int64_
   for (int64_t c = 0; c < d; ++c) sum[c] = 0.0f;
   for (int64_t s = 0; s < n_slots; ++s) {
     for (int64_t c = 0; c < d; ++c) {
-      e[s * d + c] = std::exp(g_rows[s][c] - mx[c]);  // a -inf slot gives exactly 0
+      e[s * d + c] = hd::ExpF(g_rows[s][c] - mx[c]);  // a -inf slot gives exactly 0
       sum[c] += e[s * d + c];
     }
   }

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/hd_math.h"
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/gemm_dense.h"
@@ -12,7 +13,8 @@
 namespace flotilla::kernels {
 namespace {
 
-inline float Sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+// Shared with the CUDA kernels bit for bit (common/hd_math.h).
+inline float Sigmoid(float z) { return hd::SigmoidF(z); }
 
 // mix[t][j] = (fn_j . v_t) * r_t with r_t = 1/sqrtf(mean(v_t^2) + eps), v_t = f32(h_t) flat.
 void HcMixes(const bf16* h, int64_t m, int64_t width, const float* fn, int64_t n_mix, float eps,
@@ -78,7 +80,7 @@ void SinkhornSplit(const float* mix, const float* scale, const float* base, int6
     const float mx = *std::max_element(row, row + hc);
     float sum = 0.0f;
     for (int64_t k = 0; k < hc; ++k) {
-      row[k] = std::exp(row[k] - mx);
+      row[k] = hd::ExpF(row[k] - mx);
       sum += row[k];
     }
     for (int64_t k = 0; k < hc; ++k) row[k] = row[k] / sum + eps;

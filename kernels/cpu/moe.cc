@@ -4,6 +4,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/hd_math.h"
 #include "kernels/ops.h"
 
 namespace flotilla::kernels {
@@ -17,7 +18,7 @@ void Route(const RouterParams& p) {
     for (int64_t t = 0; t < p.m; ++t) {
       const float* z = p.logits + t * p.num_experts;
       for (int64_t e = 0; e < p.num_experts; ++e) {
-        score[e] = std::sqrt(z[e] > 20.0f ? z[e] : std::log1p(std::exp(z[e])));
+        score[e] = hd::SqrtSoftplusF(z[e]);  // the CUDA router's bits (common/hd_math.h)
       }
       int32_t* idx = p.expert_idx + t * p.top_k;
       if (p.hash_ids != nullptr) {

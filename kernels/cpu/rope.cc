@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "common/hd_math.h"
 #include "kernels/ops.h"
 
 namespace flotilla::kernels {
@@ -58,8 +59,10 @@ void ApplyRope(const RopeParams& p) {
       const float pos = static_cast<float>(p.positions[t]);
       for (int64_t i = 0; i < half; ++i) {
         const float theta = pos * p.freqs[i];
-        cs[2 * i] = std::cos(theta);
-        cs[2 * i + 1] = p.inverse ? -std::sin(theta) : std::sin(theta);
+        float s, c;
+        hd::SinCosF(theta, &s, &c);  // the CUDA kernel's bits (common/hd_math.h)
+        cs[2 * i] = c;
+        cs[2 * i + 1] = p.inverse ? -s : s;
       }
       for (int64_t h = 0; h < p.num_heads; ++h) {
         bf16* x = p.x + t * p.ld + h * p.head_stride + p.rope_offset;
