@@ -15,8 +15,8 @@
 //   beyond per-call scratch.
 // * Dependency-free (no absl, MPI, gRPC): bad shapes are programmer errors checked by callers.
 // * e^x, sin/cos, the sigmoid and the router's softplus are common/hd_math.h's: the same bits on
-//   the host and on a CUDA device (attention and SwiGLU use the host expf: their GPU versions
-//   are held to a tolerance).
+//   the host and on a CUDA device (attention uses the host expf: its GPU version is held to a
+//   tolerance).
 #pragma once
 
 #include <cstdint>
@@ -261,7 +261,7 @@ struct RouterParams {
 void Route(const RouterParams& p);
 
 // SwiGLU with clamps and the routing weight (§9.2): g = min(f32(gate), limit),
-// u = clamp(f32(up), -limit, limit), a = (g / (1 + expf(-g))) * u, a = row_weight[r] * a (when
+// u = clamp(f32(up), -limit, limit), a = (g / (1 + hd::ExpF(-g))) * u, a = row_weight[r] * a (when
 // row_weight is set), out = bf16(a).
 struct SwiGluParams {
   const bf16* gate = nullptr;  // [m, inter], row stride ld_in

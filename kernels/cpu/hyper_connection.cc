@@ -8,6 +8,7 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/gemm_dense.h"
 #include "kernels/cpu/lane_order.h"
+#include "kernels/cpu/sinkhorn.h"
 #include "kernels/ops.h"
 
 namespace flotilla::kernels {
@@ -63,46 +64,6 @@ inline void Collapse(const bf16* h, const float* w, int64_t hc, int64_t d, bf16*
     CollapseAvx2(h, w, hc, d, y);
   } else {
     CollapseScalar(h, w, hc, d, y);
-  }
-}
-
-// Sinkhorn split of one token's mixes (spec §4.3 step 4). Sums run in index order.
-void SinkhornSplit(const float* mix, const float* scale, const float* base, int64_t hc,
-                   int64_t iters, float eps, float* pre, float* post, float* comb) {
-  for (int64_t j = 0; j < hc; ++j) {
-    pre[j] = Sigmoid(mix[j] * scale[0] + base[j]) + eps;
-    post[j] = 2.0f * Sigmoid(mix[hc + j] * scale[1] + base[hc + j]);
-  }
-  float* c = comb;  // c[j * hc + k]: j input stream, k output stream
-  for (int64_t i = 0; i < hc * hc; ++i) c[i] = mix[2 * hc + i] * scale[2] + base[2 * hc + i];
-  for (int64_t j = 0; j < hc; ++j) {  // row softmax + eps
-    float* row = c + j * hc;
-    const float mx = *std::max_element(row, row + hc);
-    float sum = 0.0f;
-    for (int64_t k = 0; k < hc; ++k) {
-      row[k] = hd::ExpF(row[k] - mx);
-      sum += row[k];
-    }
-    for (int64_t k = 0; k < hc; ++k) row[k] = row[k] / sum + eps;
-  }
-  const auto normalize_columns = [&] {
-    for (int64_t k = 0; k < hc; ++k) {
-      float sum = 0.0f;
-      for (int64_t j = 0; j < hc; ++j) sum += c[j * hc + k];
-      const float den = sum + eps;
-      for (int64_t j = 0; j < hc; ++j) c[j * hc + k] /= den;
-    }
-  };
-  if (iters >= 1) normalize_columns();
-  for (int64_t it = 1; it < iters; ++it) {
-    for (int64_t j = 0; j < hc; ++j) {
-      float* row = c + j * hc;
-      float sum = 0.0f;
-      for (int64_t k = 0; k < hc; ++k) sum += row[k];
-      const float den = sum + eps;
-      for (int64_t k = 0; k < hc; ++k) row[k] /= den;
-    }
-    normalize_columns();
   }
 }
 

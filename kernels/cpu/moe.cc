@@ -54,7 +54,7 @@ void SwiGlu(const SwiGluParams& p) {
     for (int64_t i = 0; i < p.inter; ++i) {
       const float g = std::min(Bf16ToF32(gate[i]), p.limit);
       const float u = std::clamp(Bf16ToF32(up[i]), -p.limit, p.limit);
-      float a = (g / (1.0f + std::exp(-g))) * u;
+      float a = (g / (1.0f + hd::ExpF(-g))) * u;  // the CUDA kernel's bits
       if (p.row_weight != nullptr) a = p.row_weight[r] * a;
       out[i] = F32ToBf16(a);
     }

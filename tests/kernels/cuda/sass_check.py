@@ -4,7 +4,9 @@
 Disassembles every object given with cuobjdump (PyPI's nvidia-cuda-cuobjdump, with the
 nvdisasm it runs from nvidia-cuda-nvdisasm, installed into the build's virtualenv when missing) and, for each architecture the objects were built
 for, checks each kernel against RULES: the tensor-core instructions it is meant to use are
-present, and no kernel touches local memory (LDL/STL: register spills or stack arrays).
+present; against FORBIDDEN: the kernels bitwise with the CPU through common/hd_math.h use no
+approximate transcendental; and no kernel touches local memory (LDL/STL: register spills or stack
+arrays).
 
 Usage: sass_check.py VENV ARCHS OBJECT...     (ARCHS: e.g. "90a,100a")
 """
@@ -25,6 +27,19 @@ RULES = {
         (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
         (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
     ],
+}
+# kernel-name pattern -> instruction patterns that must not appear, and why. The kernels that
+# give the CPU backend's bits through common/hd_math.h must not reach the hardware's approximate
+# transcendentals (MUFU.EX2 / SIN / COS / LG2: what expf, __expf, sinf and logf compile to);
+# MUFU.RCP / RSQ start the correctly rounded division and square root and are allowed.
+_APPROXIMATE = [(r"\bMUFU\.(EX2|SIN|COS|LG2)\b", "approximate transcendental (hd_math bits expected)")]
+FORBIDDEN = {
+    r"RopeKernel": _APPROXIMATE,
+    r"RouteKernel": _APPROXIMATE,
+    r"SwiGluKernel": _APPROXIMATE,
+    r"HcPreKernel": _APPROXIMATE,
+    r"HcHeadKernel": _APPROXIMATE,
+    r"CompressPoolKernel": _APPROXIMATE,
 }
 LOCAL_MEMORY = re.compile(r"\b(LDL|STL)(\.[A-Z0-9.]+)?\b")
 
@@ -93,13 +108,20 @@ def main(argv):
                         for want, why in rules:
                             if not re.search(want, text):
                                 failures.append(f"{arch} {name}: no {want} ({why})")
+                for pattern, rules in FORBIDDEN.items():
+                    if re.search(pattern, name):
+                        for bad, why in rules:
+                            hit = re.search(bad, text)
+                            if hit:
+                                failures.append(f"{arch} {name}: has {hit.group(0)} ({why})")
                 print(f"{arch} {name}: {len(lines)} instructions, "
                       f"{len(re.findall(r'MMA', text))} MMA, no local memory" if not local else
                       f"{arch} {name}: {len(lines)} instructions")
     for f in failures:
         print("FAIL:", f)
     print(f"failures: local-memory={sum('local memory' in f for f in failures)} "
-          f"missing-instruction={sum(': no ' in f for f in failures)}")
+          f"missing-instruction={sum(': no ' in f for f in failures)} "
+          f"forbidden-instruction={sum(': has ' in f for f in failures)}")
     if checked == 0:
         print("FAIL: no kernel was found in", argv[3:])
         return 1
