@@ -89,17 +89,20 @@ FLOTILLA_HD float E8m0ToF32(e8m0 s) {
 }
 
 // ---- FP4 E2M1 (packed two per byte, low nibble = even element) ----
-inline float Fp4ToF32(uint8_t nibble) {
-  static constexpr float kTable[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
-                                       -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-  return kTable[nibble & 0xf];
+// Magnitude codes 0..7 are 0, .5, 1, 1.5, 2, 3, 4, 6: (1 + m/2) * 2^(e-1) for e = code >> 1 > 0,
+// m/2 for e = 0 (m = code & 1). Every value is exact in f32.
+FLOTILLA_HD float Fp4ToF32(uint8_t nibble) {
+  const uint32_t c = nibble & 7u, e = c >> 1, m = c & 1u;
+  const float mag = e == 0 ? float(m) * 0.5f : BitsToF32((e + 126u) << 23 | m << 22);
+  return BitsToF32(F32ToBits(mag) | uint32_t(nibble & 8u) << 28);
 }
 
 // Saturating: clamp to [-6, 6], then round to nearest even. NaN maps to +0 (never produced
 // by the model: inputs are finite after scaling).
-inline uint8_t F32ToFp4(float f) {
-  uint8_t sign = std::signbit(f) ? 8 : 0;
-  float a = std::fabs(f);
+FLOTILLA_HD uint8_t F32ToFp4(float f) {
+  const uint32_t u = F32ToBits(f);
+  const uint8_t sign = (u >> 31) ? 8 : 0;
+  const float a = BitsToF32(u & 0x7fffffffu);
   if (!(a == a)) return 0;
   // Representable magnitudes: 0, .5, 1, 1.5, 2, 3, 4, 6. Midpoints round to the even code.
   uint8_t c;

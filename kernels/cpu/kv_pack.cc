@@ -3,32 +3,20 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/cpu/group_quant.h"
 #include "kernels/cpu/lane_order.h"
 #include "kernels/ops.h"
 
 namespace flotilla::kernels {
 namespace {
 
-constexpr e8m0 kNanScale = 0xff;
+constexpr e8m0 kNanScale = kNanScaleBits;
 
-// Largest |x| of a group; false when it holds a NaN or an infinity.
-bool GroupAmax(const bf16* x, int64_t n, float* amax) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(Bf16ToF32(x[i]));
-    if (!(a <= 3.4028235e38f)) return false;
-    m = std::max(m, a);
-  }
-  *amax = m;
-  return true;
-}
+// GroupAmax and the scale functions are kernels/cpu/group_quant.h's (shared with CUDA).
+inline e8m0 Fp8Scale(float amax) { return Fp8ScaleBits(amax); }
+inline e8m0 Fp4Scale(float amax) { return Fp4ScaleBits(amax); }
 
-e8m0 Fp8Scale(float amax) { return CeilPow2ScaleBits(std::max(amax, 1e-4f) * (1.0f / 448.0f)); }
-e8m0 Fp4Scale(float amax) {
-  return CeilPow2ScaleBits(std::max(amax, 6.0f * 0x1p-126f) * (1.0f / 6.0f));
-}
-
-const bf16 kNanBf16 = F32ToBf16(cpu::CanonicalNan());
+const bf16 kNanBf16 = NanBf16();
 
 }  // namespace
 

@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/group_quant.h"
 #include "kernels/cpu/lane_order.h"
 #include "kernels/ops.h"
 
@@ -12,28 +13,10 @@ namespace {
 
 using cpu::CanonicalNan;
 
-constexpr fp8 kFp8Nan = 0x7f;
-constexpr e8m0 kE8m0Nan = 0xff;
+constexpr fp8 kFp8Nan = kFp8NanCode;
+constexpr e8m0 kE8m0Nan = kNanScaleBits;
 
-// Scale byte of one group from its largest magnitude (finite), per §2.3 / §2.5.
-inline e8m0 Fp8ScaleBits(float amax) {
-  return CeilPow2ScaleBits(std::max(amax, 1e-4f) * (1.0f / 448.0f));
-}
-inline e8m0 Fp4ScaleBits(float amax) {
-  return CeilPow2ScaleBits(std::max(amax, 6.0f * 0x1p-126f) * (1.0f / 6.0f));
-}
-
-// Largest |x| of a bf16 group; false when the group holds a NaN or an infinity.
-inline bool GroupAmax(const bf16* x, int64_t n, float* amax) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(Bf16ToF32(x[i]));
-    if (!(a <= 3.4028235e38f)) return false;
-    m = std::max(m, a);
-  }
-  *amax = m;
-  return true;
-}
+// Fp8ScaleBits, Fp4ScaleBits and GroupAmax are kernels/cpu/group_quant.h's (shared with CUDA).
 
 void ActQuantRowScalar(const bf16* x, int64_t k, int64_t block, fp8* q, e8m0* scale) {
   for (int64_t g = 0; g < k / block; ++g) {

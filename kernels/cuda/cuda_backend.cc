@@ -18,6 +18,7 @@
 #include "kernels/cuda/grouped_gemm_fp4.h"
 #include "kernels/cuda/hyper_connection.h"
 #include "kernels/cuda/indexer.h"
+#include "kernels/cuda/kv_pack.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/norm.h"
@@ -305,16 +306,32 @@ BackendStatus CudaBackend::DoActQuantFp8(Queue& queue, const ActQuantArgs& a) {
   return Launched(LaunchActQuantFp8(p, q->stream()), "ActQuantFp8");
 }
 
-BackendStatus CudaBackend::DoFp8SimulateInPlace(Queue& queue, const QuantSimulateArgs&) {
-  FLOTILLA_CUDA_QUEUE(q, queue, "Fp8SimulateInPlace");
-  (void)q;
-  return Absent("Fp8SimulateInPlace", "the FP8 QAT round trip");
+namespace {
+
+BackendStatus Simulate(cudaStream_t stream, const QuantSimulateArgs& a, SimulateFormat format,
+                       const char* op) {
+  if (a.rows == 0 || a.n == 0) return BackendStatus::Ok();
+  SimulateParams p;
+  p.x = Ptr(a.x);
+  p.rows = a.rows;
+  p.ld = a.ld;
+  p.n = a.n;
+  p.block = a.block;
+  p.format = format;
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckSimulate(p), op));
+  return Launched(LaunchSimulate(p, stream), op);
 }
 
-BackendStatus CudaBackend::DoFp4SimulateInPlace(Queue& queue, const QuantSimulateArgs&) {
+}  // namespace
+
+BackendStatus CudaBackend::DoFp8SimulateInPlace(Queue& queue, const QuantSimulateArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "Fp8SimulateInPlace");
+  return Simulate(q->stream(), a, SimulateFormat::kFp8, "Fp8SimulateInPlace");
+}
+
+BackendStatus CudaBackend::DoFp4SimulateInPlace(Queue& queue, const QuantSimulateArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "Fp4SimulateInPlace");
-  (void)q;
-  return Absent("Fp4SimulateInPlace", "the FP4 QAT round trip");
+  return Simulate(q->stream(), a, SimulateFormat::kFp4, "Fp4SimulateInPlace");
 }
 
 // ---------------------------------------------------------------- GEMMs
@@ -694,28 +711,64 @@ BackendStatus CudaBackend::DoMoeCombine(Queue& queue, const MoeCombineArgs& a) {
 
 // ---------------------------------------------------------------- packed KV
 
-BackendStatus CudaBackend::DoPackKvEntries(Queue& queue, const KvPackArgs&) {
+namespace {
+
+KvPackParams PackParams(const KvPackArgs& a) {
+  KvPackParams p;
+  p.rows = a.rows;
+  p.nope = a.nope;
+  p.rope = a.rope;
+  p.entry_bytes = a.entry_bytes;
+  p.x = Ptr(a.x);
+  p.ldx = a.ldx;
+  p.entries = Ptr(a.entries);
+  return p;
+}
+
+KvUnpackParams UnpackParams(const KvUnpackArgs& a) {
+  KvUnpackParams p;
+  p.rows = a.rows;
+  p.nope = a.nope;
+  p.rope = a.rope;
+  p.entry_bytes = a.entry_bytes;
+  p.x = Ptr(a.x);
+  p.ldx = a.ldx;
+  p.entries = Ptr(a.entries);
+  return p;
+}
+
+}  // namespace
+
+BackendStatus CudaBackend::DoPackKvEntries(Queue& queue, const KvPackArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "PackKvEntries");
-  (void)q;
-  return Absent("PackKvEntries", "the packed KV writer");
+  if (a.rows == 0) return BackendStatus::Ok();
+  const KvPackParams p = PackParams(a);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckKvPack(p), "PackKvEntries"));
+  return Launched(LaunchPackKvEntries(p, q->stream()), "PackKvEntries");
 }
 
-BackendStatus CudaBackend::DoUnpackKvEntries(Queue& queue, const KvUnpackArgs&) {
+BackendStatus CudaBackend::DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "UnpackKvEntries");
-  (void)q;
-  return Absent("UnpackKvEntries", "the packed KV reader");
+  if (a.rows == 0) return BackendStatus::Ok();
+  const KvUnpackParams p = UnpackParams(a);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckKvPack(p), "UnpackKvEntries"));
+  return Launched(LaunchUnpackKvEntries(p, q->stream()), "UnpackKvEntries");
 }
 
-BackendStatus CudaBackend::DoPackIndexerKeys(Queue& queue, const KvPackArgs&) {
+BackendStatus CudaBackend::DoPackIndexerKeys(Queue& queue, const KvPackArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "PackIndexerKeys");
-  (void)q;
-  return Absent("PackIndexerKeys", "the packed indexer key writer");
+  if (a.rows == 0) return BackendStatus::Ok();
+  const KvPackParams p = PackParams(a);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckIndexerKeyPack(p), "PackIndexerKeys"));
+  return Launched(LaunchPackIndexerKeys(p, q->stream()), "PackIndexerKeys");
 }
 
-BackendStatus CudaBackend::DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs&) {
+BackendStatus CudaBackend::DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "UnpackIndexerKeys");
-  (void)q;
-  return Absent("UnpackIndexerKeys", "the packed indexer key reader");
+  if (a.rows == 0) return BackendStatus::Ok();
+  const KvUnpackParams p = UnpackParams(a);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckIndexerKeyPack(p), "UnpackIndexerKeys"));
+  return Launched(LaunchUnpackIndexerKeys(p, q->stream()), "UnpackIndexerKeys");
 }
 
 }  // namespace flotilla::kernels::cuda

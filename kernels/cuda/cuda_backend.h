@@ -6,9 +6,8 @@
 //
 // Numerics (docs/cuda.md): bitwise equal to the CPU backend for every op that is not a tensor-core
 // GEMM (the FP8 x FP4 GEMM is held to a stated tolerance). Ops whose kernel is not in this build
-// return an error naming the op and the missing kernel: GemmFp8 (kernels/cuda/fp8_gemm.h),
-// SparseAttention (kernels/cuda/sparse_attention.h), Fp8/Fp4SimulateInPlace and the packed-KV
-// ops (docs/cuda.md lists them).
+// return an error naming the op and the missing kernel: GemmFp8 (kernels/cuda/fp8_gemm.h) and
+// SparseAttention (kernels/cuda/sparse_attention.h); docs/cuda.md lists them.
 //
 // Index lists the host cannot see (GatherRows/ScatterRows, CompressPool's slot offsets) are
 // checked on the device: a bad entry is skipped and the first one is reported, naming the op, the

@@ -220,20 +220,148 @@ TEST_F(CudaBackendTest, ArenasCopiesFillAndEvents) {
 }
 
 TEST_F(CudaBackendTest, RefusesOpsWhoseKernelIsAbsent) {
-  Both<bf16> x = Make(RandomBf16(256, 1, 1.0f));
-  QuantSimulateArgs sim;
-  sim.x = x.g;
-  sim.rows = 2;
-  sim.ld = sim.n = 128;
-  const BackendStatus s = gpu_->Fp8SimulateInPlace(*gq_, sim);
+  Both<fp8> a = Filled<fp8>(2 * 128, 0x38);
+  Both<e8m0> as = Filled<e8m0>(2, 127);
+  Both<fp8> w = Filled<fp8>(128 * 128, 0x38);
+  Both<e8m0> ws = Filled<e8m0>(1, 127);
+  Both<bf16> c = Filled<bf16>(2 * 128, 0);
+  GemmFp8Args g;
+  g.a = a.g;
+  g.a_scale = as.g;
+  g.w = w.g;
+  g.w_scale = ws.g;
+  g.c = c.g;
+  g.ldc = 128;
+  g.m = 2;
+  g.n = 128;
+  g.k = 128;
+  const BackendStatus s = gpu_->GemmFp8(*gq_, g);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("Fp8SimulateInPlace: the CUDA kernel"), std::string::npos);
+  EXPECT_NE(s.message().find("GemmFp8: the CUDA kernel (kernels/cuda/fp8_gemm.h"), std::string::npos)
+      << s.message();
   EXPECT_NE(s.message().find("absent from this build"), std::string::npos);
+  Both<bf16> q = Filled<bf16>(64, 0);
+  Both<bf16> kv = Filled<bf16>(64, 0);
+  Both<int32_t> row_idx = Make(std::vector<int32_t>{0});
+  Both<float> sink = Filled<float>(1, 0.0f);
+  Both<bf16> out = Filled<bf16>(64, 0);
   SparseAttentionArgs att;
-  const BackendStatus a = gpu_->SparseAttention(*gq_, att);
-  ASSERT_FALSE(a.ok());
-  // Either the shared argument check or the refusal names the op.
-  EXPECT_EQ(a.message().rfind("SparseAttention", 0), 0u) << a.message();
+  att.q = q.g;
+  att.kv = kv.g;
+  att.row_idx = row_idx.g;
+  att.n = 1;
+  att.sink = sink.g;
+  att.num_heads = 1;
+  att.dim = 64;
+  att.scale = 0.125f;
+  att.out = out.g;
+  const BackendStatus t = gpu_->SparseAttention(*gq_, att);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.message().find("SparseAttention: the CUDA kernel (kernels/cuda/sparse_attention.h"),
+            std::string::npos)
+      << t.message();
+}
+
+// ---------------------------------------------------------------- QAT round trips, packed KV
+
+// Rows with the edge values of a group: NaN, inf, ±448 and beyond, all zero, tiny (FP8 and FP4
+// subnormal ranges), huge (near the bf16 maximum).
+std::vector<bf16> EdgeRows(int64_t rows, int64_t ld, uint32_t seed) {
+  std::vector<bf16> x = RandomBf16(size_t(rows * ld), seed, 1.0f);
+  std::mt19937 rng(seed);
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* row = x.data() + r * ld;
+    const float scale = std::ldexp(1.0f, int(rng() % 60) - 30);
+    for (int64_t i = 0; i < ld; ++i) row[i] = F32ToBf16(Bf16ToF32(row[i]) * scale);
+    switch (r % 6) {
+      case 0: row[3] = F32ToBf16(kNan); break;
+      case 1: row[70] = F32ToBf16(-kInf); break;
+      case 2: row[5] = F32ToBf16(448.0f), row[6] = F32ToBf16(-500.0f); break;
+      case 3: for (int64_t i = 0; i < std::min<int64_t>(ld, 64); ++i) row[i] = 0; break;
+      case 4: for (int64_t i = 0; i < ld; ++i) row[i] = F32ToBf16(Bf16ToF32(row[i]) * 1e-35f); break;
+      default: row[9] = F32ToBf16(3.0e38f); break;
+    }
+  }
+  return x;
+}
+
+TEST_F(CudaBackendTest, QatRoundTripsBitwise) {
+  const int64_t rows = 24, ld = 600, n = 576;  // 9 groups of 64, 18 of 32; a tail past n
+  for (int64_t block : {64, 32, 48}) {  // 48: a shorter last group
+    for (bool fp4 : {false, true}) {
+      Both<bf16> x = Make(EdgeRows(rows, ld, uint32_t(block)));
+      RunBoth([&](Backend& be, Queue& q, auto pick) {
+        QuantSimulateArgs a;
+        a.x = pick(x);
+        a.rows = rows;
+        a.ld = ld;
+        a.n = n;
+        a.block = block;
+        return fp4 ? be.Fp4SimulateInPlace(q, a) : be.Fp8SimulateInPlace(q, a);
+      });
+      ExpectSame(x, std::string(fp4 ? "fp4" : "fp8") + " simulate block " + std::to_string(block));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, PackedKvAndIndexerKeysBitwise) {
+  // V4-Flash main entries: 448 nope + 64 rope, 584 bytes; a nope with a short last group too.
+  for (const auto& [nope, rope, entry_bytes] : {std::tuple{448, 64, 584}, {100, 6, 128}}) {
+    const int64_t rows = 30, ldx = nope + rope + 3;
+    Both<bf16> x = Make(EdgeRows(rows, ldx, uint32_t(nope)));
+    Both<uint8_t> entries = Filled<uint8_t>(rows * entry_bytes, 0xcd);
+    RunBoth([&](Backend& be, Queue& q, auto pick) {
+      KvPackArgs a;
+      a.rows = rows;
+      a.nope = nope;
+      a.rope = rope;
+      a.entry_bytes = entry_bytes;
+      a.x = pick(x);
+      a.ldx = ldx;
+      a.entries = pick(entries);
+      return be.PackKvEntries(q, a);
+    });
+    ExpectSame(entries, "packed kv entries");
+    Both<bf16> back = Filled<bf16>(rows * ldx, 0x1111);
+    RunBoth([&](Backend& be, Queue& q, auto pick) {
+      KvUnpackArgs a;
+      a.rows = rows;
+      a.nope = nope;
+      a.rope = rope;
+      a.entry_bytes = entry_bytes;
+      a.entries = pick(entries);
+      a.x = pick(back);
+      a.ldx = ldx;
+      return be.UnpackKvEntries(q, a);
+    });
+    ExpectSame(back, "unpacked kv entries");
+  }
+  const int64_t rows = 40, dim = 128, key_bytes = 68;
+  Both<bf16> keys = Make(EdgeRows(rows, dim, 99));
+  Both<uint8_t> packed = Filled<uint8_t>(rows * key_bytes, 0xcd);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    KvPackArgs a;
+    a.rows = rows;
+    a.nope = dim;
+    a.entry_bytes = key_bytes;
+    a.x = pick(keys);
+    a.ldx = dim;
+    a.entries = pick(packed);
+    return be.PackIndexerKeys(q, a);
+  });
+  ExpectSame(packed, "packed indexer keys");
+  Both<bf16> back = Filled<bf16>(rows * dim, 0x1111);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    KvUnpackArgs a;
+    a.rows = rows;
+    a.nope = dim;
+    a.entry_bytes = key_bytes;
+    a.entries = pick(packed);
+    a.x = pick(back);
+    a.ldx = dim;
+    return be.UnpackIndexerKeys(q, a);
+  });
+  ExpectSame(back, "unpacked indexer keys");
 }
 
 // ---------------------------------------------------------------- RoPE

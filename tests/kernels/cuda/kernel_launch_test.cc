@@ -15,6 +15,7 @@
 #include "kernels/cuda/device_error.h"
 #include "kernels/cuda/fill.h"
 #include "kernels/cuda/hyper_connection.h"
+#include "kernels/cuda/kv_pack.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/rope.h"
@@ -235,6 +236,56 @@ TEST(FillLaunch, ShapesAndRefusals) {
   EXPECT_NE(CheckFill(-1, 4), nullptr);
   EXPECT_EQ(FillBlocks(257), 2);
   EXPECT_EQ(FillBlocks(0), 0);
+}
+
+TEST(KvPackLaunch, ShapesAndRefusals) {
+  SimulateParams s;
+  s.x = Fake<bf16>();
+  s.rows = 10;
+  s.ld = 600;
+  s.n = 576;
+  s.block = 48;
+  EXPECT_EQ(CheckSimulate(s), nullptr);
+  EXPECT_EQ(SimulateBlocks(s), 1);  // 10 rows x 12 groups, a thread per group
+  s.block = 0;
+  EXPECT_NE(CheckSimulate(s), nullptr);
+  EXPECT_EQ(SimulateBlocks(s), 0);
+  s.block = 64;
+  s.ld = 500;
+  EXPECT_NE(CheckSimulate(s), nullptr);
+
+  EXPECT_EQ(KvEntryUsedBytes(448, 64), 448 + 128 + 7);  // fits V4-Flash's 584-byte entry
+  EXPECT_EQ(IndexerKeyUsedBytes(128), 64 + 4);          // the 68-byte key
+  KvPackParams p;
+  p.x = Fake<bf16>();
+  p.entries = Fake<uint8_t>();
+  p.rows = 3;
+  p.nope = 448;
+  p.rope = 64;
+  p.entry_bytes = 584;
+  p.ldx = 512;
+  EXPECT_EQ(CheckKvPack(p), nullptr);
+  p.entry_bytes = 582;
+  EXPECT_NE(CheckKvPack(p), nullptr);
+  p.entry_bytes = 584;
+  p.ldx = 511;
+  EXPECT_NE(CheckKvPack(p), nullptr);
+  KvUnpackParams u;
+  u.x = Fake<bf16>();
+  u.entries = Fake<uint8_t>();
+  u.rows = 3;
+  u.nope = 128;
+  u.entry_bytes = 68;
+  u.ldx = 128;
+  EXPECT_EQ(CheckIndexerKeyPack(u), nullptr);
+  u.nope = 100;  // not a multiple of 32
+  EXPECT_NE(CheckIndexerKeyPack(u), nullptr);
+  u.nope = kIndexerKeyMaxDim + 32;
+  EXPECT_NE(CheckIndexerKeyPack(u), nullptr);
+  u.nope = 128;
+  u.rope = 2;
+  EXPECT_NE(CheckIndexerKeyPack(u), nullptr);
+  EXPECT_EQ(KvPackBlocks(100000), 65535);
 }
 
 TEST(DeviceErrorMessage, NamesOpPositionAndRange) {
