@@ -19,6 +19,7 @@
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sampling.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
@@ -303,6 +304,48 @@ TEST(DeviceErrorMessage, NamesOpPositionAndRange) {
   EXPECT_NE(m.find("CompressPool: slot_offsets[3] = 17; expected 0 to 9"), std::string::npos) << m;
   e.code = kDeviceErrorScatterIndex;
   EXPECT_NE(DeviceErrorMessage(e).find("ScatterRows: index[3]"), std::string::npos);
+}
+
+TEST(SampleLaunch, ShapesKeysAndAHandWorkedPick) {
+  SampleParams p;
+  p.logits = Fake<float>();
+  p.row_params = Fake<SampleRow>();
+  p.workspace = Fake<uint64_t>();
+  p.tokens = Fake<int32_t>();
+  p.rows = 4;
+  p.vocab = 129280;
+  p.ld = 129280;
+  EXPECT_EQ(CheckSample(p), nullptr);
+  EXPECT_EQ(SampleWorkspaceElements(129280), 2 * 131072);
+  EXPECT_EQ(SampleWorkspaceElements(1), 2);
+  p.vocab = kSampleMaxVocab + 1;
+  EXPECT_NE(CheckSample(p), nullptr);
+  p.vocab = 10;
+  p.ld = 9;
+  EXPECT_NE(CheckSample(p), nullptr);
+
+  // Keys: ascending order is descending logit order, ties (and -0 / +0) to the lower id.
+  EXPECT_LT(SamplePackedKey(3.0f, 9), SamplePackedKey(2.0f, 0));
+  EXPECT_LT(SamplePackedKey(1.0f, 1), SamplePackedKey(1.0f, 2));
+  EXPECT_LT(SamplePackedKey(-0.0f, 1), SamplePackedKey(0.0f, 2));
+  EXPECT_LT(SamplePackedKey(0.0f, 1), SamplePackedKey(-0.0f, 2));
+  EXPECT_LT(SamplePackedKey(-1.0f, 0), SamplePackedKey(-2.0f, 0));
+  EXPECT_LT(SamplePackedKey(1e30f, 5), SamplePackedKey(-INFINITY, 0));
+
+  // Logits 2, 1, 0 at T = 1: p = 1, e^-1, e^-2 (sum 1.5032). top-p 0.7 keeps two (masses
+  // 0.665, 0.910); kept 1.3679: u = 0.5 · kept = 0.684 < 1 picks id 7, u = 0.8 · kept = 1.094
+  // picks id 3.
+  const uint64_t cand[3] = {SamplePackedKey(2.0f, 7), SamplePackedKey(1.0f, 3),
+                            SamplePackedKey(0.0f, 5)};
+  const double prob[3] = {1.0, std::exp(-1.0), std::exp(-2.0)};
+  EXPECT_EQ(SampleDistribute(cand, prob, 3, 3, 0.7f, 0.5), 7);
+  EXPECT_EQ(SampleDistribute(cand, prob, 3, 3, 0.7f, 0.8), 3);
+  EXPECT_EQ(SampleDistribute(cand, prob, 3, 3, 1.0f, 0.95), 5);  // no cut: all three
+  EXPECT_EQ(SampleDistribute(cand, prob, 1, 3, 1.0f, 0.99), 7);  // top-k 1
+  // Only two of the three top-k candidates known (the third pruned) and no top-p cut: a draw
+  // inside their mass decides; the prefix cut at top-p 0.7 decides too.
+  EXPECT_EQ(SampleDistribute(cand, prob, 3, 2, 1.0f, 0.9), 3);
+  EXPECT_EQ(SampleDistribute(cand, prob, 3, 2, 0.7f, 0.2), 7);
 }
 
 // Spec §4.3 step 4 in double: pre = σ(mix·s0 + b) + eps, post = 2σ(·), comb = row softmax + eps,

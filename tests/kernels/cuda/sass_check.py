@@ -40,6 +40,7 @@ FORBIDDEN = {
     r"HcPreKernel": _APPROXIMATE,
     r"HcHeadKernel": _APPROXIMATE,
     r"CompressPoolKernel": _APPROXIMATE,
+    r"SampleKernel": _APPROXIMATE,
 }
 LOCAL_MEMORY = re.compile(r"\b(LDL|STL)(\.[A-Z0-9.]+)?\b")
 
