@@ -94,7 +94,9 @@ FLOTILLA_HD float FSqrt(float a) {
 #endif
 }
 FLOTILLA_HD bool IsNan(float x) { return (F32ToBits(x) & 0x7fffffffu) > 0x7f800000u; }
-FLOTILLA_HD bool IsNanD(double x) { return (DToBits(x) & ~(uint64_t(1) << 63)) > (uint64_t(0x7ff) << 52); }
+FLOTILLA_HD bool IsNanD(double x) {
+  return (DToBits(x) & ~(uint64_t(1) << 63)) > (uint64_t(0x7ff) << 52);
+}
 
 // e^x in double for any double x: x = k ln2 + r, |r| <= ln2/2 (ln2 in two parts; k*kLn2Hi is
 // exact for |k| < 2^21), e^r by its Taylor series to r^13 (truncation < 2^-57), times 2^k.
@@ -201,9 +203,9 @@ FLOTILLA_HD void SinCosD(double x, double* sin_out, double* cos_out) {
     return;
   }
   const double kTwoOverPi = 0.63661977236758134308;
-  const double kP1 = 1.5707963258028030396;       // π/2 to 28 bits
-  const double kP2 = 9.9209357395935171553e-10;   // the next 28 bits
-  const double kP3 = 5.7211887261098317968e-18;   // the rest
+  const double kP1 = 1.5707963258028030396;      // π/2 to 28 bits
+  const double kP2 = 9.9209357395935171553e-10;  // the next 28 bits
+  const double kP3 = 5.7211887261098317968e-18;  // the rest
   const double k = DRint(DMul(x, kTwoOverPi));
   const double r = DSub(DSub(DSub(x, DMul(k, kP1)), DMul(k, kP2)), DMul(k, kP3));
   const double r2 = DMul(r, r);

@@ -13,9 +13,8 @@ namespace flotilla::kernels {
 
 // mix: [(2 + hc) * hc]; scale: [3]; base: [(2 + hc) * hc]. Writes pre [hc], post [hc] and
 // comb [hc * hc] (comb[j * hc + k]: j input stream, k output stream).
-FLOTILLA_HD void SinkhornSplit(const float* mix, const float* scale, const float* base,
-                               int64_t hc, int64_t iters, float eps, float* pre, float* post,
-                               float* comb) {
+FLOTILLA_HD void SinkhornSplit(const float* mix, const float* scale, const float* base, int64_t hc,
+                               int64_t iters, float eps, float* pre, float* post, float* comb) {
   using hd::FAdd;
   using hd::FDiv;
   using hd::FMul;
@@ -24,7 +23,8 @@ FLOTILLA_HD void SinkhornSplit(const float* mix, const float* scale, const float
     post[j] = FMul(2.0f, hd::SigmoidF(FAdd(FMul(mix[hc + j], scale[1]), base[hc + j])));
   }
   float* c = comb;
-  for (int64_t i = 0; i < hc * hc; ++i) c[i] = FAdd(FMul(mix[2 * hc + i], scale[2]), base[2 * hc + i]);
+  for (int64_t i = 0; i < hc * hc; ++i)
+    c[i] = FAdd(FMul(mix[2 * hc + i], scale[2]), base[2 * hc + i]);
   for (int64_t j = 0; j < hc; ++j) {  // row softmax + eps
     float* row = c + j * hc;
     float mx = row[0];

@@ -14,12 +14,12 @@ struct CUstream_st;
 namespace flotilla::kernels::cuda {
 
 struct CompressPoolParams {
-  const float* kv = nullptr;             // device, state values
-  const float* score = nullptr;          // device, state scores (same layout as kv)
-  int64_t state_elements = 0;            // elements of kv (and of score)
+  const float* kv = nullptr;              // device, state values
+  const float* score = nullptr;           // device, state scores (same layout as kv)
+  int64_t state_elements = 0;             // elements of kv (and of score)
   const int64_t* slot_offsets = nullptr;  // [num_entries, n_slots] device
   int64_t num_entries = 0, n_slots = 0, d = 0;
-  float* out = nullptr;  // [num_entries, d] device
+  float* out = nullptr;          // [num_entries, d] device
   DeviceError* error = nullptr;  // device: an offset outside the state is recorded here
 };
 

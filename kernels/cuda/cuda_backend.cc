@@ -177,8 +177,8 @@ BackendStatus Absent(const char* op, const char* kernel) {
   if (!q##_result.ok()) return q##_result.status();                 \
   CudaQueue* q = q##_result.value()
 
-#define FLOTILLA_CUDA_RETURN_IF_ERROR(expr)      \
-  do {                                           \
+#define FLOTILLA_CUDA_RETURN_IF_ERROR(expr)             \
+  do {                                                  \
     if (BackendStatus s_ = (expr); !s_.ok()) return s_; \
   } while (0)
 
@@ -190,12 +190,13 @@ BackendResult<std::unique_ptr<CudaBackend>> CudaBackend::Create(int device,
   cudaError_t rc = cudaGetDeviceCount(&count);
   if (rc != cudaSuccess) return CudaError("CudaBackend: no usable CUDA device", rc);
   if (device < 0 || device >= count) {
-    return BackendStatus::Error("CudaBackend: device " + std::to_string(device) + "; expected 0 to " +
-                                std::to_string(count - 1) + " (" + std::to_string(count) +
-                                " CUDA devices)");
+    return BackendStatus::Error("CudaBackend: device " + std::to_string(device) +
+                                "; expected 0 to " + std::to_string(count - 1) + " (" +
+                                std::to_string(count) + " CUDA devices)");
   }
   rc = cudaSetDevice(device);
-  if (rc != cudaSuccess) return CudaError("CudaBackend: cudaSetDevice(" + std::to_string(device) + ")", rc);
+  if (rc != cudaSuccess)
+    return CudaError("CudaBackend: cudaSetDevice(" + std::to_string(device) + ")", rc);
   size_t free_bytes = 0, total_bytes = 0;
   rc = cudaMemGetInfo(&free_bytes, &total_bytes);
   if (rc != cudaSuccess) return CudaError("CudaBackend: cudaMemGetInfo", rc);
@@ -226,8 +227,7 @@ BackendResult<std::unique_ptr<Arena>> CudaBackend::NewArena(const std::string& n
     size_t free_bytes = 0, total_bytes = 0;
     (void)cudaMemGetInfo(&free_bytes, &total_bytes);
     return CudaError("NewArena '" + name + "': " + memory_.name + " cannot give " +
-                         std::to_string(bytes) + " bytes (" + std::to_string(free_bytes) +
-                         " free)",
+                         std::to_string(bytes) + " bytes (" + std::to_string(free_bytes) + " free)",
                      rc);
   }
   return std::make_unique<Arena>(name, memory_, reinterpret_cast<uintptr_t>(memory), bytes,
@@ -280,13 +280,12 @@ BackendStatus CudaBackend::DoCopy(Queue& queue, uintptr_t src, uintptr_t dst, in
   return rc == cudaSuccess ? BackendStatus::Ok() : CudaError("Copy", rc);
 }
 
-BackendStatus CudaBackend::DoFill(Queue& queue, uintptr_t dst, int64_t count,
-                                  int64_t element_bytes, uint64_t pattern) {
+BackendStatus CudaBackend::DoFill(Queue& queue, uintptr_t dst, int64_t count, int64_t element_bytes,
+                                  uint64_t pattern) {
   FLOTILLA_CUDA_QUEUE(q, queue, "Fill");
   FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckFill(count, element_bytes), "Fill"));
-  return Launched(LaunchFill(reinterpret_cast<void*>(dst), count, element_bytes, pattern,
-                             q->stream()),
-                  "Fill");
+  return Launched(
+      LaunchFill(reinterpret_cast<void*>(dst), count, element_bytes, pattern, q->stream()), "Fill");
 }
 
 // ---------------------------------------------------------------- quantisation
@@ -671,7 +670,8 @@ RowCopyParams RowCopy(const RowCopyArgs& a, int64_t indexed_bytes, int64_t ld, D
   p.dst = Ptr(a.dst);
   p.ld_dst = a.ld_dst;
   // The rows the indexed side holds, as the CPU backend counts them.
-  p.indexed_rows = indexed_bytes < a.row_bytes || ld <= 0 ? 0 : (indexed_bytes - a.row_bytes) / ld + 1;
+  p.indexed_rows =
+      indexed_bytes < a.row_bytes || ld <= 0 ? 0 : (indexed_bytes - a.row_bytes) / ld + 1;
   p.error = error;
   return p;
 }

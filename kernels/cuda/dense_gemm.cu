@@ -29,11 +29,11 @@ void Launch(const A* a, const W* w, const DenseGemmParams& p, CUstream_st* strea
   const DenseGemmShape shape = DenseGemmLaunchShape(p);
   const dim3 grid(shape.grid_x, shape.grid_y);
   if (p.c_bf16 != nullptr) {
-    DenseGemmKernel<A, W, true><<<grid, kDenseGemmThreads, 0, stream>>>(
-        a, p.lda, w, p.ldw, p.c, p.c_bf16, p.ldc, p.n, p.k);
+    DenseGemmKernel<A, W, true><<<grid, kDenseGemmThreads, 0, stream>>>(a, p.lda, w, p.ldw, p.c,
+                                                                        p.c_bf16, p.ldc, p.n, p.k);
   } else {
-    DenseGemmKernel<A, W, false><<<grid, kDenseGemmThreads, 0, stream>>>(
-        a, p.lda, w, p.ldw, p.c, p.c_bf16, p.ldc, p.n, p.k);
+    DenseGemmKernel<A, W, false><<<grid, kDenseGemmThreads, 0, stream>>>(a, p.lda, w, p.ldw, p.c,
+                                                                         p.c_bf16, p.ldc, p.n, p.k);
   }
 }
 

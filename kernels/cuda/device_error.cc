@@ -9,8 +9,8 @@ std::string DeviceErrorMessage(const DeviceError& e) {
     case kDeviceErrorNone:
       return "";
     case kDeviceErrorGatherIndex:
-      return "GatherRows: index[" + pos + "] names source row " + val + "; expected rows " +
-             range + " (found on the device; the row was not copied)";
+      return "GatherRows: index[" + pos + "] names source row " + val + "; expected rows " + range +
+             " (found on the device; the row was not copied)";
     case kDeviceErrorScatterIndex:
       return "ScatterRows: index[" + pos + "] names destination row " + val + "; expected rows " +
              range + " (found on the device; the row was not copied)";

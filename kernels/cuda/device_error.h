@@ -12,9 +12,9 @@ namespace flotilla::kernels::cuda {
 
 enum DeviceErrorCode : int32_t {
   kDeviceErrorNone = 0,
-  kDeviceErrorGatherIndex = 1,    // GatherRows: index[position] = value names no source row
-  kDeviceErrorScatterIndex = 2,   // ScatterRows: index[position] = value names no destination row
-  kDeviceErrorSlotOffset = 3,     // CompressPool: slot_offsets[position] = value outside the state
+  kDeviceErrorGatherIndex = 1,   // GatherRows: index[position] = value names no source row
+  kDeviceErrorScatterIndex = 2,  // ScatterRows: index[position] = value names no destination row
+  kDeviceErrorSlotOffset = 3,    // CompressPool: slot_offsets[position] = value outside the state
 };
 
 struct DeviceError {

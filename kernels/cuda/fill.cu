@@ -19,7 +19,7 @@ void Fill(void* dst, int64_t count, uint64_t pattern, CUstream_st* stream) {
   T value;
   memcpy(&value, &pattern, sizeof(T));  // the low bytes (little-endian host and device)
   FillKernel<T><<<unsigned(FillBlocks(count)), kFillThreads, 0, stream>>>(static_cast<T*>(dst),
-                                                                         count, value);
+                                                                          count, value);
 }
 
 __global__ void SingleGroupOffsetsKernel(int32_t* offsets, int32_t rows) {
@@ -33,11 +33,20 @@ int LaunchFill(void* dst, int64_t count, int64_t element_bytes, uint64_t pattern
                CUstream_st* stream) {
   if (count > 0) {
     switch (element_bytes) {
-      case 1: Fill<uint8_t>(dst, count, pattern, stream); break;
-      case 2: Fill<uint16_t>(dst, count, pattern, stream); break;
-      case 4: Fill<uint32_t>(dst, count, pattern, stream); break;
-      case 8: Fill<uint64_t>(dst, count, pattern, stream); break;
-      default: return int(cudaErrorInvalidValue);
+      case 1:
+        Fill<uint8_t>(dst, count, pattern, stream);
+        break;
+      case 2:
+        Fill<uint16_t>(dst, count, pattern, stream);
+        break;
+      case 4:
+        Fill<uint32_t>(dst, count, pattern, stream);
+        break;
+      case 8:
+        Fill<uint64_t>(dst, count, pattern, stream);
+        break;
+      default:
+        return int(cudaErrorInvalidValue);
     }
   }
   return int(cudaGetLastError());

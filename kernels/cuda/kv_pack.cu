@@ -69,8 +69,7 @@ __global__ void __launch_bounds__(kKvPackThreads) UnpackKvKernel(KvUnpackParams 
     const e8m0* scales = e + p.nope + 2 * p.rope;
     for (int64_t i = threadIdx.x; i < p.nope; i += kKvPackThreads) {
       const e8m0 sb = scales[i / 64];
-      x[i] = sb == kNanScaleBits ? NanBf16()
-                                 : F32ToBf16(__fmul_rn(Fp8ToF32(e[i]), E8m0ToF32(sb)));
+      x[i] = sb == kNanScaleBits ? NanBf16() : F32ToBf16(__fmul_rn(Fp8ToF32(e[i]), E8m0ToF32(sb)));
     }
     for (int64_t i = threadIdx.x; i < p.rope; i += kKvPackThreads) {
       x[p.nope + i] = bf16(e[p.nope + 2 * i] | (uint16_t(e[p.nope + 2 * i + 1]) << 8));
@@ -116,8 +115,8 @@ __global__ void __launch_bounds__(kKvPackThreads) UnpackIndexerKeysKernel(KvUnpa
     for (int64_t i = threadIdx.x; i < dim; i += kKvPackThreads) {
       const e8m0 sb = scales[i / 32];
       const uint8_t nibble = (i & 1) ? uint8_t(e[i / 2] >> 4) : uint8_t(e[i / 2] & 0xf);
-      x[i] = sb == kNanScaleBits ? NanBf16()
-                                 : F32ToBf16(__fmul_rn(Fp4ToF32(nibble), E8m0ToF32(sb)));
+      x[i] =
+          sb == kNanScaleBits ? NanBf16() : F32ToBf16(__fmul_rn(Fp4ToF32(nibble), E8m0ToF32(sb)));
     }
   }
 }
@@ -136,11 +135,11 @@ int LaunchSimulate(const SimulateParams& p, CUstream_st* stream) {
   return int(cudaGetLastError());
 }
 
-#define FLOTILLA_ROW_LAUNCH(Kernel)                                                  \
-  do {                                                                               \
-    const int64_t blocks = KvPackBlocks(p.rows);                                     \
-    if (blocks > 0) Kernel<<<unsigned(blocks), kKvPackThreads, 0, stream>>>(p);      \
-    return int(cudaGetLastError());                                                  \
+#define FLOTILLA_ROW_LAUNCH(Kernel)                                             \
+  do {                                                                          \
+    const int64_t blocks = KvPackBlocks(p.rows);                                \
+    if (blocks > 0) Kernel<<<unsigned(blocks), kKvPackThreads, 0, stream>>>(p); \
+    return int(cudaGetLastError());                                             \
   } while (0)
 
 int LaunchPackKvEntries(const KvPackParams& p, CUstream_st* stream) {

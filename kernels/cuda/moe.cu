@@ -19,8 +19,8 @@ __device__ __forceinline__ bool Before(float x, int a, float y, int b) {
 
 __global__ void __launch_bounds__(kRouteThreads) RouteKernel(RouteParams p) {
   extern __shared__ float shared[];
-  float* score = shared;                   // [num_experts]
-  float* biased = shared + p.num_experts;  // [num_experts]
+  float* score = shared;                                              // [num_experts]
+  float* biased = shared + p.num_experts;                             // [num_experts]
   int32_t* idx = reinterpret_cast<int32_t*>(biased + p.num_experts);  // [kRouteMaxTopK]
   uint8_t* taken = reinterpret_cast<uint8_t*>(idx + kRouteMaxTopK);   // [num_experts]
   const int64_t t = blockIdx.x;

@@ -32,8 +32,9 @@ const char* CheckRowCopy(const RowCopyParams& p) {
 
 bool RowCopyVectorized(const RowCopyParams& p) {
   const auto aligned = [](uint64_t v) { return v % 16 == 0; };
-  return aligned(reinterpret_cast<uintptr_t>(p.src)) && aligned(reinterpret_cast<uintptr_t>(p.dst)) &&
-         aligned(uint64_t(p.ld_src)) && aligned(uint64_t(p.ld_dst)) && aligned(uint64_t(p.row_bytes));
+  return aligned(reinterpret_cast<uintptr_t>(p.src)) &&
+         aligned(reinterpret_cast<uintptr_t>(p.dst)) && aligned(uint64_t(p.ld_src)) &&
+         aligned(uint64_t(p.ld_dst)) && aligned(uint64_t(p.row_bytes));
 }
 
 int64_t RowCopyBlocks(const RowCopyParams& p) {

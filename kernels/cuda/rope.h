@@ -19,8 +19,8 @@ struct RopeParams {
   int64_t head_stride = 0;
   int64_t num_tokens = 0, num_heads = 0;
   int64_t rope_offset = 0, rope_dim = 0;  // rope_dim even
-  const int64_t* positions = nullptr;  // [num_tokens] device
-  const float* freqs = nullptr;        // [rope_dim / 2] device
+  const int64_t* positions = nullptr;     // [num_tokens] device
+  const float* freqs = nullptr;           // [rope_dim / 2] device
   bool inverse = false;
 };
 

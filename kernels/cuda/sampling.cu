@@ -114,8 +114,7 @@ __global__ void __launch_bounds__(kSampleThreads) SampleKernel(SampleParams p) {
     for (int64_t i = threadIdx.x; i < p.vocab; i += kSampleThreads) {
       const float l = logits[i];
       if (hd::IsNan(l)) continue;
-      if (prune &&
-          !(hd::DMul(hd::DSub(double(l), top_d), inv_t) >= kSampleNegligibleScaledLogit)) {
+      if (prune && !(hd::DMul(hd::DSub(double(l), top_d), inv_t) >= kSampleNegligibleScaledLogit)) {
         continue;
       }
       keys[atomicAdd(&count_shared, 1ull)] = SamplePackedKey(l, i);

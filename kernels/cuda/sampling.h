@@ -37,8 +37,8 @@ struct SampleParams {
   int64_t ld = 0;
   int64_t rows = 0, vocab = 0;
   const SampleRow* row_params = nullptr;  // [rows] device
-  uint64_t* workspace = nullptr;  // [rows, SampleWorkspaceElements(vocab)] device
-  int32_t* tokens = nullptr;      // [rows] device
+  uint64_t* workspace = nullptr;          // [rows, SampleWorkspaceElements(vocab)] device
+  int32_t* tokens = nullptr;              // [rows] device
 };
 
 constexpr int kSampleThreads = 512;  // 128 registers a thread: the double exp and the sums fit

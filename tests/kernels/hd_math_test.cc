@@ -2,6 +2,8 @@
 // functions over dense sweeps of f32 inputs, with the bounds the header states: every f32 result
 // within 0.5 + 2^-20 ulp of the exact value (the reference's own error, below 2^-52 relative, is
 // inside the 2^-21 margin), special values as IEEE says.
+#include "common/hd_math.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include <limits>
 
 #include "common/dtype.h"
-#include "common/hd_math.h"
 
 namespace flotilla::hd {
 namespace {
@@ -144,8 +145,8 @@ TEST(HdMath, SqrtSoftplusWithinOneUlp) {
 
 TEST(HdMath, LogAndLog1pDouble) {
   for (double u = 1e-300; u < 1e300; u *= 1.37) {
-    ASSERT_LE(std::fabs(LogPositiveD(u) - std::log(u)), std::ldexp(std::fabs(std::log(u)), -50) +
-                                                           std::ldexp(1.0, -60))
+    ASSERT_LE(std::fabs(LogPositiveD(u) - std::log(u)),
+              std::ldexp(std::fabs(std::log(u)), -50) + std::ldexp(1.0, -60))
         << u;
     ASSERT_LE(std::fabs(Log1pNonNegD(u) - std::log1p(u)), std::ldexp(std::log1p(u), -42)) << u;
   }

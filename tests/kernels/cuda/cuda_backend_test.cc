@@ -6,6 +6,8 @@
 // Inputs are random plus the edge values the ops must survive: NaN and infinities, ±448, zero
 // and extreme scales, empty groups and empty calls. Also the backend itself: arenas, copies,
 // fills, events across queues, errors found on the device, and the ops refused in this build.
+#include "kernels/cuda/cuda_backend.h"
+
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -22,7 +24,6 @@
 #include "common/dtype.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cuda/cuda_backend.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
 namespace flotilla::kernels::cuda {
@@ -172,7 +173,8 @@ TEST_F(CudaBackendTest, ArenasCopiesFillAndEvents) {
   ASSERT_TRUE(copy.ok());
   ASSERT_TRUE(gpu_->Copy(*gq_, DeviceSpan<const float>(a.g), copy.value()).ok());
   std::vector<float> back(1000);
-  ASSERT_TRUE(gpu_->Download(*gq_, DeviceSpan<const float>(copy.value()), std::span<float>(back)).ok());
+  ASSERT_TRUE(
+      gpu_->Download(*gq_, DeviceSpan<const float>(copy.value()), std::span<float>(back)).ok());
   ASSERT_TRUE(gq_->Synchronize().ok());
   EXPECT_EQ(back, host);
 
@@ -203,7 +205,8 @@ TEST_F(CudaBackendTest, ArenasCopiesFillAndEvents) {
   const Event e = gq_->Record();
   ASSERT_TRUE(other->WaitFor(e).ok());
   std::vector<float> seen(1000);
-  ASSERT_TRUE(gpu_->Download(*other, DeviceSpan<const float>(dst.value()), std::span<float>(seen)).ok());
+  ASSERT_TRUE(
+      gpu_->Download(*other, DeviceSpan<const float>(dst.value()), std::span<float>(seen)).ok());
   ASSERT_TRUE(other->Synchronize().ok());
   EXPECT_EQ(seen, host);
   ASSERT_TRUE(gq_->Synchronize().ok());
@@ -237,7 +240,8 @@ TEST_F(CudaBackendTest, RefusesOpsWhoseKernelIsAbsent) {
   g.k = 128;
   const BackendStatus s = gpu_->GemmFp8(*gq_, g);
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("GemmFp8: the CUDA kernel (kernels/cuda/fp8_gemm.h"), std::string::npos)
+  EXPECT_NE(s.message().find("GemmFp8: the CUDA kernel (kernels/cuda/fp8_gemm.h"),
+            std::string::npos)
       << s.message();
   EXPECT_NE(s.message().find("absent from this build"), std::string::npos);
   Both<bf16> q = Filled<bf16>(64, 0);
@@ -274,12 +278,24 @@ std::vector<bf16> EdgeRows(int64_t rows, int64_t ld, uint32_t seed) {
     const float scale = std::ldexp(1.0f, int(rng() % 60) - 30);
     for (int64_t i = 0; i < ld; ++i) row[i] = F32ToBf16(Bf16ToF32(row[i]) * scale);
     switch (r % 6) {
-      case 0: row[3] = F32ToBf16(kNan); break;
-      case 1: row[70] = F32ToBf16(-kInf); break;
-      case 2: row[5] = F32ToBf16(448.0f), row[6] = F32ToBf16(-500.0f); break;
-      case 3: for (int64_t i = 0; i < std::min<int64_t>(ld, 64); ++i) row[i] = 0; break;
-      case 4: for (int64_t i = 0; i < ld; ++i) row[i] = F32ToBf16(Bf16ToF32(row[i]) * 1e-35f); break;
-      default: row[9] = F32ToBf16(3.0e38f); break;
+      case 0:
+        row[3] = F32ToBf16(kNan);
+        break;
+      case 1:
+        row[70] = F32ToBf16(-kInf);
+        break;
+      case 2:
+        row[5] = F32ToBf16(448.0f), row[6] = F32ToBf16(-500.0f);
+        break;
+      case 3:
+        for (int64_t i = 0; i < std::min<int64_t>(ld, 64); ++i) row[i] = 0;
+        break;
+      case 4:
+        for (int64_t i = 0; i < ld; ++i) row[i] = F32ToBf16(Bf16ToF32(row[i]) * 1e-35f);
+        break;
+      default:
+        row[9] = F32ToBf16(3.0e38f);
+        break;
     }
   }
   return x;
@@ -287,7 +303,7 @@ std::vector<bf16> EdgeRows(int64_t rows, int64_t ld, uint32_t seed) {
 
 TEST_F(CudaBackendTest, QatRoundTripsBitwise) {
   const int64_t rows = 24, ld = 600, n = 576;  // 9 groups of 64, 18 of 32; a tail past n
-  for (int64_t block : {64, 32, 48}) {  // 48: a shorter last group
+  for (int64_t block : {64, 32, 48}) {         // 48: a shorter last group
     for (bool fp4 : {false, true}) {
       Both<bf16> x = Make(EdgeRows(rows, ld, uint32_t(block)));
       RunBoth([&](Backend& be, Queue& q, auto pick) {
@@ -744,7 +760,8 @@ TEST_F(CudaBackendTest, MoePermuteGatherScatterCombineBitwise) {
 
 TEST_F(CudaBackendTest, DenseGemmsBitwise) {
   const int64_t m = 3, n = 37, k = 133, ld = 140;
-  std::vector<bf16> ab = RandomBf16(size_t(m * ld), 51, 1.0f), wb = RandomBf16(size_t(n * ld), 52, 1.0f);
+  std::vector<bf16> ab = RandomBf16(size_t(m * ld), 51, 1.0f),
+                    wb = RandomBf16(size_t(n * ld), 52, 1.0f);
   ab[7] = F32ToBf16(kNan);
   Both<bf16> a_bf16 = Make(ab), w_bf16 = Make(wb);
   Both<float> a_f32 = Make(RandomF32(size_t(m * ld), 53, 1.0f));
@@ -798,7 +815,8 @@ TEST_F(CudaBackendTest, DenseGemmsBitwise) {
   }
 }
 
-// ---------------------------------------------------------------- the earlier kernels, through the backend
+// ---------------------------------------------------------------- the earlier kernels, through the
+// backend
 
 TEST_F(CudaBackendTest, NormsQuantIndexerThroughTheBackendBitwise) {
   const int64_t m = 9, d = 4096;

@@ -88,13 +88,26 @@ TEST(SampleCuda, MatchesTheDefinition) {
     for (int64_t r = 0; r < n_rows; ++r) {
       float* l = logits.data() + r * vocab;
       switch (r % 7) {
-        case 0: l[0] = std::nanf(""); break;                              // NaN first
-        case 1: l[vocab / 2] = std::nanf(""), l[1] = 12.0f; break;      // NaN inside
-        case 2: for (int64_t i = 0; i < vocab; ++i) l[i] = 1.0f; break;  // all tied
-        case 3: l[2] = l[3] = 40.0f; break;                              // a tied top
-        case 4: l[vocab - 1] = -std::numeric_limits<float>::infinity(); break;
-        case 5: l[0] = -0.0f, l[1] = 0.0f; break;
-        default: break;
+        case 0:
+          l[0] = std::nanf("");
+          break;  // NaN first
+        case 1:
+          l[vocab / 2] = std::nanf(""), l[1] = 12.0f;
+          break;  // NaN inside
+        case 2:
+          for (int64_t i = 0; i < vocab; ++i) l[i] = 1.0f;
+          break;  // all tied
+        case 3:
+          l[2] = l[3] = 40.0f;
+          break;  // a tied top
+        case 4:
+          l[vocab - 1] = -std::numeric_limits<float>::infinity();
+          break;
+        case 5:
+          l[0] = -0.0f, l[1] = 0.0f;
+          break;
+        default:
+          break;
       }
     }
     // Rows whose top is +inf, and whose logits are all NaN: argmax.
