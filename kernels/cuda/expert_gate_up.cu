@@ -4,6 +4,7 @@
 // over the 8 warps (shared memory).
 #include <cuda_runtime.h>
 
+#include "common/hd_math.h"
 #include "kernels/cuda/device_formats.h"
 #include "kernels/cuda/expert_gate_up.h"
 #include "kernels/cuda/mma_e4m3.cuh"
@@ -19,7 +20,7 @@ __device__ __forceinline__ float SwiGluOne(float g, float u, float limit, const 
   // std::min(g, limit) and std::clamp(u, -limit, limit) as the CPU writes them: NaN passes.
   g = limit < g ? limit : g;
   u = u < -limit ? -limit : (limit < u ? limit : u);
-  float a = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+  float a = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, hd::ExpF(-g))), u);  // the CPU SwiGlu's exp
   if (weight != nullptr) a = __fmul_rn(*weight, a);
   return RoundBf16(a);
 }

@@ -41,6 +41,7 @@ FORBIDDEN = {
     r"HcHeadKernel": _APPROXIMATE,
     r"CompressPoolKernel": _APPROXIMATE,
     r"SampleKernel": _APPROXIMATE,
+    r"ExpertGateUpKernel": _APPROXIMATE,
 }
 LOCAL_MEMORY = re.compile(r"\b(LDL|STL)(\.[A-Z0-9.]+)?\b")
 
