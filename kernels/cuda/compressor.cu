@@ -41,7 +41,59 @@ __global__ void __launch_bounds__(kCompressThreads) CompressPoolKernel(CompressP
   }
 }
 
+// Pools channel c < d of one entry from the state's slots (the CPU's CompressPool on the rows
+// worker/attention.cc points it at).
+__device__ float PoolChannel(const float* kv, const float* score, int64_t width, int64_t d,
+                             int64_t ratio, bool overlap, int64_t c) {
+  const int64_t n_slots = overlap ? 2 * ratio : ratio;
+  const auto at = [&](int64_t s) { return s * width + (s >= ratio ? d : 0) + c; };
+  float mx = score[at(0)];
+  for (int64_t s = 1; s < n_slots; ++s) mx = fmaxf(mx, score[at(s)]);
+  float sum = 0.0f;
+  for (int64_t s = 0; s < n_slots; ++s) sum = __fadd_rn(sum, hd::ExpF(__fsub_rn(score[at(s)], mx)));
+  float out = 0.0f;
+  for (int64_t s = 0; s < n_slots; ++s) {
+    const float w = __fdiv_rn(hd::ExpF(__fsub_rn(score[at(s)], mx)), sum);
+    out = __fadd_rn(out, __fmul_rn(w, kv[at(s)]));
+  }
+  return out;
+}
+
+__global__ void __launch_bounds__(kCompressorUpdateThreads)
+    CompressorUpdateKernel(CompressorUpdateParams p) {
+  int64_t entry = 0;
+  for (int64_t i = 0; i < p.n; ++i) {
+    const int64_t pos = p.start_pos + i, phase = pos % p.ratio;
+    const int64_t slot = (p.overlap ? p.ratio : 0) + phase;
+    for (int64_t c = threadIdx.x; c < p.width; c += kCompressorUpdateThreads) {
+      p.state_kv[slot * p.width + c] = p.k[i * p.width + c];
+      p.state_score[slot * p.width + c] =
+          __fadd_rn(p.g[i * p.width + c], p.ape[phase * p.width + c]);
+    }
+    if ((pos + 1) % p.ratio != 0) continue;
+    __syncthreads();  // the slot rows are whole before any channel pools from them
+    for (int64_t c = threadIdx.x; c < p.d; c += kCompressorUpdateThreads) {
+      p.pooled[entry * p.d + c] =
+          PoolChannel(p.state_kv, p.state_score, p.width, p.d, p.ratio, p.overlap, c);
+    }
+    ++entry;
+    __syncthreads();  // pooled from the slots before they move or are overwritten
+    if (p.overlap) {  // the finished block becomes "previous"
+      for (int64_t j = threadIdx.x; j < p.ratio * p.width; j += kCompressorUpdateThreads) {
+        p.state_kv[j] = p.state_kv[p.ratio * p.width + j];
+        p.state_score[j] = p.state_score[p.ratio * p.width + j];
+      }
+      __syncthreads();
+    }
+  }
+}
+
 }  // namespace
+
+int LaunchCompressorUpdate(const CompressorUpdateParams& p, CUstream_st* stream) {
+  if (p.n > 0) CompressorUpdateKernel<<<1, kCompressorUpdateThreads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
 
 int LaunchCompressPool(const CompressPoolParams& p, CUstream_st* stream) {
   const int64_t blocks = CompressPoolBlocks(p);

@@ -148,6 +148,33 @@ TEST(CompressPoolLaunch, ShapesAndRefusals) {
   EXPECT_NE(CheckCompressPool(p), nullptr);
 }
 
+TEST(CompressorUpdateLaunch, EntriesAndRefusals) {
+  EXPECT_EQ(CompressorEntries(0, 4, 4), 1);  // position 3 completes the first block
+  EXPECT_EQ(CompressorEntries(0, 3, 4), 0);
+  EXPECT_EQ(CompressorEntries(3, 1, 4), 1);        // the single token at position 3
+  EXPECT_EQ(CompressorEntries(5, 12, 4), 3);       // positions 7, 11, 15
+  EXPECT_EQ(CompressorEntries(127, 300, 128), 3);  // 127, 255, 383
+  EXPECT_EQ(CompressorEntries(0, 0, 4), 0);
+  CompressorUpdateParams p;
+  p.k = p.g = p.ape = p.state_kv = p.state_score = p.pooled = Fake<float>();
+  p.n = 9;
+  p.d = 512;
+  p.width = 1024;
+  p.ratio = 4;
+  p.overlap = true;
+  EXPECT_EQ(CheckCompressorUpdate(p), nullptr);
+  p.overlap = false;  // width must then be d
+  EXPECT_NE(CheckCompressorUpdate(p), nullptr);
+  p.width = 512;
+  EXPECT_EQ(CheckCompressorUpdate(p), nullptr);
+  p.pooled = nullptr;  // entries complete in this chunk
+  EXPECT_NE(CheckCompressorUpdate(p), nullptr);
+  p.n = 3;  // none complete: pooled may be unset
+  EXPECT_EQ(CheckCompressorUpdate(p), nullptr);
+  p.ratio = 0;
+  EXPECT_NE(CheckCompressorUpdate(p), nullptr);
+}
+
 TEST(MoePermuteLaunch, ShapesAndRefusals) {
   MoePermuteParams p;
   p.expert_idx = Fake<int32_t>();
