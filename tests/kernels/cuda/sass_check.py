@@ -40,6 +40,7 @@ FORBIDDEN = {
     r"HcPreKernel": _APPROXIMATE,
     r"HcHeadKernel": _APPROXIMATE,
     r"CompressPoolKernel": _APPROXIMATE,
+    r"CompressorUpdateKernel": _APPROXIMATE,
     r"SampleKernel": _APPROXIMATE,
     r"ExpertGateUpKernel": _APPROXIMATE,
 }
