@@ -5,13 +5,12 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
-#include <deque>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/act_quant.h"
 #include "kernels/cuda/compressor.h"
+#include "kernels/cuda/cuda_queue.h"
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/device_error.h"
 #include "kernels/cuda/fill.h"
@@ -30,11 +29,6 @@ namespace {
 
 constexpr int64_t kCudaAlignment = 256;  // what cudaMalloc guarantees
 
-BackendStatus CudaError(const std::string& what, cudaError_t rc) {
-  return BackendStatus::Error(what + ": " + cudaGetErrorName(rc) + " (" + cudaGetErrorString(rc) +
-                              ")");
-}
-
 template <typename T>
 T* Ptr(const DeviceSpan<T>& s) {
   return s.arena() == nullptr ? nullptr : BackendAccess::Address(s);
@@ -44,108 +38,6 @@ void ReleaseDevice(uintptr_t base, int64_t) {
   // Errors here (a device already lost) leave nothing to do: destructors never fail.
   if (base != 0) (void)cudaFree(reinterpret_cast<void*>(base));
 }
-
-// A CUDA stream with its events and its device error record. Events are CUDA events recorded on
-// the stream; those known done are destroyed as queries and synchronizations find them so.
-class CudaQueue final : public Queue {
- public:
-  CudaQueue(const CudaBackend* backend, cudaStream_t stream, DeviceError* error, int32_t* scratch)
-      : backend_(backend), stream_(stream), error_(error), scratch_(scratch) {}
-  ~CudaQueue() override {
-    (void)cudaStreamSynchronize(stream_);
-    for (auto& [sequence, event] : events_) (void)cudaEventDestroy(event);
-    (void)cudaFree(error_);
-    (void)cudaFree(scratch_);
-    (void)cudaStreamDestroy(stream_);
-  }
-
-  const CudaBackend* backend() const { return backend_; }
-  cudaStream_t stream() const { return stream_; }
-  DeviceError* error() const { return error_; }
-  int32_t* scratch() const { return scratch_; }
-
-  Event Record() override {
-    const uint64_t sequence = ++issued_;
-    cudaEvent_t event = nullptr;
-    if (cudaEventCreateWithFlags(&event, cudaEventDisableTiming) == cudaSuccess &&
-        cudaEventRecord(event, stream_) == cudaSuccess) {
-      events_.emplace_back(sequence, event);
-    } else {
-      // No event to be had: make the mark trivially done by waiting for the work now.
-      if (event != nullptr) (void)cudaEventDestroy(event);
-      (void)cudaStreamSynchronize(stream_);
-      completed_ = sequence;
-    }
-    return Event{this, sequence};
-  }
-
-  BackendResult<bool> Done(const Event& event) const override {
-    const CudaQueue* owner = Owner(event);
-    if (owner == nullptr) return Foreign(event, "Queue::Done");
-    return owner->Query(event.sequence);
-  }
-
-  BackendStatus WaitFor(const Event& event) override {
-    const CudaQueue* owner = Owner(event);
-    if (owner == nullptr) return Foreign(event, "Queue::WaitFor");
-    if (event.sequence <= owner->completed_) return BackendStatus::Ok();
-    for (const auto& [sequence, cuda_event] : owner->events_) {
-      if (sequence == event.sequence) {
-        const cudaError_t rc = cudaStreamWaitEvent(stream_, cuda_event, 0);
-        if (rc != cudaSuccess) return CudaError("Queue::WaitFor: cudaStreamWaitEvent", rc);
-        return BackendStatus::Ok();
-      }
-    }
-    return BackendStatus::Ok();  // retired: already done
-  }
-
-  BackendStatus Synchronize() override {
-    cudaError_t rc = cudaStreamSynchronize(stream_);
-    if (rc != cudaSuccess) return CudaError("Queue::Synchronize: the queue's work failed", rc);
-    for (auto& [sequence, event] : events_) (void)cudaEventDestroy(event);
-    events_.clear();
-    completed_ = issued_;
-    DeviceError record;
-    rc = cudaMemcpyAsync(&record, error_, sizeof(record), cudaMemcpyDeviceToHost, stream_);
-    if (rc == cudaSuccess) rc = cudaStreamSynchronize(stream_);
-    if (rc != cudaSuccess) return CudaError("Queue::Synchronize: reading the error record", rc);
-    if (record.code == kDeviceErrorNone) return BackendStatus::Ok();
-    rc = cudaMemsetAsync(error_, 0, sizeof(DeviceError), stream_);
-    if (rc == cudaSuccess) rc = cudaStreamSynchronize(stream_);
-    if (rc != cudaSuccess) return CudaError("Queue::Synchronize: clearing the error record", rc);
-    return BackendStatus::Error(DeviceErrorMessage(record));
-  }
-
- private:
-  static const CudaQueue* Owner(const Event& event) {
-    return dynamic_cast<const CudaQueue*>(event.queue);
-  }
-  static BackendStatus Foreign(const Event& event, const char* op) {
-    return BackendStatus::Error(std::string(op) + (event.queue == nullptr
-                                                       ? ": the event was never recorded"
-                                                       : ": the event is not a CUDA queue's"));
-  }
-  // Whether work up to `sequence` has run; retires the events found done, oldest first.
-  BackendResult<bool> Query(uint64_t sequence) const {
-    while (!events_.empty() && completed_ < sequence) {
-      const cudaError_t rc = cudaEventQuery(events_.front().second);
-      if (rc == cudaErrorNotReady) break;
-      if (rc != cudaSuccess) return CudaError("Queue::Done: cudaEventQuery", rc);
-      completed_ = events_.front().first;
-      (void)cudaEventDestroy(events_.front().second);
-      events_.pop_front();
-    }
-    return sequence <= completed_;
-  }
-
-  const CudaBackend* backend_;
-  cudaStream_t stream_;
-  DeviceError* error_;  // device
-  int32_t* scratch_;    // device, 2 entries: the single-group offsets of GemmFp8Fp4
-  uint64_t issued_ = 0;
-  mutable uint64_t completed_ = 0;
-  mutable std::deque<std::pair<uint64_t, cudaEvent_t>> events_;
-};
 
 // The op's queue as this backend's CUDA queue, or the error.
 BackendResult<CudaQueue*> OwnQueue(const CudaBackend* backend, Queue& queue, const char* op) {
