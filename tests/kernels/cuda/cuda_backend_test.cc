@@ -74,6 +74,7 @@ class CudaBackendTest : public ::testing::Test {
     EXPECT_TRUE(c.ok() && g.ok());
     EXPECT_TRUE(cpu_.Upload(*cq_, std::span<const T>(host), c.value()).ok());
     EXPECT_TRUE(gpu_->Upload(*gq_, std::span<const T>(host), g.value()).ok());
+    EXPECT_TRUE(gq_->Synchronize().ok());  // `host` may be a temporary (the Upload contract)
     return {c.value(), g.value()};
   }
   template <typename T>
