@@ -19,8 +19,13 @@ _EXPERT_GEMM = [
     (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
     (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
 ]
+# The FP8 dense GEMMs are cuBLASLt's (kernels/cuda/fp8_gemm.cu): no SASS of ours to check beyond
+# the scale conversions, which fall under the local-memory rule like every kernel.
 RULES = {
     r"ExpertGateUpKernel": _EXPERT_GEMM,
+    r"SparseAttentionChunkKernel": [
+        (r"\bHMMA\.16816\.F32\.BF16\b", "bf16 tensor-core MMA (q·k and p·v) with f32 accumulation"),
+    ],
     r"GroupedGemmFp8Fp4Kernel": [
         (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
         (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
