@@ -26,93 +26,10 @@ namespace {
 using flotilla::bf16;
 using flotilla::e8m0;
 using flotilla::fp8;
+using flotilla::bench::MeasureFp8Peak;
+using flotilla::bench::RandomCodes;
 using flotilla::bench::TimeMs;
 namespace fk = flotilla::kernels::cuda;
-
-#define LT_OK(call)                                                             \
-  do {                                                                          \
-    cublasStatus_t s_ = (call);                                                 \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                          \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #call, int(s_)); \
-      std::exit(1);                                                             \
-    }                                                                           \
-  } while (0)
-
-__global__ void FillCodes(fp8* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t x = uint32_t(i) * 2654435761u ^ seed;
-    x ^= x >> 13;
-    x *= 0x5bd1e995u;
-    const fp8 c = fp8(x >> 24);
-    p[i] = (c & 0x7f) == 0x7f ? fp8(c ^ 1) : c;
-  }
-}
-
-fp8* RandomCodes(size_t n, uint32_t seed) {
-  fp8* p;
-  BENCH_CUDA_OK(cudaMalloc(&p, n));
-  FillCodes<<<1024, 256>>>(p, n, seed);
-  BENCH_CUDA_OK(cudaGetLastError());
-  return p;
-}
-
-// FLOP/s of cuBLASLt's FP8 GEMM with per-tensor scales at size^3 (TN, bf16 out).
-double MeasureFp8Peak(cublasLtHandle_t lt, int64_t size) {
-  fp8* a = RandomCodes(size * size, 1);
-  fp8* b = RandomCodes(size * size, 2);
-  bf16* d;
-  float* one;
-  void* ws;
-  const size_t ws_bytes = size_t(32) << 20;
-  BENCH_CUDA_OK(cudaMalloc(&d, size * size * 2));
-  BENCH_CUDA_OK(cudaMalloc(&one, 4));
-  BENCH_CUDA_OK(cudaMalloc(&ws, ws_bytes));
-  const float host_one = 1.0f;
-  BENCH_CUDA_OK(cudaMemcpy(one, &host_one, 4, cudaMemcpyHostToDevice));
-  cublasLtMatmulDesc_t desc;
-  LT_OK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t t = CUBLAS_OP_T, n = CUBLAS_OP_N;
-  LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
-  LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
-  LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &one,
-                                       sizeof(one)));
-  LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &one,
-                                       sizeof(one)));
-  cublasLtMatrixLayout_t la, lb, ld;
-  LT_OK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, size, size, size));
-  LT_OK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, size, size, size));
-  LT_OK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, size, size, size));
-  cublasLtMatmulPreference_t pref;
-  LT_OK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t wsb = ws_bytes;
-  LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
-                                             sizeof(wsb)));
-  cublasLtMatmulHeuristicResult_t result{};
-  int found = 0;
-  LT_OK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 1, &result, &found));
-  if (found == 0) {
-    std::fprintf(stderr, "no cuBLASLt FP8 algorithm for the peak measurement\n");
-    std::exit(1);
-  }
-  const float alpha = 1.0f, beta = 0.0f;
-  const float ms = TimeMs(
-      [&] {
-        LT_OK(cublasLtMatmul(lt, desc, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo, ws,
-                             ws_bytes, nullptr));
-      },
-      10);
-  cublasLtMatmulPreferenceDestroy(pref);
-  cublasLtMatrixLayoutDestroy(la);
-  cublasLtMatrixLayoutDestroy(lb);
-  cublasLtMatrixLayoutDestroy(ld);
-  cublasLtMatmulDescDestroy(desc);
-  for (void* p : {static_cast<void*>(a), static_cast<void*>(b), static_cast<void*>(d),
-                  static_cast<void*>(one), ws}) {
-    BENCH_CUDA_OK(cudaFree(p));
-  }
-  return 2.0 * size * size * size / (ms * 1e-3);
-}
 
 struct Shape {
   const char* name;
@@ -135,7 +52,7 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
   const double read_gbs = flotilla::bench::MeasureReadBandwidth(prop.multiProcessorCount);
   cublasLtHandle_t lt;
-  LT_OK(cublasLtCreate(&lt));
+  BENCH_LT_OK(cublasLtCreate(&lt));
   const double peak = MeasureFp8Peak(lt, 8192);
   std::printf("ceilings: read bandwidth %.0f GB/s (4 GiB stream), FP8 peak %.0f TFLOP/s "
               "(cuBLASLt, per-tensor scales, 8192^3)\n", read_gbs, peak / 1e12);
