@@ -73,6 +73,12 @@ __device__ __forceinline__ void WgmmaCommitAndWait() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
+// Pins the compiler's view of the accumulator registers: reads of the partial after the wait,
+// and of the previous partial before the next wgmma, stay on their side of the asm statements.
+__device__ __forceinline__ void FenceOperands(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
 __device__ __forceinline__ void FenceProxyAsync() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
@@ -148,9 +154,11 @@ __global__ void __launch_bounds__(kWgmmaGemmThreads, 1)
       for (int s = 0; s < 4; ++s) {
         const uint64_t desc_a = WgmmaDescriptor(a_base + 2 * s * kWgmmaLbo, kWgmmaLbo, kWgmmaSbo);
         const uint64_t desc_b = WgmmaDescriptor(b_base + 2 * s * kWgmmaLbo, kWgmmaLbo, kWgmmaSbo);
+        FenceOperands(part);
         WgmmaFence();
         WgmmaE4m3M64N128K32(part, desc_a, desc_b);
         WgmmaCommitAndWait();
+        FenceOperands(part);
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
           const int c = 8 * j + 2 * tig;
