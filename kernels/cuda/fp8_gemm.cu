@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "kernels/cuda/fp8_gemm.h"
+#include "kernels/cuda/fp8_gemm_lt.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
@@ -35,28 +36,6 @@ int64_t Blocks(int64_t items) { return (items + kConvertThreads - 1) / kConvertT
 const char* LtError(cublasStatus_t s, const char* what) {
   return s == CUBLAS_STATUS_SUCCESS ? nullptr : what;
 }
-
-struct LayoutSet {
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  ~LayoutSet() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (d) cublasLtMatrixLayoutDestroy(d);
-  }
-  cublasStatus_t Make(const Fp8GemmLayout& l) {
-    cublasStatus_t s = cublasLtMatrixLayoutCreate(&a, CUDA_R_8F_E4M3, uint64_t(l.a_rows),
-                                                  uint64_t(l.a_cols), l.lda);
-    if (s == CUBLAS_STATUS_SUCCESS) {
-      s = cublasLtMatrixLayoutCreate(&b, CUDA_R_8F_E4M3, uint64_t(l.b_rows), uint64_t(l.b_cols),
-                                     l.ldb);
-    }
-    if (s == CUBLAS_STATUS_SUCCESS) {
-      s = cublasLtMatrixLayoutCreate(&d, CUDA_R_16BF, uint64_t(l.d_rows), uint64_t(l.d_cols),
-                                     l.ldd);
-    }
-    return s;
-  }
-};
 
 }  // namespace
 
@@ -94,28 +73,6 @@ struct Fp8GemmLt::Impl {
     for (auto& [key, s] : shapes) cublasLtMatmulDescDestroy(s.desc);
     if (handle) cublasLtDestroy(handle);
   }
-
-  static cublasStatus_t MakeDesc(cublasLtMatmulDesc_t* desc) {
-    cublasStatus_t s = cublasLtMatmulDescCreate(desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    const int32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
-    const int32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
-    const int8_t fast_accum = 0;  // every 128-wide partial promoted into the f32 accumulator
-    if (s == CUBLAS_STATUS_SUCCESS)
-      s = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
-    if (s == CUBLAS_STATUS_SUCCESS)
-      s = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
-    if (s == CUBLAS_STATUS_SUCCESS)
-      s = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode,
-                                         sizeof(a_mode));
-    if (s == CUBLAS_STATUS_SUCCESS)
-      s = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
-                                         sizeof(b_mode));
-    if (s == CUBLAS_STATUS_SUCCESS)
-      s = cublasLtMatmulDescSetAttribute(*desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum,
-                                         sizeof(fast_accum));
-    return s;
-  }
 };
 
 Fp8GemmLt::Fp8GemmLt() : impl_(std::make_unique<Impl>()) {}
@@ -133,11 +90,11 @@ const char* Fp8GemmLt::Prepare(int64_t n, int64_t k) {
     return "FP8 GEMM: Prepare needs n a positive multiple of 16 and k of 128";
   }
   Impl::Shape shape;
-  if (Impl::MakeDesc(&shape.desc) != CUBLAS_STATUS_SUCCESS) {
+  if (MakeFp8GemmDesc(&shape.desc) != CUBLAS_STATUS_SUCCESS) {
     if (shape.desc) cublasLtMatmulDescDestroy(shape.desc);
     return "FP8 GEMM: cuBLASLt refused the block-scaled FP8 descriptor (needs CUDA 12.9+)";
   }
-  LayoutSet layouts;
+  Fp8GemmLtLayouts layouts;
   const Fp8GemmLayout l = MakeFp8GemmLayout(kFp8GemmAlgoRows, n, k, n);
   cublasLtMatmulPreference_t pref = nullptr;
   const uint64_t workspace = kFp8GemmLtWorkspaceBytes;
@@ -231,7 +188,7 @@ const char* Fp8GemmLt::Run(const Fp8GemmParams& p, void* workspace, size_t works
     s = cublasLtMatmulDescSetAttribute(shape.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale,
                                        sizeof(x_scale));
   }
-  LayoutSet layouts;
+  Fp8GemmLtLayouts layouts;
   if (s == CUBLAS_STATUS_SUCCESS) s = layouts.Make(l);
   const float alpha = 1.0f, beta = 0.0f;
   if (s == CUBLAS_STATUS_SUCCESS) {
