@@ -30,6 +30,7 @@ constexpr int kWarps = kSparseAttentionThreads / 32;
 constexpr int kBlock = int(kSparseAttentionBlock);
 constexpr int kScoreStride = kBlock + 4;  // f32
 constexpr int kProbStride = kBlock + 8;   // bf16
+constexpr int kLoadBatch = 4;             // entry pieces a thread loads before converting
 
 __device__ __forceinline__ void MmaBf16(const uint32_t (&a)[4], const uint32_t (&b)[2],
                                         float (&c)[4]) {
@@ -65,34 +66,58 @@ __device__ Smem CarveSmem(char* base, int rows, int stride) {
 }
 
 // 8 consecutive elements [c, c + 8) of an entry (c % 8 == 0; never straddling nope / rope or a
-// scale group) as bf16 into dst.
-__device__ __forceinline__ void DequantPiece(const uint8_t* e, int c, int nope, int rope,
-                                             bf16* dst) {
-  uint32_t out[4];
+// scale group): the raw bytes (8 FP8 codes in x, y and their group's scale, or 8 bf16 RoPE
+// values), loaded first so that a thread has several loads in flight, then converted.
+struct RawPiece {
+  uint4 bits;
+  uint32_t scale;  // 0x100: RoPE piece (bf16 as stored); 0x200: empty slot (zeros)
+};
+
+__device__ __forceinline__ RawPiece LoadPiece(const uint8_t* pool, int64_t off, int c, int nope,
+                                              int rope) {
+  RawPiece r;
+  if (off < 0) {
+    r.bits = make_uint4(0, 0, 0, 0);
+    r.scale = 0x200;
+    return r;
+  }
+  const uint8_t* e = pool + off;
   if (c < nope) {
     const uint2 codes = *reinterpret_cast<const uint2*>(e + c);
-    const e8m0 s = e[nope + 2 * rope + c / 64];
-    const uint32_t w[2] = {codes.x, codes.y};
+    r.bits = make_uint4(codes.x, codes.y, 0, 0);
+    r.scale = e[nope + 2 * rope + c / 64];
+  } else {
+    const uint8_t* v = e + nope + 2 * (c - nope);
+    const uint2 lo = *reinterpret_cast<const uint2*>(v);
+    const uint2 hi = *reinterpret_cast<const uint2*>(v + 8);
+    r.bits = make_uint4(lo.x, lo.y, hi.x, hi.y);
+    r.scale = 0x100;
+  }
+  return r;
+}
+
+// The piece as 8 bf16 into dst: KvEntryValue's arithmetic (UnpackKvEntries' values).
+__device__ __forceinline__ void StorePiece(const RawPiece& r, bf16* dst) {
+  uint4 out = r.bits;  // RoPE values and empty slots as they are
+  if (r.scale < 0x100) {
+    const uint32_t w[2] = {r.bits.x, r.bits.y};
+    uint32_t o[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t word = w[i / 2] >> (16 * (i % 2));
       bf16 lo, hi;
-      if (s == 0xff) {
+      if (r.scale == 0xff) {
         lo = hi = kKvNanBf16;
       } else {
-        const float sf = E8m0ToF32(s);
+        const float sf = E8m0ToF32(e8m0(r.scale));
         lo = F32ToBf16(Fp8ToF32(fp8(word & 0xff)) * sf);
         hi = F32ToBf16(Fp8ToF32(fp8((word >> 8) & 0xff)) * sf);
       }
-      out[i] = uint32_t(lo) | uint32_t(hi) << 16;
+      o[i] = uint32_t(lo) | uint32_t(hi) << 16;
     }
-  } else {
-    const uint8_t* r = e + nope + 2 * (c - nope);
-    const uint2 a = *reinterpret_cast<const uint2*>(r);
-    const uint2 b = *reinterpret_cast<const uint2*>(r + 8);
-    out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+    out = make_uint4(o[0], o[1], o[2], o[3]);
   }
-  *reinterpret_cast<uint4*>(dst) = make_uint4(out[0], out[1], out[2], out[3]);
+  *reinterpret_cast<uint4*>(dst) = out;
 }
 
 template <int kMTiles>
@@ -145,16 +170,20 @@ __global__ void __launch_bounds__(kSparseAttentionThreads)
     __syncthreads();  // the previous block's P·V is done with kv and prob
     if (tid < kBlock) sm.offset[tid] = tid < count ? KvListEntryOffset(tables, idx[b0 + tid]) : -1;
     __syncthreads();
-    // 1. Dequantise the block's entries.
-    const int pieces = dim / 8;
-    for (int i = tid; i < kBlock * pieces; i += kSparseAttentionThreads) {
-      const int e = i / pieces, c = 8 * (i % pieces);
-      bf16* dst = sm.kv + e * stride + c;
-      const int64_t off = sm.offset[e];
-      if (off < 0) {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-      } else {
-        DequantPiece(p.pool + off, c, nope, rope, dst);
+    // 1. Dequantise the block's entries, kLoadBatch pieces per thread at a time.
+    const int pieces = dim / 8, total = kBlock * pieces;
+    for (int i0 = tid; i0 < total; i0 += kLoadBatch * kSparseAttentionThreads) {
+      RawPiece raw[kLoadBatch];
+#pragma unroll
+      for (int j = 0; j < kLoadBatch; ++j) {
+        const int i = i0 + j * kSparseAttentionThreads;
+        const int e = i / pieces, c = 8 * (i % pieces);
+        raw[j] = LoadPiece(p.pool, i < total ? sm.offset[e] : -1, c, nope, rope);
+      }
+#pragma unroll
+      for (int j = 0; j < kLoadBatch; ++j) {
+        const int i = i0 + j * kSparseAttentionThreads;
+        if (i < total) StorePiece(raw[j], sm.kv + (i / pieces) * stride + 8 * (i % pieces));
       }
     }
     __syncthreads();
