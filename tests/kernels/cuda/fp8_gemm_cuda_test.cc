@@ -5,8 +5,9 @@
 // and internal precision (Hopper's FP8 MMA keeps fewer than f32's bits before the promotion
 // into the f32 accumulator), where the CPU forms the exactly ordered lane dot; scales and the
 // f32 outer sum are the same operations. Each output is held to
-//   |gpu - cpu| <= 2^-8 · |cpu| + 2^-10 · Σ_kb sa·sw·Σ_k |a·w|
-// (one bf16 rounding either side, plus partials accurate to 2^-10 of their magnitude), computed
+//   |gpu - cpu| <= 2^-7 · |cpu| + 2^-10 · Σ_kb sa·sw·Σ_k |a·w|
+// (the bf16 roundings may land one unit in the last place apart, at most 2^-7 relative, plus
+// partials accurate to 2^-10 of their magnitude), computed
 // in double from the inputs. A wrong scale, block or row is off by far more. NaN rows must match.
 // Row-count invariance is bitwise: one row alone gives the same bits as in a call of 64 rows.
 #include <cuda_runtime_api.h>
@@ -148,7 +149,7 @@ void CheckAgainstCpu(const Problem& p, const std::vector<bf16>& got) {
         magnitude += s * E8m0ToF32(p.a_scale[i * kb_count + kb]) *
                      E8m0ToF32(p.w_scale[(j / 128) * kb_count + kb]);
       }
-      const double bound = std::ldexp(std::fabs(double(ref)), -8) + std::ldexp(magnitude, -10);
+      const double bound = std::ldexp(std::fabs(double(ref)), -7) + std::ldexp(magnitude, -10);
       ASSERT_LE(std::fabs(double(gpu) - ref), bound)
           << "row " << i << " col " << j << ": gpu " << gpu << " cpu " << ref;
     }
