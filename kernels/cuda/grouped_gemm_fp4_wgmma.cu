@@ -112,32 +112,47 @@ __global__ void __launch_bounds__(kWgmmaGemmThreads, 1)
     // This thread's two accumulator rows.
     const int64_t r0 = m0 + wg * 64 + warp * 16 + group, r1 = r0 + 8;
     float sa0 = 1.0f, sa1 = 1.0f;
-    for (int64_t kb = 0; kb < kblocks; ++kb) {
-      __syncthreads();  // both warpgroups' wgmmas of the previous block have completed
-      // Activations: 128 rows x 8 pieces of 16 bytes; rows past the group read as zeros.
-      for (int u = tid; u < kWgmmaGemmTileM * 8; u += kWgmmaGemmThreads) {
-        const int row = u / 8, piece = u % 8;
+    // Register staging: this thread's pieces of the next K block are loaded while the current
+    // block's MMAs run, and stored (the weights decoded) once those have completed.
+    constexpr int kPieces = kWgmmaGemmTileM * 8 / kWgmmaGemmThreads;  // 4 of A, 4 of B
+    uint4 a_raw[kPieces];
+    uint2 b_raw[kPieces];
+    uint32_t sw_raw = 0;
+    auto load_block = [&](int64_t kb) {
+#pragma unroll
+      for (int j = 0; j < kPieces; ++j) {
+        const int u = tid + j * kWgmmaGemmThreads, row = u / 8, piece = u % 8;
         const int64_t gr = m0 + row;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (gr < row_end) v = __ldg(reinterpret_cast<const uint4*>(p.a + gr * k + kb * 128) + piece);
-        *reinterpret_cast<uint4*>(a_tile + WgmmaTileOffset(row, piece * 16)) = v;
-      }
-      // Weights: 128 columns x 8 pieces; 8 packed bytes (16 E2M1) -> 16 E4M3 bytes.
-      for (int u = tid; u < kWgmmaGemmTileN * 8; u += kWgmmaGemmThreads) {
-        const int col = u / 8, piece = u % 8;
-        const uint2 packed =
-            __ldg(reinterpret_cast<const uint2*>(w + (n0 + col) * row_bytes + kb * 64) + piece);
-        const uint4 v = make_uint4(E2m1x4ToE4m3x4(packed.x & 0xffffu), E2m1x4ToE4m3x4(packed.x >> 16),
-                                   E2m1x4ToE4m3x4(packed.y & 0xffffu), E2m1x4ToE4m3x4(packed.y >> 16));
-        *reinterpret_cast<uint4*>(b_tile + WgmmaTileOffset(col, piece * 16)) = v;
+        a_raw[j] = gr < row_end
+                       ? __ldg(reinterpret_cast<const uint4*>(p.a + gr * k + kb * 128) + piece)
+                       : make_uint4(0, 0, 0, 0);
+        b_raw[j] = __ldg(reinterpret_cast<const uint2*>(w + (n0 + row) * row_bytes + kb * 64) +
+                         piece);
       }
       if (tid < kWgmmaGemmTileN) {
         const e8m0* s = w_scale + (n0 + tid) * slices + kb * 4;
-        sw_tile[tid] = uint32_t(s[0]) | uint32_t(s[1]) << 8 | uint32_t(s[2]) << 16 |
-                       uint32_t(s[3]) << 24;
+        sw_raw = uint32_t(s[0]) | uint32_t(s[1]) << 8 | uint32_t(s[2]) << 16 |
+                 uint32_t(s[3]) << 24;
       }
+    };
+    load_block(0);
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      __syncthreads();  // both warpgroups' wgmmas of the previous block have completed
+      // Piece u: row (or weight column) u / 8, 16 K bytes u % 8. Activation rows past the
+      // group are zeros; 8 packed weight bytes (16 E2M1) become 16 E4M3 bytes.
+#pragma unroll
+      for (int j = 0; j < kPieces; ++j) {
+        const int u = tid + j * kWgmmaGemmThreads, row = u / 8, piece = u % 8;
+        *reinterpret_cast<uint4*>(a_tile + WgmmaTileOffset(row, piece * 16)) = a_raw[j];
+        const uint2 b = b_raw[j];
+        *reinterpret_cast<uint4*>(b_tile + WgmmaTileOffset(row, piece * 16)) =
+            make_uint4(E2m1x4ToE4m3x4(b.x & 0xffffu), E2m1x4ToE4m3x4(b.x >> 16),
+                       E2m1x4ToE4m3x4(b.y & 0xffffu), E2m1x4ToE4m3x4(b.y >> 16));
+      }
+      if (tid < kWgmmaGemmTileN) sw_tile[tid] = sw_raw;
       FenceProxyAsync();
       __syncthreads();
+      if (kb + 1 < kblocks) load_block(kb + 1);  // in flight during this block's MMAs
 
       // acc' = acc / sa for this block (exact: sa is a power of two).
       sa0 = r0 < row_end ? E8m0ToF32(p.a_scale[r0 * kblocks + kb]) : 1.0f;

@@ -8,7 +8,8 @@
 // Block: two warpgroups (256 threads) own a 128-row x 128-column output tile; warpgroup g the
 // rows 64 g .. 64 g + 63. Per 128-wide K block all threads stage the block's activations
 // (128 x 128 E4M3) and decoded weights (128 x 128 E4M3) and the 128 x 4 weight scales in shared
-// memory; each warpgroup then runs, per 32-wide slice, one wgmma.m64n128k32.f32.e4m3.e4m3 with
+// memory (the next block's global loads are in flight in registers meanwhile); each warpgroup
+// then runs, per 32-wide slice, one wgmma.m64n128k32.f32.e4m3.e4m3 with
 // scale-d = 0 and folds the partial into its f32 accumulators. The grid is (n / 128, experts);
 // a block walks its expert's rows 128 at a time (group sizes read on the device).
 //
