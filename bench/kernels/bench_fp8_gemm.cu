@@ -54,8 +54,10 @@ int main(int argc, char** argv) {
   cublasLtHandle_t lt;
   BENCH_LT_OK(cublasLtCreate(&lt));
   const double peak = MeasureFp8Peak(lt, 8192);
-  std::printf("ceilings: read bandwidth %.0f GB/s (4 GiB stream), FP8 peak %.0f TFLOP/s "
-              "(cuBLASLt, per-tensor scales, 8192^3)\n", read_gbs, peak / 1e12);
+  std::printf(
+      "ceilings: read bandwidth %.0f GB/s (4 GiB stream), FP8 peak %.0f TFLOP/s "
+      "(cuBLASLt, per-tensor scales, 8192^3)\n",
+      read_gbs, peak / 1e12);
 
   fk::Fp8GemmLt gemm;
   if (const char* err = gemm.Init()) {
@@ -63,8 +65,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   const std::vector<Shape> shapes = {
-      {"wq_a", 1024, 4096},  {"wq_b", 32768, 1024}, {"wkv", 512, 4096},
-      {"wo_b", 4096, 8192},  {"shared w1", 2048, 4096}, {"shared w2", 4096, 2048},
+      {"wq_a", 1024, 4096}, {"wq_b", 32768, 1024},     {"wkv", 512, 4096},
+      {"wo_b", 4096, 8192}, {"shared w1", 2048, 4096}, {"shared w2", 4096, 2048},
   };
   std::printf("%-10s %6s %6s %5s %10s %8s %8s %-22s %s\n", "linear", "n", "k", "m", "time", "GB/s",
               "TFLOP/s", "of ceiling", "vs torch._scaled_mm");

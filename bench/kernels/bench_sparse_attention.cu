@@ -54,7 +54,8 @@ int main() {
     const bool csa = c.layer[0] == 'C';
     const int64_t entries = csa ? c.context / 4 : c.context / 128;
     const int64_t list_len = kWindow + (csa ? std::min<int64_t>(512, entries) : entries);
-    const int64_t wp = (kWindow + kPerPage - 1) / kPerPage, cp = (entries + kPerPage - 1) / kPerPage;
+    const int64_t wp = (kWindow + kPerPage - 1) / kPerPage,
+                  cp = (entries + kPerPage - 1) / kPerPage;
     const int64_t pages = c.sequences * (wp + cp);
     std::vector<int32_t> ids(pages);
     std::iota(ids.begin(), ids.end(), 0);
@@ -104,18 +105,17 @@ int main() {
     }
     void* ws;
     BENCH_CUDA_OK(cudaMalloc(&ws, std::max<size_t>(16, fk::SparseAttentionWorkspaceBytes(p))));
-    const float ms = TimeMs(
-        [&] { BENCH_CUDA_OK(cudaError_t(fk::LaunchSparseAttention(p, ws, nullptr))); }, 10);
-    const double bytes =
-        double(c.sequences) * (list_len * kEntryBytes + 2.0 * c.heads * kDim * 2);
+    const float ms =
+        TimeMs([&] { BENCH_CUDA_OK(cudaError_t(fk::LaunchSparseAttention(p, ws, nullptr))); }, 10);
+    const double bytes = double(c.sequences) * (list_len * kEntryBytes + 2.0 * c.heads * kDim * 2);
     const double gbs = bytes / (ms * 1e-3) / 1e9;
     std::printf("%-4s %7lldk %5lld %5lld %6lld %7.3f ms %8.0f %5.0f%%\n", c.layer,
                 (long long)(c.context / 1024), (long long)c.sequences, (long long)c.heads,
                 (long long)list_len, ms, gbs, 100 * gbs / read_gbs);
-    for (void* ptr : {static_cast<void*>(pool), static_cast<void*>(d_ids),
-                      static_cast<void*>(d_idx), static_cast<void*>(d_wb),
-                      static_cast<void*>(d_cb), static_cast<void*>(q), static_cast<void*>(out),
-                      static_cast<void*>(sink), ws}) {
+    for (void* ptr :
+         {static_cast<void*>(pool), static_cast<void*>(d_ids), static_cast<void*>(d_idx),
+          static_cast<void*>(d_wb), static_cast<void*>(d_cb), static_cast<void*>(q),
+          static_cast<void*>(out), static_cast<void*>(sink), ws}) {
       BENCH_CUDA_OK(cudaFree(ptr));
     }
   }

@@ -12,22 +12,22 @@
 
 #include "common/dtype.h"
 
-#define BENCH_CUDA_OK(call)                                                                    \
-  do {                                                                                         \
-    cudaError_t e_ = (call);                                                                   \
-    if (e_ != cudaSuccess) {                                                                   \
+#define BENCH_CUDA_OK(call)                                                                      \
+  do {                                                                                           \
+    cudaError_t e_ = (call);                                                                     \
+    if (e_ != cudaSuccess) {                                                                     \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                            \
-    }                                                                                          \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
-#define BENCH_LT_OK(call)                                                                  \
-  do {                                                                                     \
-    cublasStatus_t s_ = (call);                                                            \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                     \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #call, int(s_));   \
-      std::exit(1);                                                                        \
-    }                                                                                      \
+#define BENCH_LT_OK(call)                                                                \
+  do {                                                                                   \
+    cublasStatus_t s_ = (call);                                                          \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                   \
+      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #call, int(s_)); \
+      std::exit(1);                                                                      \
+    }                                                                                    \
   } while (0)
 
 namespace flotilla::bench {
@@ -68,8 +68,7 @@ inline double MeasureReadBandwidth(int sms) {
   BENCH_CUDA_OK(cudaMalloc(&big, bytes));
   BENCH_CUDA_OK(cudaMalloc(&sink, 64));
   BENCH_CUDA_OK(cudaMemset(big, 1, bytes));
-  const float ms =
-      TimeMs([&] { StreamReadKernel<<<sms * 8, 512>>>(big, bytes / 16, sink); }, 5);
+  const float ms = TimeMs([&] { StreamReadKernel<<<sms * 8, 512>>>(big, bytes / 16, sink); }, 5);
   BENCH_CUDA_OK(cudaFree(big));
   BENCH_CUDA_OK(cudaFree(sink));
   return bytes / (ms * 1e-3) / 1e9;
@@ -115,9 +114,9 @@ inline double MeasureFp8Peak(cublasLtHandle_t lt, int64_t size) {
   BENCH_LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof(t)));
   BENCH_LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &n, sizeof(n)));
   BENCH_LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &one,
-                                       sizeof(one)));
+                                             sizeof(one)));
   BENCH_LT_OK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &one,
-                                       sizeof(one)));
+                                             sizeof(one)));
   cublasLtMatrixLayout_t la, lb, ld;
   BENCH_LT_OK(cublasLtMatrixLayoutCreate(&la, CUDA_R_8F_E4M3, size, size, size));
   BENCH_LT_OK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_8F_E4M3, size, size, size));
@@ -125,8 +124,8 @@ inline double MeasureFp8Peak(cublasLtHandle_t lt, int64_t size) {
   cublasLtMatmulPreference_t pref;
   BENCH_LT_OK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t wsb = ws_bytes;
-  BENCH_LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb,
-                                             sizeof(wsb)));
+  BENCH_LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &wsb, sizeof(wsb)));
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   BENCH_LT_OK(cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 1, &result, &found));
@@ -137,8 +136,8 @@ inline double MeasureFp8Peak(cublasLtHandle_t lt, int64_t size) {
   const float alpha = 1.0f, beta = 0.0f;
   const float ms = TimeMs(
       [&] {
-        BENCH_LT_OK(cublasLtMatmul(lt, desc, &alpha, a, la, b, lb, &beta, d, ld, d, ld, &result.algo, ws,
-                             ws_bytes, nullptr));
+        BENCH_LT_OK(cublasLtMatmul(lt, desc, &alpha, a, la, b, lb, &beta, d, ld, d, ld,
+                                   &result.algo, ws, ws_bytes, nullptr));
       },
       10);
   cublasLtMatmulPreferenceDestroy(pref);

@@ -11,7 +11,8 @@
 //   cuBLASLt D = C as an n × m column-major matrix (ldd = ldc), bf16.
 // Scales are f32 in cuBLASLt's layouts (Fp8GemmLayout below):
 //   weights: [ceil(n/128)][ld = round_up(k/128, 4)] row-major — converted ONCE at load from the
-//     checkpoint's UE8M0 [ceil(n/128), k/128] (ConvertFp8WeightScales / LaunchConvertFp8WeightScales);
+//     checkpoint's UE8M0 [ceil(n/128), k/128] (ConvertFp8WeightScales /
+//     LaunchConvertFp8WeightScales);
 //   activations: [k/128][m] (each K block's m scales together) — converted by Run on every call
 //     from act_quant's UE8M0 [m, k/128] into the caller's workspace.
 //

@@ -7,9 +7,7 @@ namespace {
 
 int64_t WeightScaleLd(int64_t k) { return (k / 128 + 3) / 4 * 4; }
 
-bool Aligned(const void* p, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-}
+bool Aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
 

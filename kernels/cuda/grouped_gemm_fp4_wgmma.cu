@@ -37,7 +37,6 @@
 namespace flotilla::kernels::cuda {
 namespace {
 
-
 #if defined(FLOTILLA_HAVE_WGMMA)
 // D = A · B (scale-d = 0) for one warpgroup: A 64 x 32 and B 128 x 32 E4M3, both K-major in
 // shared memory behind their descriptors; d: this thread's 64 f32 of the 64 x 128 result.
@@ -54,21 +53,22 @@ __device__ __forceinline__ void WgmmaE4m3M64N128K32(float (&d)[64], uint64_t des
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "%64, %65, accumulate, 1, 1;\n"
       "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-        "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-        "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-        "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-        "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-        "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-        "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(0));
 }
 
-__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaFence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void WgmmaCommitAndWait() {
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
   asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kWgmmaGemmThreads, 1)
 #if defined(FLOTILLA_HAVE_WGMMA)
   __shared__ __align__(128) uint8_t a_tile[kWgmmaGemmTileM * kWgmmaTileKBytes];
   __shared__ __align__(128) uint8_t b_tile[kWgmmaGemmTileN * kWgmmaTileKBytes];
-  __shared__ uint32_t sw_tile[kWgmmaGemmTileN];  // column c: the 4 slice scales of the block, slice order
+  // Column c: the 4 slice scales of the block, slice order, one byte each.
+  __shared__ uint32_t sw_tile[kWgmmaGemmTileN];
 
   const int64_t expert = blockIdx.y;
   const int32_t row_begin = p.group_offsets[expert];
@@ -126,13 +127,12 @@ __global__ void __launch_bounds__(kWgmmaGemmThreads, 1)
         a_raw[j] = gr < row_end
                        ? __ldg(reinterpret_cast<const uint4*>(p.a + gr * k + kb * 128) + piece)
                        : make_uint4(0, 0, 0, 0);
-        b_raw[j] = __ldg(reinterpret_cast<const uint2*>(w + (n0 + row) * row_bytes + kb * 64) +
-                         piece);
+        b_raw[j] =
+            __ldg(reinterpret_cast<const uint2*>(w + (n0 + row) * row_bytes + kb * 64) + piece);
       }
       if (tid < kWgmmaGemmTileN) {
         const e8m0* s = w_scale + (n0 + tid) * slices + kb * 4;
-        sw_raw = uint32_t(s[0]) | uint32_t(s[1]) << 8 | uint32_t(s[2]) << 16 |
-                 uint32_t(s[3]) << 24;
+        sw_raw = uint32_t(s[0]) | uint32_t(s[1]) << 8 | uint32_t(s[2]) << 16 | uint32_t(s[3]) << 24;
       }
     };
     load_block(0);
@@ -216,8 +216,10 @@ __global__ void __launch_bounds__(kWgmmaGemmThreads, 1)
 int LaunchGroupedGemmFp8Fp4Wgmma(const GroupedGemmFp8Fp4Params& p, CUstream_st* stream) {
   int device = 0, major = 0, minor = 0;
   cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
   if (e != cudaSuccess) return int(e);
   if (major != 9 || minor != 0) return int(cudaErrorNotSupported);
   const LaunchShape s = GroupedGemmFp8Fp4WgmmaShape(p);

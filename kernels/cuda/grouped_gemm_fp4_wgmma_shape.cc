@@ -6,7 +6,8 @@ namespace flotilla::kernels::cuda {
 
 const char* CheckGroupedGemmFp8Fp4Wgmma(const GroupedGemmFp8Fp4Params& p) {
   if (const char* err = CheckGroupedGemmFp8Fp4(p)) return err;
-  if (p.n % kWgmmaGemmTileN != 0) return "grouped FP8xFP4 GEMM (wgmma): n must be a multiple of 128";
+  if (p.n % kWgmmaGemmTileN != 0)
+    return "grouped FP8xFP4 GEMM (wgmma): n must be a multiple of 128";
   if (reinterpret_cast<uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<uintptr_t>(p.w) % 8 != 0) {
     return "grouped FP8xFP4 GEMM (wgmma): a must be 16-byte and w 8-byte aligned";
   }

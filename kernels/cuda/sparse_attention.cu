@@ -46,11 +46,11 @@ __device__ __forceinline__ uint32_t Load32(const bf16* p) {
 }
 
 struct Smem {
-  bf16* q;        // [rows][stride]
-  bf16* kv;       // [64][stride]
-  float* score;   // [rows][kScoreStride]
-  bf16* prob;     // [rows][kProbStride]
-  float* alpha;   // [rows]
+  bf16* q;          // [rows][stride]
+  bf16* kv;         // [64][stride]
+  float* score;     // [rows][kScoreStride]
+  bf16* prob;       // [rows][kProbStride]
+  float* alpha;     // [rows]
   int64_t* offset;  // [64] pool byte offset of each entry, -1 empty
 };
 
@@ -164,7 +164,8 @@ __global__ void __launch_bounds__(kSparseAttentionThreads)
       for (int i = 0; i < 4; ++i) o[mt][nt][i] = 0.0f;
 
   const int64_t begin = chunk * kSparseAttentionChunk;
-  const int64_t end = begin + kSparseAttentionChunk < p.list_len ? begin + kSparseAttentionChunk : p.list_len;
+  const int64_t end =
+      begin + kSparseAttentionChunk < p.list_len ? begin + kSparseAttentionChunk : p.list_len;
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int count = int(end - b0 < kBlock ? end - b0 : kBlock);
     __syncthreads();  // the previous block's P·V is done with kv and prob
@@ -195,8 +196,8 @@ __global__ void __launch_bounds__(kSparseAttentionThreads)
         const bf16* qa = sm.q + (mt * 16 + group) * stride + 2 * tig;
         const bf16* kb = sm.kv + (nt * 8 + group) * stride + 2 * tig;
         for (int k0 = 0; k0 < dim; k0 += 16) {
-          const uint32_t a[4] = {Load32(qa + k0), Load32(qa + 8 * stride + k0),
-                                 Load32(qa + k0 + 8), Load32(qa + 8 * stride + k0 + 8)};
+          const uint32_t a[4] = {Load32(qa + k0), Load32(qa + 8 * stride + k0), Load32(qa + k0 + 8),
+                                 Load32(qa + 8 * stride + k0 + 8)};
           const uint32_t b[2] = {Load32(kb + k0), Load32(kb + k0 + 8)};
           MmaBf16(a, b, acc);
         }
@@ -344,10 +345,18 @@ int LaunchSparseAttention(const SparseAttentionParams& p, void* workspace, CUstr
   const int m_tiles = int((p.num_heads + 15) / 16);
   int e = 0;
   switch (m_tiles) {
-    case 1: e = LaunchChunks<1>(p, partial, stream); break;
-    case 2: e = LaunchChunks<2>(p, partial, stream); break;
-    case 3: e = LaunchChunks<3>(p, partial, stream); break;
-    default: e = LaunchChunks<4>(p, partial, stream); break;
+    case 1:
+      e = LaunchChunks<1>(p, partial, stream);
+      break;
+    case 2:
+      e = LaunchChunks<2>(p, partial, stream);
+      break;
+    case 3:
+      e = LaunchChunks<3>(p, partial, stream);
+      break;
+    default:
+      e = LaunchChunks<4>(p, partial, stream);
+      break;
   }
   if (e != 0) return e;
   SparseAttentionMergeKernel<<<dim3(uint32_t(p.tokens)), 256, 0, stream>>>(

@@ -41,9 +41,9 @@ struct SparseAttentionParams {
   // ring is page_ids[window_begin[t] ...], its compressed entries page_ids[compressed_begin[t]
   // ...]. List index idx < window_entries reads ring slot idx, idx >= window_entries reads
   // compressed entry idx - window_entries, idx < 0 is an empty slot. Indices are trusted.
-  const int32_t* page_ids = nullptr;           // device
-  const int64_t* window_begin = nullptr;       // [tokens] device
-  const int64_t* compressed_begin = nullptr;   // [tokens] device
+  const int32_t* page_ids = nullptr;          // device
+  const int64_t* window_begin = nullptr;      // [tokens] device
+  const int64_t* compressed_begin = nullptr;  // [tokens] device
   int64_t window_entries = 0;
   const int32_t* idx = nullptr;  // [tokens, list_len] device; idx[t, 0] must not be empty
   int64_t list_len = 0, tokens = 0;
@@ -54,8 +54,8 @@ struct SparseAttentionParams {
   int64_t ldo = 0;
 };
 
-constexpr int kSparseAttentionThreads = 512;  // 16 warps
-constexpr int64_t kSparseAttentionBlock = 64;  // the softmax block (spec §5.5)
+constexpr int kSparseAttentionThreads = 512;    // 16 warps
+constexpr int64_t kSparseAttentionBlock = 64;   // the softmax block (spec §5.5)
 constexpr int64_t kSparseAttentionChunk = 256;  // entries per thread block
 constexpr int64_t kSparseAttentionMaxHeads = 64;
 constexpr int64_t kSparseAttentionMaxDim = 512;

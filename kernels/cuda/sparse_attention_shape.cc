@@ -56,8 +56,7 @@ const char* CheckSparseAttention(const SparseAttentionParams& p) {
   if (SparseAttentionChunks(p.list_len) > 65535 || p.tokens > 0x7fffffff) {
     return "sparse attention: list_len must be at most 65,535 chunks (grid y)";
   }
-  if (p.ldq < p.num_heads * dim || p.ldo < p.num_heads * dim || p.ldq % 2 != 0 ||
-      p.ldo % 2 != 0) {
+  if (p.ldq < p.num_heads * dim || p.ldo < p.num_heads * dim || p.ldq % 2 != 0 || p.ldo % 2 != 0) {
     return "sparse attention: ldq and ldo must be even and at least num_heads * (nope + rope)";
   }
   if (reinterpret_cast<uintptr_t>(p.pool) % 8 != 0 || reinterpret_cast<uintptr_t>(p.q) % 4 != 0 ||

@@ -43,7 +43,8 @@ Problem Random(int64_t m, int64_t n, int64_t k, uint32_t seed) {
   p.m = m, p.n = n, p.k = k;
   auto code = [&] {
     fp8 c;
-    do c = fp8(rng()); while ((c & 0x7f) == 0x7f);
+    do c = fp8(rng());
+    while ((c & 0x7f) == 0x7f);
     return c;
   };
   p.a.resize(m * k);

@@ -124,8 +124,8 @@ TEST(Fp8GemmLayout, LayoutAndScalesGiveTheSpecProduct) {
           dot += prod;
           abs_dot += std::fabs(prod);
         }
-        const double s = double(E8m0ToF32(sx[r * (k / 128) + kb])) *
-                         E8m0ToF32(sw[(c / 128) * (k / 128) + kb]);
+        const double s =
+            double(E8m0ToF32(sx[r * (k / 128) + kb])) * E8m0ToF32(sw[(c / 128) * (k / 128) + kb]);
         want += dot * s;
         magnitude += abs_dot * s;
       }

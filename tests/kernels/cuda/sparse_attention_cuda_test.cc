@@ -160,8 +160,8 @@ void Check(const Case& c, const ListFn& list_of,
   ASSERT_EQ(LaunchSparseAttention(p, workspace, nullptr), 0);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<bf16> got = Download(d_out, q.size());
-  for (void* ptr : std::vector<void*>{d_pool, d_ids, d_wb, d_cb, d_idx, d_q, d_sink, d_out,
-                                      workspace}) {
+  for (void* ptr :
+       std::vector<void*>{d_pool, d_ids, d_wb, d_cb, d_idx, d_q, d_sink, d_out, workspace}) {
     cudaFree(ptr);
   }
 

@@ -83,8 +83,8 @@ TEST(KvPaging, EveryEntryOfA256kTableLandsWhereThePagesWereFilled) {
 
 TEST(KvPaging, ListIndicesReadTheWindowRingThenTheCompressedEntries) {
   const int64_t page_bytes = 4096, per_page = 7;  // 7 * 584 = 4088
-  const std::vector<int32_t> ids = {9, 4, 2,       // window ring: 128 slots need 19 pages...
-                                    30, 31, 17};   // (only the first three are read here)
+  const std::vector<int32_t> ids = {9,  4,  2,    // window ring: 128 slots need 19 pages...
+                                    30, 31, 17};  // (only the first three are read here)
   KvListTables t;
   t.window_ids = ids.data();
   t.compressed_ids = ids.data() + 3;

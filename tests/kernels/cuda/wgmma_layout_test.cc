@@ -1,12 +1,13 @@
 // The shared-memory operand layout and descriptors of the wgmma expert GEMM
 // (kernels/cuda/wgmma_layout.h) and the host side of its launch, on the CPU.
+#include "kernels/cuda/wgmma_layout.h"
+
 #include <gtest/gtest.h>
 
 #include <set>
 #include <vector>
 
 #include "kernels/cuda/grouped_gemm_fp4_wgmma.h"
-#include "kernels/cuda/wgmma_layout.h"
 
 namespace flotilla::kernels::cuda {
 namespace {
