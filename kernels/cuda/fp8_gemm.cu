@@ -15,12 +15,16 @@ namespace {
 
 constexpr int kConvertThreads = 256;
 
-__global__ void ConvertWeightScalesKernel(const e8m0* in, int64_t rows, int64_t cols, int64_t ld,
+__device__ __forceinline__ float ScaleValue(e8m0 s) { return E8m0ToF32(s); }
+__device__ __forceinline__ float ScaleValue(float s) { return s; }
+
+template <typename Scale>
+__global__ void ConvertWeightScalesKernel(const Scale* in, int64_t rows, int64_t cols, int64_t ld,
                                           float* out) {
   const int64_t i = int64_t(blockIdx.x) * kConvertThreads + threadIdx.x;
   if (i >= rows * ld) return;
   const int64_t r = i / ld, c = i % ld;
-  out[i] = c < cols ? E8m0ToF32(in[r * cols + c]) : 0.0f;
+  out[i] = c < cols ? ScaleValue(in[r * cols + c]) : 0.0f;
 }
 
 // in [m, kb] -> out [kb][m]: thread i writes out[i] (coalesced stores).
@@ -37,16 +41,28 @@ const char* LtError(cublasStatus_t s, const char* what) {
   return s == CUBLAS_STATUS_SUCCESS ? nullptr : what;
 }
 
+template <typename Scale>
+int LaunchConvertWeightScales(const Scale* in, int64_t n, int64_t k, float* out,
+                              CUstream_st* stream) {
+  const Fp8GemmLayout l = MakeFp8GemmLayout(1, n, k, n);
+  const int64_t items = l.w_scale_rows * l.w_scale_ld;
+  if (items == 0) return 0;
+  ConvertWeightScalesKernel<Scale>
+      <<<dim3(uint32_t(Blocks(items))), dim3(kConvertThreads), 0, stream>>>(
+          in, l.w_scale_rows, l.w_scale_cols, l.w_scale_ld, out);
+  return int(cudaGetLastError());
+}
+
 }  // namespace
 
 int LaunchConvertFp8WeightScales(const e8m0* in, int64_t n, int64_t k, float* out,
                                  CUstream_st* stream) {
-  const Fp8GemmLayout l = MakeFp8GemmLayout(1, n, k, n);
-  const int64_t items = l.w_scale_rows * l.w_scale_ld;
-  if (items == 0) return 0;
-  ConvertWeightScalesKernel<<<dim3(uint32_t(Blocks(items))), dim3(kConvertThreads), 0, stream>>>(
-      in, l.w_scale_rows, l.w_scale_cols, l.w_scale_ld, out);
-  return int(cudaGetLastError());
+  return LaunchConvertWeightScales(in, n, k, out, stream);
+}
+
+int LaunchConvertFp8WeightScalesF32(const float* in, int64_t n, int64_t k, float* out,
+                                    CUstream_st* stream) {
+  return LaunchConvertWeightScales(in, n, k, out, stream);
 }
 
 int LaunchConvertFp8ActScales(const e8m0* in, int64_t m, int64_t k, float* out,

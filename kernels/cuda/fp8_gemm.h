@@ -83,6 +83,11 @@ void ConvertFp8WeightScales(const e8m0* in, int64_t n, int64_t k, float* out);
 // The same on the device (both pointers device memory); returns the launch's cudaError_t.
 int LaunchConvertFp8WeightScales(const e8m0* in, int64_t n, int64_t k, float* out,
                                  CUstream_st* stream);
+// The same for weights whose block scales are already f32 [ceil(n/128), k/128] (the Base
+// checkpoint's FP8 experts): only the padded row layout changes.
+void ConvertFp8WeightScalesF32(const float* in, int64_t n, int64_t k, float* out);
+int LaunchConvertFp8WeightScalesF32(const float* in, int64_t n, int64_t k, float* out,
+                                    CUstream_st* stream);
 // Activation scales UE8M0 [m, k/128] -> f32 [k/128][m]; returns the launch's cudaError_t.
 int LaunchConvertFp8ActScales(const e8m0* in, int64_t m, int64_t k, float* out,
                               CUstream_st* stream);

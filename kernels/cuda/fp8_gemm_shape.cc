@@ -44,6 +44,13 @@ void ConvertFp8WeightScales(const e8m0* in, int64_t n, int64_t k, float* out) {
   }
 }
 
+void ConvertFp8WeightScalesF32(const float* in, int64_t n, int64_t k, float* out) {
+  const int64_t rows = (n + 127) / 128, cols = k / 128, ld = WeightScaleLd(k);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < ld; ++c) out[r * ld + c] = c < cols ? in[r * cols + c] : 0.0f;
+  }
+}
+
 const char* CheckFp8Gemm(const Fp8GemmParams& p) {
   if (!p.a || !p.a_scale || !p.w || !p.w_scale || !p.c) {
     return "FP8 GEMM: a, a_scale, w, w_scale and c must all be set";

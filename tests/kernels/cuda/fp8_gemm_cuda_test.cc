@@ -169,6 +169,23 @@ TEST(Fp8GemmCuda, AgainstTheCpuBackend) {
   cudaFree(s);
 }
 
+TEST(Fp8GemmCuda, F32WeightScaleConversionOnTheDevice) {
+  if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+  const int64_t n = 300, k = 640;
+  std::vector<float> in(3 * 5);
+  for (size_t i = 0; i < in.size(); ++i) in[i] = std::ldexp(1.0f, int(i) - 7) * (i % 2 ? 3 : 1);
+  std::vector<float> want(Fp8WeightScaleCount(n, k));
+  ConvertFp8WeightScalesF32(in.data(), n, k, want.data());
+  float* d_in = Upload(in);
+  float* d_out = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&d_out), want.size() * sizeof(float)), cudaSuccess);
+  ASSERT_EQ(LaunchConvertFp8WeightScalesF32(d_in, n, k, d_out, nullptr), 0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(Download(d_out, want.size()), want);
+  cudaFree(d_in);
+  cudaFree(d_out);
+}
+
 TEST(Fp8GemmCuda, V4FlashShapes) {
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
   // wq_b-like (1024 -> 4096) and wo_b (8192 -> 4096) at decode row counts.

@@ -67,6 +67,15 @@ TEST(Fp8GemmLayout, WeightScaleConversion) {
   }
 }
 
+TEST(Fp8GemmLayout, F32WeightScalesOnlyChangeTheirRowLayout) {
+  const int64_t n = 200, k = 384;  // 2 x 3 blocks, ld 4
+  const std::vector<float> in = {0.5f, 3.0f, -1.0f, 1e-30f, 7.0f, 0.125f};
+  std::vector<float> out(Fp8WeightScaleCount(n, k), -9.0f);
+  ConvertFp8WeightScalesF32(in.data(), n, k, out.data());
+  const std::vector<float> want = {0.5f, 3.0f, -1.0f, 0.0f, 1e-30f, 7.0f, 0.125f, 0.0f};
+  EXPECT_EQ(out, want);
+}
+
 // The layout's product as cuBLASLt defines it, D column-major [n x m] with ldd.
 std::vector<double> LtProduct(const Fp8GemmLayout& l, const std::vector<fp8>& w,
                               const std::vector<fp8>& x, const std::vector<float>& w_scale,
