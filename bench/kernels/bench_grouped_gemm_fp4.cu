@@ -6,6 +6,8 @@
 //   prefill (4,096 tokens x top-6 over 256 experts: 96 rows per local expert): FLOP/s against
 //     the peak of the same MMA instruction path (mma.sync m16n8k32 e4m3, registers only); bar
 //     >= 50%.
+//   prefill on the wgmma kernel (sm_90 only): FLOP/s against the measured FP8 peak (cuBLASLt's
+//     FP8 GEMM with per-tensor scales at 8192^3); bar >= 50%.
 //   bench_grouped_gemm_fp4 [--quick]
 #include <cuda_runtime.h>
 
@@ -16,8 +18,10 @@
 #include <string>
 #include <vector>
 
+#include "bench/kernels/bench_util.cuh"
 #include "kernels/cuda/expert_gate_up.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
+#include "kernels/cuda/grouped_gemm_fp4_wgmma.h"
 
 namespace {
 
@@ -109,6 +113,16 @@ int main(int argc, char** argv) {
   const double mma_flops = double(blocks) * (threads / 32) * iters * 4 * (2.0 * 16 * 8 * 32) / (mma_ms * 1e-3);
   std::printf("ceilings: read bandwidth %.0f GB/s (4 GiB stream), mma.sync m16n8k32 e4m3 peak %.0f TFLOP/s\n",
               read_gbs, mma_flops / 1e12);
+  const bool sm90 = prop.major == 9 && prop.minor == 0;
+  double fp8_peak = 0;
+  if (sm90) {
+    cublasLtHandle_t lt;
+    BENCH_LT_OK(cublasLtCreate(&lt));
+    fp8_peak = flotilla::bench::MeasureFp8Peak(lt, 8192);
+    cublasLtDestroy(lt);
+    std::printf("ceiling of the wgmma kernel: FP8 peak %.0f TFLOP/s (cuBLASLt, per-tensor scales, 8192^3)\n",
+                fp8_peak / 1e12);
+  }
 
   std::vector<Case> cases = {
       {"w1 decode", 2048, 4096, 32, 1},  {"w1 decode", 2048, 4096, 32, 4},
@@ -167,6 +181,22 @@ int main(int argc, char** argv) {
     std::printf("%-11s %6lld %6lld %8lld %6lld %8.3f ms %9.0f %9.1f %8.0f%% %s\n", c.name, (long long)c.n,
                 (long long)c.k, (long long)c.experts, (long long)rows, ms, gbs, tflops, 100 * ratio,
                 ok ? "PASS" : (decode ? "FAIL (bar 70% of read bandwidth)" : "FAIL (bar 50% of MMA peak)"));
+    if (!decode && sm90) {
+      if (const char* why = fk::CheckGroupedGemmFp8Fp4Wgmma(p)) {
+        std::fprintf(stderr, "%s\n", why);
+        return 1;
+      }
+      const float wms = TimeMs(
+          [&] { CUDA_OK(cudaError_t(fk::LaunchGroupedGemmFp8Fp4Wgmma(p, nullptr))); }, quick ? 5 : 20);
+      const double wtflops = 2.0 * rows * c.n * c.k / (wms * 1e-3) / 1e12;
+      const double wratio = wtflops * 1e12 / fp8_peak;
+      const bool wok = wratio >= 0.50;
+      pass = pass && wok;
+      std::printf("%-11s %6lld %6lld %8lld %6lld %8.3f ms %9.0f %9.1f %8.0f%% %s\n", "  (wgmma)",
+                  (long long)c.n, (long long)c.k, (long long)c.experts, (long long)rows, wms,
+                  bytes / (wms * 1e-3) / 1e9, wtflops, 100 * wratio,
+                  wok ? "PASS" : "FAIL (bar 50% of FP8 peak)");
+    }
     for (void* ptr : {da, dsa, dw, dsw, doff, dc}) CUDA_OK(cudaFree(ptr));
   }
   // The fused gate/up kernel (w1 and w3, SwiGLU, FP8 out) at decode shapes: both weight

@@ -18,6 +18,7 @@
 
 #include "common/dtype.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
+#include "kernels/cuda/grouped_gemm_fp4_wgmma.h"
 #include "kernels/ops.h"
 #include "tests/kernels/cuda/cuda_test_util.h"
 
@@ -76,8 +77,12 @@ Problem Random(std::vector<int32_t> group_sizes, int64_t n, int64_t k, uint32_t 
   return p;
 }
 
-// Runs `p` on the GPU and checks every output against the CPU backend.
-void CheckAgainstCpu(const Problem& p) {
+using Launcher = int (*)(const GroupedGemmFp8Fp4Params&, CUstream_st*);
+
+// Runs `p` on the GPU (the mma.sync kernel, or `launch` with its own check) and checks every
+// output against the CPU backend.
+void CheckAgainstCpu(const Problem& p, Launcher launch = LaunchGroupedGemmFp8Fp4,
+                     const char* (*check)(const GroupedGemmFp8Fp4Params&) = CheckGroupedGemmFp8Fp4) {
   const int64_t rows = p.rows(), n = p.n, k = p.k;
   DeviceArray<fp8> a(p.a);
   DeviceArray<e8m0> a_scale(p.a_scale);
@@ -97,8 +102,8 @@ void CheckAgainstCpu(const Problem& p) {
   g.n = n;
   g.k = k;
   g.num_experts = p.experts();
-  ASSERT_EQ(CheckGroupedGemmFp8Fp4(g), nullptr);
-  ASSERT_EQ(LaunchGroupedGemmFp8Fp4(g, nullptr), 0);
+  ASSERT_EQ(check(g), nullptr);
+  ASSERT_EQ(launch(g, nullptr), 0);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   const std::vector<bf16> got = c.Read(rows * n);
 
@@ -171,6 +176,49 @@ TEST(GroupedGemmFp8Fp4Cuda, ExtremeMagnitudesAndScales) {
   for (size_t i = 0; i < p.a_scale.size(); ++i) p.a_scale[i] = (i % 2) ? 100 : 140;
   for (size_t i = 0; i < p.w_scale.size(); ++i) p.w_scale[i] = (i % 3) ? 110 : 135;
   CheckAgainstCpu(p);
+}
+
+// The wgmma kernel (sm_90 only) against the same CPU reference and bound: the partial of each
+// 32-wide slice is the FP8 tensor core's, everything after it the same rounded f32 steps while
+// values stay normal (grouped_gemm_fp4_wgmma.h).
+bool HaveSm90() {
+  if (!HaveGpu()) return false;
+  cudaDeviceProp prop{};
+  return cudaGetDeviceProperties(&prop, 0) == cudaSuccess && prop.major == 9 && prop.minor == 0;
+}
+
+void CheckWgmma(const Problem& p) {
+  CheckAgainstCpu(p, LaunchGroupedGemmFp8Fp4Wgmma, CheckGroupedGemmFp8Fp4Wgmma);
+}
+
+TEST(GroupedGemmFp8Fp4WgmmaCuda, RaggedGroupsAndSeveralRowTiles) {
+  if (!HaveSm90()) GTEST_SKIP() << "no sm_90 device";
+  // Empty, one row, a partial 128-row tile, more than one and more than two tiles.
+  CheckWgmma(Random({0, 1, 96, 130, 0, 257, 64}, 256, 512, 11));
+}
+
+TEST(GroupedGemmFp8Fp4WgmmaCuda, PrefillAtV4FlashWidth) {
+  if (!HaveSm90()) GTEST_SKIP() << "no sm_90 device";
+  // 96 rows per expert (4,096 tokens x top-6 over 256 experts), w1: 4096 -> 2048.
+  CheckWgmma(Random({96, 96, 96, 96}, 2048, 4096, 12));
+}
+
+TEST(GroupedGemmFp8Fp4WgmmaCuda, NanAndExtremeValues) {
+  if (!HaveSm90()) GTEST_SKIP() << "no sm_90 device";
+  Problem p = Random({70, 3}, 128, 384, 13);
+  for (size_t i = 0; i < p.a.size(); i += 3) p.a[i] = (i % 2) ? 0x7e : 0xfe;  // +-448
+  for (size_t i = 0; i < p.w.size(); i += 2) p.w[i] = 0x7f;                   // 6 and -6
+  for (size_t i = 0; i < p.a_scale.size(); ++i) p.a_scale[i] = (i % 2) ? 100 : 140;
+  for (size_t i = 0; i < p.w_scale.size(); ++i) p.w_scale[i] = (i % 3) ? 110 : 135;
+  p.a[5 * 384 + 300] = 0x7f;  // NaN in row 5 of expert 0
+  CheckWgmma(p);
+}
+
+TEST(GroupedGemmFp8Fp4WgmmaCuda, RefusedOffSm90) {
+  if (!HaveGpu() || HaveSm90()) GTEST_SKIP() << "needs a device other than sm_90";
+  GroupedGemmFp8Fp4Params g;
+  g.n = 128, g.k = 128, g.num_experts = 1, g.ldc = 128;
+  EXPECT_EQ(LaunchGroupedGemmFp8Fp4Wgmma(g, nullptr), int(cudaErrorNotSupported));
 }
 
 }  // namespace

@@ -16,13 +16,24 @@ import re
 import subprocess
 import sys
 
-# kernel-name pattern -> instruction patterns that must each appear in its SASS, and why.
+# kernel-name pattern -> instruction patterns that must each appear in its SASS, and why
+# (optionally: on which architectures).
 _EXPERT_GEMM = [
     (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
     (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
 ]
+# The FP8 dense GEMMs are cuBLASLt's (kernels/cuda/fp8_gemm.cu): no SASS of ours to check beyond
+# the scale conversions, which fall under the local-memory rule like every kernel.
 RULES = {
     r"ExpertGateUpKernel": _EXPERT_GEMM,
+    r"SparseAttentionChunkKernel": [
+        (r"\bHMMA\.16816\.F32\.BF16\b", "bf16 tensor-core MMA (q·k and p·v) with f32 accumulation"),
+    ],
+    # Hopper's FP8 warpgroup MMA (wgmma .e4m3 disassembles as QGMMA), on sm_90a: the only target
+    # with wgmma (elsewhere the kernel is a trap the launch never reaches).
+    r"GroupedGemmFp8Fp4WgmmaKernel": [
+        (r"\bQGMMA\.64x128x32\.F32\.E4M3\.E4M3\b", "FP8 wgmma with f32 accumulation", {"sm_90a"}),
+    ],
     r"GroupedGemmFp8Fp4Kernel": [
         (r"\bHMMA\.16816\.F32\b", "tensor-core MMA with f32 accumulation"),
         (r"\bF2FP\.F16\.E4M3\.UNPACK_B\b", "E4M3 operands unpacked in registers"),
@@ -112,7 +123,9 @@ def main(argv):
                     failures.append(f"{arch} {name}: local memory ({len(local)}): {local[0]}")
                 for pattern, rules in RULES.items():
                     if re.search(pattern, name):
-                        for want, why in rules:
+                        for want, why, *only in rules:
+                            if only and arch not in only[0]:
+                                continue
                             if not re.search(want, text):
                                 failures.append(f"{arch} {name}: no {want} ({why})")
                 for pattern, rules in FORBIDDEN.items():
