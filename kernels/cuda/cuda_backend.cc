@@ -14,6 +14,7 @@
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/device_error.h"
 #include "kernels/cuda/fill.h"
+#include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/grouped_gemm_fp4.h"
 #include "kernels/cuda/hyper_connection.h"
 #include "kernels/cuda/indexer.h"
@@ -57,11 +58,6 @@ BackendStatus Refused(const char* why, const char* op) {
 BackendStatus Launched(int rc, const char* op) {
   if (rc == 0) return BackendStatus::Ok();
   return CudaError(std::string(op) + ": kernel launch failed", cudaError_t(rc));
-}
-
-BackendStatus Absent(const char* op, const char* kernel) {
-  return BackendStatus::Error(std::string(op) + ": the CUDA kernel (" + kernel +
-                              ") is absent from this build; run this op on the CPU backend");
 }
 
 #define FLOTILLA_CUDA_QUEUE(q, queue, op)                           \
@@ -227,11 +223,42 @@ BackendStatus CudaBackend::DoFp4SimulateInPlace(Queue& queue, const QuantSimulat
 
 // ---------------------------------------------------------------- GEMMs
 
-BackendStatus CudaBackend::DoGemmFp8(Queue& queue, const GemmFp8Args&) {
+BackendStatus CudaBackend::DoGemmFp8(Queue& queue, const GemmFp8Args& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "GemmFp8");
-  (void)q;
-  // Dispatch point of the block-scaled FP8 dense GEMM: kernels/cuda/fp8_gemm.h.
-  return Absent("GemmFp8", "kernels/cuda/fp8_gemm.h, the FP8 dense GEMM");
+  if (a.m == 0 || a.n == 0) return BackendStatus::Ok();
+  // cuBLASLt's block-scaled FP8 (kernels/cuda/fp8_gemm.h): the queue's handle pins one algorithm
+  // per weight shape; the weight scales go into its f32 layout in the queue's workspace on every
+  // call, ahead of the GEMM's own workspace.
+  BackendResult<Fp8GemmLt*> lt = q->Fp8Gemm();
+  if (!lt.ok()) return BackendStatus::Error("GemmFp8: " + lt.status().message());
+  if (const char* why = lt.value()->Prepare(a.n, a.k)) return Refused(why, "GemmFp8");
+  const size_t scale_bytes =
+      (size_t(Fp8WeightScaleCount(a.n, a.k)) * sizeof(float) + 255) / 256 * 256;
+  const size_t gemm_bytes = Fp8GemmWorkspaceBytes(a.m, a.k);
+  BackendResult<void*> ws = q->Workspace(scale_bytes + gemm_bytes);
+  if (!ws.ok()) return BackendStatus::Error("GemmFp8: " + ws.status().message());
+  float* w_scale = static_cast<float*>(ws.value());
+  Fp8GemmParams p;
+  p.a = Ptr(a.a);
+  p.a_scale = Ptr(a.a_scale);
+  p.w = Ptr(a.w);
+  p.w_scale = w_scale;
+  p.c = Ptr(a.c);
+  p.ldc = a.ldc;
+  p.m = a.m;
+  p.n = a.n;
+  p.k = a.k;
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckFp8Gemm(p), "GemmFp8"));
+  const int rc =
+      a.w_scale.arena() != nullptr
+          ? LaunchConvertFp8WeightScales(Ptr(a.w_scale), a.n, a.k, w_scale, q->stream())
+          : LaunchConvertFp8WeightScalesF32(Ptr(a.w_scale_f32), a.n, a.k, w_scale, q->stream());
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Launched(rc, "GemmFp8"));
+  if (const char* why = lt.value()->Run(p, static_cast<char*>(ws.value()) + scale_bytes, gemm_bytes,
+                                        q->stream())) {
+    return BackendStatus::Error(std::string("GemmFp8: ") + why);
+  }
+  return BackendStatus::Ok();
 }
 
 BackendStatus CudaBackend::DoGemmFp8Fp4(Queue& queue, const GemmFp8Fp4Args& a) {
@@ -494,8 +521,12 @@ BackendStatus CudaBackend::DoTopK(Queue& queue, const TopKArgs& a) {
 BackendStatus CudaBackend::DoSparseAttention(Queue& queue, const SparseAttentionArgs&) {
   FLOTILLA_CUDA_QUEUE(q, queue, "SparseAttention");
   (void)q;
-  // Dispatch point of sparse attention over the KV rows: kernels/cuda/sparse_attention.h.
-  return Absent("SparseAttention", "kernels/cuda/sparse_attention.h, sparse attention");
+  // Dispatch point of sparse attention. kernels/cuda/sparse_attention.h reads the packed, paged
+  // KV pool (spec §8.2); this op's arguments are rows of bf16 with an index list, which no CUDA
+  // kernel reads.
+  return BackendStatus::Error(
+      "SparseAttention: no CUDA kernel takes bf16 KV rows (kernels/cuda/sparse_attention.h reads "
+      "the packed, paged KV pool); run this op on the CPU backend");
 }
 
 // ---------------------------------------------------------------- MoE

@@ -5,9 +5,9 @@
 // (shape limits, alignment) is applied here and names the op.
 //
 // Numerics (docs/cuda.md): bitwise equal to the CPU backend for every op that is not a tensor-core
-// GEMM (the FP8 x FP4 GEMM is held to a stated tolerance). Ops whose kernel is not in this build
-// return an error naming the op and the missing kernel: GemmFp8 (kernels/cuda/fp8_gemm.h) and
-// SparseAttention (kernels/cuda/sparse_attention.h); docs/cuda.md lists them.
+// GEMM (the FP8 x FP4 GEMM and the FP8 GEMM on cuBLASLt are held to stated tolerances).
+// SparseAttention is refused by name: the CUDA kernel (kernels/cuda/sparse_attention.h) reads the
+// packed, paged KV pool, not the bf16 rows this op names (docs/cuda.md).
 //
 // Index lists the host cannot see (GatherRows/ScatterRows, CompressPool's slot offsets) are
 // checked on the device: a bad entry is skipped and the first one is reported, naming the op, the

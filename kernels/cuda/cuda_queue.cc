@@ -25,9 +25,37 @@ CudaQueue::~CudaQueue() {
   // Errors here (a device already lost) leave nothing to do: destructors never fail.
   (void)cudaStreamSynchronize(stream_);
   for (auto& [sequence, event] : events_) (void)cudaEventDestroy(event);
+  fp8_gemm_.reset();
+  (void)cudaFree(workspace_);
   (void)cudaFree(error_);
   (void)cudaFree(scratch_);
   (void)cudaStreamDestroy(stream_);
+}
+
+BackendResult<Fp8GemmLt*> CudaQueue::Fp8Gemm() {
+  if (!fp8_gemm_) {
+    auto lt = std::make_unique<Fp8GemmLt>();
+    if (const char* why = lt->Init()) return BackendStatus::Error(why);
+    fp8_gemm_ = std::move(lt);
+  }
+  return fp8_gemm_.get();
+}
+
+BackendResult<void*> CudaQueue::Workspace(size_t bytes) {
+  if (bytes <= workspace_bytes_) return workspace_;
+  cudaError_t rc = cudaStreamSynchronize(stream_);
+  if (rc != cudaSuccess) return CudaError("workspace: waiting for the queue", rc);
+  (void)cudaFree(workspace_);
+  workspace_ = nullptr;
+  workspace_bytes_ = 0;
+  rc = cudaMalloc(&workspace_, bytes);
+  if (rc != cudaSuccess) {
+    (void)cudaGetLastError();
+    workspace_ = nullptr;
+    return CudaError("workspace of " + std::to_string(bytes) + " bytes", rc);
+  }
+  workspace_bytes_ = bytes;
+  return workspace_;
 }
 
 Event CudaQueue::Record() {
