@@ -41,4 +41,19 @@ absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
       FormatBytes(h.memory), " of memory; the largest pool that fits is ", FormatBytes(fits)));
 }
 
+absl::Status CheckWorkerKvPools(int64_t pages, uint64_t page_bytes,
+                                const std::vector<WorkerStats>& workers) {
+  for (const WorkerStats& w : workers) {
+    if (w.kv_pages_total == 0) continue;
+    const uint64_t their_page = w.kv_pool_bytes / uint64_t(w.kv_pages_total);
+    if (w.kv_pages_total == pages && their_page == page_bytes) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker (world rank ", w.world_rank, ") holds a KV pool of ", w.kv_pages_total,
+        " pages of ", their_page, " bytes; admission counts ", pages, " pages of ", page_bytes,
+        " bytes (--kv-pool / --kv-page of the coordinator; launch/flotilla-serve passes them to "
+        "the workers as --kv-memory / --kv-page)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace flotilla

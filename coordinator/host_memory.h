@@ -17,4 +17,10 @@ namespace flotilla {
 absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
                                   const std::vector<WorkerStats>& workers);
 
+// Every worker's KV pool holds `pages` pages of `page_bytes` (what admission counts: the pool
+// bytes the coordinator was given, in its page size). INVALID_ARGUMENT names the first worker
+// whose pool differs, with both figures; workers that report no pool are not counted.
+absl::Status CheckWorkerKvPools(int64_t pages, uint64_t page_bytes,
+                                const std::vector<WorkerStats>& workers);
+
 }  // namespace flotilla
