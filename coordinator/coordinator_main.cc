@@ -202,7 +202,11 @@ int Main(int argc, char** argv) {
     }
   }
   absl::Status st = AgreeOnLoad(*world, setup, 0, /*participates_only=*/setup.ok());
-  if (!st.ok()) return fail(st);
+  if (!st.ok()) {
+    fail(st);
+    (void)world->Barrier({"load failure reported", -1});  // the workers exit after the message
+    return 1;
+  }
 
   // Where each worker's control service listens (world rank order; ours is empty).
   auto endpoints = ExchangeControlEndpoints(*world, "");

@@ -10,6 +10,7 @@
 #include "common/model_tensors.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/ops.h"
+#include "sharding/capacity.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
@@ -89,8 +90,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   }
   m->backend_ = std::make_unique<kernels::CpuBackend>();
   m->queue_ = m->backend_->NewQueue();
-  ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool, KvPool::Create(*m->backend_, layout, pool_bytes));
-  m->pool_ = std::move(pool);
+  absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(*m->backend_, layout, pool_bytes);
+  if (!pool.ok()) {
+    return absl::Status(pool.status().code(),
+                        absl::StrCat("KV pool of ", FormatBytes(pool_bytes),
+                                     " (--kv-memory; flotilla-serve passes --kv-pool) in ",
+                                     FormatBytes(uint64_t(layout.page_bytes)), " pages: ",
+                                     pool.status().message()));
+  }
+  m->pool_ = std::move(*pool);
   m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(),
                                      m->queue_.get());
   return m;

@@ -358,8 +358,13 @@ int Main(int argc, char** argv) {
   }
   absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
   // Every rank got the same message, naming the failing rank: world rank 0 prints it (the
-  // coordinator when serving), so it appears once.
-  if (!st.ok() && rank != 0) return 1;
+  // coordinator when serving), so it appears once; the others wait until it has, so that their
+  // exit does not end the job before the message is out.
+  if (!st.ok()) {
+    if (rank == 0) fail(st);
+    (void)world->Barrier({"load failure reported", -1});
+    return 1;
+  }
   if (st.ok()) {
     if (serve) {
       // Host the control service and tell the coordinator where it is.

@@ -278,9 +278,10 @@ bad-start)
     echo "refused: $what"
   }
   expect_refused "--workers 0" "--workers '0': expected a positive integer" --model "$model" --workers 0
-  expect_refused "--kv-pool 1KiB" "one sequence of 256 tokens needs 4 pages: give at least 162816 bytes" \
+  expect_refused "--kv-pool 1KiB" "one sequence of 2 tokens needs 10 pages: give at least 655360 bytes" \
     --model "$model" --workers 2 --port 0 -- --kv-pool 1KiB
-  expect_refused "--kv-pool 1TiB" "--kv-pool 1.00 TiB per DP group does not fit host" \
+  # Each worker reserves its pool at start: one larger than the host's memory fails there.
+  expect_refused "--kv-pool 1TiB" "KV pool of 1.00 TiB (--kv-memory; flotilla-serve passes --kv-pool)" \
     --model "$model" --workers 2 --port 0 -- --kv-pool 1TiB
   # The same shards under a config with one main layer fewer.
   fewer=$work/fewer
