@@ -221,7 +221,7 @@ int Main(int argc, char** argv) {
       WorkerReport report = control[r]->Report(int32_t(r + 1), std::chrono::milliseconds(10000));
       if (report.error.empty()) stats.push_back(report.stats);
     }
-    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, opts->tp, stats);
+    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, stats);
     // Admission counts the pages the workers hold: their pools must be the ones it assumes.
     if (st.ok()) {
       const KvPageGeometry g = *KvPageGeometry::Make(config, opts->scheduler.kv_page_bytes);

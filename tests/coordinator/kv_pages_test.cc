@@ -125,23 +125,23 @@ TEST(CheckKvPoolFitsHosts, SumsTheWorkersOfEachHost) {
     w.host_memory_bytes = memory;
     return w;
   };
-  // Host a: 2 ranks, 2 GiB of weights each, 24 GiB. tp 2: each rank holds pool / 2.
-  // Room = 24 - 4 = 20 GiB for 2 shares, so pool / 2 <= 10 GiB: the pool may be 20 GiB.
-  // Host b: 2 ranks, 1 GiB each, 64 GiB: pool <= 62 GiB.
+  // Host a: 2 ranks, 2 GiB of weights each, 24 GiB; each rank holds the whole pool.
+  // Room = 24 - 4 = 20 GiB for 2 pools: the pool may be 10 GiB.
+  // Host b: 2 ranks, 1 GiB each, 64 GiB: pool <= 31 GiB.
   const std::vector<WorkerStats> two_hosts = {worker("a", 2 * gib, 24 * gib),
                                               worker("a", 2 * gib, 24 * gib),
                                               worker("b", gib, 64 * gib), worker("b", gib, 64 * gib)};
-  EXPECT_TRUE(CheckKvPoolFitsHosts(20 * gib, 2, two_hosts).ok());
-  const absl::Status st = CheckKvPoolFitsHosts(20 * gib + 2, 2, two_hosts);
+  EXPECT_TRUE(CheckKvPoolFitsHosts(10 * gib, two_hosts).ok());
+  const absl::Status st = CheckKvPoolFitsHosts(10 * gib + 1, two_hosts);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()),
               HasSubstr("does not fit host 'a': its 2 worker rank(s) hold 4.00 GiB of weights and "
-                        "at least 10.00 GiB of KV each (the pool / tp 2), more than its 24.00 GiB "
-                        "of memory; the largest pool that fits is 20.00 GiB"));
-  EXPECT_THAT(std::string(CheckKvPoolFitsHosts(uint64_t(1) << 40, 1, two_hosts).message()),
+                        "at least 10.00 GiB of KV each (the whole pool), more than its 24.00 GiB "
+                        "of memory; the largest pool that fits is 10.00 GiB"));
+  EXPECT_THAT(std::string(CheckKvPoolFitsHosts(uint64_t(1) << 40, two_hosts).message()),
               HasSubstr("--kv-pool 1.00 TiB per DP group does not fit host 'a'"));
   // A worker that reports no memory size is not counted.
-  EXPECT_TRUE(CheckKvPoolFitsHosts(uint64_t(1) << 40, 1, {worker("c", gib, 0)}).ok());
+  EXPECT_TRUE(CheckKvPoolFitsHosts(uint64_t(1) << 40, {worker("c", gib, 0)}).ok());
 }
 
 }  // namespace
