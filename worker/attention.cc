@@ -231,12 +231,12 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
     }
   }
 
-  // What each chunk reads from its cache: the ring as it was before the chunk, the compressed
+  // What each chunk reads from its cache: the ring as it was before the chunk and the compressed
   // entries (HCA: all visible to its last row; CSA: those some row of the chunk picks, at
-  // entry_slot[j]) and, CSA, every key visible to its last row.
+  // entry_slot[j]).
   const int64_t window = c.sliding_window, topk = c.index_topk;
   struct ChunkKv {
-    std::vector<bf16> ring, entries, keys;
+    std::vector<bf16> ring, entries;
     std::vector<int32_t> entry_slot;
   };
   std::vector<ChunkKv> ckv(rows.chunks.size());
@@ -249,43 +249,75 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
       RETURN_IF_ERROR(kv_->ReadWindow(tables, a.layer_id, k.ring.data()));
     }
     const int64_t visible = a.ratio != 0 ? (ch.start_pos + ch.n) / a.ratio : 0;
-    if (visible == 0) continue;
-    if (a.indexer) {
-      k.keys.resize(visible * ihd);
-      RETURN_IF_ERROR(kv_->ReadKeys(tables, a.layer_id, 0, visible, k.keys.data()));
-    } else {
-      k.entries.resize(visible * hd);
-      RETURN_IF_ERROR(kv_->ReadMain(tables, a.layer_id, 0, visible, k.entries.data()));
-    }
+    if (visible == 0 || a.indexer) continue;
+    k.entries.resize(visible * hd);
+    RETURN_IF_ERROR(kv_->ReadMain(tables, a.layer_id, 0, visible, k.entries.data()));
   }
 
-  // The indexer's top-k of each row (§7 steps 6–7): picks[r * topk + i], i < num_picks[r].
+  // The indexer's top-k of each row (§7 steps 6–7): picks[r * topk + i], i < num_picks[r]. A
+  // chunk's keys are read and unpacked in blocks of indexer_block_keys_, and each row keeps its
+  // top-k as it goes: TopK's order is total (score, NaN last, then index), so the top-k of a
+  // row's top-k so far and the next block is the top-k of everything so far, in the same order.
+  // Nothing here grows with the context beyond one block of keys.
   std::vector<int32_t> picks, num_picks;
   if (a.indexer) {
     picks.resize(n * topk);
     num_picks.assign(n, 0);
-#pragma omp parallel if (n > 1)  // one row: the kernels use the threads
-    {
-      std::vector<float> scores;
+    std::vector<float> pick_scores(n * topk);
+    std::vector<bf16> block_keys;
+    for (const auto& ch : rows.chunks) {
+      const int64_t chunk_visible = (ch.start_pos + ch.n) / a.ratio;
+      for (int64_t b0 = 0; b0 < chunk_visible; b0 += indexer_block_keys_) {
+        const int64_t b1 = std::min(chunk_visible, b0 + indexer_block_keys_);
+        block_keys.resize((b1 - b0) * ihd);
+        RETURN_IF_ERROR(kv_->ReadKeys(ch.seq->pages_, a.layer_id, b0, b1 - b0, block_keys.data()));
+#pragma omp parallel if (ch.n > 1)  // one row: the kernels use the threads
+        {
+          std::vector<float> scores;
+          std::vector<int32_t> idx, order, sel;
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t visible = (rows.pos[r] + 1) / a.ratio;
-        if (visible == 0) continue;
-        scores.resize(visible);
-        kernels::IndexerScoreParams sp;
-        sp.q = qi.data() + r * ih * ihd;
-        sp.w = iw.data() + r * ih;
-        sp.keys = ckv[rows.chunk_of[r]].keys.data();
-        sp.ldk = ihd;
-        sp.n = visible;
-        sp.num_heads = ih;
-        sp.dim = ihd;
-        sp.scores = scores.data();
-        kernels::IndexerScores(sp);
-        for (auto& s : scores) s = RoundBf16(s);
-        const int64_t k = std::min(topk, visible);
-        kernels::TopK(scores.data(), visible, k, picks.data() + r * topk);
-        num_picks[r] = int32_t(k);
+          for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
+            const int64_t e1 = std::min((rows.pos[r] + 1) / a.ratio, b1);
+            if (e1 <= b0) continue;
+            // The row's picks so far in index order, then this block's keys: candidates in
+            // index order, so TopK's ties by position are ties by key index.
+            const int64_t have = num_picks[r], count = e1 - b0;
+            int32_t* row_picks = picks.data() + r * topk;
+            float* row_scores = pick_scores.data() + r * topk;
+            order.resize(have);
+            for (int64_t i = 0; i < have; ++i) order[i] = int32_t(i);
+            std::sort(order.begin(), order.end(),
+                      [&](int32_t x, int32_t y) { return row_picks[x] < row_picks[y]; });
+            scores.resize(have + count);
+            idx.resize(have + count);
+            for (int64_t i = 0; i < have; ++i) {
+              idx[i] = row_picks[order[i]];
+              scores[i] = row_scores[order[i]];
+            }
+            kernels::IndexerScoreParams sp;
+            sp.q = qi.data() + r * ih * ihd;
+            sp.w = iw.data() + r * ih;
+            sp.keys = block_keys.data();
+            sp.ldk = ihd;
+            sp.n = count;
+            sp.num_heads = ih;
+            sp.dim = ihd;
+            sp.scores = scores.data() + have;
+            kernels::IndexerScores(sp);
+            for (int64_t j = 0; j < count; ++j) {
+              scores[have + j] = RoundBf16(scores[have + j]);
+              idx[have + j] = int32_t(b0 + j);
+            }
+            const int64_t k = std::min(topk, have + count);
+            sel.resize(k);
+            kernels::TopK(scores.data(), have + count, k, sel.data());
+            for (int64_t i = 0; i < k; ++i) {
+              row_picks[i] = idx[sel[i]];
+              row_scores[i] = scores[sel[i]];
+            }
+            num_picks[r] = int32_t(k);
+          }
+        }
       }
     }
     // Each chunk reads the entries its rows picked, once, in increasing order.

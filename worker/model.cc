@@ -73,6 +73,12 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
         config.num_hash_layers > 0 ? ": hash layers have num_experts_per_tok tid2eid columns)"
                                    : ")"));
   }
+  if (options.indexer_block_keys < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("indexer_block_keys is ",
+                                                   options.indexer_block_keys,
+                                                   "; expected at least 1"));
+  }
+  m->indexer_block_keys_ = options.indexer_block_keys;
   if (parallel.tp_size > 1 && parallel.tp == nullptr) {
     return absl::InvalidArgumentError("tensor parallelism needs a TP communicator");
   }

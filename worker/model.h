@@ -28,6 +28,9 @@ struct ModelOptions {
   // available) and the size of one page.
   uint64_t kv_memory_bytes = 0;
   int64_t kv_page_bytes = 64 << 10;
+  // The indexer scores a chunk's keys this many at a time (a running top-k between blocks), so
+  // its temporaries do not grow with the context. Any value gives the same picks.
+  int64_t indexer_block_keys = 8192;
 };
 inline constexpr double kDefaultKvMemoryFraction = 0.25;
 
@@ -127,6 +130,7 @@ class Model {
 
   ModelConfig config_;
   int64_t top_k_ = 0;
+  int64_t indexer_block_keys_ = 8192;
   std::shared_ptr<WeightSource> source_;
   std::unique_ptr<ModelWeights> w_;
   std::unique_ptr<kernels::Backend> backend_;

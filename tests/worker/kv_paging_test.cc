@@ -189,6 +189,41 @@ TEST_F(Paging, AChunkThePoolCannotHoldIsRefusedWholeAndOthersGoOn) {
   EXPECT_EQ(sb->position(), 60);
 }
 
+// The indexer reads a chunk's keys a block at a time with a running top-k; any block size picks
+// the same entries in the same order. 100 tokens: 25 keys per CSA layer, top-4, so blocks of 8
+// (and of 3, not a multiple of the kernels' 8-key tiles) merge up to 9 times per row.
+TEST_F(Paging, IndexerBlocksOfAnySizeGiveTheSameLogits) {
+  const auto tokens = Prompt(100, 6);
+  auto run = [&](int64_t block, int64_t chunk) {
+    ModelOptions o;
+    o.kv_memory_bytes = 16ull << 20;
+    o.indexer_block_keys = block;
+    auto m = Model::Load(*dir_, o);
+    EXPECT_TRUE(m.ok()) << m.status();
+    auto seq = (*m)->NewSequence();
+    std::vector<float> all;
+    for (int64_t pos = 0; pos < 100; pos += chunk) {
+      const auto part = Run(**m, seq.get(), tokens, pos, std::min<int64_t>(chunk, 100 - pos));
+      all.insert(all.end(), part.begin(), part.end());
+    }
+    return all;
+  };
+  const auto want = run(8192, 100);  // one block
+  for (const auto& [block, chunk] : std::vector<std::pair<int64_t, int64_t>>{
+           {8, 100}, {3, 100}, {8, 7}, {1, 13}}) {
+    const auto got = run(block, chunk);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0)
+        << "blocks of " << block << ", chunks of " << chunk;
+  }
+  ModelOptions bad;
+  bad.kv_memory_bytes = 16ull << 20;
+  bad.indexer_block_keys = 0;
+  auto m = Model::Load(*dir_, bad);
+  ASSERT_FALSE(m.ok());
+  EXPECT_THAT(std::string(m.status().message()), HasSubstr("indexer_block_keys is 0"));
+}
+
 TEST_F(Paging, APoolThatHoldsNoPageIsAnError) {
   ModelOptions o;
   o.kv_memory_bytes = 1000;
