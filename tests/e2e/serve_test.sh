@@ -53,6 +53,10 @@ pages_used() {  # total KV pages in use over the DP groups
   "$flotilla" status --server "$server" --json --timeout-s 10 |
     python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(int(g["pages_used"]) for g in s["cluster"]["scheduler"]["groups"]))'
 }
+worker_pages() {  # "used/total" KV pages of each worker's own pool, one line each
+  "$flotilla" status --server "$server" --json --timeout-s 10 |
+    python3 -c 'import json,sys; s=json.load(sys.stdin); [print(f"{int(w[\"stats\"][\"kv_pages_used\"])}/{int(w[\"stats\"][\"kv_pages_total\"])}") for w in s["cluster"]["workers"]]'
+}
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
 job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
 # Every process of the launcher, its timers included (their command line is the launcher's).
@@ -156,8 +160,12 @@ over-capacity)
   grep -q "RESOURCE_EXHAUSTED" "$work/big.txt" || { cat "$work/big.txt"; fail "no RESOURCE_EXHAUSTED"; }
   wait $ok || { cat "$work/ok.txt"; fail "the other stream did not complete"; }
   [ "$(ids_of "$work/ok.txt" | tr ',' '\n' | wc -l)" -eq 40 ] || fail "the other stream was cut short"
+  # Each worker reserved the coordinator's pool (8 MiB in 64 KiB pages) and holds no page once
+  # the stream is done (the release reaches the workers with the next step plan).
+  for _ in $(seq 1 100); do [ "$(worker_pages | sort -u)" = "0/128" ] && break; sleep 0.1; done
+  [ "$(worker_pages | sort -u)" = "0/128" ] || { worker_pages; fail "worker KV pages are not 0/128"; }
   stop_server || fail "server exit status $?"
-  echo "over-capacity request refused with the numbers; the other stream completed"
+  echo "over-capacity request refused with the numbers; the other stream completed; workers' pools back to 0/128 pages"
   ;;
 malformed)
   # Malformed requests each get INVALID_ARGUMENT with a useful message; the server keeps serving.
