@@ -58,9 +58,9 @@ absl::Status PagedKv::Put(const std::vector<int32_t>& table, int64_t page0, int6
     const int64_t run = std::min(per_page - slot, first + count - u);
     const kernels::DeviceSpan<uint8_t> dst =
         pool_->Page(table[size_t(page)]).subspan(slot * unit_bytes, run * unit_bytes);
-    RETURN_IF_ERROR(FromBackend(backend_->Upload<uint8_t>(
-        *queue_, std::span<const uint8_t>(src + (u - first) * unit_bytes, size_t(run * unit_bytes)),
-        dst)));
+    const std::span<const uint8_t> host(src + (u - first) * unit_bytes,
+                                        size_t(run * unit_bytes));
+    RETURN_IF_ERROR(FromBackend(backend_->Upload<uint8_t>(*queue_, host, dst)));
     u += run;
   }
   return Sync();  // the caller's host bytes may go once this returns
@@ -77,8 +77,8 @@ absl::Status PagedKv::Get(const std::vector<int32_t>& table, int64_t page0, int6
     const int64_t run = std::min(per_page - slot, first + count - u);
     const kernels::DeviceSpan<const uint8_t> src =
         pool_->Page(table[size_t(page)]).subspan(slot * unit_bytes, run * unit_bytes);
-    RETURN_IF_ERROR(FromBackend(backend_->Download<uint8_t>(
-        *queue_, src, std::span<uint8_t>(dst + (u - first) * unit_bytes, size_t(run * unit_bytes)))));
+    const std::span<uint8_t> host(dst + (u - first) * unit_bytes, size_t(run * unit_bytes));
+    RETURN_IF_ERROR(FromBackend(backend_->Download<uint8_t>(*queue_, src, host)));
     u += run;
   }
   return Sync();

@@ -132,7 +132,8 @@ struct WeightSelection {
 WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts);
 
 // Binds every selected tensor, checking dtypes and shapes (errors name the tensor and its
-// file), copies misaligned tensors (AlignedCopies), dequantises wo_a, checks tid2eid rows (ids in range, no repeats).
+// file), copies misaligned tensors (AlignedCopies), dequantises wo_a, checks tid2eid rows (ids
+// in range, no repeats).
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
                                                           const WeightSource& source,
                                                           const WeightSelection& selection);

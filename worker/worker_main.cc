@@ -371,7 +371,8 @@ int Main(int argc, char** argv) {
       WorkerControlHost host(int32_t(rank), int32_t(loaded->dp_group), int32_t(loaded->tp_rank));
       host.SetLoad(loaded->bytes_read, loaded->planned_bytes, 0, true, "");
       const KvPool& pool = loaded->model->kv_pool();
-      host.SetKvPool(pool.num_pages(), uint64_t(pool.num_pages()) * uint64_t(pool.layout().page_bytes));
+      host.SetKvPool(pool.num_pages(),
+                     uint64_t(pool.num_pages()) * uint64_t(pool.layout().page_bytes));
       // --control-address may name an interface or a subnet (one value for every node).
       absl::StatusOr<std::unique_ptr<WorkerControlServer>> control =
           absl::FailedPreconditionError("not started");

@@ -55,7 +55,7 @@ pages_used() {  # total KV pages in use over the DP groups
 }
 worker_pages() {  # "used/total" KV pages of each worker's own pool, one line each
   "$flotilla" status --server "$server" --json --timeout-s 10 |
-    python3 -c 'import json,sys; s=json.load(sys.stdin); [print(f"{int(w[\"stats\"][\"kv_pages_used\"])}/{int(w[\"stats\"][\"kv_pages_total\"])}") for w in s["cluster"]["workers"]]'
+    python3 -c 'import json,sys; s=json.load(sys.stdin); [print("%d/%d" % (int(w["stats"].get("kv_pages_used", 0)), int(w["stats"].get("kv_pages_total", 0)))) for w in s["cluster"]["workers"]]'
 }
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
 job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
