@@ -118,17 +118,24 @@ cancel)
   client=$!
   for _ in $(seq 1 100); do [ "$(pages_used)" -gt 0 ] && break; sleep 0.1; done
   [ "$(pages_used)" -gt 0 ] || fail "the long request never held KV pages"
+  # The worker that runs it holds pages of its own pool (1 GiB in 64 KiB pages: 16,384).
+  held() { worker_pages | awk -F/ '{ used += $1 } END { print used + 0 }'; }
+  for _ in $(seq 1 100); do [ "$(held)" -gt 0 ] && break; sleep 0.1; done
+  [ "$(held)" -gt 0 ] || { worker_pages; fail "no worker holds KV pages for the long request"; }
   kill -9 $client
   "$flotilla" generate --server "$server" --prompt-ids 9,10,11 --max-new-tokens 100000 \
     --ignore-eos --greedy --timeout-s 2 >"$work/deadline.txt" 2>&1
   [ $? -ne 0 ] || fail "a request past its deadline succeeded"
   for _ in $(seq 1 100); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
   [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the clients left: $(pages_used)"
+  # Every page returns to the workers' pools too (the release reaches them with the next plan).
+  for _ in $(seq 1 100); do [ "$(worker_pages | sort -u)" = "0/16384" ] && break; sleep 0.1; done
+  [ "$(worker_pages | sort -u)" = "0/16384" ] || { worker_pages; fail "worker pools not back to empty"; }
   # The server keeps serving.
   "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
     >"$work/after.txt" 2>&1 || fail "the server stopped serving"
   stop_server || fail "server exit status $?"
-  echo "disconnect and deadline: KV pool back to empty, server still serving"
+  echo "disconnect and deadline: KV pool back to empty (admission and workers), server still serving"
   ;;
 long-prompt)
   # A prompt of at least 65,536 tokens, streamed in chunks, is admitted, reports progress and
