@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 
@@ -21,7 +23,10 @@ using ::testing::HasSubstr;
 class Paging : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string((fs::temp_directory_path() / "flotilla_kv_paging_test").string());
+    // Per process: another checkout's run of this test may share the temporary directory.
+    dir_ = new std::string(
+        (fs::temp_directory_path() / ("flotilla_kv_paging_test_" + std::to_string(getpid())))
+            .string());
     auto config = PresetConfig("tiny");
     ASSERT_TRUE(config.ok()) << config.status();
     SyntheticOptions opt;

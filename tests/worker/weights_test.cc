@@ -1,6 +1,8 @@
 // The loader and misaligned tensors: safetensors packs tensors without padding, so a tensor can
 // start at an address that does not suit its element type. Such a tensor is copied into aligned
 // storage when it is bound, with its values unchanged; an aligned one is used in place.
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -29,7 +31,8 @@ bool AlignedFor(const void* p) {
 //   pad2 U8   [1]  bytes [43, 44)
 //   h    F32  [2]  bytes [44, 52)  aligned (the data section starts 8-byte aligned)
 TEST(AlignedCopies, MisalignedTensorsOfASafetensorsFileReadTheirValues) {
-  const std::string path = (fs::temp_directory_path() / "flotilla_weights_test.safetensors");
+  const std::string path = (fs::temp_directory_path() /
+                            ("flotilla_weights_test_" + std::to_string(getpid()) + ".safetensors"));
   const uint8_t pad = 0x5a;
   const float f[5] = {1.5f, -2.25f, 3.0e-5f, 65504.0f, -0.0f};
   const uint16_t b[3] = {0x3f80, 0xc040, 0x0001};  // bf16 1.0, -3.0, smallest subnormal
@@ -103,7 +106,9 @@ class MisalignedSource : public WeightSource {
 };
 
 TEST(AlignedCopies, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
-  const std::string dir = (fs::temp_directory_path() / "flotilla_weights_test_tiny").string();
+  const std::string dir =
+      (fs::temp_directory_path() / ("flotilla_weights_test_tiny_" + std::to_string(getpid())))
+          .string();
   auto config = PresetConfig("tiny");
   ASSERT_TRUE(config.ok()) << config.status();
   SyntheticOptions opt;
