@@ -58,8 +58,7 @@ absl::Status PagedKv::Put(const std::vector<int32_t>& table, int64_t page0, int6
     const int64_t run = std::min(per_page - slot, first + count - u);
     const kernels::DeviceSpan<uint8_t> dst =
         pool_->Page(table[size_t(page)]).subspan(slot * unit_bytes, run * unit_bytes);
-    const std::span<const uint8_t> host(src + (u - first) * unit_bytes,
-                                        size_t(run * unit_bytes));
+    const std::span<const uint8_t> host(src + (u - first) * unit_bytes, size_t(run * unit_bytes));
     RETURN_IF_ERROR(FromBackend(backend_->Upload<uint8_t>(*queue_, host, dst)));
     u += run;
   }
@@ -126,8 +125,8 @@ absl::Status PagedKv::WriteWindow(const SequencePageTables& t, int64_t layer, in
 absl::Status PagedKv::ReadWindow(const SequencePageTables& t, int64_t layer, bf16* rows) const {
   const int64_t w = c_.sliding_window;
   std::vector<uint8_t> packed(size_t(w * main_bytes_));
-  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].window, 0, main_bytes_,
-                      pool_->layout().main_per_page, 0, w, packed.data()));
+  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].window, 0, main_bytes_, pool_->layout().main_per_page,
+                      0, w, packed.data()));
   UnpackMain(c_, main_bytes_, w, packed.data(), rows);
   return absl::OkStatus();
 }
@@ -143,8 +142,8 @@ absl::Status PagedKv::WriteMain(const SequencePageTables& t, int64_t layer, int6
 absl::Status PagedKv::ReadMain(const SequencePageTables& t, int64_t layer, int64_t first,
                                int64_t count, bf16* rows) const {
   std::vector<uint8_t> packed(size_t(count * main_bytes_));
-  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].main, 0, main_bytes_,
-                      pool_->layout().main_per_page, first, count, packed.data()));
+  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].main, 0, main_bytes_, pool_->layout().main_per_page,
+                      first, count, packed.data()));
   UnpackMain(c_, main_bytes_, count, packed.data(), rows);
   return absl::OkStatus();
 }
@@ -156,9 +155,8 @@ absl::Status PagedKv::ReadMainAt(const SequencePageTables& t, int64_t layer,
   for (int64_t i = 0; i < n;) {  // runs of consecutive entries
     int64_t j = i + 1;
     while (j < n && idx[size_t(j)] == idx[size_t(j - 1)] + 1) ++j;
-    RETURN_IF_ERROR(Get(t.layers[size_t(layer)].main, 0, main_bytes_,
-                        pool_->layout().main_per_page, idx[size_t(i)], j - i,
-                        packed.data() + i * main_bytes_));
+    RETURN_IF_ERROR(Get(t.layers[size_t(layer)].main, 0, main_bytes_, pool_->layout().main_per_page,
+                        idx[size_t(i)], j - i, packed.data() + i * main_bytes_));
     i = j;
   }
   UnpackMain(c_, main_bytes_, n, packed.data(), rows);
@@ -176,15 +174,15 @@ absl::Status PagedKv::WriteKeys(const SequencePageTables& t, int64_t layer, int6
   p.ldx = c_.index_head_dim;
   p.entries = packed.data();
   kernels::PackIndexerKeys(p);
-  return Put(t.layers[size_t(layer)].indexer, 0, key_bytes_, pool_->layout().keys_per_page,
-             first, count, packed.data());
+  return Put(t.layers[size_t(layer)].indexer, 0, key_bytes_, pool_->layout().keys_per_page, first,
+             count, packed.data());
 }
 
 absl::Status PagedKv::ReadKeys(const SequencePageTables& t, int64_t layer, int64_t first,
                                int64_t count, bf16* rows) const {
   std::vector<uint8_t> packed(size_t(count * key_bytes_));
-  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].indexer, 0, key_bytes_,
-                      pool_->layout().keys_per_page, first, count, packed.data()));
+  RETURN_IF_ERROR(Get(t.layers[size_t(layer)].indexer, 0, key_bytes_, pool_->layout().keys_per_page,
+                      first, count, packed.data()));
   kernels::KvUnpackParams p;
   p.rows = count;
   p.nope = c_.index_head_dim;
@@ -230,8 +228,8 @@ absl::Status PagedKv::WriteState(const SequencePageTables& t, int64_t layer, Com
   return StateIo(t, layer, which, nullptr, &st, 0, StateRows(layer, which));
 }
 
-absl::Status PagedKv::WriteStateRows(const SequencePageTables& t, int64_t layer,
-                                     Compressor which, const CompressorState& st, int64_t first,
+absl::Status PagedKv::WriteStateRows(const SequencePageTables& t, int64_t layer, Compressor which,
+                                     const CompressorState& st, int64_t first,
                                      int64_t count) const {
   return StateIo(t, layer, which, nullptr, &st, first, count);
 }

@@ -43,23 +43,23 @@ class PagedKv {
   int64_t StateWidth(int64_t layer, Compressor which) const;
 
   // Window ring slots [first, first + count) (no wrap) from / to rows of head_dim bf16.
-  absl::Status WriteWindow(const SequencePageTables& t, int64_t layer, int64_t first,
-                           int64_t count, const bf16* rows) const;
+  absl::Status WriteWindow(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
+                           const bf16* rows) const;
   // The whole ring, [sliding_window, head_dim].
   absl::Status ReadWindow(const SequencePageTables& t, int64_t layer, bf16* rows) const;
 
   // Compressed main entries [first, first + count).
-  absl::Status WriteMain(const SequencePageTables& t, int64_t layer, int64_t first,
-                         int64_t count, const bf16* rows) const;
+  absl::Status WriteMain(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
+                         const bf16* rows) const;
   absl::Status ReadMain(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
                         bf16* rows) const;
   // Entries idx[i] (increasing) into rows i.
-  absl::Status ReadMainAt(const SequencePageTables& t, int64_t layer,
-                          std::span<const int32_t> idx, bf16* rows) const;
+  absl::Status ReadMainAt(const SequencePageTables& t, int64_t layer, std::span<const int32_t> idx,
+                          bf16* rows) const;
 
   // Indexer keys [first, first + count), rows of index_head_dim bf16.
-  absl::Status WriteKeys(const SequencePageTables& t, int64_t layer, int64_t first,
-                         int64_t count, const bf16* rows) const;
+  absl::Status WriteKeys(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
+                         const bf16* rows) const;
   absl::Status ReadKeys(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
                         bf16* rows) const;
 

@@ -4,7 +4,6 @@
 // as it was.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cstring>
@@ -147,8 +146,8 @@ TEST_F(Paging, EveryPageReturnsHoweverASequenceEnds) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
     EXPECT_EQ(failed->position(), 10);
     cancelled.reset();
-    EXPECT_EQ(pool.pages_used(), layout.SequencePages(120).Total() +
-                                     layout.SequencePages(10).Total());
+    EXPECT_EQ(pool.pages_used(),
+              layout.SequencePages(120).Total() + layout.SequencePages(10).Total());
   }
   EXPECT_EQ(pool.pages_used(), 0);
   EXPECT_EQ(pool.pages_free(), pool.num_pages());
@@ -214,8 +213,8 @@ TEST_F(Paging, IndexerBlocksOfAnySizeGiveTheSameLogits) {
     return all;
   };
   const auto want = run(8192, 100);  // one block
-  for (const auto& [block, chunk] : std::vector<std::pair<int64_t, int64_t>>{
-           {8, 100}, {3, 100}, {8, 7}, {1, 13}}) {
+  for (const auto& [block, chunk] :
+       std::vector<std::pair<int64_t, int64_t>>{{8, 100}, {3, 100}, {8, 7}, {1, 13}}) {
     const auto got = run(block, chunk);
     ASSERT_EQ(got.size(), want.size());
     EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * 4), 0)

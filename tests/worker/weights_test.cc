@@ -1,6 +1,8 @@
 // The loader and misaligned tensors: safetensors packs tensors without padding, so a tensor can
 // start at an address that does not suit its element type. Such a tensor is copied into aligned
 // storage when it is bound, with its values unchanged; an aligned one is used in place.
+#include "worker/weights.h"
+
 #include <unistd.h>
 
 #include <cstring>
@@ -11,7 +13,6 @@
 #include "common/synthetic.h"
 #include "gtest/gtest.h"
 #include "worker/model.h"
-#include "worker/weights.h"
 
 namespace flotilla {
 namespace {
