@@ -14,6 +14,7 @@
 #include "coordinator/front_door.h"
 #include "coordinator/grpc_server.h"
 #include "coordinator/host_memory.h"
+#include "coordinator/kv_pages.h"
 #include "coordinator/liveness.h"
 #include "coordinator/http_server.h"
 #include "coordinator/metrics.h"
@@ -33,7 +34,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: flotilla-coordinator --model DIR [--tp T] [--address A] [--port P] [--port-file F]\n"
-    "           [--kv-pool SIZE] [--page-tokens N] [--step-token-budget N] [--max-queued N]\n"
+    "           [--kv-pool SIZE] [--kv-page SIZE] [--step-token-budget N] [--max-queued N]\n"
     "           [--max-running N] [--timeout-s S] [--liveness-s S] [--http-port H]\n"
     "           [--http-port-file F] [--api-key K] [--tls-cert PEM --tls-key PEM]\n"
     "           [--insecure-public]\n"
@@ -42,8 +43,9 @@ constexpr char kUsage[] =
     "  --tp T                  tensor-parallel ranks per DP group (default 1)\n"
     "  --address A, --port P   where gRPC listens (default 127.0.0.1:50051; port 0: any free)\n"
     "  --port-file F           write the port there once serving\n"
-    "  --kv-pool SIZE          KV budget per DP group, e.g. 2GiB (default 1GiB)\n"
-    "  --page-tokens N         tokens per KV page (default 256)\n"
+    "  --kv-pool SIZE          KV pool of each worker rank (each holds its DP group's KV),\n"
+    "                          e.g. 2GiB (default 1GiB); launch/flotilla-serve passes it on\n"
+    "  --kv-page SIZE          KV page size, the workers' too (default 64KiB)\n"
     "  --step-token-budget N   prompt and decode tokens per step (default 2048)\n"
     "  --max-queued N          requests waiting for KV before RESOURCE_EXHAUSTED (default 256)\n"
     "  --max-running N         sequences per DP group (default 64)\n"
@@ -87,7 +89,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(cli::Flags f,
                    cli::Flags::Parse(argv,
                                      {"--model", "--tp", "--address", "--port", "--port-file",
-                                      "--kv-pool", "--page-tokens", "--step-token-budget",
+                                      "--kv-pool", "--kv-page", "--step-token-budget",
                                       "--max-queued", "--max-running", "--timeout-s",
                                       "--liveness-s", "--http-port", "--http-port-file",
                                       "--api-key", "--tls-cert", "--tls-key"},
@@ -100,7 +102,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   o.serving.port = int(port);
   o.port_file = f.Get("--port-file");
   ASSIGN_OR_RETURN(o.scheduler.kv_pool_bytes_per_group, ParseByteSize(f.Get("--kv-pool", "1GiB")));
-  ASSIGN_OR_RETURN(o.scheduler.page_tokens, f.Int("--page-tokens", 256));
+  ASSIGN_OR_RETURN(const uint64_t kv_page, ParseByteSize(f.Get("--kv-page", "64KiB")));
+  if (kv_page > uint64_t(1) << 40) return absl::InvalidArgumentError("--kv-page is over 1 TiB");
+  o.scheduler.kv_page_bytes = int64_t(kv_page);
   ASSIGN_OR_RETURN(o.scheduler.step_token_budget, f.Int("--step-token-budget", 2048));
   ASSIGN_OR_RETURN(o.scheduler.max_queued, f.Int("--max-queued", 256));
   ASSIGN_OR_RETURN(o.scheduler.max_running_per_group, f.Int("--max-running", 64));
@@ -198,7 +202,11 @@ int Main(int argc, char** argv) {
     }
   }
   absl::Status st = AgreeOnLoad(*world, setup, 0, /*participates_only=*/setup.ok());
-  if (!st.ok()) return fail(st);
+  if (!st.ok()) {
+    fail(st);
+    (void)world->Barrier({"load failure reported", -1});  // the workers exit after the message
+    return 1;
+  }
 
   // Where each worker's control service listens (world rank order; ours is empty).
   auto endpoints = ExchangeControlEndpoints(*world, "");
@@ -213,7 +221,13 @@ int Main(int argc, char** argv) {
       WorkerReport report = control[r]->Report(int32_t(r + 1), std::chrono::milliseconds(10000));
       if (report.error.empty()) stats.push_back(report.stats);
     }
-    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, opts->tp, stats);
+    st = CheckKvPoolFitsHosts(opts->scheduler.kv_pool_bytes_per_group, stats);
+    // Admission counts the pages the workers hold: their pools must be the ones it assumes.
+    if (st.ok()) {
+      const KvPageGeometry g = *KvPageGeometry::Make(config, opts->scheduler.kv_page_bytes);
+      st = CheckWorkerKvPools(g.PagesInPool(opts->scheduler.kv_pool_bytes_per_group),
+                              g.page_bytes, stats);
+    }
     if (!st.ok()) {
       world->Abort(st);  // the workers wait for their first step
       return fail(st);

@@ -9,7 +9,7 @@
 
 namespace flotilla {
 
-absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
+absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group,
                                   const std::vector<WorkerStats>& workers) {
   struct Host {
     int64_t ranks = 0;
@@ -23,12 +23,12 @@ absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
     h.weights += w.weight_bytes;
     h.memory = w.host_memory_bytes;
   }
-  const uint64_t share = pool_bytes_per_group / uint64_t(std::max<int64_t>(tp, 1));
+  const uint64_t share = pool_bytes_per_group;  // every rank of a group holds the whole pool
   const std::string* worst = nullptr;
   uint64_t fits = UINT64_MAX;  // the largest pool per group that fits every host
   for (const auto& [name, h] : hosts) {
     const uint64_t room = h.memory > h.weights ? h.memory - h.weights : 0;
-    const uint64_t host_fits = room / uint64_t(h.ranks) * uint64_t(std::max<int64_t>(tp, 1));
+    const uint64_t host_fits = room / uint64_t(h.ranks);
     fits = std::min(fits, host_fits);
     if (share > room / uint64_t(h.ranks) && worst == nullptr) worst = &name;
   }
@@ -37,8 +37,23 @@ absl::Status CheckKvPoolFitsHosts(uint64_t pool_bytes_per_group, int64_t tp,
   return absl::InvalidArgumentError(absl::StrCat(
       "--kv-pool ", FormatBytes(pool_bytes_per_group), " per DP group does not fit host '", *worst,
       "': its ", h.ranks, " worker rank(s) hold ", FormatBytes(h.weights), " of weights and at least ",
-      FormatBytes(share), " of KV each (the pool / tp ", tp, "), more than its ",
+      FormatBytes(share), " of KV each (the whole pool), more than its ",
       FormatBytes(h.memory), " of memory; the largest pool that fits is ", FormatBytes(fits)));
+}
+
+absl::Status CheckWorkerKvPools(int64_t pages, uint64_t page_bytes,
+                                const std::vector<WorkerStats>& workers) {
+  for (const WorkerStats& w : workers) {
+    if (w.kv_pages_total == 0) continue;
+    const uint64_t their_page = w.kv_pool_bytes / uint64_t(w.kv_pages_total);
+    if (w.kv_pages_total == pages && their_page == page_bytes) continue;
+    return absl::InvalidArgumentError(absl::StrCat(
+        "worker (world rank ", w.world_rank, ") holds a KV pool of ", w.kv_pages_total,
+        " pages of ", their_page, " bytes; admission counts ", pages, " pages of ", page_bytes,
+        " bytes (--kv-pool / --kv-page of the coordinator; launch/flotilla-serve passes them to "
+        "the workers as --kv-memory / --kv-page)"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace flotilla

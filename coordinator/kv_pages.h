@@ -1,41 +1,35 @@
-// KV page arithmetic of admission (design.md §5; spec §8.2 packed layout; sharding/capacity.h).
-//
-// A page holds `page_tokens` tokens' worth of what grows with the context: the compressed main
-// entries of every compressing layer and the indexer keys of every CSA layer (MTP layers
-// included). Its size comes from the per-token rates, rounded up to a byte:
-//   page_bytes = ceil(page_tokens x sum over layers of (main_entry / ratio [+ indexer_key / 4]))
-// (V4-Flash, 256 tokens: 256 x 3,514.25 = 899,648 B). What does not grow — the sliding-window
-// rings, the MTP window and the compressors' unfinished-block state — is reserved per sequence as
-// whole pages too (`fixed_pages`). A request of T positions reserves
-//   PagesFor(T) = fixed_pages + ceil(T / page_tokens)
-// which is never less than SequenceKvBytesAt(T).Total(): floor(T / ratio) entries never exceed
-// T / ratio of an entry. The coordinator only counts pages; the workers own the memory.
+// KV page arithmetic of admission (design.md §5; spec §8.2 packed layout): the pages of a
+// worker's KV pool, counted with the workers' own arithmetic (sharding/kv_pool_layout.h), so that
+// what admission reserves is what the workers hold. A request of T positions reserves
+//   PagesFor(T) = KvPoolLayout::SequencePages(T).Total()
+// pages: its window rings and compressor states (fixed) and the pages of compressed entries and
+// indexer keys T positions fill, per layer and kind. A worker's sequence never holds more: it
+// grows its page tables to the positions it has run, at most T. The coordinator only counts
+// pages; the workers own the memory.
 #pragma once
 
 #include <cstdint>
 
 #include "common/model_config.h"
 #include "common/status.h"
+#include "sharding/kv_pool_layout.h"
 
 namespace flotilla {
 
 struct KvPageGeometry {
-  int64_t page_tokens = 0;
-  uint64_t page_bytes = 0;   // compressed entries + indexer keys of page_tokens tokens
-  uint64_t fixed_bytes = 0;  // per sequence: windows + MTP window + compressor state
-  int64_t fixed_pages = 0;   // ceil(fixed_bytes / page_bytes)
+  KvPoolLayout layout;
+  uint64_t page_bytes = 0;
+  int64_t fixed_pages = 0;  // per sequence: windows, MTP window, compressor state
 
-  // INVALID_ARGUMENT for page_tokens < 1 or a config in which nothing grows with the context
-  // (no compressing layer: a page would be empty).
-  static absl::StatusOr<KvPageGeometry> Make(const ModelConfig& config, int64_t page_tokens);
+  // INVALID_ARGUMENT naming what a page of `page_bytes` cannot hold (KvPoolLayout::Make).
+  static absl::StatusOr<KvPageGeometry> Make(const ModelConfig& config, int64_t page_bytes);
 
-  int64_t PagesFor(int64_t tokens) const {
-    return fixed_pages + (tokens + page_tokens - 1) / page_tokens;
-  }
+  int64_t PagesFor(int64_t tokens) const { return layout.SequencePages(tokens).Total(); }
   uint64_t ReservationBytes(int64_t tokens) const {
     return uint64_t(PagesFor(tokens)) * page_bytes;
   }
-  int64_t PagesInPool(uint64_t pool_bytes) const { return int64_t(pool_bytes / page_bytes); }
+  // Pages of a pool of `pool_bytes`, as a worker's KvPool makes them.
+  int64_t PagesInPool(uint64_t pool_bytes) const { return layout.PagesInPool(pool_bytes); }
 };
 
 // The page count of one DP group's pool. Not thread-safe (the scheduler's lock guards it).

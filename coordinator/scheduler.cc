@@ -53,20 +53,21 @@ absl::Status SchedulerOptions::Validate(const ModelConfig& config) const {
     return absl::InvalidArgumentError(
         absl::StrCat("scheduler option num_dp_groups is ", num_dp_groups, " (at most 2^20)"));
   }
-  RETURN_IF_ERROR(at_least("page_tokens", page_tokens, 1));
   RETURN_IF_ERROR(at_least("step_token_budget", step_token_budget, 1));
   RETURN_IF_ERROR(at_least("max_queued", max_queued, 0));
   RETURN_IF_ERROR(at_least("max_running_per_group", max_running_per_group, 1));
   RETURN_IF_ERROR(at_least("max_head_bypass", max_head_bypass, 0));
-  ASSIGN_OR_RETURN(const KvPageGeometry g, KvPageGeometry::Make(config, page_tokens));
-  // A pool that cannot hold one page of tokens of one sequence would refuse every request.
-  const int64_t tokens = std::min(page_tokens, config.max_position_embeddings);
-  if (g.PagesInPool(kv_pool_bytes_per_group) < g.PagesFor(tokens)) {
+  absl::StatusOr<KvPageGeometry> g = KvPageGeometry::Make(config, kv_page_bytes);
+  if (!g.ok()) return absl::InvalidArgumentError(absl::StrCat("--kv-page: ", g.status().message()));
+  // A pool that cannot hold the smallest request (one prompt token, one new token) would
+  // refuse every request.
+  const int64_t tokens = std::min<int64_t>(2, config.max_position_embeddings);
+  if (g->PagesInPool(kv_pool_bytes_per_group) < g->PagesFor(tokens)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "KV pool per DP group (--kv-pool) is ", kv_pool_bytes_per_group, " bytes (",
-        g.PagesInPool(kv_pool_bytes_per_group), " pages of ", g.page_bytes,
-        " bytes); one sequence of ", tokens, " tokens needs ", g.PagesFor(tokens), " pages: give at least ",
-        g.ReservationBytes(tokens), " bytes"));
+        g->PagesInPool(kv_pool_bytes_per_group), " pages of ", g->page_bytes,
+        " bytes); one sequence of ", tokens, " tokens needs ", g->PagesFor(tokens),
+        " pages: give at least ", g->ReservationBytes(tokens), " bytes"));
   }
   return absl::OkStatus();
 }
@@ -346,7 +347,7 @@ Scheduler::Scheduler(const ModelConfig& config, const SchedulerOptions& options,
     std::abort();
   }
   impl_ = std::make_unique<Impl>(config, options, tokenizer,
-                                 *KvPageGeometry::Make(config, options.page_tokens));
+                                 *KvPageGeometry::Make(config, options.kv_page_bytes));
 }
 
 Scheduler::~Scheduler() = default;

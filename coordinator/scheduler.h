@@ -34,8 +34,10 @@ namespace flotilla {
 
 struct SchedulerOptions {
   int64_t num_dp_groups = 1;
-  uint64_t kv_pool_bytes_per_group = 1ull << 30;  // packed layout (sharding/capacity.h)
-  int64_t page_tokens = 256;                      // tokens of compressed KV per page
+  // The KV pool of every worker rank of a DP group (each holds the group's whole KV) and its
+  // page size: admission counts the pages such a pool holds (coordinator/kv_pages.h).
+  uint64_t kv_pool_bytes_per_group = 1ull << 30;
+  int64_t kv_page_bytes = 64 << 10;
   int64_t step_token_budget = 2048;  // tokens per step over all sequences (a decode counts 1)
   int64_t max_queued = 256;          // waiting requests beyond this are refused
   int64_t max_running_per_group = 64;

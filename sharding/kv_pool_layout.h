@@ -13,6 +13,7 @@
 // `flotilla plan` all count pages with this one struct.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -49,8 +50,9 @@ struct KvPoolLayout {
   Pages LayerPages(int64_t layer, int64_t tokens) const;
   int64_t num_layers() const { return int64_t(ratios_.size()); }
 
+  // Pages of a pool of `pool_bytes`; page ids are int32, so at most INT32_MAX.
   int64_t PagesInPool(uint64_t pool_bytes) const {
-    return int64_t(pool_bytes / uint64_t(page_bytes));
+    return int64_t(std::min<uint64_t>(pool_bytes / uint64_t(page_bytes), INT32_MAX));
   }
 
   // The longest context one sequence reaches in `pages` pages: the largest T <= cap with

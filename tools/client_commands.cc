@@ -24,6 +24,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "tools/command.h"
 #include "common/flags.h"
+#include "sharding/capacity.h"
 
 namespace flotilla::cli {
 namespace {
@@ -484,7 +485,9 @@ int StatusMain(const std::vector<std::string>& args) {
                       w.load().error().empty() ? "" : " (load error: " + w.load().error() + ")",
                       ", dp group ", w.stats().dp_group(), ", tp rank ", w.stats().tp_rank(),
                       ", steps ", w.stats().steps(), ", KV pages ", w.stats().kv_pages_used(), "/",
-                      w.stats().kv_pages_total(), ", device ", w.stats().device());
+                      w.stats().kv_pages_total(), " (",
+                      w.stats().kv_pages_total() - w.stats().kv_pages_used(), " free, pool ",
+                      FormatBytes(w.stats().kv_pool_bytes()), "), device ", w.stats().device());
     }
     Out(line + "\n");
   }

@@ -26,10 +26,16 @@ void WorkerControlHost::SetState(WorkerState state, const std::string& message) 
   message_ = message;
 }
 
-void WorkerControlHost::OnStep(int64_t tokens, int64_t sequences) {
+void WorkerControlHost::SetKvPool(int64_t pages_total, uint64_t pool_bytes) {
+  kv_pages_total_ = pages_total;
+  kv_pool_bytes_ = pool_bytes;
+}
+
+void WorkerControlHost::OnStep(int64_t tokens, int64_t sequences, int64_t kv_pages_used) {
   ++steps_;
   tokens_ += tokens;
   sequences_ = sequences;
+  kv_pages_used_ = kv_pages_used;
 }
 
 uint32_t WorkerControlHost::TakeWishes() { return wishes_.exchange(0); }
@@ -57,6 +63,9 @@ WorkerStats WorkerControlHost::Stats() {
   s.tokens_processed = tokens_;
   s.sequences = sequences_;
   s.weight_bytes = weight_bytes_;
+  s.kv_pages_total = kv_pages_total_;
+  s.kv_pages_used = kv_pages_used_;
+  s.kv_pool_bytes = kv_pool_bytes_;
   s.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   s.device = "cpu";
   char host[256] = {};

@@ -22,7 +22,10 @@ class WorkerControlHost : public WorkerControlLogic {
   void SetLoad(uint64_t bytes_loaded, uint64_t bytes_total, int64_t tensors, bool done,
                const std::string& error);
   void SetState(WorkerState state, const std::string& message = "");
-  void OnStep(int64_t tokens, int64_t sequences);
+  // The KV pool's size, once it exists.
+  void SetKvPool(int64_t pages_total, uint64_t pool_bytes);
+  // After each step: tokens run, sequences held, KV pages they hold.
+  void OnStep(int64_t tokens, int64_t sequences, int64_t kv_pages_used);
   // Drain / shutdown wishes not yet passed on (bit 0 drain, bit 1 shutdown); clears them.
   uint32_t TakeWishes();
 
@@ -41,7 +44,8 @@ class WorkerControlHost : public WorkerControlLogic {
   std::string message_;
   WorkerLoadProgress load_;
   std::atomic<int64_t> steps_{0}, tokens_{0}, sequences_{0};
-  std::atomic<uint64_t> weight_bytes_{0};
+  std::atomic<uint64_t> weight_bytes_{0}, kv_pool_bytes_{0};
+  std::atomic<int64_t> kv_pages_total_{0}, kv_pages_used_{0};
   std::atomic<uint32_t> wishes_{0};
 };
 

@@ -2,19 +2,37 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/model_tensors.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/ops.h"
+#include "sharding/capacity.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
 
-void CompressorState::Reset(int64_t rows, int64_t width) {
-  kv.assign(rows * width, 0.0f);
-  score.assign(rows * width, -std::numeric_limits<float>::infinity());
+namespace {
+
+// MemAvailable of /proc/meminfo in bytes; 0 when it cannot be read.
+uint64_t AvailableHostMemory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024;
+  }
+  return 0;
+}
+
+}  // namespace
+
+SequenceState::~SequenceState() {
+  if (pool_ != nullptr) pool_->Release(&pages_);
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
@@ -55,35 +73,57 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
         config.num_hash_layers > 0 ? ": hash layers have num_experts_per_tok tid2eid columns)"
                                    : ")"));
   }
+  if (options.indexer_block_keys < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("indexer_block_keys is ",
+                                                   options.indexer_block_keys,
+                                                   "; expected at least 1"));
+  }
+  m->indexer_block_keys_ = options.indexer_block_keys;
   if (parallel.tp_size > 1 && parallel.tp == nullptr) {
     return absl::InvalidArgumentError("tensor parallelism needs a TP communicator");
   }
   m->source_ = std::move(source);
   ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_, selection));
+
+  ASSIGN_OR_RETURN(const KvPoolLayout layout, KvPoolLayout::Make(config, options.kv_page_bytes));
+  uint64_t pool_bytes = options.kv_memory_bytes;
+  if (pool_bytes == 0) {
+    pool_bytes = uint64_t(double(AvailableHostMemory()) * kDefaultKvMemoryFraction);
+    if (pool_bytes == 0) {
+      return absl::FailedPreconditionError(
+          "the KV pool size is not given and /proc/meminfo has no MemAvailable; pass a size");
+    }
+  }
+  m->backend_ = std::make_unique<kernels::CpuBackend>();
+  m->queue_ = m->backend_->NewQueue();
+  absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(*m->backend_, layout, pool_bytes);
+  if (!pool.ok()) {
+    return absl::Status(pool.status().code(),
+                        absl::StrCat("KV pool of ", FormatBytes(pool_bytes),
+                                     " (--kv-memory; flotilla-serve passes --kv-pool) in ",
+                                     FormatBytes(uint64_t(layout.page_bytes)), " pages: ",
+                                     pool.status().message()));
+  }
+  m->pool_ = std::move(*pool);
+  m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(),
+                                     m->queue_.get());
   return m;
 }
 
 std::unique_ptr<SequenceState> Model::NewSequence() const {
-  auto s = std::make_unique<SequenceState>();
-  const ModelConfig& c = config_;
-  auto init = [&](LayerCache& lc, int64_t layer_id) {
-    lc.window.assign(c.sliding_window * c.head_dim, 0);
-    const int64_t ratio = c.RatioOf(layer_id);
-    if (ratio != 0) lc.comp.Reset(ratio == 4 ? 8 : ratio, ratio == 4 ? 2 * c.head_dim : c.head_dim);
-    if (ratio == 4) lc.index_comp.Reset(8, 2 * c.index_head_dim);
-  };
-  s->layers_.resize(c.num_hidden_layers);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) init(s->layers_[l], l);
-  s->mtp_.resize(c.num_nextn_predict_layers);
-  for (int64_t i = 0; i < c.num_nextn_predict_layers; ++i) {
-    init(s->mtp_[i], c.num_hidden_layers + i);
-  }
-  return s;
+  return std::unique_ptr<SequenceState>(new SequenceState(pool_));
 }
 
-LayerCache& Model::CacheOf(SequenceState* seq, int64_t layer_id) {
-  const int64_t main_layers = int64_t(seq->layers_.size());
-  return layer_id < main_layers ? seq->layers_[layer_id] : seq->mtp_[layer_id - main_layers];
+absl::Status Model::ReserveKv(std::span<const Chunk> chunks) const {
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    SequenceState* seq = chunks[i].seq;
+    const bool fresh = seq->pages_.layers.empty();
+    const absl::Status s =
+        pool_->Reserve(seq->pos_ + int64_t(chunks[i].tokens.size()), &seq->pages_);
+    if (!s.ok()) return absl::Status(s.code(), absl::StrCat("chunk ", i, ": ", s.message()));
+    if (fresh) RETURN_IF_ERROR(kv_->ResetStates(seq->pages_));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Model::CheckTokens(std::span<const int32_t> tokens, const char* what) const {
@@ -272,6 +312,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
              ch.experts_per_token > 0 ? ch.experts_per_token : top_k_);
   }
 
+  RETURN_IF_ERROR(ReserveKv(chunks));
   ++step_;
   std::vector<bf16> h;
   RETURN_IF_ERROR(Embed(rows, &h));
@@ -343,7 +384,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       kernels::RmsNorm(x.data(), d, mw.block.attn_norm, mrows.n, d, float(c.rms_norm_eps),
                        x.data(), d);
       KvPath(mw.block.attn, mrows, x.data(), kv.data());
-      WriteWindow(mrows, mw.block.attn, kv.data());
+      RETURN_IF_ERROR(WriteWindow(mrows, mw.block.attn, kv.data()));
     }
     for (const auto& ch : rows.chunks) {
       const int64_t last = ch.first_row + ch.n - 1;

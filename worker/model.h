@@ -12,6 +12,9 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "kernels/backend.h"
+#include "worker/kv_pool.h"
+#include "worker/paged_kv.h"
 #include "worker/parallel.h"
 #include "worker/weights.h"
 
@@ -21,34 +24,34 @@ struct ModelOptions {
   // Routed experts per token; 0 keeps the config's num_experts_per_tok. Hash layers use the
   // first K columns of tid2eid (the 4-expert variant: K = 4).
   int64_t experts_per_token = 0;
+  // The KV pool: bytes of pages (0: kDefaultKvMemoryFraction of the memory the host has
+  // available) and the size of one page.
+  uint64_t kv_memory_bytes = 0;
+  int64_t kv_page_bytes = 64 << 10;
+  // The indexer scores a chunk's keys this many at a time (a running top-k between blocks), so
+  // its temporaries do not grow with the context. Any value gives the same picks.
+  int64_t indexer_block_keys = 8192;
 };
-
-// Compressor state of one sequence (spec §6): `rows` slots of `width` channels; kv = 0 and
-// score = -inf at sequence start.
-struct CompressorState {
-  std::vector<float> kv, score;
-  void Reset(int64_t rows, int64_t width);
-};
-
-// One layer's cache for one sequence.
-struct LayerCache {
-  std::vector<bf16> window;       // [W, hd] ring, slot = position mod W
-  std::vector<bf16> compressed;   // [entries, hd], entry j covers tokens [j*m, (j+1)*m)
-  std::vector<bf16> index_keys;   // [entries, ihd] (CSA)
-  CompressorState comp, index_comp;
-};
+inline constexpr double kDefaultKvMemoryFraction = 0.25;
 
 // Everything a sequence carries between steps. Create with Model::NewSequence(); one state per
-// conversation (never shared; a new conversation gets a fresh state).
+// conversation (never shared; a new conversation gets a fresh state). Its KV lives in pages of
+// the model's KvPool, which it holds from its first Forward until it goes (every page returns to
+// the pool then, however the sequence ended).
 class SequenceState {
  public:
+  ~SequenceState();
+  SequenceState(const SequenceState&) = delete;
+  SequenceState& operator=(const SequenceState&) = delete;
   int64_t position() const { return pos_; }  // tokens consumed so far
+  const SequencePageTables& pages() const { return pages_; }
 
  private:
   friend class Model;
+  explicit SequenceState(std::shared_ptr<KvPool> pool) : pool_(std::move(pool)) {}
   int64_t pos_ = 0;
-  std::vector<LayerCache> layers_;
-  std::vector<LayerCache> mtp_;
+  std::shared_ptr<KvPool> pool_;
+  SequencePageTables pages_;
   std::vector<bf16> last_h_;  // [hc, D] final streams at position pos_-1 (MTP input)
 };
 
@@ -72,6 +75,8 @@ class Model {
   const ModelConfig& config() const { return config_; }
   int64_t experts_per_token() const { return top_k_; }
   std::unique_ptr<SequenceState> NewSequence() const;
+  // The pool every sequence's KV pages come from.
+  const KvPool& kv_pool() const { return *pool_; }
 
   struct Chunk {
     SequenceState* seq = nullptr;      // distinct sequences within one call
@@ -98,13 +103,15 @@ class Model {
  private:
   Model() = default;
   struct Rows;
-  static LayerCache& CacheOf(SequenceState* seq, int64_t layer_id);
+  // Grows each chunk's page tables to hold its tokens (RESOURCE_EXHAUSTED naming the chunk when
+  // the pool cannot); a sequence's first reservation also resets its compressor states.
+  absl::Status ReserveKv(std::span<const Chunk> chunks) const;
   absl::Status RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
   absl::Status Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
   void KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const;
-  void WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
-  void Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows, const bf16* x,
-                bool indexer) const;
+  absl::Status WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
+  absl::Status Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows,
+                        const bf16* x, bool indexer) const;
   absl::Status Moe(const MoeWeights& m, const Rows& rows, const bf16* x, bf16* out) const;
   absl::Status MoeDistributed(const MoeWeights& m, const Rows& rows, const bf16* x,
                               bf16* out) const;
@@ -123,8 +130,13 @@ class Model {
 
   ModelConfig config_;
   int64_t top_k_ = 0;
+  int64_t indexer_block_keys_ = 8192;
   std::shared_ptr<WeightSource> source_;
   std::unique_ptr<ModelWeights> w_;
+  std::unique_ptr<kernels::Backend> backend_;
+  std::unique_ptr<kernels::Queue> queue_;
+  std::shared_ptr<KvPool> pool_;
+  std::unique_ptr<PagedKv> kv_;
   Parallel par_;
   mutable int64_t step_ = 0;  // Forward calls so far, named in communication errors
 };

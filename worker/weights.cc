@@ -15,8 +15,9 @@ namespace {
 
 class Binder {
  public:
-  Binder(const ModelConfig& c, const WeightSource& src, const WeightSelection& sel)
-      : c_(c), src_(src), experts_(sel.experts) {
+  Binder(const ModelConfig& c, const WeightSource& src, const WeightSelection& sel,
+         AlignedCopies* copies)
+      : c_(c), src_(src), experts_(sel.experts), copies_(copies) {
     for (const auto& s : sel.tensors) specs_.emplace(s.name, s);
   }
 
@@ -31,8 +32,14 @@ class Binder {
   template <typename T>
   absl::Status Bind(const std::string& name, const T** out) const {
     ASSIGN_OR_RETURN(TensorView v, View(name));
-    *out = v.as<T>();
+    *out = As<T>(v);
     return absl::OkStatus();
+  }
+
+  // The tensor's elements as T, at an address aligned for T.
+  template <typename T>
+  const T* As(const TensorView& v) const {
+    return copies_->Aligned<T>(v.data, v.info->NumBytes());
   }
 
   absl::Status BindLinear(const std::string& base, Linear* l) const {
@@ -42,23 +49,23 @@ class Binder {
       case DType::kBF16:
         l->kind = Linear::Kind::kBf16;
         l->in = w.shape()[1];
-        l->wb = w.as<bf16>();
+        l->wb = As<bf16>(w);
         return absl::OkStatus();
       case DType::kI8:
         l->kind = Linear::Kind::kFp4;
         l->in = w.shape()[1] * 2;
-        l->w4 = w.as<uint8_t>();
+        l->w4 = As<uint8_t>(w);
         return Bind(base + ".scale", &l->scale);
       case DType::kF8E4M3: {
         l->in = w.shape()[1];
-        l->w8 = w.as<fp8>();
+        l->w8 = As<fp8>(w);
         ASSIGN_OR_RETURN(TensorView s, View(base + ".scale"));
         if (s.dtype() == DType::kF32) {
           l->kind = Linear::Kind::kFp8F32Scale;
-          l->scale_f32 = s.as<float>();
+          l->scale_f32 = As<float>(s);
         } else {
           l->kind = Linear::Kind::kFp8;
-          l->scale = s.as<e8m0>();
+          l->scale = As<e8m0>(s);
         }
         return absl::OkStatus();
       }
@@ -198,10 +205,18 @@ class Binder {
   const ModelConfig& c_;
   const WeightSource& src_;
   IndexRange experts_;
+  AlignedCopies* copies_;
   std::map<std::string, TensorSpec> specs_;
 };
 
 }  // namespace
+
+const uint8_t* AlignedCopies::Copy(const uint8_t* data, size_t bytes) {
+  copies_.emplace_back(new uint64_t[(bytes + 7) / 8]);
+  std::memcpy(copies_.back().get(), data, bytes);
+  bytes_ += bytes;
+  return reinterpret_cast<const uint8_t*>(copies_.back().get());
+}
 
 WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts) {
   return {ExpectedTensors(config, experts), IndexRange{0, config.n_routed_experts}};
@@ -210,8 +225,8 @@ WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts) {
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
                                                           const WeightSource& source,
                                                           const WeightSelection& selection) {
-  const Binder b(config, source, selection);
   auto w = std::make_unique<ModelWeights>();
+  const Binder b(config, source, selection, &w->copies);
   RETURN_IF_ERROR(b.Bind("embed.weight", &w->embed));
   RETURN_IF_ERROR(b.Bind("head.weight", &w->head));
   RETURN_IF_ERROR(b.Bind("norm.weight", &w->norm));

@@ -1,5 +1,8 @@
 // Model weights as the forward pass uses them: views into the memory-mapped checkpoint (zero
-// copy), except wo_a, which is dequantised to bf16 at load (spec §3.6).
+// copy), except wo_a, which is dequantised to bf16 at load (spec §3.6), and any tensor whose
+// mapped address does not suit its element type (safetensors packs tensors without padding, so
+// an f32 tensor after an odd-sized bf16 one starts at an odd address): that one is copied into
+// owned storage, aligned to 8 bytes, when it is bound.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +91,29 @@ struct MtpWeights {
   HcWeights hc_head;
 };
 
+// Owned copies of tensors whose mapped address was misaligned for their element type; every
+// copy is aligned to 8 bytes, enough for every checkpoint dtype.
+class AlignedCopies {
+ public:
+  // `data` itself when it is aligned for T, else a copy of its `bytes` bytes held here.
+  template <typename T>
+  const T* Aligned(const uint8_t* data, size_t bytes) {
+    if (reinterpret_cast<uintptr_t>(data) % alignof(T) == 0) {
+      return reinterpret_cast<const T*>(data);
+    }
+    return reinterpret_cast<const T*>(Copy(data, bytes));
+  }
+  int64_t num_copies() const { return int64_t(copies_.size()); }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  const uint8_t* Copy(const uint8_t* data, size_t bytes);
+  std::vector<std::unique_ptr<uint64_t[]>> copies_;
+  uint64_t bytes_ = 0;
+};
+
 struct ModelWeights {
+  AlignedCopies copies;         // storage behind the pointers below that were realigned
   const bf16* embed = nullptr;  // [V, D]
   const bf16* head = nullptr;   // [V, D]
   const bf16* norm = nullptr;   // [D]
@@ -107,7 +132,8 @@ struct WeightSelection {
 WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts);
 
 // Binds every selected tensor, checking dtypes and shapes (errors name the tensor and its
-// file), dequantises wo_a, checks tid2eid rows (ids in range, no repeats).
+// file), copies misaligned tensors (AlignedCopies), dequantises wo_a, checks tid2eid rows (ids
+// in range, no repeats).
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
                                                           const WeightSource& source,
                                                           const WeightSelection& selection);

@@ -87,6 +87,8 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& a, Comm& world,
   for (const TensorSlice& s : rp.tensors) sel.tensors.push_back({s.name, s.dtype, s.local_shape});
   ModelOptions options;
   options.experts_per_token = a.experts_per_token;
+  options.kv_memory_bytes = a.kv_memory_bytes;
+  options.kv_page_bytes = a.kv_page_bytes;
   ASSIGN_OR_RETURN(l.model, Model::FromSource(l.config, std::shared_ptr<WeightSource>(std::move(src)),
                                               options, par, sel));
   return l;

@@ -16,6 +16,8 @@ struct WorkerLoadOptions {
   std::string model_dir;
   int64_t tp = 1;
   int64_t experts_per_token = 0;
+  uint64_t kv_memory_bytes = 0;  // the KV pool (0: ModelOptions' default)
+  int64_t kv_page_bytes = 64 << 10;
 };
 
 struct LoadedWorker {

@@ -29,6 +29,7 @@
 #include "comm/control_endpoints.h"
 #include "comm/listen_address.h"
 #include "worker/worker_load.h"
+#include "sharding/capacity.h"
 
 namespace flotilla {
 namespace {
@@ -51,6 +52,8 @@ struct Args {
   double timeout_s = 60;
   std::string control_address = "127.0.0.1";
   int64_t control_port_base = 0;  // 0: a free port; else base + world rank
+  uint64_t kv_memory = 0;          // 0: the model's default
+  int64_t kv_page = 64 << 10;
 };
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
@@ -60,7 +63,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
                                       "--control-address", "--control-port-base",
-                                      "--prompt-ids-file"},
+                                      "--prompt-ids-file", "--kv-memory", "--kv-page"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
@@ -74,6 +77,13 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                    : cli::ReadIdFile("--prompt-ids-file", f.Get("--prompt-ids-file")));
   }
   ASSIGN_OR_RETURN(a.tp, f.Int("--tp", 1));
+  if (f.Has("--kv-memory")) {
+    ASSIGN_OR_RETURN(a.kv_memory, ParseByteSize(f.Get("--kv-memory")));
+    if (a.kv_memory == 0) return absl::InvalidArgumentError("--kv-memory must be above 0");
+  }
+  ASSIGN_OR_RETURN(const uint64_t kv_page, ParseByteSize(f.Get("--kv-page", "64KiB")));
+  if (kv_page > uint64_t(1) << 40) return absl::InvalidArgumentError("--kv-page is over 1 TiB");
+  a.kv_page = int64_t(kv_page);
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
   ASSIGN_OR_RETURN(a.chunk, f.Int("--chunk", 0));
   ASSIGN_OR_RETURN(a.experts_per_token, f.Int("--experts-per-token", 0));
@@ -222,7 +232,7 @@ absl::Status Serve(Comm& world, LoadedWorker& w, WorkerControlHost& host) {
       RETURN_IF_ERROR(model.Forward(chunks, &out));
       for (const auto& ch : chunks) tokens += int64_t(ch.tokens.size());
     }
-    host.OnStep(tokens, int64_t(seqs.size()));
+    host.OnStep(tokens, int64_t(seqs.size()), model.kv_pool().pages_used());
     if (g_drain_requested.exchange(false)) {
       std::fprintf(stderr, "worker (world rank %d): signal received; asking the coordinator to drain\n",
                    world.rank());
@@ -269,15 +279,18 @@ constexpr char kUsage[] =
     "usage: mpirun -np W flotilla-worker --model DIR (--prompt-ids 1,2,3 | --prompt-ids-file F)\n"
     "           [--tp T] [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K\n"
     "           --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
-    "           [--dump-logits FILE.npy] [--timeout-s S]\n"
-    "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S]\n"
+    "           [--dump-logits FILE.npy] [--timeout-s S] [--kv-memory SIZE] [--kv-page SIZE]\n"
+    "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S] [--kv-memory SIZE]\n"
+    "           [--kv-page SIZE]\n"
     "           [--control-address A] [--control-port-base P]   (started by launch/flotilla-serve)\n"
     "  One worker rank: loads exactly its shard and checks that every rank runs the same\n"
     "  checkpoint. Without --serve the first DP group runs the prompt and world rank 0 prints\n"
     "  what `flotilla run` prints. --timeout-s bounds every wait on another rank (default 60).\n"
     "  --control-address: where the WorkerControl service listens (default 127.0.0.1): an\n"
     "  address, an interface name (ib0) or a subnet (10.0.0.0/16: this host's address in it).\n"
-    "  --control-port-base P: listen on P + world rank instead of a free port.\n";
+    "  --control-port-base P: listen on P + world rank instead of a free port.\n"
+    "  --kv-memory SIZE: the KV pool, reserved at start (default: a quarter of the memory the\n"
+    "  host has available); --kv-page SIZE: its page size (default 64KiB).\n";
 
 int Main(int argc, char** argv) {
   std::vector<std::string> argv_list(argv + 1, argv + argc);
@@ -334,7 +347,8 @@ int Main(int argc, char** argv) {
     std::signal(SIGTERM, OnTerminate);
     std::signal(SIGINT, OnTerminate);
   }
-  WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token};
+  WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token, args->kv_memory,
+                       args->kv_page};
   const auto load_start = Clock::now();
   absl::StatusOr<LoadedWorker> loaded = LoadWorker(lo, *workers, tp_comm->get());
   if (loaded.ok()) {
@@ -344,13 +358,21 @@ int Main(int argc, char** argv) {
   }
   absl::Status st = AgreeOnLoad(*world, loaded.status(), loaded.ok() ? loaded->fingerprint : 0);
   // Every rank got the same message, naming the failing rank: world rank 0 prints it (the
-  // coordinator when serving), so it appears once.
-  if (!st.ok() && rank != 0) return 1;
+  // coordinator when serving), so it appears once; the others wait until it has, so that their
+  // exit does not end the job before the message is out.
+  if (!st.ok()) {
+    if (rank == 0) fail(st);
+    (void)world->Barrier({"load failure reported", -1});
+    return 1;
+  }
   if (st.ok()) {
     if (serve) {
       // Host the control service and tell the coordinator where it is.
       WorkerControlHost host(int32_t(rank), int32_t(loaded->dp_group), int32_t(loaded->tp_rank));
       host.SetLoad(loaded->bytes_read, loaded->planned_bytes, 0, true, "");
+      const KvPool& pool = loaded->model->kv_pool();
+      host.SetKvPool(pool.num_pages(),
+                     uint64_t(pool.num_pages()) * uint64_t(pool.layout().page_bytes));
       // --control-address may name an interface or a subnet (one value for every node).
       absl::StatusOr<std::unique_ptr<WorkerControlServer>> control =
           absl::FailedPreconditionError("not started");

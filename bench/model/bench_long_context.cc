@@ -18,6 +18,7 @@
 
 #include "common/synthetic.h"
 #include "kernels/ops.h"
+#include "sharding/capacity.h"
 #include "worker/model.h"
 
 namespace flotilla {
@@ -101,8 +102,8 @@ int Main(int argc, char** argv) {
   std::printf("model %s, %d threads, SIMD path %s, chunks of %lld tokens\n", dir.c_str(),
               omp_get_max_threads(), kernels::SimdPath(), static_cast<long long>(chunk));
   std::printf("measured f32 FMA peak %.2f GFLOP/s (the ceiling)\n", peak / 1e9);
-  std::printf("%10s %10s %14s %16s %8s\n", "position", "chunk s", "indexer GFLOP",
-              "at chunk GFLOP/s", "ratio");
+  std::printf("%10s %10s %14s %16s %8s %10s %12s\n", "position", "chunk s", "indexer GFLOP",
+              "at chunk GFLOP/s", "ratio", "KV pages", "pool B/tok");
 
   auto seq = m.NewSequence();
   std::vector<int32_t> tokens(chunk);
@@ -119,10 +120,21 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const double flops = IndexerFlops(c, pos, n);
-    std::printf("%10lld %10.3f %14.3f %16.2f %7.2f%%\n", static_cast<long long>(pos), s,
-                flops / 1e9, flops / s / 1e9, 100.0 * flops / s / peak);
+    // The pool bytes the sequence holds (pages x page size) per token it has run.
+    const int64_t pages = m.kv_pool().pages_used();
+    const double per_token = double(pages) * double(m.kv_pool().layout().page_bytes) /
+                             double(pos + n);
+    std::printf("%10lld %10.3f %14.3f %16.2f %7.2f%% %10lld %12.2f\n",
+                static_cast<long long>(pos), s, flops / 1e9, flops / s / 1e9,
+                100.0 * flops / s / peak, static_cast<long long>(pages), per_token);
     std::fflush(stdout);
   }
+  // What the pool spends per token once the fixed pages are amortised, against spec §8.2's
+  // packed bytes per token (no pages).
+  std::printf("KV bytes per token: pool %.2f (pages of %lld B, asymptotic), spec 8.2 packed %.2f\n",
+              m.kv_pool().layout().BytesPerTokenAsymptotic(),
+              static_cast<long long>(m.kv_pool().layout().page_bytes),
+              KvBytesPerTokenAsymptotic(c));
   return 0;
 }
 

@@ -95,6 +95,9 @@ class ClientCliTest : public ::testing::Test {
       w.address = "127.0.0.1:7001";
       w.health.state = WorkerState::kReady;
       w.stats.device = "cpu";
+      w.stats.kv_pages_total = 16384;
+      w.stats.kv_pages_used = 300;
+      w.stats.kv_pool_bytes = uint64_t(16384) << 16;
       status.workers.push_back(w);
       return status;
     };
@@ -352,6 +355,10 @@ TEST_F(ClientCliTest, Status) {
   EXPECT_NE(r.out.find("scheduler: running 1"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("dp group 0: KV pages 8/64"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("rank 1 127.0.0.1:7001: ready"), std::string::npos) << r.out;
+  // The worker's own pool: 16,384 pages of 64 KiB.
+  EXPECT_NE(r.out.find("KV pages 300/16384 (16084 free, pool 1.00 GiB), device cpu"),
+            std::string::npos)
+      << r.out;
 
   r = Flotilla({"status", "--server", address_, "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

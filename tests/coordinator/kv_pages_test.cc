@@ -26,77 +26,78 @@ ModelConfig Flash() {
   return *c;
 }
 
-KvPageGeometry Geometry(const ModelConfig& c, int64_t page_tokens) {
-  absl::StatusOr<KvPageGeometry> g = KvPageGeometry::Make(c, page_tokens);
+KvPageGeometry Geometry(const ModelConfig& c, int64_t page_bytes) {
+  absl::StatusOr<KvPageGeometry> g = KvPageGeometry::Make(c, page_bytes);
   EXPECT_TRUE(g.ok()) << g.status();
   return g.ok() ? *g : KvPageGeometry{};
 }
 
+// Admission counts the pages of the workers' pools: the figures of docs/capacity.md §6.
 TEST(KvPageGeometry, TinyHandWorked) {
-  // tiny: ratios {0, 4, 8, 4 | MTP 0}, main entry 200 B, indexer key 68 B, window 32.
-  // Per token: 2 CSA x (200 + 68) / 4 + 200 / 8 = 134 + 25 = 159 B.
-  // Fixed: windows 4 x 32 x 200 = 25,600 + MTP window 6,400 + compressor state
-  //        2 x (2 x 8 x 256 x 4 + 2 x 8 x 256 x 4) + 2 x 8 x 128 x 4 = 73,728 -> 105,728 B.
+  // tiny: ratios {0, 4, 8, 4 | MTP 0}, main entry 200 B (20 per 4 KiB page), indexer key 68 B
+  // (60 per page), window 32 entries (2 pages). State: CSA 16 + 16 rows of 1,024 B (4 + 4
+  // pages), its indexer's the same, ratio 8: 16 rows of 512 B (2 pages).
   const ModelConfig tiny = Tiny();
-  KvPageGeometry g = Geometry(tiny, 16);
-  EXPECT_EQ(g.page_tokens, 16);
-  EXPECT_EQ(g.page_bytes, 2544u);  // 16 x 159
-  EXPECT_EQ(g.fixed_bytes, 105728u);
-  EXPECT_EQ(g.fixed_pages, 42);  // 105,728 / 2,544 = 41.56
-  EXPECT_EQ(g.PagesFor(0), 42);
-  EXPECT_EQ(g.PagesFor(1), 43);
-  EXPECT_EQ(g.PagesFor(16), 43);
-  EXPECT_EQ(g.PagesFor(17), 44);
-  EXPECT_EQ(g.ReservationBytes(40), 45u * 2544);
-  EXPECT_EQ(g.PagesInPool(100 * 2544 + 2543), 100);
-
-  g = Geometry(tiny, 256);
-  EXPECT_EQ(g.page_bytes, 40704u);  // 256 x 159
-  EXPECT_EQ(g.fixed_pages, 3);      // 105,728 / 40,704 = 2.6
-  EXPECT_EQ(g.ReservationBytes(1000), (3u + 4) * 40704);
+  const KvPageGeometry g = Geometry(tiny, 4096);
+  EXPECT_EQ(g.page_bytes, 4096u);
+  EXPECT_EQ(g.fixed_pages, 28);  // windows 5 x 2 + states 2 x 8 + 2
+  EXPECT_EQ(g.PagesFor(0), 28);
+  EXPECT_EQ(g.PagesFor(3), 28);
+  EXPECT_EQ(g.PagesFor(4), 32);  // one CSA entry and key in each CSA layer
+  EXPECT_EQ(g.PagesFor(8), 33);  // and the first ratio-8 entry
+  // 1,000 positions: 250 entries (13 pages) and keys (5) per CSA layer, 125 ratio-8 entries (7).
+  EXPECT_EQ(g.PagesFor(1000), 71);
+  EXPECT_EQ(g.ReservationBytes(1000), 71u * 4096);
+  EXPECT_EQ(g.PagesInPool(100 * 4096 + 4095), 100);
+  EXPECT_EQ(g.PagesInPool(uint64_t(1) << 50), INT32_MAX);  // page ids are int32
 }
 
 TEST(KvPageGeometry, V4FlashHandWorked) {
   const ModelConfig flash = Flash();
-  // 256 x (21 x (584 + 68) / 4 + 20 x 584 / 128) = 256 x 3,514.25 = 899,648 B.
-  KvPageGeometry g = Geometry(flash, 256);
-  EXPECT_EQ(g.page_bytes, 899648u);
-  // windows 43 x 128 x 584 + MTP window 128 x 584 + compressor state 12,206,080.
-  EXPECT_EQ(g.fixed_bytes, 15495168u);
-  EXPECT_EQ(g.fixed_pages, 18);  // 15,495,168 / 899,648 = 17.2
-  // 1M tokens: 18 + 4,096 pages = 3,701,151,872 B, just above the exact 3,700,453,376 B.
-  EXPECT_EQ(g.PagesFor(1048576), 4114);
-  EXPECT_EQ(g.ReservationBytes(1048576), 3701151872u);
+  const KvPageGeometry g = Geometry(flash, 64 << 10);
+  EXPECT_EQ(g.fixed_pages, 290);  // 44 windows x 2 + 21 CSA states x 2 + 20 HCA states x 8
+  // 1M tokens: 21 x 2,341 + 20 x 74 main pages, 21 x 273 indexer pages, 290 fixed.
+  EXPECT_EQ(g.PagesFor(1048576), 56664);
+  EXPECT_EQ(g.ReservationBytes(1048576), 3713531904u);
   EXPECT_EQ(SequenceKvBytesAt(flash, 1048576).Total(), 3700453376u);
-
-  // Rates that are not whole bytes are rounded up once per page.
-  EXPECT_EQ(Geometry(flash, 1).page_bytes, 3515u);  // 3,514.25
-  EXPECT_EQ(Geometry(flash, 2).page_bytes, 7029u);  // 7,028.5
-  EXPECT_EQ(Geometry(flash, 64).page_bytes, 224912u);
 }
 
 TEST(KvPageGeometry, ReservationCoversTheExactBytes) {
   for (const ModelConfig& c : {Tiny(), Flash()}) {
-    for (int64_t page_tokens : {1, 3, 16, 100, 256}) {
-      const KvPageGeometry g = Geometry(c, page_tokens);
+    for (int64_t page_bytes : {4096, 10000, 65536, 1 << 20}) {
+      const KvPageGeometry g = Geometry(c, page_bytes);
       for (int64_t t = 0; t < 3000; t += 7) {
         EXPECT_GE(g.ReservationBytes(t), SequenceKvBytesAt(c, t).Total())
-            << "page_tokens " << page_tokens << " tokens " << t;
+            << "page_bytes " << page_bytes << " tokens " << t;
       }
     }
   }
 }
 
-TEST(KvPageGeometry, RefusesWhatCannotBePaged) {
-  const ModelConfig tiny = Tiny();
-  absl::Status s = KvPageGeometry::Make(tiny, 0).status();
+TEST(KvPageGeometry, RefusesPagesTooSmall) {
+  const absl::Status s = KvPageGeometry::Make(Tiny(), 100).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("page_tokens is 0"));
-  ModelConfig flat = tiny;
-  flat.compress_ratios = {0, 0, 0, 0, 0};
-  s = KvPageGeometry::Make(flat, 16).status();
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), HasSubstr("every compress_ratio is 0"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("cannot hold one main KV entry of 200 bytes"));
+}
+
+TEST(CheckWorkerKvPools, EveryWorkerHoldsThePagesAdmissionCounts) {
+  auto worker = [](int32_t rank, int64_t pages, uint64_t page_bytes) {
+    WorkerStats w;
+    w.world_rank = rank;
+    w.kv_pages_total = pages;
+    w.kv_pool_bytes = uint64_t(pages) * page_bytes;
+    return w;
+  };
+  EXPECT_TRUE(CheckWorkerKvPools(256, 4096, {worker(1, 256, 4096), worker(2, 256, 4096)}).ok());
+  const absl::Status st =
+      CheckWorkerKvPools(256, 4096, {worker(1, 256, 4096), worker(2, 128, 8192)});
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()),
+              HasSubstr("worker (world rank 2) holds a KV pool of 128 pages of 8192 bytes; "
+                        "admission counts 256 pages of 4096 bytes"));
+  EXPECT_FALSE(CheckWorkerKvPools(256, 4096, {worker(3, 255, 4096)}).ok());
+  // A worker that reports no pool is not counted.
+  EXPECT_TRUE(CheckWorkerKvPools(256, 4096, {WorkerStats{}}).ok());
 }
 
 TEST(KvPagePool, ReservesAndReleases) {
@@ -124,23 +125,23 @@ TEST(CheckKvPoolFitsHosts, SumsTheWorkersOfEachHost) {
     w.host_memory_bytes = memory;
     return w;
   };
-  // Host a: 2 ranks, 2 GiB of weights each, 24 GiB. tp 2: each rank holds pool / 2.
-  // Room = 24 - 4 = 20 GiB for 2 shares, so pool / 2 <= 10 GiB: the pool may be 20 GiB.
-  // Host b: 2 ranks, 1 GiB each, 64 GiB: pool <= 62 GiB.
+  // Host a: 2 ranks, 2 GiB of weights each, 24 GiB; each rank holds the whole pool.
+  // Room = 24 - 4 = 20 GiB for 2 pools: the pool may be 10 GiB.
+  // Host b: 2 ranks, 1 GiB each, 64 GiB: pool <= 31 GiB.
   const std::vector<WorkerStats> two_hosts = {worker("a", 2 * gib, 24 * gib),
                                               worker("a", 2 * gib, 24 * gib),
                                               worker("b", gib, 64 * gib), worker("b", gib, 64 * gib)};
-  EXPECT_TRUE(CheckKvPoolFitsHosts(20 * gib, 2, two_hosts).ok());
-  const absl::Status st = CheckKvPoolFitsHosts(20 * gib + 2, 2, two_hosts);
+  EXPECT_TRUE(CheckKvPoolFitsHosts(10 * gib, two_hosts).ok());
+  const absl::Status st = CheckKvPoolFitsHosts(10 * gib + 1, two_hosts);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()),
               HasSubstr("does not fit host 'a': its 2 worker rank(s) hold 4.00 GiB of weights and "
-                        "at least 10.00 GiB of KV each (the pool / tp 2), more than its 24.00 GiB "
-                        "of memory; the largest pool that fits is 20.00 GiB"));
-  EXPECT_THAT(std::string(CheckKvPoolFitsHosts(uint64_t(1) << 40, 1, two_hosts).message()),
+                        "at least 10.00 GiB of KV each (the whole pool), more than its 24.00 GiB "
+                        "of memory; the largest pool that fits is 10.00 GiB"));
+  EXPECT_THAT(std::string(CheckKvPoolFitsHosts(uint64_t(1) << 40, two_hosts).message()),
               HasSubstr("--kv-pool 1.00 TiB per DP group does not fit host 'a'"));
   // A worker that reports no memory size is not counted.
-  EXPECT_TRUE(CheckKvPoolFitsHosts(uint64_t(1) << 40, 1, {worker("c", gib, 0)}).ok());
+  EXPECT_TRUE(CheckKvPoolFitsHosts(uint64_t(1) << 40, {worker("c", gib, 0)}).ok());
 }
 
 }  // namespace

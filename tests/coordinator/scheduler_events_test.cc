@@ -81,7 +81,7 @@ TEST(SchedulerEvents, InOrderWithUsageFromTheClock) {
               ElementsAre(Kind::kAdmitted, Kind::kProgress, Kind::kProgress, Kind::kProgress,
                           Kind::kToken, Kind::kToken, Kind::kToken, Kind::kFinished));
   EXPECT_EQ(events[0].queue_position, 0);
-  EXPECT_EQ(events[0].kv_bytes_reserved, 43u * testing::kPageBytes);
+  EXPECT_EQ(events[0].kv_bytes_reserved, 33u * testing::kPageBytes);  // 13 positions
   EXPECT_EQ(events[1].prefill_done, 4);
   EXPECT_EQ(events[2].prefill_done, 8);
   EXPECT_EQ(events[3].prefill_done, 10);
@@ -191,7 +191,7 @@ TEST(SchedulerEvents, CancelQueuedRequest) {
   EXPECT_EQ(log.Last(2).reason, FinishReason::kCancelled);
   EXPECT_EQ(log.Last(2).usage.completion_tokens, 0);
   EXPECT_EQ(s.Stats().queued, 0);
-  EXPECT_EQ(s.Stats().groups[0].pages_used, 43);
+  EXPECT_EQ(s.Stats().groups[0].pages_used, 33);  // 12 positions
   EXPECT_TRUE(RunUntilIdle(s));
   EXPECT_EQ(log.Last(1).reason, FinishReason::kLength);
 }

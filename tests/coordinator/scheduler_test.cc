@@ -104,8 +104,8 @@ TEST(Scheduler, OptionsValidate) {
   o.num_dp_groups = 0;
   expect_bad(o, "num_dp_groups is 0");
   o = SchedulerOptions();
-  o.page_tokens = 0;
-  expect_bad(o, "page_tokens is 0");
+  o.kv_page_bytes = 100;
+  expect_bad(o, "--kv-page: KV page of 100 bytes cannot hold one main KV entry of 200 bytes");
   o = SchedulerOptions();
   o.step_token_budget = 0;
   expect_bad(o, "step_token_budget is 0");
@@ -119,16 +119,17 @@ TEST(Scheduler, OptionsValidate) {
   o.max_head_bypass = -1;
   expect_bad(o, "max_head_bypass is -1");
 
-  // Issue 13, item 9: a pool that cannot hold one page of tokens of one sequence refused every
-  // request. Tiny with 256-token pages (docs/scheduling.md): pages of 40,704 B, 3 fixed pages,
-  // so 256 tokens need 4 pages = 162,816 B.
+  // Issue 13, item 9: a pool that cannot hold the smallest request refused every request. Tiny
+  // in 64 KiB pages: one page per layer's window ring (5 layers, MTP included), one per CSA
+  // compressor state and one per its indexer's (2 CSA layers), one for the ratio-8 compressor:
+  // 10 pages before any entry, which 2 positions do not make.
   o = SchedulerOptions();
   o.kv_pool_bytes_per_group = 1024;
-  expect_bad(o, "KV pool per DP group (--kv-pool) is 1024 bytes (0 pages of 40704 bytes); one "
-                "sequence of 256 tokens needs 4 pages: give at least 162816 bytes");
-  o.kv_pool_bytes_per_group = 162815;
-  expect_bad(o, "(3 pages of 40704 bytes)");
-  o.kv_pool_bytes_per_group = 162816;
+  expect_bad(o, "KV pool per DP group (--kv-pool) is 1024 bytes (0 pages of 65536 bytes); one "
+                "sequence of 2 tokens needs 10 pages: give at least 655360 bytes");
+  o.kv_pool_bytes_per_group = 655359;
+  expect_bad(o, "(9 pages of 65536 bytes)");
+  o.kv_pool_bytes_per_group = 655360;
   EXPECT_TRUE(o.Validate(config).ok()) << o.Validate(config);
 }
 
@@ -242,22 +243,22 @@ TEST(Scheduler, PriorityThenFirstComeFirstServed) {
 }
 
 TEST(Scheduler, TwoDpGroupsMostFreePagesFirst) {
-  // 100 pages per group; 16 positions take 43 pages, 32 take 44.
-  Scheduler s(TinyConfig(), Options(100, /*num_groups=*/2), &ProjectTokenizer());
+  // 98 pages per group; 16 and 32 positions take 33 pages each.
+  Scheduler s(TinyConfig(), Options(98, /*num_groups=*/2), &ProjectTokenizer());
   EventLog log;
   ASSERT_TRUE(s.Submit(Request(1, 10, 6), log.Sink(1)).ok());   // tie -> group 0
-  ASSERT_TRUE(s.Submit(Request(2, 10, 6), log.Sink(2)).ok());   // 100 free vs 57 -> group 1
-  ASSERT_TRUE(s.Submit(Request(3, 20, 12), log.Sink(3)).ok());  // 57 vs 57 -> group 0
-  ASSERT_TRUE(s.Submit(Request(4, 10, 6), log.Sink(4)).ok());   // 13 vs 57 -> group 1
-  ASSERT_TRUE(s.Submit(Request(5, 10, 6), log.Sink(5)).ok());   // 13 vs 14: waits
+  ASSERT_TRUE(s.Submit(Request(2, 10, 6), log.Sink(2)).ok());   // 98 free vs 65 -> group 1
+  ASSERT_TRUE(s.Submit(Request(3, 20, 12), log.Sink(3)).ok());  // 65 vs 65 -> group 0
+  ASSERT_TRUE(s.Submit(Request(4, 10, 6), log.Sink(4)).ok());   // 32 vs 65 -> group 1
+  ASSERT_TRUE(s.Submit(Request(5, 10, 6), log.Sink(5)).ok());   // 32 vs 32: waits
   EXPECT_EQ(log.Of(5, Kind::kAdmitted)[0].queue_position, 1);
   SchedulerStats st = s.Stats();
   ASSERT_EQ(st.groups.size(), 2u);
-  EXPECT_EQ(st.groups[0].pages_used, 87);
-  EXPECT_EQ(st.groups[1].pages_used, 86);
+  EXPECT_EQ(st.groups[0].pages_used, 66);
+  EXPECT_EQ(st.groups[1].pages_used, 66);
   EXPECT_EQ(st.groups[0].sequences, 2);
   EXPECT_EQ(st.groups[1].sequences, 2);
-  EXPECT_EQ(st.groups[0].page_bytes, 2544u);
+  EXPECT_EQ(st.groups[0].page_bytes, 4096u);
   EXPECT_EQ(st.running, 4);
   EXPECT_EQ(st.queued, 1);
 
@@ -286,25 +287,29 @@ TEST(Scheduler, MaxRunningPerGroupBoundsConcurrency) {
 }
 
 TEST(Scheduler, OverCapacityRefusedWithTheNumbersWhileOthersContinue) {
-  Scheduler s(TinyConfig(), Options(50), &ProjectTokenizer());
-  EXPECT_EQ(s.ReservationBytes(16), 43u * 2544);
-  EXPECT_EQ(s.ReservationBytes(220), 56u * 2544);
+  Scheduler s(TinyConfig(), Options(51), &ProjectTokenizer());
+  EXPECT_EQ(s.ReservationBytes(16), 33u * 4096);
+  // 220 positions: 55 CSA entries (3 pages) and keys (1 page) in each of 2 layers, 27 ratio-8
+  // entries (2 pages): 28 + 6 + 2 + 2.
+  EXPECT_EQ(s.ReservationBytes(220), 38u * 4096);
   EventLog log;
   ASSERT_TRUE(s.Submit(Request(1, 4, 4), log.Sink(1)).ok());
   Step(s);
-  // 200 + 20 positions: 42 + 14 pages = 56 > 50.
-  const absl::Status st = s.Submit(Request(2, 200, 20), log.Sink(2));
+  // 480 + 20 positions: 125 CSA entries (7 pages) and keys (3 pages) per CSA layer, 62 ratio-8
+  // entries (4 pages): 28 + 14 + 6 + 4 = 52 > 51.
+  const absl::Status st = s.Submit(Request(2, 480, 20), log.Sink(2));
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(std::string(st.message()),
-              HasSubstr("request 2 needs 139.12 KiB of KV (142464 B = 56 pages of 2544 B for 200 "
-                        "prompt + 20 new tokens), more than a DP group's whole pool of 124.22 KiB "
-                        "(127200 B = 50 pages)"));
+              HasSubstr("request 2 needs 208.00 KiB of KV (212992 B = 52 pages of 4096 B for 480 "
+                        "prompt + 20 new tokens), more than a DP group's whole pool of 204.00 KiB "
+                        "(208896 B = 51 pages)"));
   EXPECT_TRUE(log.Of(2).empty());
-  EXPECT_EQ(s.Stats().groups[0].pages_used, 43);
-  // 50 pages exactly fit (42 + 8 pages for 120 positions): queued behind request 1.
-  ASSERT_TRUE(s.Submit(Request(3, 100, 20), log.Sink(3)).ok());
+  EXPECT_EQ(s.Stats().groups[0].pages_used, 33);
+  // 51 pages exactly fit (484 positions: 121 entries, 7 + 3 pages per CSA layer, 60 ratio-8
+  // entries, 3 pages): queued behind request 1.
+  ASSERT_TRUE(s.Submit(Request(3, 464, 20), log.Sink(3)).ok());
   EXPECT_EQ(log.Of(3, Kind::kAdmitted)[0].queue_position, 1);
-  EXPECT_EQ(log.Of(3, Kind::kAdmitted)[0].kv_bytes_reserved, 50u * 2544);
+  EXPECT_EQ(log.Of(3, Kind::kAdmitted)[0].kv_bytes_reserved, 51u * 4096);
   EXPECT_TRUE(RunUntilIdle(s));
   EXPECT_EQ(log.Last(1).reason, FinishReason::kLength);
   EXPECT_EQ(log.Last(1).usage.completion_tokens, 4);
@@ -313,7 +318,8 @@ TEST(Scheduler, OverCapacityRefusedWithTheNumbersWhileOthersContinue) {
 }
 
 TEST(Scheduler, QueuesWhenFullAndAdmitsAfterAFinish) {
-  Scheduler s(TinyConfig(), Options(90), &ProjectTokenizer());  // two 43-page requests
+  // 5, 9, 6 and 6 positions: 32, 33, 32 and 32 pages; the first two fit together, not three.
+  Scheduler s(TinyConfig(), Options(90), &ProjectTokenizer());
   EventLog log;
   ASSERT_TRUE(s.Submit(Request(1, 4, 1), log.Sink(1)).ok());
   ASSERT_TRUE(s.Submit(Request(2, 4, 5), log.Sink(2)).ok());
@@ -322,12 +328,12 @@ TEST(Scheduler, QueuesWhenFullAndAdmitsAfterAFinish) {
   for (uint64_t id = 1; id <= 4; ++id) {
     const std::vector<RequestEvent> admitted = log.Of(id, Kind::kAdmitted);
     ASSERT_EQ(admitted.size(), 1u);
-    EXPECT_EQ(admitted[0].kv_bytes_reserved, 43u * 2544);
+    EXPECT_EQ(admitted[0].kv_bytes_reserved, (id == 2 ? 33u : 32u) * 4096);
     EXPECT_EQ(admitted[0].queue_position, id <= 2 ? 0 : int64_t(id) - 2);
   }
   EXPECT_EQ(s.Stats().running, 2);
   EXPECT_EQ(s.Stats().queued, 2);
-  EXPECT_EQ(s.Stats().groups[0].pages_used, 86);
+  EXPECT_EQ(s.Stats().groups[0].pages_used, 65);
 
   EXPECT_THAT(Ids(Step(s)), ElementsAre(1u, 2u));  // request 1 ends after one token
   EXPECT_EQ(s.Stats().queued, 1);                  // its pages went to request 3
@@ -335,7 +341,7 @@ TEST(Scheduler, QueuesWhenFullAndAdmitsAfterAFinish) {
   EXPECT_THAT(p.release, ElementsAre(1u));
   ASSERT_THAT(Ids(p), ElementsAre(2u, 3u));
   EXPECT_EQ(p.seqs[1].start_pos, 0);
-  EXPECT_EQ(s.Stats().groups[0].pages_used, 86);
+  EXPECT_EQ(s.Stats().groups[0].pages_used, 65);
   EXPECT_TRUE(RunUntilIdle(s));
   for (uint64_t id = 1; id <= 4; ++id) EXPECT_EQ(log.Last(id).kind, Kind::kFinished);
   EXPECT_EQ(s.Stats().groups[0].pages_used, 0);
@@ -359,18 +365,20 @@ TEST(Scheduler, FullQueueRefuses) {
 }
 
 TEST(Scheduler, BlockedQueueHeadIsPassedAtMostMaxHeadBypassTimes) {
-  SchedulerOptions o = Options(150);
+  SchedulerOptions o = Options(105);
   o.max_head_bypass = 1;
   Scheduler s(TinyConfig(), o, &ProjectTokenizer());
   EventLog log;
-  ASSERT_TRUE(s.Submit(Request(1, 4, 4), log.Sink(1)).ok());      // 43 pages, 107 free
-  ASSERT_TRUE(s.Submit(Request(2, 1040, 10), log.Sink(2)).ok());  // 42 + 66 = 108: waits
+  ASSERT_TRUE(s.Submit(Request(1, 4, 4), log.Sink(1)).ok());      // 33 pages, 72 free
+  // 1,050 positions: 262 CSA entries (14 pages) and keys (5 pages) per CSA layer, 131 ratio-8
+  // entries (7 pages): 28 + 28 + 10 + 7 = 73: waits.
+  ASSERT_TRUE(s.Submit(Request(2, 1040, 10), log.Sink(2)).ok());
   ASSERT_TRUE(s.Submit(Request(3, 4, 4), log.Sink(3)).ok());      // passes it (1st time)
   ASSERT_TRUE(s.Submit(Request(4, 4, 4), log.Sink(4)).ok());      // would fit, but waits
   EXPECT_EQ(log.Of(2, Kind::kAdmitted)[0].queue_position, 1);
   EXPECT_EQ(log.Of(3, Kind::kAdmitted)[0].queue_position, 0);
   EXPECT_EQ(log.Of(4, Kind::kAdmitted)[0].queue_position, 2);
-  EXPECT_EQ(s.Stats().groups[0].pages_used, 86);
+  EXPECT_EQ(s.Stats().groups[0].pages_used, 66);
 
   std::vector<uint64_t> first_seen;
   for (int i = 0; i < 1000 && !s.Idle(); ++i) {
@@ -385,7 +393,7 @@ TEST(Scheduler, BlockedQueueHeadIsPassedAtMostMaxHeadBypassTimes) {
 }
 
 TEST(Scheduler, StrictOrderWithoutBypass) {
-  SchedulerOptions o = Options(150);
+  SchedulerOptions o = Options(105);
   o.max_head_bypass = 0;
   Scheduler s(TinyConfig(), o, &ProjectTokenizer());
   EventLog log;

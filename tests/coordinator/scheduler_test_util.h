@@ -16,11 +16,15 @@
 
 namespace flotilla::testing {
 
-// tiny (spec-shaped, real vocabulary) with 16-token pages: a page is 2,544 B and every
-// sequence holds 42 pages of fixed state, so a request of up to 16 positions takes 43 pages.
-constexpr int64_t kPageTokens = 16;
-constexpr uint64_t kPageBytes = 2544;
-constexpr int64_t kFixedPages = 42;
+// tiny (spec-shaped, real vocabulary) in 4,096-byte pages, the workers' page arithmetic
+// (sharding/kv_pool_layout.h; hand-worked in tests/worker/kv_pool_test.cc): 200-byte main
+// entries 20 to a page, 68-byte indexer keys 60 to a page; every sequence holds 28 pages of
+// windows and compressor state. Layers 1 and 3 are CSA (ratio 4), layer 2 compresses by 8, so a
+// request of T positions takes
+//   28 + 2 ceil(floor(T/4) / 20) + 2 ceil(floor(T/4) / 60) + ceil(floor(T/8) / 20)
+// pages: 28 below 4 positions, 32 for 4..7, 33 for 8..79.
+constexpr uint64_t kPageBytes = 4096;
+constexpr int64_t kFixedPages = 28;
 constexpr int32_t kToken = 100;  // what the fake engine samples unless told otherwise
 
 inline ModelConfig TinyConfig() {
@@ -32,7 +36,7 @@ inline ModelConfig TinyConfig() {
 inline SchedulerOptions Options(int64_t pool_pages, int64_t num_groups = 1) {
   SchedulerOptions o;
   o.num_dp_groups = num_groups;
-  o.page_tokens = kPageTokens;
+  o.kv_page_bytes = int64_t(kPageBytes);
   o.kv_pool_bytes_per_group = uint64_t(pool_pages) * kPageBytes;
   return o;
 }

@@ -408,8 +408,8 @@ class RealSchedulerTest : public ::testing::Test {
   void Start(int64_t pool_pages) {
     config_ = PresetConfig("tiny").value();
     SchedulerOptions options;
-    options.page_tokens = 16;
-    options.kv_pool_bytes_per_group = uint64_t(pool_pages) * 2544;
+    options.kv_page_bytes = 4096;
+    options.kv_pool_bytes_per_group = uint64_t(pool_pages) * 4096;
     ASSERT_TRUE(options.Validate(config_).ok()) << options.Validate(config_);
     scheduler_ = std::make_unique<Scheduler>(config_, options, &ProjectTokenizer());
     front_door_ = std::make_unique<FrontDoor>(config_, &ProjectTokenizer(), scheduler_.get());
@@ -494,7 +494,7 @@ TEST_F(RealSchedulerTest, GenerateStreamsTheSchedulersEvents) {
 }
 
 TEST_F(RealSchedulerTest, ARequestThatCanNeverFitIsResourceExhausted) {
-  Start(50);  // 42 pages of fixed state per sequence + 1 page per 16 positions
+  Start(50);  // 1,000 new tokens take 71 pages of 4 KiB (28 of them fixed state)
   const CallResult r = [&] {
     CallResult out;
     grpc::ClientContext ctx;

@@ -53,6 +53,10 @@ pages_used() {  # total KV pages in use over the DP groups
   "$flotilla" status --server "$server" --json --timeout-s 10 |
     python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(int(g["pages_used"]) for g in s["cluster"]["scheduler"]["groups"]))'
 }
+worker_pages() {  # "used/total" KV pages of each worker's own pool, one line each
+  "$flotilla" status --server "$server" --json --timeout-s 10 |
+    python3 -c 'import json,sys; s=json.load(sys.stdin); [print("%d/%d" % (int(w["stats"].get("kv_pages_used", 0)), int(w["stats"].get("kv_pages_total", 0)))) for w in s["cluster"]["workers"]]'
+}
 ids_of() { grep '^ids:' "$1" | sed 's/^ids: //'; }
 job_processes() { pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model" | wc -l; }
 # Every process of the launcher, its timers included (their command line is the launcher's).
@@ -114,17 +118,24 @@ cancel)
   client=$!
   for _ in $(seq 1 100); do [ "$(pages_used)" -gt 0 ] && break; sleep 0.1; done
   [ "$(pages_used)" -gt 0 ] || fail "the long request never held KV pages"
+  # The worker that runs it holds pages of its own pool (1 GiB in 64 KiB pages: 16,384).
+  held() { worker_pages | awk -F/ '{ used += $1 } END { print used + 0 }'; }
+  for _ in $(seq 1 100); do [ "$(held)" -gt 0 ] && break; sleep 0.1; done
+  [ "$(held)" -gt 0 ] || { worker_pages; fail "no worker holds KV pages for the long request"; }
   kill -9 $client
   "$flotilla" generate --server "$server" --prompt-ids 9,10,11 --max-new-tokens 100000 \
     --ignore-eos --greedy --timeout-s 2 >"$work/deadline.txt" 2>&1
   [ $? -ne 0 ] || fail "a request past its deadline succeeded"
   for _ in $(seq 1 100); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
   [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the clients left: $(pages_used)"
+  # Every page returns to the workers' pools too (the release reaches them with the next plan).
+  for _ in $(seq 1 100); do [ "$(worker_pages | sort -u)" = "0/16384" ] && break; sleep 0.1; done
+  [ "$(worker_pages | sort -u)" = "0/16384" ] || { worker_pages; fail "worker pools not back to empty"; }
   # The server keeps serving.
   "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
     >"$work/after.txt" 2>&1 || fail "the server stopped serving"
   stop_server || fail "server exit status $?"
-  echo "disconnect and deadline: KV pool back to empty, server still serving"
+  echo "disconnect and deadline: KV pool back to empty (admission and workers), server still serving"
   ;;
 long-prompt)
   # A prompt of at least 65,536 tokens, streamed in chunks, is admitted, reports progress and
@@ -156,8 +167,12 @@ over-capacity)
   grep -q "RESOURCE_EXHAUSTED" "$work/big.txt" || { cat "$work/big.txt"; fail "no RESOURCE_EXHAUSTED"; }
   wait $ok || { cat "$work/ok.txt"; fail "the other stream did not complete"; }
   [ "$(ids_of "$work/ok.txt" | tr ',' '\n' | wc -l)" -eq 40 ] || fail "the other stream was cut short"
+  # Each worker reserved the coordinator's pool (8 MiB in 64 KiB pages) and holds no page once
+  # the stream is done (the release reaches the workers with the next step plan).
+  for _ in $(seq 1 100); do [ "$(worker_pages | sort -u)" = "0/128" ] && break; sleep 0.1; done
+  [ "$(worker_pages | sort -u)" = "0/128" ] || { worker_pages; fail "worker KV pages are not 0/128"; }
   stop_server || fail "server exit status $?"
-  echo "over-capacity request refused with the numbers; the other stream completed"
+  echo "over-capacity request refused with the numbers; the other stream completed; workers' pools back to 0/128 pages"
   ;;
 malformed)
   # Malformed requests each get INVALID_ARGUMENT with a useful message; the server keeps serving.
@@ -278,9 +293,10 @@ bad-start)
     echo "refused: $what"
   }
   expect_refused "--workers 0" "--workers '0': expected a positive integer" --model "$model" --workers 0
-  expect_refused "--kv-pool 1KiB" "one sequence of 256 tokens needs 4 pages: give at least 162816 bytes" \
+  expect_refused "--kv-pool 1KiB" "one sequence of 2 tokens needs 10 pages: give at least 655360 bytes" \
     --model "$model" --workers 2 --port 0 -- --kv-pool 1KiB
-  expect_refused "--kv-pool 1TiB" "--kv-pool 1.00 TiB per DP group does not fit host" \
+  # Each worker reserves its pool at start: one larger than the host's memory fails there.
+  expect_refused "--kv-pool 1TiB" "KV pool of 1.00 TiB (--kv-memory; flotilla-serve passes --kv-pool)" \
     --model "$model" --workers 2 --port 0 -- --kv-pool 1TiB
   # The same shards under a config with one main layer fewer.
   fewer=$work/fewer

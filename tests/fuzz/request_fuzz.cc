@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   FuzzedDataProvider in(data, size);
   SchedulerOptions so;
-  so.page_tokens = 64;
+  so.kv_page_bytes = 4096;
   so.kv_pool_bytes_per_group = 1 << 20;
   so.max_queued = 2;
   Scheduler scheduler(config, so, &testing::ProjectTokenizer());
