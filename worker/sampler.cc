@@ -7,6 +7,8 @@
 #include <numeric>
 #include <vector>
 
+#include "common/hd_math.h"
+
 namespace flotilla {
 namespace {
 
@@ -115,7 +117,10 @@ std::optional<int32_t> Sampler::Distribute(const float* logits, const uint64_t* 
   p_buf.resize(n);
   double* p = p_buf.data();
   double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += p[i] = std::exp((double(logits[ids(i)]) - top_d) * inv_t);
+  // hd::ExpD, not std::exp: the CUDA sampler computes the same bits (kernels/cuda/sampling.h).
+  for (int64_t i = 0; i < n; ++i) {
+    sum += p[i] = hd::ExpD(hd::DMul(hd::DSub(double(logits[ids(i)]), top_d), inv_t));
+  }
   int64_t keep = k;
   if (params_.top_p < 1.0f) {
     double acc = 0.0;

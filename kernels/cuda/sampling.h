@@ -9,8 +9,8 @@
 // rest add less than half an ulp to every running sum; when that pruning cannot be shown exact
 // for a draw, the row is redone over every candidate, as the CPU sampler does.
 //
-// The exp is hd::ExpD (common/hd_math.h): the same tokens as a host sampler that uses it for the
-// same draws (worker/sampler.cc still calls std::exp, which differs in the last bit at times).
+// The exp is hd::ExpD (common/hd_math.h), as in worker/sampler.cc: the same tokens for the same
+// draws.
 // The draws come from the host (each request's splitmix64 stream), one per row. Plain C++ header.
 #pragma once
 
