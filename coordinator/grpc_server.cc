@@ -1,5 +1,6 @@
 #include "coordinator/grpc_server.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -10,6 +11,8 @@
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
@@ -204,6 +207,89 @@ class EventQueue {
   bool closed_ = false;
 };
 
+// Ends the calls of clients that stall: each stream says what it is blocked on and since when;
+// past the limit for that wait, its call is cancelled with DEADLINE_EXCEEDED (the blocked Read
+// or Write then returns false on the stream's own thread).
+class StallWatchdog {
+ public:
+  enum class Wait { kNone, kUpload, kWrite };
+
+  struct Watch {
+    grpc::ServerContext* ctx = nullptr;
+    std::atomic<Wait> wait{Wait::kNone};
+    std::atomic<int64_t> since_ms{0};
+    std::atomic<bool> fired{false};
+    std::string reason;  // set before `fired`
+  };
+
+  StallWatchdog(std::chrono::milliseconds upload_idle, std::chrono::milliseconds write_stall)
+      : upload_idle_(upload_idle), write_stall_(write_stall), thread_([this] { Loop(); }) {}
+  ~StallWatchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  static int64_t NowMs() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  static void Begin(Watch* w, Wait wait) {
+    w->since_ms = NowMs();
+    w->wait = wait;
+  }
+  static void End(Watch* w) { w->wait = Wait::kNone; }
+
+  void Add(Watch* w) {
+    std::lock_guard<std::mutex> lock(mu_);
+    watches_.insert(w);
+  }
+  // After this returns the watchdog no longer touches `w` or its call.
+  void Remove(Watch* w) {
+    std::lock_guard<std::mutex> lock(mu_);
+    watches_.erase(w);
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(100));
+      const int64_t now = NowMs();
+      for (Watch* w : watches_) {
+        if (w->fired) continue;
+        const Wait wait = w->wait;
+        const int64_t waited = now - w->since_ms;
+        if (wait == Wait::kUpload && waited >= upload_idle_.count()) {
+          w->reason = absl::StrCat("the client sent no prompt message for ", waited / 1000.0,
+                                   " s (the upload idle limit is ", upload_idle_.count() / 1000.0,
+                                   " s, --upload-idle-s); the prompt was dropped");
+        } else if (wait == Wait::kWrite && waited >= write_stall_.count()) {
+          w->reason = absl::StrCat("the client read no response for ", waited / 1000.0,
+                                   " s (the write stall limit is ", write_stall_.count() / 1000.0,
+                                   " s, --write-stall-s); the request was cancelled");
+        } else {
+          continue;
+        }
+        w->fired = true;
+        grpc_call_cancel_with_status(w->ctx->c_call(), GRPC_STATUS_DEADLINE_EXCEEDED,
+                                     w->reason.c_str(), nullptr);
+      }
+    }
+  }
+
+  const std::chrono::milliseconds upload_idle_, write_stall_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::unordered_set<Watch*> watches_;
+  std::thread thread_;  // last: starts once the rest is built
+};
+
 void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int64_t max_new_tokens,
                   v1::GenerateResponse* out) {
   out->Clear();
@@ -245,11 +331,13 @@ void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int
 class FlotillaService final : public v1::Flotilla::Service {
  public:
   FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, std::string api_key,
-                  size_t max_message_bytes)
+                  size_t max_message_bytes, std::chrono::milliseconds upload_idle,
+                  std::chrono::milliseconds write_stall)
       : front_door_(front_door),
         callbacks_(std::move(callbacks)),
         api_key_(std::move(api_key)),
-        max_message_bytes_(max_message_bytes) {}
+        max_message_bytes_(max_message_bytes),
+        watchdog_(upload_idle, write_stall) {}
 
   // grpc::Status::OK when no key is required or the call carries it.
   grpc::Status Authorize(const grpc::ServerContext* ctx) const {
@@ -295,7 +383,12 @@ class FlotillaService final : public v1::Flotilla::Service {
   }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
-    const grpc::Status status = GenerateStream(ctx, stream);
+    StallWatchdog::Watch watch;
+    watch.ctx = ctx;
+    watchdog_.Add(&watch);
+    grpc::Status status = GenerateStream(ctx, stream, &watch);
+    watchdog_.Remove(&watch);
+    if (watch.fired) status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, watch.reason);
     if (callbacks_.on_generate_done) callbacks_.on_generate_done(OutcomeOf(status));
     return status;
   }
@@ -321,14 +414,20 @@ class FlotillaService final : public v1::Flotilla::Service {
     }
   }
 
-  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream) {
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream,
+                              StallWatchdog::Watch* watch) {
     if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
-    // 1. The prompt: a header, then chunks until `last` or the client's half-close.
+    // 1. The prompt: a header, then chunks until `last` or the client's half-close. Each chunk
+    // is checked and tokenized as it comes.
     PromptAssembler prompt = front_door_->NewPrompt();
+    prompt.SetCancelled([ctx] { return ctx->IsCancelled(); });
     v1::GenerateRequest in;
     int64_t num_messages = 0;
     while (!prompt.complete()) {
-      if (!stream->Read(&in)) {
+      StallWatchdog::Begin(watch, StallWatchdog::Wait::kUpload);
+      const bool got = stream->Read(&in);
+      StallWatchdog::End(watch);
+      if (!got) {
         if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
         if (absl::Status s = prompt.EndOfStream(); !s.ok()) return ToGrpc(s);
         break;
@@ -349,6 +448,7 @@ class FlotillaService final : public v1::Flotilla::Service {
               absl::StrCat("stream message ", num_messages, " sets neither header nor chunk"));
           break;
       }
+      in.Clear();  // a big chunk's buffer goes now, not with the next message
       if (!s.ok()) return ToGrpc(s);
     }
     auto request = front_door_->Prepare(std::move(prompt));
@@ -385,7 +485,10 @@ class FlotillaService final : public v1::Flotilla::Service {
         return ToGrpc(event.error);
       }
       EventToProto(event, id, prompt_tokens, max_new_tokens, &out);
-      if (!stream->Write(out)) {
+      StallWatchdog::Begin(watch, StallWatchdog::Wait::kWrite);
+      const bool written = stream->Write(out);
+      StallWatchdog::End(watch);
+      if (!written) {
         front_door_->Cancel(id, /*notify=*/false);
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
@@ -407,7 +510,8 @@ class FlotillaService final : public v1::Flotilla::Service {
     if (!kind.ok()) return ToGrpc(kind.status());
     auto chat = ChatFromProto(in->chat(), "chat");
     if (!chat.ok()) return ToGrpc(chat.status());
-    auto result = front_door_->Tokenize(*kind, in->text(), *chat);
+    auto result =
+        front_door_->Tokenize(*kind, in->text(), *chat, [ctx] { return ctx->IsCancelled(); });
     if (!result.ok()) return ToGrpc(result.status());
     out->mutable_ids()->Add(result->ids.begin(), result->ids.end());
     // A text prompt is the client's own text: echoing it could double the reply.
@@ -441,6 +545,14 @@ class FlotillaService final : public v1::Flotilla::Service {
     ClusterStatusToProto(status, out);
     out->set_draining(status.draining || drained_.load());
     out->set_active_requests(front_door_->num_active());
+    const PromptMemoryStats m = front_door_->PromptMemoryUse();
+    v1::PromptMemoryStatus* pm = out->mutable_prompt_memory();
+    pm->set_budget_bytes(m.budget_bytes);
+    pm->set_reserved_bytes(m.reserved_bytes);
+    pm->set_peak_reserved_bytes(m.peak_reserved_bytes);
+    pm->set_uploads(m.uploads);
+    pm->set_upload_bytes(m.upload_bytes);
+    pm->set_refused(m.refused);
     return grpc::Status::OK;
   }
 
@@ -466,6 +578,7 @@ class FlotillaService final : public v1::Flotilla::Service {
   std::atomic<bool> serving_{true};
   size_t max_message_bytes_;
   std::mutex health_mu_;  // orders the health updates
+  StallWatchdog watchdog_;
 };
 
 }  // namespace
@@ -493,7 +606,8 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
   auto impl = std::make_unique<Impl>();
   impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks),
                                                     options.api_key,
-                                                    size_t(options.max_message_bytes));
+                                                    size_t(options.max_message_bytes),
+                                                    options.upload_idle, options.write_stall);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
     auto read = [](const std::string& path, std::string* out) {
