@@ -189,6 +189,8 @@ class FrontDoor {
   int64_t max_context() const { return config_.max_position_embeddings; }
   const FrontDoorOptions& options() const { return options_; }
   PromptMemoryStats PromptMemoryUse() const { return memory_.Stats(); }
+  // A share of the prompt budget for bytes a front door holds itself (an HTTP body).
+  PromptMemory::Lease NewMemoryLease() { return memory_.NewLease(); }
 
  private:
   friend class PromptAssembler;

@@ -338,7 +338,33 @@ void HttpServer::Impl::Serve(Stream& stream, tcp::socket& socket) {
     parser.body_limit(options.max_body_bytes);
     parser.header_limit(64 * 1024);
     beast::error_code ec;
-    http::read(stream, buffer, parser, ec);
+    // The body is held in memory: its declared length is reserved from the prompt budget
+    // before it is read (the budget's wait, then 429 naming it).
+    PromptMemory::Lease body_memory = front_door->NewMemoryLease();
+    http::read_header(stream, buffer, parser, ec);
+    if (!ec && parser.content_length().has_value() &&
+        *parser.content_length() <= options.max_body_bytes) {
+      const absl::Status reserved = body_memory.Resize(
+          static_cast<int64_t>(*parser.content_length()),
+          [&socket] { return PeerGone(socket.native_handle()); }, "the HTTP request body");
+      if (!reserved.ok()) {
+        if (reserved.code() == absl::StatusCode::kCancelled) return;
+        WriteError(stream, parser.get().version(), false, reserved, options.retry_after_s);
+        // The body is read and dropped (closing with it unread would reset the connection
+        // before the client reads the answer); then the connection closes.
+        std::vector<char> scratch(64 << 10);
+        size_t left = *parser.content_length() - std::min(buffer.size(),
+                                                          size_t(*parser.content_length()));
+        while (left > 0) {
+          const size_t n = stream.read_some(net::buffer(scratch.data(),
+                                                        std::min(left, scratch.size())), ec);
+          if (ec) break;
+          left -= n;
+        }
+        return;
+      }
+    }
+    if (!ec) http::read(stream, buffer, parser, ec);
     if (ec == http::error::body_limit) {
       WriteResponse(stream, 11, false, 413, "application/json",
                     Dump(ErrorBody(absl::InvalidArgumentError(
@@ -469,6 +495,7 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
   std::vector<GenerateRequest> requests;
   for (int i = 0; i < api.n; ++i) {
     PromptAssembler prompt = front_door->NewPrompt();
+    prompt.SetCancelled([&socket] { return PeerGone(socket.native_handle()); });
     GenerateHeader header = api.header;
     header.sampling.seed += static_cast<uint64_t>(i);
     absl::Status s = prompt.AddHeader(std::move(header));

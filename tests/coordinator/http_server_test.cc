@@ -54,11 +54,13 @@ const char* kTools =
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void Start(HttpOptions options = {}, HttpCallbacks callbacks = {}) {
+  void Start(HttpOptions options = {}, HttpCallbacks callbacks = {},
+             int64_t prompt_memory_bytes = int64_t{1} << 30) {
     ModelConfig config;
     config.max_position_embeddings = 4096;
     FrontDoorOptions fdo;
     fdo.model_name = "test-model";
+    fdo.prompt_memory_bytes = prompt_memory_bytes;
     backend_ = std::make_unique<FakeBackend>(&ProjectTokenizer());
     front_door_ = std::make_unique<FrontDoor>(config, &ProjectTokenizer(), backend_.get(), fdo);
     options.address = "127.0.0.1";
@@ -154,6 +156,22 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<FrontDoor> front_door_;
   std::unique_ptr<HttpServer> server_;
 };
+
+TEST_F(HttpServerTest, ABodyLargerThanThePromptMemoryBudgetIsRefusedUnread) {
+  server_->Shutdown().IgnoreError();
+  Start({}, {}, /*prompt_memory_bytes=*/64 << 10);
+  const json body = {{"model", "test-model"}, {"prompt", std::string(100 << 10, 'a')}};
+  const Reply r = Post("/v1/completions", body);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("the HTTP request body needs"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("--prompt-memory"), std::string::npos) << r.body;
+  EXPECT_EQ(front_door_->PromptMemoryUse().reserved_bytes, 0);
+  // The server keeps serving, and a body within the budget is served.
+  Script("fine");
+  const Reply ok = Post("/v1/completions", {{"model", "test-model"}, {"prompt", "Hello"}});
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_TRUE(backend_->submitted().size() == 1);
+}
 
 TEST_F(HttpServerTest, ThinkingAndToolCallWhole) {
   Script("Need time.</think>" + kToolCall);
