@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
+#include "grpc/health/v1/health.pb.h"
 
 namespace flotilla {
 
@@ -368,9 +369,15 @@ class FlotillaService final : public v1::Flotilla::Service {
   }
 
   // Health, overall ("") and for flotilla.v1.Flotilla: SERVING unless drained, stopped or
-  // told otherwise (a worker missing its deadline).
+  // told otherwise (a worker missing its deadline). The health and reflection services report
+  // SERVING until shutdown.
   void set_serving(bool serving) {
     serving_ = serving;
+    UpdateHealth();
+  }
+  void set_shut_down() {
+    shut_down_ = true;
+    serving_ = false;
     UpdateHealth();
   }
   void UpdateHealth() {
@@ -378,8 +385,13 @@ class FlotillaService final : public v1::Flotilla::Service {
     grpc::Server* server = server_.load();
     if (server == nullptr || server->GetHealthCheckService() == nullptr) return;
     const bool serving = serving_ && !drained_;
-    server->GetHealthCheckService()->SetServingStatus(serving);
-    server->GetHealthCheckService()->SetServingStatus(v1::Flotilla::service_full_name(), serving);
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus(serving);
+    health->SetServingStatus(v1::Flotilla::service_full_name(), serving);
+    // The services that answer whatever the model's state: health and reflection.
+    for (const char* name : {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}) {
+      health->SetServingStatus(name, !shut_down_);
+    }
   }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
@@ -576,6 +588,7 @@ class FlotillaService final : public v1::Flotilla::Service {
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
   std::atomic<bool> serving_{true};
+  std::atomic<bool> shut_down_{false};
   size_t max_message_bytes_;
   std::mutex health_mu_;  // orders the health updates
   StallWatchdog watchdog_;
@@ -601,6 +614,9 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
                                                                     ServingCallbacks callbacks) {
   // Both are process-wide switches read when a server is built.
   grpc::EnableDefaultHealthCheckService(true);
+  // gRPC's health service is not built from a generated class, so its descriptor would be
+  // missing from reflection; this one is (and naming it keeps it linked in).
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
@@ -657,7 +673,7 @@ std::string ServingServer::endpoint() const { return Endpoint(impl_->address, im
 absl::Status ServingServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   std::lock_guard<std::mutex> lock(impl_->shutdown_mu);
   if (impl_->shut_down) return absl::OkStatus();
-  impl_->service->set_serving(false);
+  impl_->service->set_shut_down();
   impl_->server->Shutdown(deadline);
   impl_->server->Wait();
   impl_->shut_down = true;
