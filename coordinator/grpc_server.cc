@@ -291,6 +291,42 @@ class StallWatchdog {
   std::thread thread_;  // last: starts once the rest is built
 };
 
+// After a chunk marked `last` the prompt is complete, but the client may still send: its
+// half-close is expected, anything else is a mistake to refuse rather than ignore. A thread
+// reads on while the handler writes (the sync API allows one reader and one writer at once).
+class AfterLastReader {
+ public:
+  AfterLastReader(Stream* stream, bool start) {
+    if (!start) return;
+    state_ = kPending;
+    thread_ = std::thread([this, stream] {
+      v1::GenerateRequest more;
+      state_ = stream->Read(&more) ? kExtra : kClosed;
+    });
+  }
+  ~AfterLastReader() { FLOTILLA_CHECK(!thread_.joinable()); }  // Finish was called
+
+  bool extra() const { return state_ == kExtra; }
+
+  // Ends the reader; returns `status`. A read still pending (the client neither sent more nor
+  // half-closed) is ended by closing the call with `status` itself.
+  grpc::Status Finish(grpc::ServerContext* ctx, grpc::Status status) {
+    if (!thread_.joinable()) return status;
+    if (state_ == kPending) {
+      grpc_call_cancel_with_status(ctx->c_call(),
+                                   static_cast<grpc_status_code>(status.error_code()),
+                                   status.error_message().c_str(), nullptr);
+    }
+    thread_.join();
+    return status;
+  }
+
+ private:
+  enum State { kNone, kPending, kClosed, kExtra };
+  std::atomic<State> state_{kNone};
+  std::thread thread_;
+};
+
 void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int64_t max_new_tokens,
                   v1::GenerateResponse* out) {
   out->Clear();
@@ -463,8 +499,28 @@ class FlotillaService final : public v1::Flotilla::Service {
       in.Clear();  // a big chunk's buffer goes now, not with the next message
       if (!s.ok()) return ToGrpc(s);
     }
+    AfterLastReader after_last(stream, prompt.ended_by_last());
+    const int64_t last_message = prompt.num_messages();
+    const grpc::Status status =
+        RunRequest(ctx, stream, watch, std::move(prompt), after_last, last_message);
+    return after_last.Finish(ctx, status);
+  }
+
+  static grpc::Status ExtraAfterLast(int64_t last_message) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("stream message ", last_message + 1,
+                     ": sent after the prompt was complete (chunk.last was set on stream message ",
+                     last_message, "); nothing may follow it but the client's half-close"));
+  }
+
+  // The prompt is complete: tokenize what is left, submit, relay the events.
+  grpc::Status RunRequest(grpc::ServerContext* ctx, Stream* stream, StallWatchdog::Watch* watch,
+                          PromptAssembler prompt, const AfterLastReader& after_last,
+                          int64_t last_message) {
     auto request = front_door_->Prepare(std::move(prompt));
     if (!request.ok()) return ToGrpc(request.status());
+    if (after_last.extra()) return ExtraAfterLast(last_message);
     const uint64_t id = request->id;
     const int64_t prompt_tokens = static_cast<int64_t>(request->prompt.size());
     const int64_t max_new_tokens = request->sampling.max_new_tokens;
@@ -482,7 +538,12 @@ class FlotillaService final : public v1::Flotilla::Service {
     v1::GenerateResponse out;
     RequestEvent event;
     while (true) {
-      if (!queue->PopFor(&event, kPollInterval)) {
+      const bool got = queue->PopFor(&event, kPollInterval);
+      if (after_last.extra()) {
+        front_door_->Cancel(id, /*notify=*/false);
+        return ExtraAfterLast(last_message);
+      }
+      if (!got) {
         if (ctx->IsCancelled()) {
           front_door_->Cancel(id, /*notify=*/false);
           return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");

@@ -206,5 +206,63 @@ TEST_F(PromptMemoryTest, AClientThatStopsReadingIsCutOffAndItsRequestCancelled) 
   EXPECT_NE(s.error_message().find("--write-stall-s"), std::string::npos) << s.error_message();
 }
 
+// Issue 13, item 5: chunks sent after the chunk marked `last` were silently ignored.
+TEST_F(PromptMemoryTest, AChunkAfterLastIsRefusedNamingTheField) {
+  StartServer();
+  backend_->set_hold(true);  // the request is still running when the extra chunk comes
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
+  auto stream = stub_->Generate(&ctx);
+  ASSERT_TRUE(stream->Write(Header(v1::PROMPT_KIND_TEXT)));
+  ASSERT_TRUE(stream->Write(TextChunk("Hello", /*last=*/true)));
+  ASSERT_TRUE(backend_->WaitForSubmitted(1, std::chrono::seconds(10)));
+  stream->Write(TextChunk(" and more"));
+  v1::GenerateResponse e;
+  while (stream->Read(&e)) {
+  }
+  const grpc::Status s = stream->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find("stream message 3: sent after the prompt was complete "
+                                   "(chunk.last was set on stream message 2)"),
+            std::string::npos)
+      << s.error_message();
+  const uint64_t id = backend_->submitted()[0].id;
+  EXPECT_TRUE(backend_->WaitForCancel(id, std::chrono::seconds(10)));
+}
+
+// A client that ends its prompt with `last` and never half-closes still gets its whole answer
+// and an OK status, or the request's own error.
+TEST_F(PromptMemoryTest, ClientsThatDoNotHalfCloseGetTheirStatus) {
+  StartServer();
+  for (const bool fail : {false, true}) {
+    SCOPED_TRACE(fail ? "failing request" : "normal request");
+    backend_->set_run_error(fail ? absl::UnavailableError("worker rank 1 is gone")
+                                 : absl::OkStatus());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
+    auto stream = stub_->Generate(&ctx);
+    ASSERT_TRUE(stream->Write(Header(v1::PROMPT_KIND_TOKEN_IDS, [](v1::GenerateHeader* h) {
+      h->mutable_sampling()->set_max_new_tokens(5);
+    })));
+    ASSERT_TRUE(stream->Write(IdsChunk({7, 8, 9}, /*last=*/true)));
+    std::vector<int32_t> tokens;
+    bool finished = false;
+    v1::GenerateResponse e;
+    while (stream->Read(&e)) {
+      if (e.has_token()) tokens.insert(tokens.end(), e.token().ids().begin(), e.token().ids().end());
+      if (e.has_finished()) finished = true;
+    }
+    const grpc::Status s = stream->Finish();
+    if (fail) {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+      EXPECT_EQ(s.error_message(), "worker rank 1 is gone");
+    } else {
+      EXPECT_TRUE(s.ok()) << s.error_code() << " " << s.error_message();
+      EXPECT_TRUE(finished);
+      EXPECT_EQ(tokens, (std::vector<int32_t>{7, 8, 9, 7, 8}));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flotilla::testing
