@@ -216,8 +216,7 @@ absl::Status PromptAssembler::AddText(std::string text) {
     const size_t capacity = need <= text_.capacity()
                                 ? text_.capacity()
                                 : std::max(need, text_.capacity() + text_.capacity() / 2);
-    RETURN_IF_ERROR(
-        lease_.Resize(static_cast<int64_t>(capacity) + n, cancelled_, Where()));
+    RETURN_IF_ERROR(lease_.Resize(static_cast<int64_t>(capacity) + n, cancelled_, Where()));
     text_.reserve(capacity);
     text_ += text;
     text = std::string();
@@ -230,17 +229,17 @@ absl::Status PromptAssembler::AddText(std::string text) {
         kWorkBytesPerPromptByte *
         std::min<int64_t>(static_cast<int64_t>(encoder_->held_bytes()) + n,
                           2 * static_cast<int64_t>(IncrementalEncoder::kDefaultStepBytes));
-    RETURN_IF_ERROR(lease_.Resize(HeldBytes() + n * (1 + sizeof(int32_t)) + work, cancelled_,
-                                  Where()));
+    RETURN_IF_ERROR(
+        lease_.Resize(HeldBytes() + n * (1 + sizeof(int32_t)) + work, cancelled_, Where()));
     // In pieces, so that a client gone mid-chunk stops the work and the ids are counted early.
     const size_t piece = IncrementalEncoder::kDefaultStepBytes;
     for (size_t at = 0; at < text.size(); at += piece) {
       if (cancelled_ && cancelled_()) return absl::CancelledError("the client went away");
       absl::Status s = encoder_->Append(std::string_view(text).substr(at, piece));
       if (!s.ok()) return TextError(s, "prompt text");
-      RETURN_IF_ERROR(CheckTokenCount(static_cast<int64_t>(encoder_->ids().size()),
-                                      absl::StrCat("byte ", encoder_->bytes_in(), " of the text (",
-                                                   Where(), ")")));
+      RETURN_IF_ERROR(CheckTokenCount(
+          static_cast<int64_t>(encoder_->ids().size()),
+          absl::StrCat("byte ", encoder_->bytes_in(), " of the text (", Where(), ")")));
     }
     text = std::string();
   }
@@ -361,13 +360,13 @@ absl::StatusOr<std::vector<int32_t>> FrontDoor::EncodeText(
   IncrementalEncoder encoder(tokenizer_);
   const size_t piece = IncrementalEncoder::kDefaultStepBytes;
   const int64_t base = lease->bytes();
-  const int64_t work = kWorkBytesPerPromptByte * static_cast<int64_t>(std::min(text.size(), 2 * piece));
+  const int64_t work =
+      kWorkBytesPerPromptByte * static_cast<int64_t>(std::min(text.size(), 2 * piece));
   for (size_t at = 0; at < text.size(); at += piece) {
     if (cancelled && cancelled()) return absl::CancelledError("the client went away");
     // The ids so far (at most one per byte), the next piece's and the work.
-    const int64_t ids_bytes =
-        static_cast<int64_t>((encoder.ids().capacity() + std::min(piece, text.size() - at)) *
-                             sizeof(int32_t));
+    const int64_t ids_bytes = static_cast<int64_t>(
+        (encoder.ids().capacity() + std::min(piece, text.size() - at)) * sizeof(int32_t));
     RETURN_IF_ERROR(lease->Resize(base + ids_bytes + work, cancelled, std::string(what)));
     RETURN_IF_ERROR(TextError(encoder.Append(text.substr(at, piece)), what));
     if (max_tokens >= 0 && static_cast<int64_t>(encoder.ids().size()) > max_tokens) {
@@ -442,8 +441,7 @@ absl::StatusOr<GenerateRequest> FrontDoor::Prepare(PromptAssembler prompt) {
         return Invalid("empty prompt: no text was sent");
       }
       IncrementalEncoder& encoder = *prompt.encoder_;
-      const int64_t work =
-          kWorkBytesPerPromptByte * static_cast<int64_t>(encoder.held_bytes());
+      const int64_t work = kWorkBytesPerPromptByte * static_cast<int64_t>(encoder.held_bytes());
       RETURN_IF_ERROR(prompt.lease_.Resize(prompt.HeldBytes() + work, cancelled, "the prompt"));
       RETURN_IF_ERROR(TextError(encoder.Finish(), "prompt text"));
       ids = encoder.TakeIds();
@@ -453,8 +451,8 @@ absl::StatusOr<GenerateRequest> FrontDoor::Prepare(PromptAssembler prompt) {
       if (prompt.text_.empty()) return Invalid("empty prompt: no messages JSON was sent");
       // The parsed JSON and the rendered prompt: a few times the JSON, within the work bound.
       const int64_t json_bytes = static_cast<int64_t>(prompt.text_.size());
-      RETURN_IF_ERROR(prompt.lease_.Resize(prompt.HeldBytes() + kWorkBytesPerPromptByte * json_bytes,
-                                           cancelled, "the chat prompt"));
+      RETURN_IF_ERROR(prompt.lease_.Resize(
+          prompt.HeldBytes() + kWorkBytesPerPromptByte * json_bytes, cancelled, "the chat prompt"));
       ASSIGN_OR_RETURN(std::string rendered, RenderChat(prompt.text_, h.chat));
       prompt.text_ = std::string();
       RETURN_IF_ERROR(prompt.lease_.Resize(static_cast<int64_t>(rendered.capacity()), cancelled,
@@ -542,9 +540,9 @@ absl::StatusOr<FrontDoor::TokenizeResult> FrontDoor::Tokenize(
     }
     case PromptKind::kChat: {
       if (text.empty()) return Invalid("messages: no messages JSON was sent");
-      RETURN_IF_ERROR(lease.Resize(
-          (1 + kWorkBytesPerPromptByte) * static_cast<int64_t>(text.size()), cancelled,
-          "Tokenize"));
+      RETURN_IF_ERROR(
+          lease.Resize((1 + kWorkBytesPerPromptByte) * static_cast<int64_t>(text.size()), cancelled,
+                       "Tokenize"));
       ASSIGN_OR_RETURN(result.prompt, RenderChat(text, chat));
       text = std::string();
       RETURN_IF_ERROR(

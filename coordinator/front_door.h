@@ -10,8 +10,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,10 +19,10 @@
 
 #include "common/model_config.h"
 #include "common/status.h"
-#include "tokenizer/chat_encoding.h"
 #include "coordinator/prompt_memory.h"
 #include "coordinator/request.h"
 #include "coordinator/request_sink.h"
+#include "tokenizer/chat_encoding.h"
 #include "tokenizer/incremental_encoder.h"
 #include "tokenizer/tokenizer.h"
 

@@ -681,10 +681,9 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks),
-                                                    options.api_key,
-                                                    size_t(options.max_message_bytes),
-                                                    options.upload_idle, options.write_stall);
+  impl->service = std::make_unique<FlotillaService>(
+      front_door, std::move(callbacks), options.api_key, size_t(options.max_message_bytes),
+      options.upload_idle, options.write_stall);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
     auto read = [](const std::string& path, std::string* out) {

@@ -353,11 +353,11 @@ void HttpServer::Impl::Serve(Stream& stream, tcp::socket& socket) {
         // The body is read and dropped (closing with it unread would reset the connection
         // before the client reads the answer); then the connection closes.
         std::vector<char> scratch(64 << 10);
-        size_t left = *parser.content_length() - std::min(buffer.size(),
-                                                          size_t(*parser.content_length()));
+        size_t left =
+            *parser.content_length() - std::min(buffer.size(), size_t(*parser.content_length()));
         while (left > 0) {
-          const size_t n = stream.read_some(net::buffer(scratch.data(),
-                                                        std::min(left, scratch.size())), ec);
+          const size_t n =
+              stream.read_some(net::buffer(scratch.data(), std::min(left, scratch.size())), ec);
           if (ec) break;
           left -= n;
         }

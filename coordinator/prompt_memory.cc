@@ -85,13 +85,14 @@ absl::Status PromptMemory::Grow(int64_t delta, int64_t total,
       ++stats_.refused;
       return absl::ResourceExhaustedError(absl::StrCat(
           what, " refused: the prompt memory budget (--prompt-memory ",
-          FormatBytes(uint64_t(budget_)), ") is held by other prompts being received or "
-          "tokenized (", FormatBytes(uint64_t(stats_.reserved_bytes)), " in use, ",
-          FormatBytes(uint64_t(delta)), " more needed) and did not free up within ",
-          max_wait_.count(), " ms; retry later"));
+          FormatBytes(uint64_t(budget_)),
+          ") is held by other prompts being received or "
+          "tokenized (",
+          FormatBytes(uint64_t(stats_.reserved_bytes)), " in use, ", FormatBytes(uint64_t(delta)),
+          " more needed) and did not free up within ", max_wait_.count(), " ms; retry later"));
     }
-    freed_.wait_for(lock, std::min<std::chrono::steady_clock::duration>(kCancelPoll,
-                                                                        deadline - now));
+    freed_.wait_for(lock,
+                    std::min<std::chrono::steady_clock::duration>(kCancelPoll, deadline - now));
   }
   stats_.reserved_bytes += delta;
   stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);

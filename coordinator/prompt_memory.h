@@ -23,9 +23,9 @@ struct PromptMemoryStats {
   int64_t budget_bytes = 0;
   int64_t reserved_bytes = 0;  // held by prompts now
   int64_t peak_reserved_bytes = 0;
-  int64_t uploads = 0;         // prompts being received
-  int64_t upload_bytes = 0;    // bytes those have sent so far
-  int64_t refused = 0;         // requests refused for want of budget
+  int64_t uploads = 0;       // prompts being received
+  int64_t upload_bytes = 0;  // bytes those have sent so far
+  int64_t refused = 0;       // requests refused for want of budget
 };
 
 class PromptMemory {

@@ -37,8 +37,8 @@ absl::Status IncrementalEncoder::Encode(bool final) {
   const std::string_view text(held_.data(), end);
   const size_t bad = utf8::FindInvalid(text);
   if (bad != text.size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "text is not valid UTF-8 (byte offset ", held_offset_ + static_cast<int64_t>(bad), ")"));
+    return absl::InvalidArgumentError(absl::StrCat("text is not valid UTF-8 (byte offset ",
+                                                   held_offset_ + static_cast<int64_t>(bad), ")"));
   }
   size_t done = 0;
   if (final) {

@@ -41,8 +41,8 @@ class IncrementalEncoder {
 
   const Tokenizer* tokenizer_;
   size_t step_bytes_;
-  std::string held_;          // text not encoded yet
-  int64_t held_offset_ = 0;   // offset of held_[0] in the whole text
+  std::string held_;         // text not encoded yet
+  int64_t held_offset_ = 0;  // offset of held_[0] in the whole text
   int64_t bytes_in_ = 0;
   size_t next_try_bytes_ = 0;  // 0: at step_bytes_
   std::vector<int32_t> ids_;

@@ -5,10 +5,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "nlohmann/json.hpp"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/string_view_compat.h"
 #include "tokenizer/utf8.h"
-#include "nlohmann/json.hpp"
 
 namespace flotilla {
 namespace {

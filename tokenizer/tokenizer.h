@@ -41,8 +41,7 @@ class Tokenizer {
   // kStableTailBytes (and the longest added token) before the end, with two more pieces after
   // it and no run of whitespace across it: a regex split there depends on nothing that
   // follows. Encode(a + b) == ids of the prefix + Encode(rest of a + b) for every b.
-  absl::StatusOr<size_t> EncodeStablePrefix(std::string_view text,
-                                            std::vector<int32_t>* ids) const;
+  absl::StatusOr<size_t> EncodeStablePrefix(std::string_view text, std::vector<int32_t>* ids) const;
   static constexpr size_t kStableTailBytes = 64;
 
   // Text of `ids` (valid UTF-8). With `skip_special`, tokens flagged special are left out.

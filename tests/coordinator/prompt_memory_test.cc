@@ -249,7 +249,8 @@ TEST_F(PromptMemoryTest, ClientsThatDoNotHalfCloseGetTheirStatus) {
     bool finished = false;
     v1::GenerateResponse e;
     while (stream->Read(&e)) {
-      if (e.has_token()) tokens.insert(tokens.end(), e.token().ids().begin(), e.token().ids().end());
+      if (e.has_token())
+        tokens.insert(tokens.end(), e.token().ids().begin(), e.token().ids().end());
       if (e.has_finished()) finished = true;
     }
     const grpc::Status s = stream->Finish();

@@ -1,8 +1,8 @@
 // The rest of the client API through a real in-process gRPC server: disconnect ->
 // Cancel(notify=false), Cancel, Tokenize, model info, cluster status, drain, health and
 // reflection; then the real Scheduler (with a fake engine thread) behind the front door.
-#include <grpcpp/generic/generic_stub.h>
 #include <google/protobuf/descriptor.pb.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
@@ -14,11 +14,11 @@
 #include <vector>
 
 #include "common/synthetic.h"
-#include "tokenizer/chat_encoding.h"
 #include "coordinator/scheduler.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "tests/coordinator/serving_test_util.h"
+#include "tokenizer/chat_encoding.h"
 
 namespace flotilla::testing {
 namespace {

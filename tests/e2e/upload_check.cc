@@ -135,8 +135,8 @@ int StallRead(const std::string& server) {
   int64_t num_read = 0;
   while (stream->Read(&e)) ++num_read;
   const grpc::Status s = stream->Finish();
-  std::printf("read %lld responses, then status %d: %s\n", (long long)num_read,
-              int(s.error_code()), s.error_message().c_str());
+  std::printf("read %lld responses, then status %d: %s\n", (long long)num_read, int(s.error_code()),
+              s.error_message().c_str());
   return s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
                  Contains(s.error_message(), "--write-stall-s")
              ? 0
