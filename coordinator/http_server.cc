@@ -382,7 +382,9 @@ void HttpServer::Impl::Serve(Stream& stream, tcp::socket& socket) {
       return;
     }
     http::request<http::string_body> req = parser.release();
+    const bool keep_alive = req.keep_alive();
     if (!Handle(stream, socket, req)) return;
+    if (!keep_alive) return;  // "Connection: close" (or HTTP/1.0): the answer was the last
   }
 }
 

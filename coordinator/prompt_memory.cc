@@ -21,7 +21,9 @@ PromptMemory::Lease& PromptMemory::Lease::operator=(Lease&& other) noexcept {
   bytes_ = other.bytes_;
   uploading_ = other.uploading_;
   upload_bytes_ = other.upload_bytes_;
+  peak_ = other.peak_;
   other.owner_ = nullptr;
+  other.peak_ = 0;
   other.bytes_ = 0;
   other.uploading_ = false;
   other.upload_bytes_ = 0;
@@ -32,12 +34,13 @@ absl::Status PromptMemory::Lease::Resize(int64_t bytes, const std::function<bool
                                          const std::string& what) {
   if (owner_ == nullptr || bytes == bytes_) return absl::OkStatus();
   if (bytes < bytes_) {
-    owner_->Shrink(bytes_ - bytes);
+    owner_->Shrink(bytes_ - bytes, /*trim=*/false);
     bytes_ = bytes;
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(owner_->Grow(bytes - bytes_, bytes, cancelled, what));
   bytes_ = bytes;
+  peak_ = std::max(peak_, bytes);
   return absl::OkStatus();
 }
 
@@ -62,7 +65,8 @@ void PromptMemory::Lease::EndUpload() {
 void PromptMemory::Lease::Reset() {
   if (owner_ == nullptr) return;
   EndUpload();
-  if (bytes_ > 0) owner_->Shrink(bytes_);
+  if (bytes_ > 0 || peak_ > 0) owner_->Shrink(bytes_, /*trim=*/peak_ >= kTrimAfterBytes);
+  peak_ = 0;
   bytes_ = 0;
 }
 
@@ -99,14 +103,14 @@ absl::Status PromptMemory::Grow(int64_t delta, int64_t total,
   return absl::OkStatus();
 }
 
-void PromptMemory::Shrink(int64_t delta) {
-  {
+void PromptMemory::Shrink(int64_t delta, bool trim) {
+  if (delta > 0) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.reserved_bytes -= delta;
   }
   freed_.notify_all();
-  // The big buffers of a prompt go back to the system, not just to the heap.
-  if (delta >= kTrimAfterBytes) malloc_trim(0);
+  // When a big prompt is done, its buffers go back to the system, not just to the heap.
+  if (trim) malloc_trim(0);
 }
 
 PromptMemoryStats PromptMemory::Stats() const {

@@ -30,7 +30,8 @@ struct PromptMemoryStats {
 
 class PromptMemory {
  public:
-  // Releases of at least this many bytes hand free heap pages back to the system.
+  // A request whose share reached this many bytes hands free heap pages back to the system
+  // when it goes.
   static constexpr int64_t kTrimAfterBytes = int64_t{8} << 20;
 
   PromptMemory(int64_t budget_bytes, std::chrono::milliseconds max_wait)
@@ -63,6 +64,7 @@ class PromptMemory {
    private:
     PromptMemory* owner_ = nullptr;
     int64_t bytes_ = 0;
+    int64_t peak_ = 0;  // the most this share held: a big one trims the heap when it goes
     bool uploading_ = false;
     int64_t upload_bytes_ = 0;
   };
@@ -74,7 +76,7 @@ class PromptMemory {
  private:
   absl::Status Grow(int64_t delta, int64_t total, const std::function<bool()>& cancelled,
                     const std::string& what);
-  void Shrink(int64_t delta);
+  void Shrink(int64_t delta, bool trim);
 
   const int64_t budget_;
   const std::chrono::milliseconds max_wait_;

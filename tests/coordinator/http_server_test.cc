@@ -6,8 +6,10 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -156,6 +158,44 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<FrontDoor> front_door_;
   std::unique_ptr<HttpServer> server_;
 };
+
+// A request with "Connection: close" gets its answer and then the end of the connection (the
+// server used to wait for another request on it, and a client reading to the end hung).
+TEST_F(HttpServerTest, ConnectionCloseEndsTheConnectionAfterTheAnswer) {
+  Script("fine");
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+  const std::string body = json{{"model", "test-model"}, {"prompt", "Hello"}}.dump();
+  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Content-Type: application/json\r\nConnection: close\r\n"
+                          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  net::write(socket, net::buffer(req));
+  // Read to the end on another thread, so that a connection left open fails the test instead
+  // of hanging it.
+  std::string reply;
+  std::atomic<bool> ended{false};
+  std::thread reader([&] {
+    beast::error_code ec;
+    char buf[4096];
+    while (true) {
+      const size_t n = socket.read_some(net::buffer(buf), ec);
+      if (ec) break;
+      reply.append(buf, n);
+    }
+    ended = ec == net::error::eof;
+  });
+  for (int i = 0; i < 200 && !ended; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(ended.load()) << "the server kept the connection open";
+  if (!ended) {
+    beast::error_code ec;
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
+  }
+  reader.join();
+  EXPECT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
+  EXPECT_NE(reply.find("\"finish_reason\""), std::string::npos) << reply;
+}
 
 TEST_F(HttpServerTest, ABodyLargerThanThePromptMemoryBudgetIsRefusedUnread) {
   server_->Shutdown().IgnoreError();
