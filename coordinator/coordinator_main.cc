@@ -4,10 +4,14 @@
 // Flags: kUsage below (`flotilla-coordinator --help`, docs/serving-api.md).
 // SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
 // exit 0.
+#include <malloc.h>
+
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/engine.h"
@@ -183,6 +187,12 @@ int Main(int argc, char** argv) {
       return 0;
     }
   }
+  // Prompts come and go in buffers of megabytes on many gRPC and HTTP threads. With glibc's
+  // defaults each thread's arena keeps what it once held, spread out so that malloc_trim cannot
+  // return it, and the coordinator's RSS creeps up under churn (e2e_soak). Buffers of 1 MiB and
+  // more are mapped and unmapped on their own, and a few arenas serve all threads.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_ARENA_MAX, 4);
   auto opts = ParseOptions(std::vector<std::string>(argv + 1, argv + argc));
   CommOptions comm_options;
   if (opts.ok()) comm_options.timeout = absl::Seconds(opts->timeout_s);
@@ -346,7 +356,24 @@ int Main(int argc, char** argv) {
       std::ofstream(opts->http_port_file) << http->port() << "\n";
     }
   }
+  // When the front doors fall idle after work, what the heap holds goes back to the system:
+  // the buffers of requests (gRPC's among them) are freed after their prompt memory was.
+  std::atomic<bool> trimmer_stop{false};
+  std::thread trimmer([&] {
+    int64_t trimmed_at = -1;
+    while (!trimmer_stop.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      const PromptMemoryStats m = front_door.PromptMemoryUse();
+      if (m.reserved_bytes == 0 && front_door.num_active() == 0 &&
+          m.total_reserved_bytes != trimmed_at) {
+        malloc_trim(0);
+        trimmed_at = m.total_reserved_bytes;
+      }
+    }
+  });
   st = engine.Run();
+  trimmer_stop = true;
+  trimmer.join();
   liveness->Stop();
   if (http != nullptr) (void)http->Shutdown();
   (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

@@ -21,9 +21,7 @@ PromptMemory::Lease& PromptMemory::Lease::operator=(Lease&& other) noexcept {
   bytes_ = other.bytes_;
   uploading_ = other.uploading_;
   upload_bytes_ = other.upload_bytes_;
-  peak_ = other.peak_;
   other.owner_ = nullptr;
-  other.peak_ = 0;
   other.bytes_ = 0;
   other.uploading_ = false;
   other.upload_bytes_ = 0;
@@ -34,13 +32,12 @@ absl::Status PromptMemory::Lease::Resize(int64_t bytes, const std::function<bool
                                          const std::string& what) {
   if (owner_ == nullptr || bytes == bytes_) return absl::OkStatus();
   if (bytes < bytes_) {
-    owner_->Shrink(bytes_ - bytes, /*trim=*/false);
+    owner_->Shrink(bytes_ - bytes, /*request_ends=*/false);
     bytes_ = bytes;
     return absl::OkStatus();
   }
   RETURN_IF_ERROR(owner_->Grow(bytes - bytes_, bytes, cancelled, what));
   bytes_ = bytes;
-  peak_ = std::max(peak_, bytes);
   return absl::OkStatus();
 }
 
@@ -65,8 +62,7 @@ void PromptMemory::Lease::EndUpload() {
 void PromptMemory::Lease::Reset() {
   if (owner_ == nullptr) return;
   EndUpload();
-  if (bytes_ > 0 || peak_ > 0) owner_->Shrink(bytes_, /*trim=*/peak_ >= kTrimAfterBytes);
-  peak_ = 0;
+  owner_->Shrink(bytes_, /*request_ends=*/true);
   bytes_ = 0;
 }
 
@@ -99,17 +95,27 @@ absl::Status PromptMemory::Grow(int64_t delta, int64_t total,
                     std::min<std::chrono::steady_clock::duration>(kCancelPoll, deadline - now));
   }
   stats_.reserved_bytes += delta;
+  stats_.total_reserved_bytes += delta;
   stats_.peak_reserved_bytes = std::max(stats_.peak_reserved_bytes, stats_.reserved_bytes);
   return absl::OkStatus();
 }
 
-void PromptMemory::Shrink(int64_t delta, bool trim) {
-  if (delta > 0) {
+void PromptMemory::Shrink(int64_t delta, bool request_ends) {
+  bool trim = false;
+  {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.reserved_bytes -= delta;
+    released_since_trim_ += delta;
+    const auto now = std::chrono::steady_clock::now();
+    if (request_ends && released_since_trim_ >= kTrimAfterBytes &&
+        (stats_.reserved_bytes == 0 || now - last_trim_ >= kTrimInterval)) {
+      trim = true;
+      released_since_trim_ = 0;
+      last_trim_ = now;
+    }
   }
-  freed_.notify_all();
-  // When a big prompt is done, its buffers go back to the system, not just to the heap.
+  if (delta > 0) freed_.notify_all();
+  // The buffers of big prompts go back to the system, not just to the heap.
   if (trim) malloc_trim(0);
 }
 

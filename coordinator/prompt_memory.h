@@ -26,13 +26,15 @@ struct PromptMemoryStats {
   int64_t uploads = 0;       // prompts being received
   int64_t upload_bytes = 0;  // bytes those have sent so far
   int64_t refused = 0;       // requests refused for want of budget
+  int64_t total_reserved_bytes = 0;  // ever reserved (grows with every request)
 };
 
 class PromptMemory {
  public:
-  // A request whose share reached this many bytes hands free heap pages back to the system
-  // when it goes.
+  // Once requests have released this many bytes, the one that ends hands free heap pages back
+  // to the system (malloc_trim), at most every kTrimInterval unless nothing is left reserved.
   static constexpr int64_t kTrimAfterBytes = int64_t{8} << 20;
+  static constexpr std::chrono::milliseconds kTrimInterval{250};
 
   PromptMemory(int64_t budget_bytes, std::chrono::milliseconds max_wait)
       : budget_(budget_bytes), max_wait_(max_wait) {}
@@ -64,7 +66,6 @@ class PromptMemory {
    private:
     PromptMemory* owner_ = nullptr;
     int64_t bytes_ = 0;
-    int64_t peak_ = 0;  // the most this share held: a big one trims the heap when it goes
     bool uploading_ = false;
     int64_t upload_bytes_ = 0;
   };
@@ -76,13 +77,15 @@ class PromptMemory {
  private:
   absl::Status Grow(int64_t delta, int64_t total, const std::function<bool()>& cancelled,
                     const std::string& what);
-  void Shrink(int64_t delta, bool trim);
+  void Shrink(int64_t delta, bool request_ends);
 
   const int64_t budget_;
   const std::chrono::milliseconds max_wait_;
   mutable std::mutex mu_;
   std::condition_variable freed_;
   PromptMemoryStats stats_;
+  int64_t released_since_trim_ = 0;
+  std::chrono::steady_clock::time_point last_trim_;
 };
 
 }  // namespace flotilla

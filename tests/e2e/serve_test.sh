@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end serving tests (CTest label e2e): real processes — launch/flotilla-serve starts a
 # coordinator and 2 CPU workers on the tiny model — and real gRPC on 127.0.0.1.
-#   serve_test.sh BUILD_DIR WORK_DIR CASE [MALFORMED_CHECK [UPLOAD_CHECK]]
+#   serve_test.sh BUILD_DIR WORK_DIR CASE [MALFORMED_CHECK [UPLOAD_CHECK [SOAK_CHECK]]]
 set -uo pipefail
-build=$1 work=$2 case=$3 malformed_check=${4:-} upload_check=${5:-}
+build=$1 work=$2 case=$3 malformed_check=${4:-} upload_check=${5:-} soak_check=${6:-}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 flotilla=$build/tools/flotilla
 mkdir -p "$work"
@@ -460,6 +460,50 @@ stalled-clients)
     >"$work/after.txt" 2>&1 || fail "the server stopped serving"
   stop_server || fail "server exit status $?"
   echo "stalled upload and stalled reader cut off; KV freed; server still serving"
+  ;;
+soak)
+  # Issue 13: a soak of 150 s (loopback only, tiny model). Six clients at once send short and
+  # long requests over gRPC and HTTP, cancel at random times (during upload, tokenization,
+  # queueing and generation), use the Cancel RPC, and disconnect mid-stream and mid-upload
+  # (tests/e2e/soak_check.cc). Every request not cancelled must complete with finish reason
+  # length and exactly its max_new_tokens. Afterwards: no KV pages used, no request active,
+  # running or queued, no upload or prompt memory held; the coordinator's RSS within its
+  # baseline + 64 MiB, each worker's within its baseline + the 128 MiB KV pool it may have
+  # touched + 64 MiB.
+  rm -f "$work/http_port"
+  start_server --kv-pool 128MiB --http-port-file "$work/http_port"
+  for _ in $(seq 1 50); do [ -s "$work/http_port" ] && break; sleep 0.1; done
+  http_port=$(cat "$work/http_port")
+  "$flotilla" generate --server "$server" --prompt "Hello there" --max-new-tokens 4 --greedy \
+    >"$work/warm.txt" 2>&1 || { cat "$work/warm.txt"; fail "warm-up request"; }
+  pids=$(pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model")
+  [ "$(echo "$pids" | wc -w)" -eq 3 ] || fail "expected 3 processes, found: $pids"
+  rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
+  declare -A base
+  for p in $pids; do base[$p]=$(rss_kib "$p"); done
+  "$soak_check" "$server" "$http_port" 150 >"$work/soak.txt" 2>&1
+  rc=$?
+  cat "$work/soak.txt"
+  [ $rc -eq 0 ] || fail "the soak had unexpected outcomes"
+  for _ in $(seq 1 300); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the soak: $(pages_used)"
+  "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
+  grep -q "^scheduler: running 0, queued 0, .*active requests 0" "$work/status.txt" ||
+    { cat "$work/status.txt"; fail "requests left after the soak"; }
+  grep -q "^prompts: 0 uploads in progress (0 bytes received), prompt memory 0/" "$work/status.txt" ||
+    { cat "$work/status.txt"; fail "uploads or prompt memory left after the soak"; }
+  sleep 2
+  for p in $pids; do
+    name=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -d' ' -f1 | xargs basename)
+    slack=$(( 64 * 1024 ))
+    [ "$name" = flotilla-worker ] && slack=$(( (128 + 64) * 1024 ))
+    now=$(rss_kib "$p")
+    echo "$name (pid $p): RSS $(( ${base[$p]} / 1024 )) MiB before, $(( now / 1024 )) MiB after (bound $(( (${base[$p]} + slack) / 1024 )) MiB)"
+    [ "$now" -le $(( ${base[$p]} + slack )) ] || fail "$name RSS did not return near its baseline"
+  done
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
+    >"$work/after.txt" 2>&1 || fail "the server stopped serving"
+  stop_server || fail "server exit status $?"
   ;;
 *) fail "unknown case $case" ;;
 esac
