@@ -68,8 +68,8 @@ constexpr char kUsage[] =
     "                          is refused with RESOURCE_EXHAUSTED (HTTP 429)\n"
     "  --upload-idle-s S       a Generate stream that sends no prompt message for S seconds\n"
     "                          ends with DEADLINE_EXCEEDED (default 30)\n"
-    "  --write-stall-s S       a client that reads no response for S seconds is cut off and\n"
-    "                          its request cancelled (default 30)\n"
+    "  --write-stall-s S       a client (gRPC or HTTP) that reads no response for S seconds\n"
+    "                          is cut off and its requests cancelled (default 30)\n"
     "  SIGTERM or SIGINT (or the Drain RPC): stop admitting, finish in-flight requests, stop\n"
     "  every rank, exit 0.\n";
 
@@ -145,6 +145,7 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   ASSIGN_OR_RETURN(o.prompt_memory_wait, seconds("--prompt-memory-wait-s", 2, 0, 600));
   ASSIGN_OR_RETURN(o.serving.upload_idle, seconds("--upload-idle-s", 30, 0.5, 86400));
   ASSIGN_OR_RETURN(o.serving.write_stall, seconds("--write-stall-s", 30, 0.5, 86400));
+  o.http.write_stall = o.serving.write_stall;
   RETURN_IF_ERROR(ModelNameOfDir(o.model).status());
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");

@@ -57,9 +57,9 @@ const char* kTools =
 class HttpServerTest : public ::testing::Test {
  protected:
   void Start(HttpOptions options = {}, HttpCallbacks callbacks = {},
-             int64_t prompt_memory_bytes = int64_t{1} << 30) {
+             int64_t prompt_memory_bytes = int64_t{1} << 30, int64_t max_context = 4096) {
     ModelConfig config;
-    config.max_position_embeddings = 4096;
+    config.max_position_embeddings = max_context;
     FrontDoorOptions fdo;
     fdo.model_name = "test-model";
     fdo.prompt_memory_bytes = prompt_memory_bytes;
@@ -195,6 +195,37 @@ TEST_F(HttpServerTest, ConnectionCloseEndsTheConnectionAfterTheAnswer) {
   reader.join();
   EXPECT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
   EXPECT_NE(reply.find("\"finish_reason\""), std::string::npos) << reply;
+}
+
+// Issue 13, item 5, over HTTP: a client that stops reading a streamed answer while generation
+// goes on is cut off after the write-stall limit, and its request is cancelled.
+TEST_F(HttpServerTest, AClientThatStopsReadingIsCutOff) {
+  server_->Shutdown().IgnoreError();
+  HttpOptions options;
+  options.write_stall = std::chrono::milliseconds(1000);
+  Start(options, {}, int64_t{1} << 30, /*max_context=*/1 << 20);
+  // 200,000 tokens (some 40 MB of events) over 40 s: far more than the socket buffers hold
+  // while nobody reads.
+  backend_->set_script(std::vector<int32_t>(200000, 1000), FinishReason::kLength);
+  backend_->set_token_interval(std::chrono::microseconds(200));
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(net::socket_base::receive_buffer_size(4096));
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+  const std::string body =
+      json{{"model", "test-model"}, {"prompt", "Hello"}, {"stream", true}, {"max_tokens", 200000}}
+          .dump();
+  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Content-Type: application/json\r\n"
+                          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  net::write(socket, net::buffer(req));
+  ASSERT_TRUE(backend_->WaitForSubmitted(1, std::chrono::seconds(10)));
+  const uint64_t id = backend_->submitted()[0].id;
+  // Nothing is read: the server's writes block once the socket buffers are full.
+  EXPECT_TRUE(backend_->WaitForCancel(id, std::chrono::seconds(30)));
+  beast::error_code ec;
+  socket.close(ec);
 }
 
 TEST_F(HttpServerTest, ABodyLargerThanThePromptMemoryBudgetIsRefusedUnread) {
