@@ -432,7 +432,8 @@ stalled-clients)
   # Issue 13, item 5: an upload that stops before its last chunk, visible in the status while it
   # lasts, ends with DEADLINE_EXCEEDED after --upload-idle-s; a client that stops reading its
   # stream has its request cancelled and its KV pages freed after --write-stall-s while it is
-  # still connected, and then sees DEADLINE_EXCEEDED naming the flag.
+  # still connected, and then sees DEADLINE_EXCEEDED naming the flag; a chunk after `last` is
+  # refused.
   start_server --upload-idle-s 3 --write-stall-s 2
   "$upload_check" "$server" stall-upload >"$work/stall_upload.txt" 2>&1 &
   up=$!
@@ -456,10 +457,17 @@ stalled-clients)
   kill -0 $reader 2>/dev/null || fail "the reader exited early (the test needs it connected)"
   wait $reader || { cat "$work/stall_read.txt"; fail "the stalled reader did not see DEADLINE_EXCEEDED"; }
   cat "$work/stall_read.txt"
+  # A chunk sent after the one marked `last` (once admitted) ends the stream with
+  # INVALID_ARGUMENT naming chunk.last, and the request's KV pages return.
+  "$upload_check" "$server" after-last >"$work/after_last.txt" 2>&1 ||
+    { cat "$work/after_last.txt"; fail "a chunk after last was not refused naming chunk.last"; }
+  cat "$work/after_last.txt"
+  for _ in $(seq 1 100); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the refused stream"
   "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
     >"$work/after.txt" 2>&1 || fail "the server stopped serving"
   stop_server || fail "server exit status $?"
-  echo "stalled upload and stalled reader cut off; KV freed; server still serving"
+  echo "stalled upload and stalled reader cut off, chunk after last refused; KV freed; server still serving"
   ;;
 soak)
   # Issue 13: a soak of 150 s (loopback only, tiny model). Six clients at once send short and

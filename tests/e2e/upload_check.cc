@@ -7,6 +7,9 @@
 //   upload_check HOST:PORT stall-upload
 //     Sends a header and one chunk, then nothing: the stream must end with DEADLINE_EXCEEDED
 //     naming --upload-idle-s.
+//   upload_check HOST:PORT after-last
+//     Sends a prompt whose chunk is marked `last`, then, once admitted, one more chunk: the
+//     stream must end with INVALID_ARGUMENT naming chunk.last.
 //   upload_check HOST:PORT stall-read
 //     Asks for a long generation through a channel with a small receive window and reads
 //     nothing for 60 s: the stream must end with DEADLINE_EXCEEDED naming --write-stall-s.
@@ -111,6 +114,36 @@ int StallUpload(v1::Flotilla::Stub& stub) {
              : 1;
 }
 
+int AfterLast(v1::Flotilla::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+  auto stream = stub.Generate(&ctx);
+  v1::GenerateRequest ids;
+  for (int32_t id : {1, 2, 3}) ids.mutable_chunk()->mutable_token_ids()->add_ids(id);
+  ids.mutable_chunk()->set_last(true);
+  if (!stream->Write(Header(v1::PROMPT_KIND_TOKEN_IDS, 100000)) || !stream->Write(ids)) {
+    std::printf("the server refused the request\n");
+    return 1;
+  }
+  v1::GenerateResponse e;
+  if (!stream->Read(&e) || !e.has_admitted()) {
+    std::printf("no Admitted event\n");
+    return 1;
+  }
+  v1::GenerateRequest more;
+  more.mutable_chunk()->mutable_token_ids()->add_ids(4);
+  stream->Write(more);
+  int64_t num_read = 1;
+  while (stream->Read(&e)) ++num_read;
+  const grpc::Status s = stream->Finish();
+  std::printf("read %lld responses, then status %d: %s\n", (long long)num_read, int(s.error_code()),
+              s.error_message().c_str());
+  return s.error_code() == grpc::StatusCode::INVALID_ARGUMENT &&
+                 Contains(s.error_message(), "chunk.last")
+             ? 0
+             : 1;
+}
+
 int StallRead(const std::string& server) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
@@ -147,7 +180,9 @@ int StallRead(const std::string& server) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: upload_check HOST:PORT burst N MIB | stall-upload | stall-read\n");
+    std::fprintf(
+        stderr,
+        "usage: upload_check HOST:PORT burst N MIB | stall-upload | stall-read | after-last\n");
     return 2;
   }
   const std::string server = argv[1], mode = argv[2];
@@ -160,6 +195,7 @@ int main(int argc, char** argv) {
   }
   if (mode == "stall-upload") return StallUpload(*stub);
   if (mode == "stall-read") return StallRead(server);
+  if (mode == "after-last") return AfterLast(*stub);
   std::fprintf(stderr, "upload_check: unknown mode %s\n", mode.c_str());
   return 2;
 }
