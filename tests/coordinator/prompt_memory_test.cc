@@ -206,6 +206,32 @@ TEST_F(PromptMemoryTest, AClientThatStopsReadingIsCutOffAndItsRequestCancelled) 
   EXPECT_NE(s.error_message().find("--write-stall-s"), std::string::npos) << s.error_message();
 }
 
+// Tokenization stops as soon as the client is gone: a 4 MiB chunk is tokenized in 256 KiB
+// pieces, and the cancellation check between them ends the work (here after the second piece).
+TEST(PromptAssemblerTest, TokenizationStopsWhenTheClientGoes) {
+  FakeBackend backend(&ProjectTokenizer());
+  ModelConfig config;
+  config.max_position_embeddings = 1 << 22;
+  FrontDoor door(config, &ProjectTokenizer(), &backend);
+  int checks = 0;
+  {
+    PromptAssembler prompt = door.NewPrompt();
+    prompt.SetCancelled([&checks] { return ++checks > 2; });
+    ASSERT_TRUE(prompt.AddHeader(GenerateHeader()).ok());
+    PromptChunk chunk;
+    chunk.kind = PromptChunk::Kind::kText;
+    chunk.text = Prose(4 << 20);
+    const absl::Status s = prompt.AddChunk(std::move(chunk));
+    EXPECT_EQ(s.code(), absl::StatusCode::kCancelled) << s;
+    EXPECT_LT(checks, 16);  // far fewer checks than the 16 pieces of the chunk
+    EXPECT_GT(door.PromptMemoryUse().reserved_bytes, 0);
+  }
+  // The assembler gone, its memory is back.
+  EXPECT_EQ(door.PromptMemoryUse().reserved_bytes, 0);
+  EXPECT_EQ(door.PromptMemoryUse().uploads, 0);
+  EXPECT_TRUE(backend.submitted().empty());
+}
+
 // Issue 13, item 5: chunks sent after the chunk marked `last` were silently ignored.
 TEST_F(PromptMemoryTest, AChunkAfterLastIsRefusedNamingTheField) {
   StartServer();
