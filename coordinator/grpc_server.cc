@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
+#include "coordinator/stall_watchdog.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
 #include "grpc/health/v1/health.pb.h"
 
@@ -206,89 +207,6 @@ class EventQueue {
   std::condition_variable cv_;
   std::deque<RequestEvent> events_;
   bool closed_ = false;
-};
-
-// Ends the calls of clients that stall: each stream says what it is blocked on and since when;
-// past the limit for that wait, its call is cancelled with DEADLINE_EXCEEDED (the blocked Read
-// or Write then returns false on the stream's own thread).
-class StallWatchdog {
- public:
-  enum class Wait { kNone, kUpload, kWrite };
-
-  struct Watch {
-    grpc::ServerContext* ctx = nullptr;
-    std::atomic<Wait> wait{Wait::kNone};
-    std::atomic<int64_t> since_ms{0};
-    std::atomic<bool> fired{false};
-    std::string reason;  // set before `fired`
-  };
-
-  StallWatchdog(std::chrono::milliseconds upload_idle, std::chrono::milliseconds write_stall)
-      : upload_idle_(upload_idle), write_stall_(write_stall), thread_([this] { Loop(); }) {}
-  ~StallWatchdog() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-
-  static int64_t NowMs() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-  static void Begin(Watch* w, Wait wait) {
-    w->since_ms = NowMs();
-    w->wait = wait;
-  }
-  static void End(Watch* w) { w->wait = Wait::kNone; }
-
-  void Add(Watch* w) {
-    std::lock_guard<std::mutex> lock(mu_);
-    watches_.insert(w);
-  }
-  // After this returns the watchdog no longer touches `w` or its call.
-  void Remove(Watch* w) {
-    std::lock_guard<std::mutex> lock(mu_);
-    watches_.erase(w);
-  }
-
- private:
-  void Loop() {
-    std::unique_lock<std::mutex> lock(mu_);
-    while (!stop_) {
-      cv_.wait_for(lock, std::chrono::milliseconds(100));
-      const int64_t now = NowMs();
-      for (Watch* w : watches_) {
-        if (w->fired) continue;
-        const Wait wait = w->wait;
-        const int64_t waited = now - w->since_ms;
-        if (wait == Wait::kUpload && waited >= upload_idle_.count()) {
-          w->reason = absl::StrCat("the client sent no prompt message for ", waited / 1000.0,
-                                   " s (the upload idle limit is ", upload_idle_.count() / 1000.0,
-                                   " s, --upload-idle-s); the prompt was dropped");
-        } else if (wait == Wait::kWrite && waited >= write_stall_.count()) {
-          w->reason = absl::StrCat("the client read no response for ", waited / 1000.0,
-                                   " s (the write stall limit is ", write_stall_.count() / 1000.0,
-                                   " s, --write-stall-s); the request was cancelled");
-        } else {
-          continue;
-        }
-        w->fired = true;
-        grpc_call_cancel_with_status(w->ctx->c_call(), GRPC_STATUS_DEADLINE_EXCEEDED,
-                                     w->reason.c_str(), nullptr);
-      }
-    }
-  }
-
-  const std::chrono::milliseconds upload_idle_, write_stall_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::unordered_set<Watch*> watches_;
-  std::thread thread_;  // last: starts once the rest is built
 };
 
 // After a chunk marked `last` the prompt is complete, but the client may still send: its
