@@ -4,10 +4,14 @@
 // Flags: kUsage below (`flotilla-coordinator --help`, docs/serving-api.md).
 // SIGTERM (or the Drain RPC): stop admitting, finish what is in flight, shut the workers down,
 // exit 0.
+#include <malloc.h>
+
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/engine.h"
@@ -37,7 +41,8 @@ constexpr char kUsage[] =
     "           [--kv-pool SIZE] [--kv-page SIZE] [--step-token-budget N] [--max-queued N]\n"
     "           [--max-running N] [--timeout-s S] [--liveness-s S] [--http-port H]\n"
     "           [--http-port-file F] [--api-key K] [--tls-cert PEM --tls-key PEM]\n"
-    "           [--insecure-public]\n"
+    "           [--insecure-public] [--prompt-memory SIZE] [--prompt-memory-wait-s S]\n"
+    "           [--upload-idle-s S] [--write-stall-s S]\n"
     "  MPI rank 0 of a serving job: start it with launch/flotilla-serve, which passes the flags\n"
     "  after its `--` here.\n"
     "  --tp T                  tensor-parallel ranks per DP group (default 1)\n"
@@ -59,6 +64,14 @@ constexpr char kUsage[] =
     "                          (or FLOTILLA_API_KEY)\n"
     "  --tls-cert PEM, --tls-key PEM   TLS for both front doors\n"
     "  --insecure-public       allow an address beyond loopback without an API key\n"
+    "  --prompt-memory SIZE    budget for prompts being received and tokenized, over all\n"
+    "                          requests of both front doors (default 1GiB); a request that\n"
+    "                          cannot get its share within --prompt-memory-wait-s (default 2)\n"
+    "                          is refused with RESOURCE_EXHAUSTED (HTTP 429)\n"
+    "  --upload-idle-s S       a Generate stream that sends no prompt message for S seconds\n"
+    "                          ends with DEADLINE_EXCEEDED (default 30)\n"
+    "  --write-stall-s S       a client (gRPC or HTTP) that reads no response for S seconds\n"
+    "                          is cut off and its requests cancelled (default 30)\n"
     "  SIGTERM or SIGINT (or the Drain RPC): stop admitting, finish in-flight requests, stop\n"
     "  every rank, exit 0.\n";
 
@@ -78,6 +91,8 @@ struct Options {
   HttpOptions http;
   bool http_enabled = true;
   std::string http_port_file;
+  int64_t prompt_memory_bytes = int64_t{1} << 30;
+  std::chrono::milliseconds prompt_memory_wait{2000};
 };
 
 bool IsLoopback(const std::string& address) {
@@ -92,7 +107,9 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
                                       "--kv-pool", "--kv-page", "--step-token-budget",
                                       "--max-queued", "--max-running", "--timeout-s",
                                       "--liveness-s", "--http-port", "--http-port-file",
-                                      "--api-key", "--tls-cert", "--tls-key"},
+                                      "--api-key", "--tls-cert", "--tls-key", "--prompt-memory",
+                                      "--prompt-memory-wait-s", "--upload-idle-s",
+                                      "--write-stall-s"},
                                      {"--insecure-public"}));
   Options o;
   ASSIGN_OR_RETURN(o.model, f.Required("--model"));
@@ -115,6 +132,24 @@ absl::StatusOr<Options> ParseOptions(const std::vector<std::string>& argv) {
   }
   o.liveness.deadline = std::chrono::milliseconds(int64_t(liveness_s * 1000));
   o.liveness.interval = std::min(std::chrono::milliseconds(250), o.liveness.deadline / 5);
+  ASSIGN_OR_RETURN(const uint64_t prompt_memory, ParseByteSize(f.Get("--prompt-memory", "1GiB")));
+  if (prompt_memory < (uint64_t{16} << 20) || prompt_memory > (uint64_t{1} << 40)) {
+    return absl::InvalidArgumentError(
+        "--prompt-memory must be between 16MiB (one 4 MiB chunk and its tokenization) and 1TiB");
+  }
+  o.prompt_memory_bytes = static_cast<int64_t>(prompt_memory);
+  auto seconds = [&](const char* flag, double fallback, double lo,
+                     double hi) -> absl::StatusOr<std::chrono::milliseconds> {
+    ASSIGN_OR_RETURN(const double v, f.Double(flag, fallback));
+    if (!(v >= lo && v <= hi)) {
+      return absl::InvalidArgumentError(absl::StrCat(flag, " must be in [", lo, ", ", hi, "]"));
+    }
+    return std::chrono::milliseconds(int64_t(v * 1000));
+  };
+  ASSIGN_OR_RETURN(o.prompt_memory_wait, seconds("--prompt-memory-wait-s", 2, 0, 600));
+  ASSIGN_OR_RETURN(o.serving.upload_idle, seconds("--upload-idle-s", 30, 0.5, 86400));
+  ASSIGN_OR_RETURN(o.serving.write_stall, seconds("--write-stall-s", 30, 0.5, 86400));
+  o.http.write_stall = o.serving.write_stall;
   RETURN_IF_ERROR(ModelNameOfDir(o.model).status());
   if (o.tp < 1) return absl::InvalidArgumentError("--tp must be at least 1");
   if (port < 0 || port > 65535) return absl::InvalidArgumentError("--port must be 0..65535");
@@ -157,6 +192,12 @@ int Main(int argc, char** argv) {
       return 0;
     }
   }
+  // Prompts come and go in buffers of megabytes on many gRPC and HTTP threads. With glibc's
+  // defaults each thread's arena keeps what it once held, spread out so that malloc_trim cannot
+  // return it, and the coordinator's RSS creeps up under churn (e2e_soak). Buffers of 1 MiB and
+  // more are mapped and unmapped on their own, and a few arenas serve all threads.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_ARENA_MAX, 4);
   auto opts = ParseOptions(std::vector<std::string>(argv + 1, argv + argc));
   CommOptions comm_options;
   if (opts.ok()) comm_options.timeout = absl::Seconds(opts->timeout_s);
@@ -237,6 +278,8 @@ int Main(int argc, char** argv) {
   Scheduler scheduler(config, opts->scheduler, tokenizer.get());
   FrontDoorOptions fdo;
   fdo.model_name = *ModelNameOfDir(opts->model);  // checked in ParseOptions
+  fdo.prompt_memory_bytes = opts->prompt_memory_bytes;
+  fdo.prompt_memory_wait = opts->prompt_memory_wait;
   FrontDoor front_door(config, tokenizer.get(), &scheduler, fdo);
   std::unique_ptr<LivenessMonitor> liveness;
   ServingMetrics metrics;
@@ -328,7 +371,24 @@ int Main(int argc, char** argv) {
       std::ofstream(opts->http_port_file) << http->port() << "\n";
     }
   }
+  // When the front doors fall idle after work, what the heap holds goes back to the system:
+  // the buffers of requests (gRPC's among them) are freed after their prompt memory was.
+  std::atomic<bool> trimmer_stop{false};
+  std::thread trimmer([&] {
+    int64_t trimmed_at = -1;
+    while (!trimmer_stop.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      const PromptMemoryStats m = front_door.PromptMemoryUse();
+      if (m.reserved_bytes == 0 && front_door.num_active() == 0 &&
+          m.total_reserved_bytes != trimmed_at) {
+        malloc_trim(0);
+        trimmed_at = m.total_reserved_bytes;
+      }
+    }
+  });
   st = engine.Run();
+  trimmer_stop = true;
+  trimmer.join();
   liveness->Stop();
   if (http != nullptr) (void)http->Shutdown();
   (void)(*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

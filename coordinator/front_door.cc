@@ -6,6 +6,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/step_plan.h"
 #include "tokenizer/chat_message.h"
@@ -42,6 +43,14 @@ absl::StatusOr<nlohmann::ordered_json> ParseJsonText(const std::string& text,
     return Invalid(absl::StrCat(what, " is not valid JSON: ", e.what()));
   }
   return Invalid(absl::StrCat(what, " is not valid JSON (a number is out of range)"));
+}
+
+// A tokenizer error about `what` ("prompt text", "rendered chat prompt"): INVALID_ARGUMENT.
+absl::Status TextError(const absl::Status& status, absl::string_view what) {
+  if (status.ok() || status.code() == absl::StatusCode::kCancelled) return status;
+  absl::string_view m = status.message();
+  if (absl::StartsWith(m, "text ")) return Invalid(absl::StrCat(what, m.substr(4)));
+  return Invalid(absl::StrCat(what, ": ", m));
 }
 
 }  // namespace
@@ -121,14 +130,14 @@ absl::Status PromptAssembler::AddChunk(PromptChunk chunk) {
                                     "-byte chunk limit; split the prompt into smaller chunks"));
       }
       const int64_t limit = front_door_->MaxPromptBytes();
-      if (static_cast<int64_t>(text_.size() + chunk.text.size()) > limit) {
+      if (bytes_received_ + static_cast<int64_t>(chunk.text.size()) > limit) {
         return Invalid(absl::StrCat(
             "prompt too large: ", kind == PromptKind::kChat ? "the messages JSON" : "the text",
             " exceeds ", limit, " bytes (", opt.max_prompt_bytes_per_token,
             " bytes per token of the model's ", front_door_->max_context(), "-token context) at ",
             Where()));
       }
-      text_ += chunk.text;
+      RETURN_IF_ERROR(AddText(std::move(chunk.text)));
       break;
     }
     case PromptChunk::Kind::kTokenIds: {
@@ -149,11 +158,20 @@ absl::Status PromptAssembler::AddChunk(PromptChunk chunk) {
                                     " token ids (the model's context) by ", Where()));
       }
       RETURN_IF_ERROR(front_door_->CheckIds(chunk.token_ids, static_cast<int64_t>(ids_.size())));
+      const int64_t held = static_cast<int64_t>(
+          std::max(ids_.capacity(), ids_.size() + chunk.token_ids.size()) * sizeof(int32_t));
+      RETURN_IF_ERROR(lease_.Resize(held, cancelled_, Where()));
       ids_.insert(ids_.end(), chunk.token_ids.begin(), chunk.token_ids.end());
+      bytes_received_ += static_cast<int64_t>(chunk.token_ids.size() * sizeof(int32_t));
+      lease_.SetUploadBytes(bytes_received_);
       break;
     }
   }
-  if (chunk.last) complete_ = true;
+  if (chunk.last) {
+    complete_ = true;
+    ended_by_last_ = true;
+    lease_.EndUpload();
+  }
   return absl::OkStatus();
 }
 
@@ -163,7 +181,71 @@ absl::Status PromptAssembler::EndOfStream() {
         "no header: the stream ended before its first message, which must be the header");
   }
   complete_ = true;
+  lease_.EndUpload();
   return absl::OkStatus();
+}
+
+int64_t PromptAssembler::MaxPromptTokens() const {
+  const int64_t context = front_door_->max_context();
+  return header_.max_new_tokens.has_value() ? context - *header_.max_new_tokens : context - 1;
+}
+
+absl::Status PromptAssembler::CheckTokenCount(int64_t num_tokens, const std::string& where) const {
+  const int64_t max_tokens = MaxPromptTokens();
+  if (num_tokens <= max_tokens) return absl::OkStatus();
+  const int64_t context = front_door_->max_context();
+  return Invalid(absl::StrCat(
+      "prompt too large: more than ", max_tokens, " tokens by ", where, " (the model's maximum ",
+      "context is ", context, " tokens",
+      header_.max_new_tokens.has_value()
+          ? absl::StrCat(", less ", *header_.max_new_tokens, " sampling.max_new_tokens")
+          : std::string(", less at least one for output"),
+      ")"));
+}
+
+int64_t PromptAssembler::HeldBytes() const {
+  if (encoder_ != nullptr) return static_cast<int64_t>(encoder_->memory_bytes());
+  return static_cast<int64_t>(text_.capacity() + ids_.capacity() * sizeof(int32_t));
+}
+
+absl::Status PromptAssembler::AddText(std::string text) {
+  const int64_t n = static_cast<int64_t>(text.size());
+  if (header_.prompt_kind == PromptKind::kChat) {
+    // Held as it is until complete (the JSON is parsed whole); grown geometrically.
+    const size_t need = text_.size() + text.size();
+    const size_t capacity = need <= text_.capacity()
+                                ? text_.capacity()
+                                : std::max(need, text_.capacity() + text_.capacity() / 2);
+    RETURN_IF_ERROR(lease_.Resize(static_cast<int64_t>(capacity) + n, cancelled_, Where()));
+    text_.reserve(capacity);
+    text_ += text;
+    text = std::string();
+  } else {
+    if (encoder_ == nullptr) {
+      encoder_ = std::make_unique<IncrementalEncoder>(front_door_->tokenizer_);
+    }
+    // The chunk, the ids it can add (at most one per byte) and the work of tokenizing it.
+    const int64_t work =
+        kWorkBytesPerPromptByte *
+        std::min<int64_t>(static_cast<int64_t>(encoder_->held_bytes()) + n,
+                          2 * static_cast<int64_t>(IncrementalEncoder::kDefaultStepBytes));
+    RETURN_IF_ERROR(
+        lease_.Resize(HeldBytes() + n * (1 + sizeof(int32_t)) + work, cancelled_, Where()));
+    // In pieces, so that a client gone mid-chunk stops the work and the ids are counted early.
+    const size_t piece = IncrementalEncoder::kDefaultStepBytes;
+    for (size_t at = 0; at < text.size(); at += piece) {
+      if (cancelled_ && cancelled_()) return absl::CancelledError("the client went away");
+      absl::Status s = encoder_->Append(std::string_view(text).substr(at, piece));
+      if (!s.ok()) return TextError(s, "prompt text");
+      RETURN_IF_ERROR(CheckTokenCount(
+          static_cast<int64_t>(encoder_->ids().size()),
+          absl::StrCat("byte ", encoder_->bytes_in(), " of the text (", Where(), ")")));
+    }
+    text = std::string();
+  }
+  bytes_received_ += n;
+  lease_.SetUploadBytes(bytes_received_);
+  return lease_.Resize(HeldBytes(), cancelled_, Where());
 }
 
 // ---- FrontDoor ----
@@ -174,6 +256,7 @@ FrontDoor::FrontDoor(const ModelConfig& config, const Tokenizer* tokenizer, Requ
       tokenizer_(tokenizer),
       sink_(sink),
       options_(std::move(options)),
+      memory_(options_.prompt_memory_bytes, options_.prompt_memory_wait),
       active_(std::make_shared<ActiveSet>()) {}
 
 int64_t FrontDoor::MaxPromptBytes() const {
@@ -271,14 +354,31 @@ absl::Status FrontDoor::CheckIds(const std::vector<int32_t>& ids, int64_t first_
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> FrontDoor::EncodeText(const std::string& text,
-                                                           absl::string_view what) const {
-  const size_t bad = utf8::FindInvalid(text);
-  if (bad != text.size()) {
-    return Invalid(absl::StrCat(what, " is not valid UTF-8 (byte offset ", bad, ")"));
+absl::StatusOr<std::vector<int32_t>> FrontDoor::EncodeText(
+    std::string_view text, absl::string_view what, int64_t max_tokens, PromptMemory::Lease* lease,
+    const std::function<bool()>& cancelled) const {
+  IncrementalEncoder encoder(tokenizer_);
+  const size_t piece = IncrementalEncoder::kDefaultStepBytes;
+  const int64_t base = lease->bytes();
+  const int64_t work =
+      kWorkBytesPerPromptByte * static_cast<int64_t>(std::min(text.size(), 2 * piece));
+  for (size_t at = 0; at < text.size(); at += piece) {
+    if (cancelled && cancelled()) return absl::CancelledError("the client went away");
+    // The ids so far (at most one per byte), the next piece's and the work.
+    const int64_t ids_bytes = static_cast<int64_t>(
+        (encoder.ids().capacity() + std::min(piece, text.size() - at)) * sizeof(int32_t));
+    RETURN_IF_ERROR(lease->Resize(base + ids_bytes + work, cancelled, std::string(what)));
+    RETURN_IF_ERROR(TextError(encoder.Append(text.substr(at, piece)), what));
+    if (max_tokens >= 0 && static_cast<int64_t>(encoder.ids().size()) > max_tokens) {
+      return Invalid(absl::StrCat("prompt too large: ", what, " is more than ", max_tokens,
+                                  " tokens by byte ", encoder.bytes_in(), " (the model's maximum ",
+                                  "context is ", max_context(), " tokens, less the output)"));
+    }
   }
-  auto ids = tokenizer_->Encode(text);
-  if (!ids.ok()) return AsInvalid(ids.status(), what);
+  RETURN_IF_ERROR(TextError(encoder.Finish(), what));
+  std::vector<int32_t> ids = encoder.TakeIds();
+  RETURN_IF_ERROR(lease->Resize(base + static_cast<int64_t>(ids.capacity() * sizeof(int32_t)),
+                                cancelled, std::string(what)));
   return ids;
 }
 
@@ -333,17 +433,32 @@ absl::StatusOr<std::string> FrontDoor::RenderChat(const std::string& messages_js
 absl::StatusOr<GenerateRequest> FrontDoor::Prepare(PromptAssembler prompt) {
   if (!prompt.complete_) return Invalid("the prompt is not complete");
   const GenerateHeader& h = prompt.header_;
+  const std::function<bool()>& cancelled = prompt.cancelled_;
   std::vector<int32_t> ids;
   switch (h.prompt_kind) {
     case PromptKind::kText: {
-      if (prompt.text_.empty()) return Invalid("empty prompt: no text was sent");
-      ASSIGN_OR_RETURN(ids, EncodeText(prompt.text_, "prompt text"));
+      if (prompt.encoder_ == nullptr || prompt.encoder_->bytes_in() == 0) {
+        return Invalid("empty prompt: no text was sent");
+      }
+      IncrementalEncoder& encoder = *prompt.encoder_;
+      const int64_t work = kWorkBytesPerPromptByte * static_cast<int64_t>(encoder.held_bytes());
+      RETURN_IF_ERROR(prompt.lease_.Resize(prompt.HeldBytes() + work, cancelled, "the prompt"));
+      RETURN_IF_ERROR(TextError(encoder.Finish(), "prompt text"));
+      ids = encoder.TakeIds();
       break;
     }
     case PromptKind::kChat: {
       if (prompt.text_.empty()) return Invalid("empty prompt: no messages JSON was sent");
-      ASSIGN_OR_RETURN(const std::string rendered, RenderChat(prompt.text_, h.chat));
-      ASSIGN_OR_RETURN(ids, EncodeText(rendered, "rendered chat prompt"));
+      // The parsed JSON and the rendered prompt: a few times the JSON, within the work bound.
+      const int64_t json_bytes = static_cast<int64_t>(prompt.text_.size());
+      RETURN_IF_ERROR(prompt.lease_.Resize(
+          prompt.HeldBytes() + kWorkBytesPerPromptByte * json_bytes, cancelled, "the chat prompt"));
+      ASSIGN_OR_RETURN(std::string rendered, RenderChat(prompt.text_, h.chat));
+      prompt.text_ = std::string();
+      RETURN_IF_ERROR(prompt.lease_.Resize(static_cast<int64_t>(rendered.capacity()), cancelled,
+                                           "the chat prompt"));
+      ASSIGN_OR_RETURN(ids, EncodeText(rendered, "rendered chat prompt", prompt.MaxPromptTokens(),
+                                       &prompt.lease_, cancelled));
       break;
     }
     case PromptKind::kTokenIds:
@@ -411,19 +526,29 @@ bool FrontDoor::Cancel(uint64_t id, bool notify) {
   return was_active;
 }
 
-absl::StatusOr<FrontDoor::TokenizeResult> FrontDoor::Tokenize(PromptKind kind, std::string text,
-                                                              const ChatPromptOptions& chat) const {
+absl::StatusOr<FrontDoor::TokenizeResult> FrontDoor::Tokenize(
+    PromptKind kind, std::string text, const ChatPromptOptions& chat,
+    const std::function<bool()>& cancelled) {
+  PromptMemory::Lease lease = memory_.NewLease();
   TokenizeResult result;
   switch (kind) {
     case PromptKind::kText: {
-      ASSIGN_OR_RETURN(result.ids, EncodeText(text, "text"));
+      RETURN_IF_ERROR(lease.Resize(static_cast<int64_t>(text.size()), cancelled, "Tokenize"));
+      ASSIGN_OR_RETURN(result.ids, EncodeText(text, "text", -1, &lease, cancelled));
       result.prompt = std::move(text);
       return result;
     }
     case PromptKind::kChat: {
       if (text.empty()) return Invalid("messages: no messages JSON was sent");
+      RETURN_IF_ERROR(
+          lease.Resize((1 + kWorkBytesPerPromptByte) * static_cast<int64_t>(text.size()), cancelled,
+                       "Tokenize"));
       ASSIGN_OR_RETURN(result.prompt, RenderChat(text, chat));
-      ASSIGN_OR_RETURN(result.ids, EncodeText(result.prompt, "rendered chat prompt"));
+      text = std::string();
+      RETURN_IF_ERROR(
+          lease.Resize(static_cast<int64_t>(result.prompt.capacity()), cancelled, "Tokenize"));
+      ASSIGN_OR_RETURN(result.ids,
+                       EncodeText(result.prompt, "rendered chat prompt", -1, &lease, cancelled));
       return result;
     }
     case PromptKind::kTokenIds:

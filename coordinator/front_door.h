@@ -9,7 +9,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -17,9 +19,11 @@
 
 #include "common/model_config.h"
 #include "common/status.h"
-#include "tokenizer/chat_encoding.h"
+#include "coordinator/prompt_memory.h"
 #include "coordinator/request.h"
 #include "coordinator/request_sink.h"
+#include "tokenizer/chat_encoding.h"
+#include "tokenizer/incremental_encoder.h"
 #include "tokenizer/tokenizer.h"
 
 namespace flotilla {
@@ -70,7 +74,15 @@ struct FrontDoorOptions {
   int64_t max_prompt_bytes_per_token = 32;
   size_t max_stop_strings = 16;
   size_t max_stop_bytes = 1024;  // per stop string
+  // The budget of prompt memory over all requests (prompt_memory.h; --prompt-memory), and how
+  // long a request may wait for its share before RESOURCE_EXHAUSTED.
+  int64_t prompt_memory_bytes = int64_t{1} << 30;
+  std::chrono::milliseconds prompt_memory_wait{2000};
 };
+
+// Bytes of working memory reserved per byte of text being tokenized or JSON being parsed and
+// rendered, on top of the text itself (measured peaks are below this; see docs/serving-api.md).
+inline constexpr int64_t kWorkBytesPerPromptByte = 16;
 
 struct ParallelLayout {
   int64_t num_workers = 0, tp = 1, dp = 1, ep = 0;
@@ -90,27 +102,54 @@ class FrontDoor;
 
 // One Generate stream's incoming messages, in order. Not thread-safe (one stream, one thread).
 // After an error the assembler is dead: the stream ends with that error.
+//
+// Text prompts are tokenized as their chunks arrive, and every limit is checked as early as the
+// bytes allow: the chunk and prompt byte limits before a chunk is taken, the context limit in
+// tokens as soon as the ids so far pass it. Every chunk first reserves its memory from the front
+// door's prompt budget (it may wait; RESOURCE_EXHAUSTED if it cannot). The reservation is held
+// until the assembler goes (Prepare consumes it).
 class PromptAssembler {
  public:
+  PromptAssembler(PromptAssembler&&) = default;
+  PromptAssembler& operator=(PromptAssembler&&) = default;
+
+  // Polled while waiting for prompt memory and between pieces of tokenization: true stops the
+  // work with CANCELLED (the client went away).
+  void SetCancelled(std::function<bool()> cancelled) { cancelled_ = std::move(cancelled); }
   absl::Status AddHeader(GenerateHeader header);
   absl::Status AddChunk(PromptChunk chunk);
   // The client half-closed: the prompt is complete, if a header came.
   absl::Status EndOfStream();
   bool complete() const { return complete_; }
+  // Whether the prompt was completed by a chunk marked `last` (rather than the end of stream).
+  bool ended_by_last() const { return ended_by_last_; }
+  int64_t num_messages() const { return num_messages_; }
 
  private:
   friend class FrontDoor;
-  explicit PromptAssembler(const FrontDoor* front_door) : front_door_(front_door) {}
+  PromptAssembler(FrontDoor* front_door, PromptMemory::Lease lease)
+      : front_door_(front_door), lease_(std::move(lease)) {}
 
   std::string Where() const;  // "stream message N"
+  absl::Status AddText(std::string text);
+  // The most prompt tokens the header allows (context less max_new_tokens, or less 1).
+  int64_t MaxPromptTokens() const;
+  absl::Status CheckTokenCount(int64_t num_tokens, const std::string& where) const;
+  int64_t HeldBytes() const;
 
-  const FrontDoor* front_door_;
+  FrontDoor* front_door_;
+  // Declared first: released last, after the buffers below are gone.
+  PromptMemory::Lease lease_;
+  std::function<bool()> cancelled_;
+  std::unique_ptr<IncrementalEncoder> encoder_;  // kText
+  int64_t bytes_received_ = 0;
+  bool ended_by_last_ = false;
   int64_t num_messages_ = 0;
   int64_t num_chunks_ = 0;
   bool has_header_ = false;
   bool complete_ = false;
   GenerateHeader header_;
-  std::string text_;          // kText, kChat
+  std::string text_;          // kChat: the messages JSON
   std::vector<int32_t> ids_;  // kTokenIds
 };
 
@@ -121,7 +160,7 @@ class FrontDoor {
   FrontDoor(const ModelConfig& config, const Tokenizer* tokenizer, RequestSink* sink,
             FrontDoorOptions options = {});
 
-  PromptAssembler NewPrompt() const { return PromptAssembler(this); }
+  PromptAssembler NewPrompt() { return PromptAssembler(this, memory_.NewLease()); }
 
   // A complete prompt -> a request with a fresh id: tokenized or chat-encoded, ids checked,
   // prompt + max_new_tokens within the model's context.
@@ -140,13 +179,18 @@ class FrontDoor {
     std::string prompt;  // the rendered chat prompt, or the text
   };
   // kText or kChat; the same rules as Generate prompts (but no context limit).
+  // Reserves from the prompt budget like a prompt; `cancelled` may be empty.
   absl::StatusOr<TokenizeResult> Tokenize(PromptKind kind, std::string text,
-                                          const ChatPromptOptions& chat) const;
+                                          const ChatPromptOptions& chat,
+                                          const std::function<bool()>& cancelled = {});
 
   ModelInfo ModelSummary() const;  // layout left at its defaults
   int64_t num_active() const;
   int64_t max_context() const { return config_.max_position_embeddings; }
   const FrontDoorOptions& options() const { return options_; }
+  PromptMemoryStats PromptMemoryUse() const { return memory_.Stats(); }
+  // A share of the prompt budget for bytes a front door holds itself (an HTTP body).
+  PromptMemory::Lease NewMemoryLease() { return memory_.NewLease(); }
 
  private:
   friend class PromptAssembler;
@@ -156,8 +200,12 @@ class FrontDoor {
   absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t first_idx) const;
   absl::StatusOr<std::string> RenderChat(const std::string& messages_json,
                                          const ChatPromptOptions& chat) const;
-  absl::StatusOr<std::vector<int32_t>> EncodeText(const std::string& text,
-                                                  absl::string_view what) const;
+  // Tokenizes `text` piece by piece under `lease` (grown for the work, shrunk after), stopping
+  // with INVALID_ARGUMENT once the ids pass `max_tokens` (-1: no limit) and with CANCELLED when
+  // `cancelled` says so. `what` names the text in errors.
+  absl::StatusOr<std::vector<int32_t>> EncodeText(std::string_view text, absl::string_view what,
+                                                  int64_t max_tokens, PromptMemory::Lease* lease,
+                                                  const std::function<bool()>& cancelled) const;
   int64_t MaxPromptBytes() const;
 
   ModelConfig config_;
@@ -165,6 +213,7 @@ class FrontDoor {
   RequestSink* sink_;
   FrontDoorOptions options_;
   std::atomic<uint64_t> next_id_{1};
+  PromptMemory memory_;
   std::shared_ptr<ActiveSet> active_;  // shared with the event wrappers
 };
 

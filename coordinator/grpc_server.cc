@@ -1,5 +1,6 @@
 #include "coordinator/grpc_server.h"
 
+#include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -10,10 +11,14 @@
 #include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "comm/grpc_convert.h"
+#include "coordinator/stall_watchdog.h"
 #include "flotilla/v1/flotilla.grpc.pb.h"
+#include "grpc/health/v1/health.pb.h"
 
 namespace flotilla {
 
@@ -204,6 +209,42 @@ class EventQueue {
   bool closed_ = false;
 };
 
+// After a chunk marked `last` the prompt is complete, but the client may still send: its
+// half-close is expected, anything else is a mistake to refuse rather than ignore. A thread
+// reads on while the handler writes (the sync API allows one reader and one writer at once).
+class AfterLastReader {
+ public:
+  AfterLastReader(Stream* stream, bool start) {
+    if (!start) return;
+    state_ = kPending;
+    thread_ = std::thread([this, stream] {
+      v1::GenerateRequest more;
+      state_ = stream->Read(&more) ? kExtra : kClosed;
+    });
+  }
+  ~AfterLastReader() { FLOTILLA_CHECK(!thread_.joinable()); }  // Finish was called
+
+  bool extra() const { return state_ == kExtra; }
+
+  // Ends the reader; returns `status`. A read still pending (the client neither sent more nor
+  // half-closed) is ended by closing the call with `status` itself.
+  grpc::Status Finish(grpc::ServerContext* ctx, grpc::Status status) {
+    if (!thread_.joinable()) return status;
+    if (state_ == kPending) {
+      grpc_call_cancel_with_status(ctx->c_call(),
+                                   static_cast<grpc_status_code>(status.error_code()),
+                                   status.error_message().c_str(), nullptr);
+    }
+    thread_.join();
+    return status;
+  }
+
+ private:
+  enum State { kNone, kPending, kClosed, kExtra };
+  std::atomic<State> state_{kNone};
+  std::thread thread_;
+};
+
 void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int64_t max_new_tokens,
                   v1::GenerateResponse* out) {
   out->Clear();
@@ -245,11 +286,13 @@ void EventToProto(const RequestEvent& e, uint64_t id, int64_t prompt_tokens, int
 class FlotillaService final : public v1::Flotilla::Service {
  public:
   FlotillaService(FrontDoor* front_door, ServingCallbacks callbacks, std::string api_key,
-                  size_t max_message_bytes)
+                  size_t max_message_bytes, std::chrono::milliseconds upload_idle,
+                  std::chrono::milliseconds write_stall)
       : front_door_(front_door),
         callbacks_(std::move(callbacks)),
         api_key_(std::move(api_key)),
-        max_message_bytes_(max_message_bytes) {}
+        max_message_bytes_(max_message_bytes),
+        watchdog_(upload_idle, write_stall) {}
 
   // grpc::Status::OK when no key is required or the call carries it.
   grpc::Status Authorize(const grpc::ServerContext* ctx) const {
@@ -280,9 +323,15 @@ class FlotillaService final : public v1::Flotilla::Service {
   }
 
   // Health, overall ("") and for flotilla.v1.Flotilla: SERVING unless drained, stopped or
-  // told otherwise (a worker missing its deadline).
+  // told otherwise (a worker missing its deadline). The health and reflection services report
+  // SERVING until shutdown.
   void set_serving(bool serving) {
     serving_ = serving;
+    UpdateHealth();
+  }
+  void set_shut_down() {
+    shut_down_ = true;
+    serving_ = false;
     UpdateHealth();
   }
   void UpdateHealth() {
@@ -290,12 +339,22 @@ class FlotillaService final : public v1::Flotilla::Service {
     grpc::Server* server = server_.load();
     if (server == nullptr || server->GetHealthCheckService() == nullptr) return;
     const bool serving = serving_ && !drained_;
-    server->GetHealthCheckService()->SetServingStatus(serving);
-    server->GetHealthCheckService()->SetServingStatus(v1::Flotilla::service_full_name(), serving);
+    grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+    health->SetServingStatus(serving);
+    health->SetServingStatus(v1::Flotilla::service_full_name(), serving);
+    // The services that answer whatever the model's state: health and reflection.
+    for (const char* name : {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}) {
+      health->SetServingStatus(name, !shut_down_);
+    }
   }
 
   grpc::Status Generate(grpc::ServerContext* ctx, Stream* stream) override {
-    const grpc::Status status = GenerateStream(ctx, stream);
+    StallWatchdog::Watch watch;
+    watch.ctx = ctx;
+    watchdog_.Add(&watch);
+    grpc::Status status = GenerateStream(ctx, stream, &watch);
+    watchdog_.Remove(&watch);
+    if (watch.fired) status = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, watch.reason);
     if (callbacks_.on_generate_done) callbacks_.on_generate_done(OutcomeOf(status));
     return status;
   }
@@ -321,14 +380,20 @@ class FlotillaService final : public v1::Flotilla::Service {
     }
   }
 
-  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream) {
+  grpc::Status GenerateStream(grpc::ServerContext* ctx, Stream* stream,
+                              StallWatchdog::Watch* watch) {
     if (grpc::Status auth = Authorize(ctx); !auth.ok()) return auth;
-    // 1. The prompt: a header, then chunks until `last` or the client's half-close.
+    // 1. The prompt: a header, then chunks until `last` or the client's half-close. Each chunk
+    // is checked and tokenized as it comes.
     PromptAssembler prompt = front_door_->NewPrompt();
+    prompt.SetCancelled([ctx] { return ctx->IsCancelled(); });
     v1::GenerateRequest in;
     int64_t num_messages = 0;
     while (!prompt.complete()) {
-      if (!stream->Read(&in)) {
+      StallWatchdog::Begin(watch, StallWatchdog::Wait::kUpload);
+      const bool got = stream->Read(&in);
+      StallWatchdog::End(watch);
+      if (!got) {
         if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
         if (absl::Status s = prompt.EndOfStream(); !s.ok()) return ToGrpc(s);
         break;
@@ -349,10 +414,31 @@ class FlotillaService final : public v1::Flotilla::Service {
               absl::StrCat("stream message ", num_messages, " sets neither header nor chunk"));
           break;
       }
+      in.Clear();  // a big chunk's buffer goes now, not with the next message
       if (!s.ok()) return ToGrpc(s);
     }
+    AfterLastReader after_last(stream, prompt.ended_by_last());
+    const int64_t last_message = prompt.num_messages();
+    const grpc::Status status =
+        RunRequest(ctx, stream, watch, std::move(prompt), after_last, last_message);
+    return after_last.Finish(ctx, status);
+  }
+
+  static grpc::Status ExtraAfterLast(int64_t last_message) {
+    return grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        absl::StrCat("stream message ", last_message + 1,
+                     ": sent after the prompt was complete (chunk.last was set on stream message ",
+                     last_message, "); nothing may follow it but the client's half-close"));
+  }
+
+  // The prompt is complete: tokenize what is left, submit, relay the events.
+  grpc::Status RunRequest(grpc::ServerContext* ctx, Stream* stream, StallWatchdog::Watch* watch,
+                          PromptAssembler prompt, const AfterLastReader& after_last,
+                          int64_t last_message) {
     auto request = front_door_->Prepare(std::move(prompt));
     if (!request.ok()) return ToGrpc(request.status());
+    if (after_last.extra()) return ExtraAfterLast(last_message);
     const uint64_t id = request->id;
     const int64_t prompt_tokens = static_cast<int64_t>(request->prompt.size());
     const int64_t max_new_tokens = request->sampling.max_new_tokens;
@@ -370,7 +456,12 @@ class FlotillaService final : public v1::Flotilla::Service {
     v1::GenerateResponse out;
     RequestEvent event;
     while (true) {
-      if (!queue->PopFor(&event, kPollInterval)) {
+      const bool got = queue->PopFor(&event, kPollInterval);
+      if (after_last.extra()) {
+        front_door_->Cancel(id, /*notify=*/false);
+        return ExtraAfterLast(last_message);
+      }
+      if (!got) {
         if (ctx->IsCancelled()) {
           front_door_->Cancel(id, /*notify=*/false);
           return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
@@ -385,7 +476,10 @@ class FlotillaService final : public v1::Flotilla::Service {
         return ToGrpc(event.error);
       }
       EventToProto(event, id, prompt_tokens, max_new_tokens, &out);
-      if (!stream->Write(out)) {
+      StallWatchdog::Begin(watch, StallWatchdog::Wait::kWrite);
+      const bool written = stream->Write(out);
+      StallWatchdog::End(watch);
+      if (!written) {
         front_door_->Cancel(id, /*notify=*/false);
         return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
       }
@@ -407,7 +501,8 @@ class FlotillaService final : public v1::Flotilla::Service {
     if (!kind.ok()) return ToGrpc(kind.status());
     auto chat = ChatFromProto(in->chat(), "chat");
     if (!chat.ok()) return ToGrpc(chat.status());
-    auto result = front_door_->Tokenize(*kind, in->text(), *chat);
+    auto result =
+        front_door_->Tokenize(*kind, in->text(), *chat, [ctx] { return ctx->IsCancelled(); });
     if (!result.ok()) return ToGrpc(result.status());
     out->mutable_ids()->Add(result->ids.begin(), result->ids.end());
     // A text prompt is the client's own text: echoing it could double the reply.
@@ -441,6 +536,14 @@ class FlotillaService final : public v1::Flotilla::Service {
     ClusterStatusToProto(status, out);
     out->set_draining(status.draining || drained_.load());
     out->set_active_requests(front_door_->num_active());
+    const PromptMemoryStats m = front_door_->PromptMemoryUse();
+    v1::PromptMemoryStatus* pm = out->mutable_prompt_memory();
+    pm->set_budget_bytes(m.budget_bytes);
+    pm->set_reserved_bytes(m.reserved_bytes);
+    pm->set_peak_reserved_bytes(m.peak_reserved_bytes);
+    pm->set_uploads(m.uploads);
+    pm->set_upload_bytes(m.upload_bytes);
+    pm->set_refused(m.refused);
     return grpc::Status::OK;
   }
 
@@ -464,8 +567,10 @@ class FlotillaService final : public v1::Flotilla::Service {
   std::atomic<grpc::Server*> server_{nullptr};  // set once it is built
   std::atomic<bool> drained_{false};
   std::atomic<bool> serving_{true};
+  std::atomic<bool> shut_down_{false};
   size_t max_message_bytes_;
   std::mutex health_mu_;  // orders the health updates
+  StallWatchdog watchdog_;
 };
 
 }  // namespace
@@ -488,12 +593,15 @@ absl::StatusOr<std::unique_ptr<ServingServer>> ServingServer::Start(const Servin
                                                                     ServingCallbacks callbacks) {
   // Both are process-wide switches read when a server is built.
   grpc::EnableDefaultHealthCheckService(true);
+  // gRPC's health service is not built from a generated class, so its descriptor would be
+  // missing from reflection; this one is (and naming it keeps it linked in).
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
 
   auto impl = std::make_unique<Impl>();
-  impl->service = std::make_unique<FlotillaService>(front_door, std::move(callbacks),
-                                                    options.api_key,
-                                                    size_t(options.max_message_bytes));
+  impl->service = std::make_unique<FlotillaService>(
+      front_door, std::move(callbacks), options.api_key, size_t(options.max_message_bytes),
+      options.upload_idle, options.write_stall);
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
   if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
     auto read = [](const std::string& path, std::string* out) {
@@ -543,7 +651,7 @@ std::string ServingServer::endpoint() const { return Endpoint(impl_->address, im
 absl::Status ServingServer::Shutdown(std::chrono::system_clock::time_point deadline) {
   std::lock_guard<std::mutex> lock(impl_->shutdown_mu);
   if (impl_->shut_down) return absl::OkStatus();
-  impl_->service->set_serving(false);
+  impl_->service->set_shut_down();
   impl_->server->Shutdown(deadline);
   impl_->server->Wait();
   impl_->shut_down = true;

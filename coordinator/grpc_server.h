@@ -6,6 +6,10 @@
 // Threads: each Generate stream runs on a gRPC handler thread, which alone writes to the stream;
 // the request's events (from the engine thread) reach it through a per-stream queue. A client
 // that goes away (cancelled call, failed write) has its request cancelled without notification.
+// A watchdog thread ends the streams of stalled clients: one that stops sending its prompt
+// (ServingOptions::upload_idle) or stops reading its responses (write_stall). The sync API's
+// blocked Read or Write returns once the call is cancelled from another thread, so the
+// watchdog cancels the call with a DEADLINE_EXCEEDED status naming the flag.
 #pragma once
 
 #include <chrono>
@@ -31,6 +35,12 @@ struct ServingOptions {
   // (UNAUTHENTICATED otherwise). The health service and reflection stay open.
   std::string api_key;
   std::string tls_cert_file, tls_key_file;  // both set: TLS (PEM files)
+  // A Generate stream whose client sends no prompt message for this long while its prompt is
+  // incomplete ends with DEADLINE_EXCEEDED (--upload-idle-s).
+  std::chrono::milliseconds upload_idle{30000};
+  // A Generate stream whose client reads nothing for this long, while a response waits to be
+  // written, ends with DEADLINE_EXCEEDED and its request is cancelled (--write-stall-s).
+  std::chrono::milliseconds write_stall{30000};
 };
 
 // What GetClusterStatus reports; active_requests is filled in by the server.

@@ -36,6 +36,25 @@ namespace {
 
 constexpr auto kPollInterval = std::chrono::milliseconds(50);
 
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
+// Set by each connection's thread: when its current write began (0: not writing). The write
+// watchdog reads it.
+thread_local std::atomic<int64_t>* t_write_since = nullptr;
+
+// Marks a write in progress on this thread's connection.
+struct WriteClock {
+  WriteClock() {
+    if (t_write_since != nullptr) t_write_since->store(NowMs());
+  }
+  ~WriteClock() {
+    if (t_write_since != nullptr) t_write_since->store(0);
+  }
+};
+
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
 // Events of one API request's choices, from the engine thread to the connection's thread.
@@ -144,7 +163,11 @@ struct HttpServer::Impl {
     std::shared_ptr<tcp::socket> socket;
     std::thread thread;
     std::atomic<bool> done{false};
+    std::atomic<int64_t> write_since_ms{0};  // see WriteClock
+    bool stalled = false;                    // the watchdog closed it
   };
+  std::thread watchdog_thread;
+  void WatchWrites();  // closes connections whose write is stalled, until `stopping`
   std::list<Connection> connections;
   bool shut_down = false;
 
@@ -173,6 +196,7 @@ bool WriteResponse(Stream& stream, unsigned version, bool keep_alive, int status
   res.body() = std::move(body);
   res.prepare_payload();
   beast::error_code ec;
+  WriteClock clock;
   http::write(stream, res, ec);
   return !ec;
 }
@@ -200,18 +224,21 @@ class SseWriter {
     res.keep_alive(true);
     http::response_serializer<http::empty_body> sr{res};
     beast::error_code ec;
+    WriteClock clock;
     http::write_header(stream_, sr, ec);
     return !ec;
   }
   bool Data(const std::string& payload) {
     const std::string event = absl::StrCat("data: ", payload, "\n\n");
     beast::error_code ec;
+    WriteClock clock;
     net::write(stream_, http::make_chunk(net::buffer(event)), ec);
     return !ec;
   }
   bool End() {
     if (!Data("[DONE]")) return false;
     beast::error_code ec;
+    WriteClock clock;
     net::write(stream_, http::make_chunk_last(), ec);
     return !ec;
   }
@@ -286,6 +313,21 @@ void HttpServer::Impl::Reap() {
   }
 }
 
+void HttpServer::Impl::WatchWrites() {
+  while (!stopping.load()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const int64_t now = NowMs();
+    std::lock_guard<std::mutex> lock(mu);
+    for (Connection& c : connections) {
+      const int64_t since = c.write_since_ms.load();
+      if (since == 0 || c.stalled || now - since < options.write_stall.count()) continue;
+      // The blocked write fails; the connection's thread cancels its requests and ends.
+      c.stalled = true;
+      ::shutdown(c.socket->native_handle(), SHUT_RDWR);
+    }
+  }
+}
+
 void HttpServer::Impl::AcceptLoop() {
   while (!stopping.load()) {
     auto socket = std::make_shared<tcp::socket>(io);
@@ -311,6 +353,7 @@ void HttpServer::Impl::AcceptLoop() {
     Connection& c = connections.back();
     c.socket = socket;
     c.thread = std::thread([this, &c] {
+      t_write_since = &c.write_since_ms;
       if (tls) {
         beast::ssl_stream<tcp::socket&> stream(*c.socket, *tls);
         beast::error_code hec;
@@ -338,7 +381,33 @@ void HttpServer::Impl::Serve(Stream& stream, tcp::socket& socket) {
     parser.body_limit(options.max_body_bytes);
     parser.header_limit(64 * 1024);
     beast::error_code ec;
-    http::read(stream, buffer, parser, ec);
+    // The body is held in memory: its declared length is reserved from the prompt budget
+    // before it is read (the budget's wait, then 429 naming it).
+    PromptMemory::Lease body_memory = front_door->NewMemoryLease();
+    http::read_header(stream, buffer, parser, ec);
+    if (!ec && parser.content_length().has_value() &&
+        *parser.content_length() <= options.max_body_bytes) {
+      const absl::Status reserved = body_memory.Resize(
+          static_cast<int64_t>(*parser.content_length()),
+          [&socket] { return PeerGone(socket.native_handle()); }, "the HTTP request body");
+      if (!reserved.ok()) {
+        if (reserved.code() == absl::StatusCode::kCancelled) return;
+        WriteError(stream, parser.get().version(), false, reserved, options.retry_after_s);
+        // The body is read and dropped (closing with it unread would reset the connection
+        // before the client reads the answer); then the connection closes.
+        std::vector<char> scratch(64 << 10);
+        size_t left =
+            *parser.content_length() - std::min(buffer.size(), size_t(*parser.content_length()));
+        while (left > 0) {
+          const size_t n =
+              stream.read_some(net::buffer(scratch.data(), std::min(left, scratch.size())), ec);
+          if (ec) break;
+          left -= n;
+        }
+        return;
+      }
+    }
+    if (!ec) http::read(stream, buffer, parser, ec);
     if (ec == http::error::body_limit) {
       WriteResponse(stream, 11, false, 413, "application/json",
                     Dump(ErrorBody(absl::InvalidArgumentError(
@@ -356,7 +425,9 @@ void HttpServer::Impl::Serve(Stream& stream, tcp::socket& socket) {
       return;
     }
     http::request<http::string_body> req = parser.release();
+    const bool keep_alive = req.keep_alive();
     if (!Handle(stream, socket, req)) return;
+    if (!keep_alive) return;  // "Connection: close" (or HTTP/1.0): the answer was the last
   }
 }
 
@@ -469,6 +540,7 @@ bool HttpServer::Impl::Generate(Stream& stream, tcp::socket& socket,
   std::vector<GenerateRequest> requests;
   for (int i = 0; i < api.n; ++i) {
     PromptAssembler prompt = front_door->NewPrompt();
+    prompt.SetCancelled([&socket] { return PeerGone(socket.native_handle()); });
     GenerateHeader header = api.header;
     header.sampling.seed += static_cast<uint64_t>(i);
     absl::Status s = prompt.AddHeader(std::move(header));
@@ -803,6 +875,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpOptions&
   impl->port = impl->acceptor->local_endpoint().port();
   Impl* raw = impl.get();
   impl->accept_thread = std::thread([raw] { raw->AcceptLoop(); });
+  impl->watchdog_thread = std::thread([raw] { raw->WatchWrites(); });
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 
@@ -824,6 +897,7 @@ absl::Status HttpServer::Shutdown() {
   ::shutdown(impl_->acceptor->native_handle(), SHUT_RDWR);
   impl_->acceptor->close(ec);
   if (impl_->accept_thread.joinable()) impl_->accept_thread.join();
+  if (impl_->watchdog_thread.joinable()) impl_->watchdog_thread.join();
   std::lock_guard<std::mutex> lock(impl_->mu);
   for (auto& c : impl_->connections) {
     // Unblocks reads; a thread waiting for events sees `stopping` within one poll interval.

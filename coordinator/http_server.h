@@ -6,9 +6,11 @@
 // Threads: one per connection (at most HttpOptions::max_connections; more are answered 503),
 // which alone writes its responses; a request's events reach it through a queue. While it
 // waits it checks, every 50 ms, whether the client closed the connection; a client that did
-// has its requests cancelled without notification, so their KV pages return.
+// has its requests cancelled without notification, so their KV pages return. A watchdog thread
+// closes a connection whose write has been blocked for HttpOptions::write_stall.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -30,6 +32,9 @@ struct HttpOptions {
   size_t max_body_bytes = size_t{64} << 20;
   int max_connections = 512;
   int retry_after_s = 1;  // the Retry-After of 429 and 503 answers
+  // A write blocked this long (the client reads nothing) closes the connection; its requests
+  // are cancelled as for a client that went away (--write-stall-s).
+  std::chrono::milliseconds write_stall{30000};
 };
 
 struct HttpCallbacks {

@@ -419,7 +419,11 @@ int HttpStatusFor(const absl::Status& status) {
     case absl::StatusCode::kResourceExhausted:
       // The scheduler's refusal of a request larger than a DP group's whole KV pool
       // (scheduler.cc) can never succeed: the client's error, not a reason to retry.
-      return absl::StrContains(status.message(), "whole pool") ? 400 : 429;
+      // Nor can a prompt larger than the whole prompt memory budget (prompt_memory.cc).
+      return absl::StrContains(status.message(), "whole pool") ||
+                     absl::StrContains(status.message(), "budget (--prompt-memory); send")
+                 ? 400
+                 : 429;
     case absl::StatusCode::kUnavailable:
       return 503;
     default:

@@ -1,5 +1,7 @@
 #include "tokenizer/added_tokens.h"
 
+#include <algorithm>
+
 namespace flotilla {
 
 void TokenTrie::Insert(std::string_view text, int32_t id) {
@@ -33,7 +35,10 @@ size_t TokenTrie::LongestAt(std::string_view text, size_t pos, int32_t* id) cons
 }
 
 AddedTokenMatcher::AddedTokenMatcher(const std::vector<AddedToken>& tokens) {
-  for (const AddedToken& t : tokens) (t.normalized ? normalized_ : raw_).Insert(t.content, t.id);
+  for (const AddedToken& t : tokens) {
+    (t.normalized ? normalized_ : raw_).Insert(t.content, t.id);
+    max_token_bytes_ = std::max(max_token_bytes_, t.content.size());
+  }
 }
 
 void AddedTokenMatcher::SplitWith(const TokenTrie& trie, std::string_view text,

@@ -46,11 +46,15 @@ class AddedTokenMatcher {
   void Split(std::string_view text,
              absl::FunctionRef<void(std::string_view segment, int32_t token_id)> emit) const;
 
+  // Bytes of the longest added token (0 when there are none).
+  size_t max_token_bytes() const { return max_token_bytes_; }
+
  private:
   static void SplitWith(const TokenTrie& trie, std::string_view text,
                         absl::FunctionRef<void(std::string_view, int32_t)> emit);
   TokenTrie raw_;         // normalized == false
   TokenTrie normalized_;  // normalized == true
+  size_t max_token_bytes_ = 0;
 };
 
 }  // namespace flotilla

@@ -1,13 +1,14 @@
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "nlohmann/json.hpp"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/string_view_compat.h"
 #include "tokenizer/utf8.h"
-#include "nlohmann/json.hpp"
 
 namespace flotilla {
 namespace {
@@ -333,6 +334,74 @@ absl::Status Tokenizer::EncodeAppend(std::string_view text, std::vector<int32_t>
     }
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// Unicode White_Space (what PCRE2's \\s matches with UCP).
+bool IsSpaceCodepoint(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F ||
+         cp == 0x205F || cp == 0x3000;
+}
+
+// The code point starting at text[pos] (valid UTF-8).
+uint32_t CodepointAt(std::string_view text, size_t pos) {
+  const uint8_t lead = static_cast<uint8_t>(text[pos]);
+  const size_t len = utf8::SequenceLength(lead);
+  if (len == 1) return lead;
+  uint32_t cp = lead & (0x7F >> len);
+  for (size_t i = 1; i < len && pos + i < text.size(); ++i) {
+    cp = (cp << 6) | (static_cast<uint8_t>(text[pos + i]) & 0x3F);
+  }
+  return cp;
+}
+
+// The code point ending just before text[pos] (valid UTF-8, pos > 0).
+uint32_t CodepointBefore(std::string_view text, size_t pos) {
+  size_t start = pos - 1;
+  while (start > 0 && (static_cast<uint8_t>(text[start]) & 0xC0) == 0x80) --start;
+  return CodepointAt(text, start);
+}
+
+}  // namespace
+
+absl::StatusOr<size_t> Tokenizer::EncodeStablePrefix(std::string_view text,
+                                                     std::vector<int32_t>* ids) const {
+  const size_t keep = std::max(kStableTailBytes, added_matcher_->max_token_bytes());
+  if (text.size() <= keep) return size_t{0};
+  const size_t limit = text.size() - keep;
+  // Where each piece starts (added tokens count as pieces), in text order.
+  std::vector<size_t> starts;
+  absl::Status status;
+  added_matcher_->Split(text, [&](std::string_view segment, int32_t token_id) {
+    if (!status.ok()) return;
+    if (token_id >= 0) {
+      starts.push_back(static_cast<size_t>(segment.data() - text.data()));
+      return;
+    }
+    status = pre_tokenizer_->Split(segment, [&](std::string_view piece) {
+      starts.push_back(static_cast<size_t>(piece.data() - text.data()));
+    });
+  });
+  RETURN_IF_ERROR(status);
+  size_t cut = 0;
+  for (size_t i = starts.size(); i-- > 1;) {
+    const size_t b = starts[i];
+    if (b > limit || i + 2 >= starts.size()) continue;
+    // No whitespace run across the cut: at most a single space that starts a word.
+    if (IsSpaceCodepoint(CodepointBefore(text, b))) continue;
+    if (IsSpaceCodepoint(CodepointAt(text, b)) &&
+        (text[b] != ' ' || IsSpaceCodepoint(CodepointAt(text, b + 1)))) {
+      continue;
+    }
+    cut = b;
+    break;
+  }
+  starts = {};
+  if (cut == 0) return size_t{0};
+  RETURN_IF_ERROR(EncodeAppend(text.substr(0, cut), ids));
+  return cut;
 }
 
 absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids,

@@ -35,6 +35,14 @@ class Tokenizer {
   absl::StatusOr<std::vector<int32_t>> Encode(std::string_view text) const;
   // Appends the ids of `text` (valid UTF-8) to `ids`; on error `ids` keeps what was appended.
   absl::Status EncodeAppend(std::string_view text, std::vector<int32_t>* ids) const;
+  // Encodes the longest prefix of `text` (valid UTF-8) whose ids no continuation of the text
+  // can change, appends them to `ids` and returns the prefix's length in bytes (0 when no such
+  // prefix is known yet). The cut is a pre-tokenizer piece boundary at least
+  // kStableTailBytes (and the longest added token) before the end, with two more pieces after
+  // it and no run of whitespace across it: a regex split there depends on nothing that
+  // follows. Encode(a + b) == ids of the prefix + Encode(rest of a + b) for every b.
+  absl::StatusOr<size_t> EncodeStablePrefix(std::string_view text, std::vector<int32_t>* ids) const;
+  static constexpr size_t kStableTailBytes = 64;
 
   // Text of `ids` (valid UTF-8). With `skip_special`, tokens flagged special are left out.
   absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,

@@ -470,6 +470,11 @@ int StatusMain(const std::vector<std::string>& args) {
     Out(absl::StrCat("  dp group ", i, ": KV pages ", g.pages_used(), "/", g.pages_total(), " (",
                      g.page_bytes(), " bytes each), ", g.sequences(), " sequences\n"));
   }
+  const v1::PromptMemoryStatus& pm = cluster.prompt_memory();
+  Out(absl::StrCat("prompts: ", pm.uploads(), " uploads in progress (", pm.upload_bytes(),
+                   " bytes received), prompt memory ", pm.reserved_bytes(), "/", pm.budget_bytes(),
+                   " bytes (peak ", pm.peak_reserved_bytes(), "), ", pm.refused(),
+                   " refused for want of it\n"));
   Out(absl::StrCat("workers: ", cluster.workers_size(), "\n"));
   for (const v1::WorkerReport& w : cluster.workers()) {
     std::string line = absl::StrCat("  rank ", w.world_rank(), " ", w.address(), ": ");

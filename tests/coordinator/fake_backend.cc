@@ -165,7 +165,19 @@ void FakeBackend::Run(Job& job) {
   }
   StreamingDetokenizer detok(tokenizer_);
   const std::vector<int32_t> tokens = script.empty() ? ExpectedTokens(job.request) : script;
+  std::chrono::microseconds interval{0};
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    interval = token_interval_;
+  }
   for (int32_t id : tokens) {
+    if (interval.count() > 0) {
+      std::this_thread::sleep_for(interval);
+      std::lock_guard<std::mutex> lock(mu_);
+      bool cancelled = stop_;
+      for (const auto& c : cancels_) cancelled = cancelled || c.first == job.request.id;
+      if (cancelled) return;  // without notification, as a gone client's request
+    }
     RequestEvent t;
     t.kind = RequestEvent::Kind::kToken;
     t.token_ids = {id};

@@ -42,6 +42,11 @@ class FakeBackend : public RequestSink {
   // Every request then gets exactly `tokens` (one Token event per id, text detokenized with
   // special tokens kept) and Finished(`reason`). Empty: echo the prompt again.
   void set_script(std::vector<int32_t> tokens, FinishReason reason);
+  // Tokens come `interval` apart, and a cancel stops them (a request still generating).
+  void set_token_interval(std::chrono::microseconds interval) {
+    std::lock_guard<std::mutex> lock(mu_);
+    token_interval_ = interval;
+  }
 
   std::vector<GenerateRequest> submitted() const;
   std::vector<std::pair<uint64_t, bool>> cancels() const;  // (id, notify)
@@ -75,6 +80,7 @@ class FakeBackend : public RequestSink {
   FinishReason script_reason_ = FinishReason::kStop;
   bool hold_ = false;
   int64_t prefill_chunk_ = 0;
+  std::chrono::microseconds token_interval_{0};
   bool stop_ = false;
   std::thread engine_;
 };

@@ -6,8 +6,10 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -54,11 +56,13 @@ const char* kTools =
 
 class HttpServerTest : public ::testing::Test {
  protected:
-  void Start(HttpOptions options = {}, HttpCallbacks callbacks = {}) {
+  void Start(HttpOptions options = {}, HttpCallbacks callbacks = {},
+             int64_t prompt_memory_bytes = int64_t{1} << 30, int64_t max_context = 4096) {
     ModelConfig config;
-    config.max_position_embeddings = 4096;
+    config.max_position_embeddings = max_context;
     FrontDoorOptions fdo;
     fdo.model_name = "test-model";
+    fdo.prompt_memory_bytes = prompt_memory_bytes;
     backend_ = std::make_unique<FakeBackend>(&ProjectTokenizer());
     front_door_ = std::make_unique<FrontDoor>(config, &ProjectTokenizer(), backend_.get(), fdo);
     options.address = "127.0.0.1";
@@ -154,6 +158,91 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<FrontDoor> front_door_;
   std::unique_ptr<HttpServer> server_;
 };
+
+// A request with "Connection: close" gets its answer and then the end of the connection (the
+// server used to wait for another request on it, and a client reading to the end hung).
+TEST_F(HttpServerTest, ConnectionCloseEndsTheConnectionAfterTheAnswer) {
+  Script("fine");
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+  const std::string body = json{{"model", "test-model"}, {"prompt", "Hello"}}.dump();
+  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Content-Type: application/json\r\nConnection: close\r\n"
+                          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  net::write(socket, net::buffer(req));
+  // Read to the end on another thread, so that a connection left open fails the test instead
+  // of hanging it.
+  std::string reply;
+  std::atomic<bool> ended{false};
+  std::thread reader([&] {
+    beast::error_code ec;
+    char buf[4096];
+    while (true) {
+      const size_t n = socket.read_some(net::buffer(buf), ec);
+      if (ec) break;
+      reply.append(buf, n);
+    }
+    ended = ec == net::error::eof;
+  });
+  for (int i = 0; i < 200 && !ended; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(ended.load()) << "the server kept the connection open";
+  if (!ended) {
+    beast::error_code ec;
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
+  }
+  reader.join();
+  EXPECT_EQ(reply.rfind("HTTP/1.1 200", 0), 0u) << reply;
+  EXPECT_NE(reply.find("\"finish_reason\""), std::string::npos) << reply;
+}
+
+// Issue 13, item 5, over HTTP: a client that stops reading a streamed answer while generation
+// goes on is cut off after the write-stall limit, and its request is cancelled.
+TEST_F(HttpServerTest, AClientThatStopsReadingIsCutOff) {
+  server_->Shutdown().IgnoreError();
+  HttpOptions options;
+  options.write_stall = std::chrono::milliseconds(1000);
+  Start(options, {}, int64_t{1} << 30, /*max_context=*/1 << 20);
+  // 200,000 tokens (some 40 MB of events) over 40 s: far more than the socket buffers hold
+  // while nobody reads.
+  backend_->set_script(std::vector<int32_t>(200000, 1000), FinishReason::kLength);
+  backend_->set_token_interval(std::chrono::microseconds(200));
+  net::io_context io;
+  tcp::socket socket(io);
+  socket.open(tcp::v4());
+  socket.set_option(net::socket_base::receive_buffer_size(4096));
+  socket.connect(tcp::endpoint(net::ip::make_address("127.0.0.1"), server_->port()));
+  const std::string body =
+      json{{"model", "test-model"}, {"prompt", "Hello"}, {"stream", true}, {"max_tokens", 200000}}
+          .dump();
+  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Content-Type: application/json\r\n"
+                          "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  net::write(socket, net::buffer(req));
+  ASSERT_TRUE(backend_->WaitForSubmitted(1, std::chrono::seconds(10)));
+  const uint64_t id = backend_->submitted()[0].id;
+  // Nothing is read: the server's writes block once the socket buffers are full.
+  EXPECT_TRUE(backend_->WaitForCancel(id, std::chrono::seconds(30)));
+  beast::error_code ec;
+  socket.close(ec);
+}
+
+TEST_F(HttpServerTest, ABodyLargerThanThePromptMemoryBudgetIsRefusedUnread) {
+  server_->Shutdown().IgnoreError();
+  Start({}, {}, /*prompt_memory_bytes=*/64 << 10);
+  const json body = {{"model", "test-model"}, {"prompt", std::string(100 << 10, 'a')}};
+  const Reply r = Post("/v1/completions", body);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("the HTTP request body needs"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("--prompt-memory"), std::string::npos) << r.body;
+  EXPECT_EQ(front_door_->PromptMemoryUse().reserved_bytes, 0);
+  // The server keeps serving, and a body within the budget is served.
+  Script("fine");
+  const Reply ok = Post("/v1/completions", {{"model", "test-model"}, {"prompt", "Hello"}});
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_TRUE(backend_->submitted().size() == 1);
+}
 
 TEST_F(HttpServerTest, ThinkingAndToolCallWhole) {
   Script("Need time.</think>" + kToolCall);

@@ -1,6 +1,7 @@
 // The rest of the client API through a real in-process gRPC server: disconnect ->
 // Cancel(notify=false), Cancel, Tokenize, model info, cluster status, drain, health and
 // reflection; then the real Scheduler (with a fake engine thread) behind the front door.
+#include <google/protobuf/descriptor.pb.h>
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
@@ -13,11 +14,11 @@
 #include <vector>
 
 #include "common/synthetic.h"
-#include "tokenizer/chat_encoding.h"
 #include "coordinator/scheduler.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "tests/coordinator/serving_test_util.h"
+#include "tokenizer/chat_encoding.h"
 
 namespace flotilla::testing {
 namespace {
@@ -274,7 +275,11 @@ TEST_F(ServingTest, HealthServesUntilDrainAndShutdown) {
   // Per service too (issue 13, item 9), and SetServing turns both off and on.
   EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 1);
   EXPECT_EQ(HealthStatus(channel_, "no.such.Service"), -1);
+  // Every service served has a status: health and reflection answer whatever the model does.
+  EXPECT_EQ(HealthStatus(channel_, "grpc.health.v1.Health"), 1);
+  EXPECT_EQ(HealthStatus(channel_, "grpc.reflection.v1alpha.ServerReflection"), 1);
   server_->SetServing(false);
+  EXPECT_EQ(HealthStatus(channel_, "grpc.health.v1.Health"), 1);
   EXPECT_EQ(HealthStatus(channel_), 2);
   EXPECT_EQ(HealthStatus(channel_, "flotilla.v1.Flotilla"), 2);
   server_->SetServing(true);
@@ -283,6 +288,81 @@ TEST_F(ServingTest, HealthServesUntilDrainAndShutdown) {
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1)).IgnoreError();
   EXPECT_EQ(HealthStatus(channel_), -1);                                  // gone
   EXPECT_TRUE(server_->Shutdown(std::chrono::system_clock::now()).ok());  // idempotent
+}
+
+// One reflection request with the string field `field` set to `value`; the response (or null).
+std::unique_ptr<google::protobuf::Message> Reflect(const std::shared_ptr<grpc::Channel>& channel,
+                                                   const std::string& field,
+                                                   const std::string& value) {
+  namespace pb = google::protobuf;
+  const pb::Descriptor* request_type = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(
+      "grpc.reflection.v1alpha.ServerReflectionRequest");
+  const pb::Descriptor* response_type = pb::DescriptorPool::generated_pool()->FindMessageTypeByName(
+      "grpc.reflection.v1alpha.ServerReflectionResponse");
+  if (request_type == nullptr || response_type == nullptr) return nullptr;
+  std::unique_ptr<pb::Message> request(
+      pb::MessageFactory::generated_factory()->GetPrototype(request_type)->New());
+  request->GetReflection()->SetString(request.get(), request_type->FindFieldByName(field), value);
+
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kTimeout);
+  grpc::CompletionQueue cq;
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* const tag = reinterpret_cast<void*>(1);
+  auto await = [&] {
+    void* got = nullptr;
+    bool ok = false;
+    return cq.Next(&got, &ok) && got == tag;
+  };
+  call->StartCall(tag);
+  if (!await()) return nullptr;
+  call->Write(FromBytes(request->SerializeAsString()), tag);
+  if (!await()) return nullptr;
+  call->WritesDone(tag);
+  if (!await()) return nullptr;
+  grpc::ByteBuffer buffer;
+  call->Read(&buffer, tag);
+  if (!await()) return nullptr;
+  grpc::Status status;
+  call->Finish(&status, tag);
+  if (!await() || !status.ok()) return nullptr;
+  cq.Shutdown();
+  std::unique_ptr<pb::Message> response(
+      pb::MessageFactory::generated_factory()->GetPrototype(response_type)->New());
+  if (!response->ParseFromString(ToBytes(buffer))) return nullptr;
+  return response;
+}
+
+// Issue 13, item 9: the health service's descriptor was missing from reflection (gRPC's own
+// health service has no generated class). Reflection now gives its file, as a grpcurl-like
+// client would ask for it: by the service's symbol.
+TEST_F(ServingTest, ReflectionDescribesTheHealthService) {
+  namespace pb = google::protobuf;
+  const auto response = Reflect(channel_, "file_containing_symbol", "grpc.health.v1.Health");
+  ASSERT_NE(response, nullptr);
+  const pb::Reflection* r = response->GetReflection();
+  const pb::FieldDescriptor* files_field =
+      response->GetDescriptor()->FindFieldByName("file_descriptor_response");
+  ASSERT_TRUE(r->HasField(*response, files_field)) << response->DebugString();
+  const pb::Message& files = r->GetMessage(*response, files_field);
+  const pb::FieldDescriptor* protos =
+      files.GetDescriptor()->FindFieldByName("file_descriptor_proto");
+  ASSERT_GE(files.GetReflection()->FieldSize(files, protos), 1);
+  pb::FileDescriptorProto file;
+  ASSERT_TRUE(file.ParseFromString(files.GetReflection()->GetRepeatedString(files, protos, 0)));
+  EXPECT_EQ(file.name(), "grpc/health/v1/health.proto");
+  EXPECT_EQ(file.package(), "grpc.health.v1");
+  ASSERT_EQ(file.service_size(), 1);
+  const pb::ServiceDescriptorProto& health = file.service(0);
+  EXPECT_EQ(health.name(), "Health");
+  ASSERT_EQ(health.method_size(), 2);
+  EXPECT_EQ(health.method(0).name(), "Check");
+  EXPECT_EQ(health.method(0).input_type(), ".grpc.health.v1.HealthCheckRequest");
+  EXPECT_EQ(health.method(0).output_type(), ".grpc.health.v1.HealthCheckResponse");
+  EXPECT_EQ(health.method(1).name(), "Watch");
+  EXPECT_TRUE(health.method(1).server_streaming());
 }
 
 TEST_F(ServingTest, ReflectionListsTheServices) {

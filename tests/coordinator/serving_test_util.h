@@ -57,11 +57,11 @@ inline std::vector<std::string> Pieces(const std::string& s, size_t n) {
 class ServingTest : public ::testing::Test {
  protected:
   void StartServer(ModelConfig config = ModelConfig(), FrontDoorOptions options = {},
-                   ServingCallbacks callbacks = {}) {
+                   ServingCallbacks callbacks = {}, ServingOptions serving = {}) {
     backend_ = std::make_unique<FakeBackend>(&ProjectTokenizer());
     front_door_ = std::make_unique<FrontDoor>(config, &ProjectTokenizer(), backend_.get(),
                                               std::move(options));
-    auto server = ServingServer::Start(ServingOptions(), front_door_.get(), std::move(callbacks));
+    auto server = ServingServer::Start(serving, front_door_.get(), std::move(callbacks));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = std::move(server).value();
     ASSERT_GT(server_->port(), 0);

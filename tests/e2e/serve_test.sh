@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end serving tests (CTest label e2e): real processes — launch/flotilla-serve starts a
 # coordinator and 2 CPU workers on the tiny model — and real gRPC on 127.0.0.1.
-#   serve_test.sh BUILD_DIR WORK_DIR CASE [MALFORMED_CHECK]
+#   serve_test.sh BUILD_DIR WORK_DIR CASE [MALFORMED_CHECK [UPLOAD_CHECK [SOAK_CHECK]]]
 set -uo pipefail
-build=$1 work=$2 case=$3 malformed_check=${4:-}
+build=$1 work=$2 case=$3 malformed_check=${4:-} upload_check=${5:-} soak_check=${6:-}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 flotilla=$build/tools/flotilla
 mkdir -p "$work"
@@ -397,6 +397,137 @@ demo)
     { cat "$work/decoy.txt"; fail "the other server was stopped by the demo"; }
   stop_server || fail "server exit status $?"
   echo "launch/demo stopped its own server only"
+  ;;
+prompt-memory)
+  # Issue 13, item 1: 8 prompts of 16 MiB uploaded at once (gRPC streamed upload, 4 MiB chunks)
+  # to a model whose context (2^24 tokens, so 512 MiB of text) admits them by size. Each is
+  # tokenized as it arrives under a 64 MiB prompt memory budget; each ends with a clear refusal
+  # (the budget, or the KV pool once tokenized), never a transport error. The coordinator's peak
+  # RSS stays within baseline + budget + 8 streams x 8 MiB (a 4 MiB chunk as the gRPC message
+  # and as text) + 64 MiB (gRPC buffers, allocator slack): baseline + 192 MiB. Before, the same
+  # burst tokenized every prompt whole at about 38 bytes per byte (8 x 16 MiB x 38 = 4.8 GiB).
+  # Afterwards the server serves a normal request, no upload or prompt memory is left in the
+  # status, and RSS is back within baseline + 48 MiB.
+  big=$work/tiny_long_context
+  rm -rf "$big"
+  cp -r "$model" "$big"
+  python3 - "$big/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["max_position_embeddings"] = 1 << 24
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PY
+  model=$big
+  start_server --prompt-memory 64MiB --kv-pool 64MiB  # a tokenized 16 MiB prompt exceeds the pool
+  "$flotilla" generate --server "$server" --prompt "Hello there" --max-new-tokens 4 --greedy \
+    >"$work/warm.txt" 2>&1 || { cat "$work/warm.txt"; fail "warm-up request"; }
+  pid=$(coordinator_pid)
+  kib() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$pid/status"; }
+  base=$(kib VmRSS)
+  echo 5 >"/proc/$pid/clear_refs" || fail "cannot reset the peak RSS of pid $pid"
+  start=$(date +%s)
+  "$upload_check" "$server" burst 8 16 >"$work/burst.txt" 2>&1
+  rc=$?
+  cat "$work/burst.txt"
+  [ $rc -eq 0 ] || fail "a 16 MiB upload ended other than with a clear refusal"
+  peak=$(kib VmHWM)
+  bound=$(( base + 192 * 1024 ))
+  echo "coordinator RSS: baseline $((base / 1024)) MiB, peak $((peak / 1024)) MiB during the burst ($(( $(date +%s) - start )) s), bound $((bound / 1024)) MiB"
+  [ "$peak" -le "$bound" ] || fail "peak RSS $((peak / 1024)) MiB is above the bound $((bound / 1024)) MiB"
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
+    >"$work/after.txt" 2>&1 || { cat "$work/after.txt"; fail "the server stopped serving"; }
+  "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
+  grep -q "^prompts: 0 uploads in progress (0 bytes received), prompt memory 0/67108864 bytes" \
+    "$work/status.txt" || { cat "$work/status.txt"; fail "uploads or prompt memory left after the burst"; }
+  after=$(kib VmRSS)
+  echo "coordinator RSS after: $((after / 1024)) MiB"
+  [ "$after" -le $(( base + 48 * 1024 )) ] || fail "RSS $((after / 1024)) MiB did not return near the baseline $((base / 1024)) MiB"
+  stop_server || fail "server exit status $?"
+  ;;
+stalled-clients)
+  # Issue 13, item 5: an upload that stops before its last chunk, visible in the status while it
+  # lasts, ends with DEADLINE_EXCEEDED after --upload-idle-s; a client that stops reading its
+  # stream has its request cancelled and its KV pages freed after --write-stall-s while it is
+  # still connected, and then sees DEADLINE_EXCEEDED naming the flag; a chunk after `last` is
+  # refused.
+  start_server --upload-idle-s 3 --write-stall-s 2
+  "$upload_check" "$server" stall-upload >"$work/stall_upload.txt" 2>&1 &
+  up=$!
+  uploads_line() { "$flotilla" status --server "$server" >"$work/status.txt"; grep '^prompts:' "$work/status.txt"; }
+  for _ in $(seq 1 50); do
+    uploads_line | grep -q "^prompts: 1 uploads in progress (47 bytes received)" && break
+    sleep 0.1
+  done
+  uploads_line | grep -q "^prompts: 1 uploads in progress (47 bytes received)" ||
+    { cat "$work/status.txt"; fail "the stalled upload is not in the status"; }
+  wait $up || { cat "$work/stall_upload.txt"; fail "the stalled upload did not end with DEADLINE_EXCEEDED"; }
+  cat "$work/stall_upload.txt"
+  uploads_line | grep -q "^prompts: 0 uploads in progress (0 bytes received)" ||
+    { cat "$work/status.txt"; fail "the stalled upload is still in the status"; }
+  "$upload_check" "$server" stall-read >"$work/stall_read.txt" 2>&1 &
+  reader=$!
+  for _ in $(seq 1 100); do [ "$(pages_used)" -gt 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -gt 0 ] || fail "the long request never held KV pages"
+  for _ in $(seq 1 300); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -eq 0 ] || fail "KV pages still held by a client that reads nothing"
+  kill -0 $reader 2>/dev/null || fail "the reader exited early (the test needs it connected)"
+  wait $reader || { cat "$work/stall_read.txt"; fail "the stalled reader did not see DEADLINE_EXCEEDED"; }
+  cat "$work/stall_read.txt"
+  # A chunk sent after the one marked `last` (once admitted) ends the stream with
+  # INVALID_ARGUMENT naming chunk.last, and the request's KV pages return.
+  "$upload_check" "$server" after-last >"$work/after_last.txt" 2>&1 ||
+    { cat "$work/after_last.txt"; fail "a chunk after last was not refused naming chunk.last"; }
+  cat "$work/after_last.txt"
+  for _ in $(seq 1 100); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the refused stream"
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
+    >"$work/after.txt" 2>&1 || fail "the server stopped serving"
+  stop_server || fail "server exit status $?"
+  echo "stalled upload and stalled reader cut off, chunk after last refused; KV freed; server still serving"
+  ;;
+soak)
+  # Issue 13: a soak of 150 s (loopback only, tiny model). Six clients at once send short and
+  # long requests over gRPC and HTTP, cancel at random times (during upload, tokenization,
+  # queueing and generation), use the Cancel RPC, and disconnect mid-stream and mid-upload
+  # (tests/e2e/soak_check.cc). Every request not cancelled must complete with finish reason
+  # length and exactly its max_new_tokens. Afterwards: no KV pages used, no request active,
+  # running or queued, no upload or prompt memory held; the coordinator's RSS within its
+  # baseline + 64 MiB, each worker's within its baseline + the 128 MiB KV pool it may have
+  # touched + 64 MiB.
+  rm -f "$work/http_port"
+  start_server --kv-pool 128MiB --http-port-file "$work/http_port"
+  for _ in $(seq 1 50); do [ -s "$work/http_port" ] && break; sleep 0.1; done
+  http_port=$(cat "$work/http_port")
+  "$flotilla" generate --server "$server" --prompt "Hello there" --max-new-tokens 4 --greedy \
+    >"$work/warm.txt" 2>&1 || { cat "$work/warm.txt"; fail "warm-up request"; }
+  pids=$(pgrep -f "^$build/(coordinator|worker)/flotilla-.*--model $model")
+  [ "$(echo "$pids" | wc -w)" -eq 3 ] || fail "expected 3 processes, found: $pids"
+  rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
+  declare -A base
+  for p in $pids; do base[$p]=$(rss_kib "$p"); done
+  "$soak_check" "$server" "$http_port" 150 >"$work/soak.txt" 2>&1
+  rc=$?
+  cat "$work/soak.txt"
+  [ $rc -eq 0 ] || fail "the soak had unexpected outcomes"
+  for _ in $(seq 1 300); do [ "$(pages_used)" -eq 0 ] && break; sleep 0.1; done
+  [ "$(pages_used)" -eq 0 ] || fail "KV pages still used after the soak: $(pages_used)"
+  "$flotilla" status --server "$server" >"$work/status.txt" || fail "status"
+  grep -q "^scheduler: running 0, queued 0, .*active requests 0" "$work/status.txt" ||
+    { cat "$work/status.txt"; fail "requests left after the soak"; }
+  grep -q "^prompts: 0 uploads in progress (0 bytes received), prompt memory 0/" "$work/status.txt" ||
+    { cat "$work/status.txt"; fail "uploads or prompt memory left after the soak"; }
+  sleep 2
+  for p in $pids; do
+    name=$(tr '\0' ' ' <"/proc/$p/cmdline" | cut -d' ' -f1 | xargs basename)
+    slack=$(( 64 * 1024 ))
+    [ "$name" = flotilla-worker ] && slack=$(( (128 + 64) * 1024 ))
+    now=$(rss_kib "$p")
+    echo "$name (pid $p): RSS $(( ${base[$p]} / 1024 )) MiB before, $(( now / 1024 )) MiB after (bound $(( (${base[$p]} + slack) / 1024 )) MiB)"
+    [ "$now" -le $(( ${base[$p]} + slack )) ] || fail "$name RSS did not return near its baseline"
+  done
+  "$flotilla" generate --server "$server" --prompt-ids 1,2,3 --max-new-tokens 3 --greedy \
+    >"$work/after.txt" 2>&1 || fail "the server stopped serving"
+  stop_server || fail "server exit status $?"
   ;;
 *) fail "unknown case $case" ;;
 esac
