@@ -285,6 +285,7 @@ int Main(int argc, char** argv) {
   ServingMetrics metrics;
   EngineOptions engine_options;
   engine_options.before_shutdown = [&] { liveness->Stop(); };  // the workers' exits are no deaths
+  engine_options.suspects = [&] { return liveness ? liveness->Suspects() : std::string(); };
   engine_options.on_step = [&metrics](const StepPlan& plan, double seconds) {
     // A one-token entry past position 0 is a decode; everything else is prompt.
     int64_t prefill = 0, decode = 0;

@@ -68,8 +68,10 @@ absl::Status Engine::Run() {
     const auto step_start = std::chrono::steady_clock::now();
     absl::Status st = Step(plan, &tokens);
     if (!st.ok()) {
+      const std::string suspects = options_.suspects ? options_.suspects() : std::string();
       const absl::Status gone = absl::UnavailableError(
-          absl::StrCat("the workers stopped answering: ", st.message()));
+          absl::StrCat("the workers stopped answering: ", st.message(),
+                       suspects.empty() ? "" : "; the liveness watch: ", suspects));
       scheduler_.FailAll(gone);
       return gone;
     }

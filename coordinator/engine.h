@@ -23,6 +23,10 @@ struct EngineOptions {
   // Called on the engine thread after each step with sequences: the plan and the step's wall
   // time in seconds (broadcast to tokens back). Unset: nothing.
   std::function<void(const StepPlan&, double)> on_step;
+  // The ranks the liveness watch finds gone or late (LivenessMonitor::Suspects), named in the
+  // error of a failed step: a collective's timeout cannot tell a dead rank from the ranks that
+  // waited on it. Unset or "": nothing added.
+  std::function<std::string()> suspects;
 };
 
 class Engine {

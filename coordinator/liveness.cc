@@ -49,6 +49,22 @@ absl::Status LivenessTable::Check(Clock::time_point now) const {
   return absl::OkStatus();
 }
 
+std::string LivenessTable::Suspects(Clock::time_point now) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::string out;
+  for (const auto& [rank, r] : ranks_) {
+    const double silent = std::chrono::duration<double>(now - r.last).count();
+    if (!r.gone.ok()) {
+      absl::StrAppend(&out, out.empty() ? "" : "; ", "worker rank ", rank, " (", r.address,
+                      ") is gone: ", r.gone.message());
+    } else if (now - r.last > deadline_) {
+      absl::StrAppendFormat(&out, "%sworker rank %d (%s) silent for %.1f s", out.empty() ? "" : "; ",
+                            rank, r.address, silent);
+    }
+  }
+  return out;
+}
+
 bool LivenessTable::AnyGone() const {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& [rank, r] : ranks_)
@@ -128,6 +144,10 @@ LivenessMonitor::LivenessMonitor(std::vector<WorkerEndpoint> workers,
 }
 
 LivenessMonitor::~LivenessMonitor() { Stop(); }
+
+std::string LivenessMonitor::Suspects() const {
+  return impl_->table.Suspects(LivenessTable::Clock::now());
+}
 
 void LivenessMonitor::Stop() {
   {

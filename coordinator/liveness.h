@@ -42,6 +42,9 @@ class LivenessTable {
   // OK while every rank reported within the deadline. Otherwise UNAVAILABLE naming the lowest
   // gone rank, or else the lowest late rank, its endpoint and how long it has been silent.
   absl::Status Check(Clock::time_point now) const;
+  // Every gone or late rank, for the message of a step that failed: "worker rank 3 (addr) is
+  // gone: ...; worker rank 4 (addr) silent for 7.2 s", or "" when every rank is live.
+  std::string Suspects(Clock::time_point now) const;
   bool AnyGone() const;
 
  private:
@@ -66,6 +69,7 @@ class LivenessMonitor {
                   std::function<void(const absl::Status&)> on_gone);
   ~LivenessMonitor();  // Stop()
   void Stop();         // idempotent
+  std::string Suspects() const;  // LivenessTable::Suspects now
 
  private:
   struct Impl;

@@ -217,6 +217,21 @@ TEST(LivenessTable, LateAndGoneRanksAreNamed) {
   EXPECT_FALSE(t.Check(t0 + 7000ms).ok());
 }
 
+// A failed step names every rank the watch has lost, not only the lowest.
+TEST(LivenessTable, SuspectsNamesEveryGoneAndLateRank) {
+  using Clock = LivenessTable::Clock;
+  const Clock::time_point t0 = Clock::now();
+  LivenessTable t({{1, "a:1"}, {2, "b:2"}, {3, "c:3"}, {4, "d:4"}}, 5000ms, t0);
+  EXPECT_EQ(t.Suspects(t0 + 4000ms), "");
+  t.OnReport(1, t0 + 6000ms);
+  t.OnReport(2, t0 + 6000ms);
+  EXPECT_EQ(t.Suspects(t0 + 7200ms),
+            "worker rank 3 (c:3) silent for 7.2 s; worker rank 4 (d:4) silent for 7.2 s");
+  t.OnGone(4, absl::UnavailableError("d:4: Socket closed"));
+  EXPECT_EQ(t.Suspects(t0 + 7200ms),
+            "worker rank 3 (c:3) silent for 7.2 s; worker rank 4 (d:4) is gone: d:4: Socket closed");
+}
+
 // A worker whose Health() can be held, as a stopped process holds it.
 class HangingWorker : public FakeWorker {
  public:
