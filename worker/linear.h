@@ -32,8 +32,10 @@ struct QuantizedActs {
 
 void QuantizeActs(const bf16* x, int64_t ldx, int64_t m, int64_t k, QuantizedActs* out);
 
-// y[m, out] = x · Wᵀ in the layer's precision: FP8/FP4 layers quantise x first (1×128 groups).
-void LinearForward(const Linear& l, const bf16* x, int64_t ldx, int64_t m, bf16* y, int64_t ldy);
+// y[m, out] = x · Wᵀ in the layer's precision: FP8/FP4 layers quantise x first (1×128 groups),
+// into `scratch` when given (reserved by the caller: no allocation) or a temporary.
+void LinearForward(const Linear& l, const bf16* x, int64_t ldx, int64_t m, bf16* y, int64_t ldy,
+                   QuantizedActs* scratch = nullptr);
 
 // Same, for FP8/FP4 layers, from already-quantised rows (q/scale dense, m rows).
 void LinearForwardQuantized(const Linear& l, const fp8* q, const e8m0* scale, int64_t m, bf16* y,
