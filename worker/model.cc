@@ -130,6 +130,7 @@ absl::Status Model::ReserveKv(std::span<const Chunk> chunks) const {
   for (size_t i = 0; i < chunks.size(); ++i) {
     SequenceState* seq = chunks[i].seq;
     const bool fresh = seq->pages_.layers.empty();
+    if (fresh) pool_->ReserveTables(ws_->layout.limits.max_context, &seq->pages_);
     const absl::Status s =
         pool_->Reserve(seq->pos_ + int64_t(chunks[i].tokens.size()), &seq->pages_);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("chunk ", i, ": ", s.message()));
