@@ -68,13 +68,14 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.vocab = CeilDiv(c.vocab_size, tp);
 
   const int64_t layers = c.num_hidden_layers + c.num_nextn_predict_layers;
-  int64_t max_ratio = 0;
+  int64_t max_ratio = 0, whole_read = 0;  // whole_read: entries an HCA row attends to
   for (int64_t i = 0; i < layers; ++i) {
     const int64_t m = c.RatioOf(i);
     if (m == 0) continue;
     max_ratio = std::max(max_ratio, m);
     const bool csa = m == kCsaRatio;
     w.compressed_read = std::max(w.compressed_read, csa ? std::min(ctx / m, T * topk) : ctx / m);
+    if (!csa) whole_read = std::max(whole_read, ctx / m);
     const int64_t width = csa ? 2 * hd : hd, rows = csa ? 2 * m : m;
     w.compressor_width = std::max(w.compressor_width, width);
     w.compressor_rows = std::max(w.compressor_rows, rows);
@@ -139,7 +140,7 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
 
   w.thread_candidates = topk + l.indexer_block_keys;
   w.thread_topk = topk;
-  w.thread_list = c.sliding_window + w.compressed_read;
+  w.thread_list = c.sliding_window + std::max(topk, whole_read);
   return w;
 }
 

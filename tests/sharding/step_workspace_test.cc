@@ -27,8 +27,9 @@ namespace {
 //   FP8 activations (4 rows x max(hc*d = 1024, ...) codes + /128 scales) x3     =  12,384 B
 //   packed KV: max(window 32, 16, 4) main entries x 200 B                        =   6,400 B
 //   compressor row pointers 2 x 8 x2 x 8 B                                       =     256 B
-//   per thread: (4 + 8) x (4 + 4) + 4 x 4 x2 + (32 + 16) x 8                     =     512 B
-//                                                                         total  = 189,448 B
+//   per thread: candidates (4 + 8) x (4 + 4) B, order and selection 4 x 4 B x2, attention
+//               list (window 32 + max(topk 4, HCA 64/8)) x 8 B                    =     448 B
+//                                                                         total  = 189,384 B
 TEST(StepWorkspace, TinyWorkedByHand) {
   auto c = PresetConfig("tiny");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -48,13 +49,13 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w->entry_slot, 32);
   EXPECT_EQ(w->act_q, 4096);
   EXPECT_EQ(w->packed, 6400);
-  EXPECT_EQ(w->PerThreadBytes(), 512u);
-  EXPECT_EQ(w->Bytes(), 189448u);
+  EXPECT_EQ(w->PerThreadBytes(), 448u);
+  EXPECT_EQ(w->Bytes(), 189384u);
   // Each further thread adds its scratch.
   l.threads = 3;
   auto w3 = MakeStepWorkspaceLayout(*c, l);
   ASSERT_TRUE(w3.ok());
-  EXPECT_EQ(w3->Bytes(), 189448u + 2 * 512u);
+  EXPECT_EQ(w3->Bytes(), 189384u + 2 * 448u);
 }
 
 // V4-Flash at 1M tokens of context: what the long-context buffers hold.
@@ -75,6 +76,8 @@ TEST(StepWorkspace, FlashLongContextBuffers) {
   EXPECT_EQ(w->packed, 262144 * 584);
   // HCA state 128 rows of 512 f32 beats CSA's 8 of 1024.
   EXPECT_EQ(w->compressor_state, 65536);
+  // A thread's list: window 128 + 8,192 HCA entries (a CSA row attends to 512 at most).
+  EXPECT_EQ(w->thread_list, 128 + 8192);
 }
 
 TEST(StepWorkspace, BadLimitsAreNamed) {
