@@ -21,12 +21,13 @@ uint64_t StepWorkspaceLayout::PerThreadBytes() const {
 
 uint64_t StepWorkspaceLayout::Bytes() const {
   uint64_t b = 0;
-  b += 2 * uint64_t(5 * streams + 6 * hidden + 2 * mtp_streams + q_lora + query + kv +
-                    index_query + index_weights + gather + ring + entries + block_keys +
-                    attn_out + wo_a_out + compressed + routed + expert_in + expert_out +
-                    shared_out + expert_gate_up + expert_act);
+  b += 2 * uint64_t(5 * streams + 6 * hidden + 2 * mtp_streams + q_lora + query + kv + index_query +
+                    index_weights + gather + ring + entries + block_keys + attn_out + wo_a_out +
+                    compressed + routed + expert_in + expert_out + shared_out + expert_gate_up +
+                    expert_act);
   b += 4 * uint64_t(hc_post + hc_comb + tp_sum + head_part + head_all + 2 * compressor_kv +
-                    4 * compressor_state + pooled + pick_scores + router_logits + route_weights + expert_rows);
+                    4 * compressor_state + pooled + pick_scores + router_logits + route_weights +
+                    expert_rows);
   b += 4 * uint64_t(7 * row_i32 + picks + entry_slot + route_idx + expert_order);
   b += 8 * uint64_t(4 * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
@@ -36,17 +37,20 @@ uint64_t StepWorkspaceLayout::Bytes() const {
 }
 
 absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c,
-                                                           const StepLimits& limits) {
+                                                            const StepLimits& limits) {
   StepWorkspaceLayout w;
   StepLimits& l = w.limits;
   l = limits;
   if (l.max_context == 0) l.max_context = c.max_position_embeddings;
   if (l.experts_per_token == 0) l.experts_per_token = c.num_experts_per_tok;
-  const std::pair<const char*, int64_t> checks[] = {
-      {"tokens per step", l.tokens},        {"sequences per step", l.sequences},
-      {"logit rows per pass", l.logit_rows}, {"indexer block keys", l.indexer_block_keys},
-      {"longest context", l.max_context},   {"threads", l.threads},
-      {"experts per token", l.experts_per_token}, {"tensor-parallel size", l.tp_size}};
+  const std::pair<const char*, int64_t> checks[] = {{"tokens per step", l.tokens},
+                                                    {"sequences per step", l.sequences},
+                                                    {"logit rows per pass", l.logit_rows},
+                                                    {"indexer block keys", l.indexer_block_keys},
+                                                    {"longest context", l.max_context},
+                                                    {"threads", l.threads},
+                                                    {"experts per token", l.experts_per_token},
+                                                    {"tensor-parallel size", l.tp_size}};
   for (const auto& [name, value] : checks) {
     if (value < 1) {
       return absl::InvalidArgumentError(
@@ -131,7 +135,8 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
 
   // The widest input of a linear layer that quantises its input, times its most rows: the MTP
   // h_proj runs on hc rows per token.
-  const int64_t linear_in = std::max({hc * d, c.q_lora_rank, inter, tp * w.o_groups * c.o_lora_rank});
+  const int64_t linear_in =
+      std::max({hc * d, c.q_lora_rank, inter, tp * w.o_groups * c.o_lora_rank});
   w.act_q = T * linear_in;
   w.act_scale = w.act_q / 128;
   w.packed = std::max({c.sliding_window, w.compressed_read, T}) * MainKvEntryBytes(c);

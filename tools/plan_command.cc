@@ -194,8 +194,7 @@ absl::Status Plan(const std::vector<std::string>& args) {
       if (short_ranks++ == 0) first_short = absl::StrCat("rank ", r, ": ", pool.status().message());
     }
     std::printf("%5lld %4lld %4lld %3lld  %-10s %-8s %-10s %-17s %-16s %12s %12s %12s\n",
-                (long long)r,
-                (long long)p.node, (long long)p.dp_group, (long long)p.tp_rank,
+                (long long)r, (long long)p.node, (long long)p.dp_group, (long long)p.tp_rank,
                 RangeString(p.heads).c_str(), RangeString(p.o_groups).c_str(),
                 RangeString(p.index_heads).c_str(), RangeString(p.vocab).c_str(),
                 p.experts.empty()
@@ -233,11 +232,11 @@ absl::Status Plan(const std::vector<std::string>& args) {
   row("  = per sequence", BytesBoth(ref.Total()));
 
   if (short_ranks > 0) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        short_ranks, " of ", layout.num_workers,
-        " ranks cannot hold their weights, step workspace and a ",
-        FormatBytes(reserve), " reserve in ", FormatBytes(gpu_memory), " (", first_short,
-        "); use more or larger GPUs, or a smaller --reserve"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(short_ranks, " of ", layout.num_workers,
+                     " ranks cannot hold their weights, step workspace and a ",
+                     FormatBytes(reserve), " reserve in ", FormatBytes(gpu_memory), " (",
+                     first_short, "); use more or larger GPUs, or a smaller --reserve"));
   }
   // A DP group holds what its fullest rank leaves free; groups differ only when E % W != 0.
   const uint64_t pool = *std::min_element(group_pool.begin(), group_pool.end());

@@ -58,8 +58,8 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
                              const bf16* x, bool indexer) const {
   const int64_t d_model = config_.hidden_size, width = cw.width(), d = cw.dim, m = cw.ratio;
   const int64_t rope = config_.qk_rope_head_dim;
-  const PagedKv::Compressor which = indexer ? PagedKv::Compressor::kIndexer
-                                            : PagedKv::Compressor::kMain;
+  const PagedKv::Compressor which =
+      indexer ? PagedKv::Compressor::kIndexer : PagedKv::Compressor::kMain;
   StepWorkspace& ws = *ws_;
   const float* k = Use(ws.compressor_k, rows.n * width);
   const float* g = Use(ws.compressor_g, rows.n * width);
@@ -158,8 +158,8 @@ absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a, con
     for (int64_t i = first; i < ch.n;) {  // runs that do not wrap around the ring
       const int64_t slot = (ch.start_pos + i) % w;
       const int64_t run = std::min(ch.n - i, w - slot);
-      RETURN_IF_ERROR(kv_->WriteWindow(ch.seq->pages_, a.layer_id, slot, run,
-                                       kv + (ch.first_row + i) * hd));
+      RETURN_IF_ERROR(
+          kv_->WriteWindow(ch.seq->pages_, a.layer_id, slot, run, kv + (ch.first_row + i) * hd));
       i += run;
     }
   }
@@ -203,8 +203,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   if (a.compressor) RETURN_IF_ERROR(Compress(*a.compressor, a, rows, x, /*indexer=*/false));
 
   // Indexer queries and weights (§7 steps 1–5).
-  const int64_t ih = c.index_n_heads, ih_local = par_.index_heads.size(),
-                ihd = c.index_head_dim;
+  const int64_t ih = c.index_n_heads, ih_local = par_.index_heads.size(), ihd = c.index_head_dim;
   if (a.indexer) {
     const IndexerWeights& ix = *a.indexer;
     RETURN_IF_ERROR(Compress(ix.compressor, a, rows, x, /*indexer=*/true));
@@ -251,8 +250,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
 
   // Output path (§5.6): inverse RoPE, grouped wo_a (bf16), wo_b.
   RopeRows(o, h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
-  const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank,
-                gin = c.HeadsPerGroup() * hd;
+  const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
   bf16* z = Use(ws.wo_a_out, n * groups * olr);
   for (int64_t gi = 0; gi < groups; ++gi) {
     kernels::GemmBf16Params p;
@@ -320,7 +318,8 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       RETURN_IF_ERROR(kv_->ReadKeys(tables, a.layer_id, b0, b1 - b0, block_keys));
       const bf16* qi = ws.index_query.data();
       const bf16* iw = ws.index_weights.data();
-#pragma omp parallel if (ch.n > 1) num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
+#pragma omp parallel if (ch.n > 1) \
+    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
       {
         StepWorkspace::ThreadScratch& t = ws.threads[size_t(omp_get_thread_num())];
         std::vector<float>& scores = t.scores;
@@ -384,14 +383,15 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       idx[count++] = int32_t(j);
     }
     entries = Use(ws.entries, count * hd);
-    RETURN_IF_ERROR(kv_->ReadMainAt(tables, a.layer_id,
-                                    std::span<const int32_t>(idx, size_t(count)), entries));
+    RETURN_IF_ERROR(
+        kv_->ReadMainAt(tables, a.layer_id, std::span<const int32_t>(idx, size_t(count)), entries));
     entry_slot = slot;
   }
 
   // Sparse attention per token (§5.4, §5.5).
   const float scale = float(1.0 / std::sqrt(double(hd)));
-#pragma omp parallel if (ch.n > 1) num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
+#pragma omp parallel if (ch.n > 1) \
+    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
   {
     std::vector<const bf16*>& list = ws.threads[size_t(omp_get_thread_num())].list;
 #pragma omp for schedule(dynamic, 1)

@@ -12,11 +12,11 @@ struct Linear {
   enum class Kind { kFp8, kFp8F32Scale, kFp4, kBf16 };
   Kind kind = Kind::kBf16;
   int64_t out = 0, in = 0;
-  const fp8* w8 = nullptr;        // [out, in]            kFp8, kFp8F32Scale
-  const e8m0* scale = nullptr;    // [out/128, in/128]    kFp8;  [out, in/32] kFp4
+  const fp8* w8 = nullptr;           // [out, in]            kFp8, kFp8F32Scale
+  const e8m0* scale = nullptr;       // [out/128, in/128]    kFp8;  [out, in/32] kFp4
   const float* scale_f32 = nullptr;  // [out/128, in/128]  kFp8F32Scale
-  const uint8_t* w4 = nullptr;    // [out, in/2]          kFp4
-  const bf16* wb = nullptr;       // [out, in]            kBf16
+  const uint8_t* w4 = nullptr;       // [out, in/2]          kFp4
+  const bf16* wb = nullptr;          // [out, in]            kBf16
 
   bool TakesQuantizedInput() const { return kind != Kind::kBf16; }
 };

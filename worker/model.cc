@@ -63,10 +63,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   std::unique_ptr<Model> m(new Model());
   m->config_ = config;
   m->par_ = parallel;
-  m->top_k_ = options.experts_per_token > 0 ? options.experts_per_token
-                                            : config.num_experts_per_tok;
-  const int64_t max_k = config.num_hash_layers > 0 ? config.num_experts_per_tok
-                                                   : config.n_routed_experts;
+  m->top_k_ =
+      options.experts_per_token > 0 ? options.experts_per_token : config.num_experts_per_tok;
+  const int64_t max_k =
+      config.num_hash_layers > 0 ? config.num_experts_per_tok : config.n_routed_experts;
   if (m->top_k_ > std::min<int64_t>(max_k, 64)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--experts-per-token ", m->top_k_, " is larger than this model allows (at most ",
@@ -75,9 +75,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
                                    : ")"));
   }
   if (options.indexer_block_keys < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("indexer_block_keys is ",
-                                                   options.indexer_block_keys,
-                                                   "; expected at least 1"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "indexer_block_keys is ", options.indexer_block_keys, "; expected at least 1"));
   }
   m->indexer_block_keys_ = options.indexer_block_keys;
   if (parallel.tp_size > 1 && parallel.tp == nullptr) {
@@ -102,8 +101,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
     return absl::Status(pool.status().code(),
                         absl::StrCat("KV pool of ", FormatBytes(pool_bytes),
                                      " (--kv-memory; flotilla-serve passes --kv-pool) in ",
-                                     FormatBytes(uint64_t(layout.page_bytes)), " pages: ",
-                                     pool.status().message()));
+                                     FormatBytes(uint64_t(layout.page_bytes)),
+                                     " pages: ", pool.status().message()));
   }
   m->pool_ = std::move(*pool);
   StepLimits limits;
@@ -117,8 +116,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   limits.tp_size = parallel.tp_size;
   ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
   m->ws_ = std::make_unique<StepWorkspace>(ws_layout);
-  m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(),
-                                     m->queue_.get(), &m->ws_->packed, &m->ws_->reset_state);
+  m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),
+                                     &m->ws_->packed, &m->ws_->reset_state);
   return m;
 }
 
@@ -249,8 +248,7 @@ absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* 
     kernels::RmsNorm(y, d, norm, rows, d, float(c.rms_norm_eps), y, d);
     // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
     const int64_t local = par_.vocab.size();
-    const int64_t widest =
-        par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
+    const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
     float* part = par_.tp_size > 1 ? Use(ws.head_part, rows * widest) : nullptr;
     float* out = logits + r0 * vocab;
     kernels::GemmF32Params p;
@@ -341,8 +339,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
     }
     for (size_t j = 0; j < i; ++j) {
       if (chunks[j].seq == ch.seq) {
-        return absl::InvalidArgumentError(what +
-                                          ": the same sequence appears twice in one batch");
+        return absl::InvalidArgumentError(what + ": the same sequence appears twice in one batch");
       }
     }
     RETURN_IF_ERROR(CheckTokens(ch.tokens, what.c_str()));
@@ -459,10 +456,9 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
   }
   StepWorkspace& ws = *ws_;
   if (int64_t(seqs.size()) > ws.layout.limits.sequences) {
-    return absl::InvalidArgumentError(absl::StrCat("DraftMtp: ", seqs.size(),
-                                                   " sequences exceed the ",
-                                                   ws.layout.limits.sequences,
-                                                   " sequences per step the worker started with"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("DraftMtp: ", seqs.size(), " sequences exceed the ",
+                     ws.layout.limits.sequences, " sequences per step the worker started with"));
   }
   RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
   Rows rows = Rows::Step(ws);

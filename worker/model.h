@@ -91,16 +91,16 @@ class Model {
   uint64_t workspace_bytes() const { return ws_->ReservedBytes(); }
 
   struct Chunk {
-    SequenceState* seq = nullptr;      // distinct sequences within one call
-    std::span<const int32_t> tokens;   // continues the sequence at seq->position()
-    bool all_logits = false;           // logits of every position, not only the last
+    SequenceState* seq = nullptr;     // distinct sequences within one call
+    std::span<const int32_t> tokens;  // continues the sequence at seq->position()
+    bool all_logits = false;          // logits of every position, not only the last
     // Routed experts per token for this chunk: 0 = experts_per_token(); else 1..that. The
     // chunk's logits are bitwise those of a model loaded with this many (batches may mix them).
     int64_t experts_per_token = 0;
   };
   struct Output {
-    std::vector<float> logits;         // [rows, vocab] f32
-    std::vector<int64_t> first_row;    // per chunk: its first row of logits
+    std::vector<float> logits;       // [rows, vocab] f32
+    std::vector<int64_t> first_row;  // per chunk: its first row of logits
   };
 
   // Runs the chunks as one batch. Every token id must be < vocab_size. With tensor parallelism
@@ -109,8 +109,8 @@ class Model {
 
   // MTP draft logits [seqs, vocab]: for each sequence just run by Forward, the prediction for
   // the token after `next_tokens[i]` (the token chosen at position()).
-  absl::Status DraftMtp(std::span<SequenceState* const> seqs,
-                        std::span<const int32_t> next_tokens, std::vector<float>* logits) const;
+  absl::Status DraftMtp(std::span<SequenceState* const> seqs, std::span<const int32_t> next_tokens,
+                        std::vector<float>* logits) const;
 
  private:
   Model() = default;

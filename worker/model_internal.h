@@ -62,10 +62,11 @@ struct Model::Rows {
 void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
                    const float* row_weight, float limit, bf16* out, int64_t d, StepWorkspace& ws);
 
-// Gate (router logits into `logits`), sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec §9.1) for n rows, k slots
-// each. `experts` (may be null: k for every row) gives a row its own K <= k: it is routed as a
-// model with K experts per token would route it (hash layers: the first K tid2eid columns), and
-// its slots past K repeat its first expert with weight 0, which adds exactly nothing.
+// Gate (router logits into `logits`), sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec
+// §9.1) for n rows, k slots each. `experts` (may be null: k for every row) gives a row its own K <=
+// k: it is routed as a model with K experts per token would route it (hash layers: the first K
+// tid2eid columns), and its slots past K repeat its first expert with weight 0, which adds exactly
+// nothing.
 void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
                  const int32_t* experts, int64_t n, int64_t k, const bf16* x,
                  std::vector<float>* logits, std::vector<int64_t>* hash_ids,

@@ -77,8 +77,7 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
       rp.weights = row_weights.data();
       if (!mw.tid2eid.empty()) {
         Use(hash_ids, kt);
-        std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, kt,
-                    hash_ids.data());
+        std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, kt, hash_ids.data());
         rp.hash_ids = hash_ids.data();
         rp.ld_hash = kt;
       } else {
@@ -103,7 +102,8 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
   if (!mw.tid2eid.empty()) {
     Use(hash_ids, n * k);
     for (int64_t t = 0; t < n; ++t) {
-      std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, k, hash_ids.data() + t * k);
+      std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, k,
+                  hash_ids.data() + t * k);
     }
     rp.hash_ids = hash_ids.data();
     rp.ld_hash = k;
@@ -181,8 +181,8 @@ absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, b
         bf16* xe = Use(ws.expert_in, m * d);
         for (int64_t i = 0; i < m; ++i) std::copy_n(x + (list[i] / k) * d, d, xe + i * d);
       }
-      ExpertForward(mw.experts[e - mw.first_expert], quantized ? &qe : nullptr,
-                    ws.expert_in.data(), m, w, limit, ye, d, ws);
+      ExpertForward(mw.experts[e - mw.first_expert], quantized ? &qe : nullptr, ws.expert_in.data(),
+                    m, w, limit, ye, d, ws);
       for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, routed + list[i] * d);
     }
   }

@@ -36,9 +36,8 @@ class PagedKv {
   // `packed` and `reset` (may be null: the object keeps its own) hold the packed bytes moving to
   // and from the pool and the start state ResetStates writes; reserved by the owner (the step
   // workspace), they make no call allocate.
-  PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend,
-          kernels::Queue* queue, std::vector<uint8_t>* packed = nullptr,
-          CompressorState* reset = nullptr);
+  PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend, kernels::Queue* queue,
+          std::vector<uint8_t>* packed = nullptr, CompressorState* reset = nullptr);
 
   // Which compressor of a layer: the main one, or the CSA indexer's.
   enum class Compressor { kMain, kIndexer };

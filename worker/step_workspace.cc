@@ -54,8 +54,7 @@ StepWorkspace::StepWorkspace(const StepWorkspaceLayout& l) : layout(l) {
   Reserve(router_logits, l.router_logits);
   Reserve(route_weights, l.route_weights);
   Reserve(expert_weights, l.expert_rows);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts,
-                  &num_picks})
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &num_picks})
     Reserve(*v, l.row_i32);
   Reserve(picks, l.picks);
   Reserve(entry_slot, l.entry_slot);
@@ -85,17 +84,19 @@ StepWorkspace::StepWorkspace(const StepWorkspaceLayout& l) : layout(l) {
 
 uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = 0;
-  for (auto* v : {&h, &res, &hsel, &mtp_h, &mtp_in, &x, &y, &embed, &mtp_e, &mtp_ep, &head_in,
-                  &mtp_hn, &mtp_hp, &q_lora, &query, &kv, &index_query, &index_weights, &gather,
-                  &ring, &entries, &block_keys, &attn_out, &wo_a_out, &compressed, &routed,
-                  &expert_in, &expert_out, &shared_out, &expert_gate_up, &expert_act})
+  for (auto* v : {&h,          &res,    &hsel,      &mtp_h,      &mtp_in,      &x,
+                  &y,          &embed,  &mtp_e,     &mtp_ep,     &head_in,     &mtp_hn,
+                  &mtp_hp,     &q_lora, &query,     &kv,         &index_query, &index_weights,
+                  &gather,     &ring,   &entries,   &block_keys, &attn_out,    &wo_a_out,
+                  &compressed, &routed, &expert_in, &expert_out, &shared_out,  &expert_gate_up,
+                  &expert_act})
     b += Held(*v);
-  for (auto* v : {&hc_post, &hc_comb, &tp_sum, &head_part, &head_all, &compressor_k,
-                  &compressor_g, &pooled, &pick_scores, &router_logits, &route_weights, &expert_weights,
-                  &state.kv, &state.score, &reset_state.kv, &reset_state.score})
+  for (auto* v : {&hc_post, &hc_comb, &tp_sum, &head_part, &head_all, &compressor_k, &compressor_g,
+                  &pooled, &pick_scores, &router_logits, &route_weights, &expert_weights, &state.kv,
+                  &state.score, &reset_state.kv, &reset_state.score})
     b += Held(*v);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts,
-                  &num_picks, &picks, &entry_slot, &route_idx, &expert_order})
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &num_picks,
+                  &picks, &entry_slot, &route_idx, &expert_order})
     b += Held(*v);
   for (auto* v : {&pos, &mtp_pos, &pick_rows, &entry_pos, &expert_offsets, &hash_ids})
     b += Held(*v);

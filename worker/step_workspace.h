@@ -42,9 +42,9 @@ struct StepWorkspace {
 
   StepWorkspaceLayout layout;
   // bf16
-  std::vector<bf16> h, res, hsel, mtp_h, mtp_in;                  // streams
-  std::vector<bf16> x, y, embed, mtp_e, mtp_ep, head_in;          // hidden
-  std::vector<bf16> mtp_hn, mtp_hp;                               // mtp_streams
+  std::vector<bf16> h, res, hsel, mtp_h, mtp_in;          // streams
+  std::vector<bf16> x, y, embed, mtp_e, mtp_ep, head_in;  // hidden
+  std::vector<bf16> mtp_hn, mtp_hp;                       // mtp_streams
   std::vector<bf16> q_lora, query, kv, index_query, index_weights, gather, ring, entries,
       block_keys, attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out,
       expert_gate_up, expert_act;

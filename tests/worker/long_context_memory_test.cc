@@ -3,8 +3,8 @@
 // neither (page tables, sequence state, thread stacks, the kernels' per-thread scratch, the
 // allocator's slack). The peak resident set (VmHWM) is reset after the checkpoint is written, so
 // the figure is the model's own.
-#include <fstream>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "common/synthetic.h"

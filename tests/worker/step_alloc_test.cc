@@ -19,8 +19,9 @@ std::atomic<int64_t> g_allocations{0};
 void* CountedAlloc(size_t size, size_t align) {
   if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1);
   if (size == 0) size = 1;
-  void* p = align > alignof(std::max_align_t) ? std::aligned_alloc(align, (size + align - 1) / align * align)
-                                              : std::malloc(size);
+  void* p = align > alignof(std::max_align_t)
+                ? std::aligned_alloc(align, (size + align - 1) / align * align)
+                : std::malloc(size);
   if (p == nullptr) throw std::bad_alloc();
   return p;
 }
@@ -70,8 +71,7 @@ std::vector<int32_t> Prompt(int64_t n, int32_t salt) {
 class StepAllocations : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::temp_directory_path() /
-            ("flotilla_step_alloc_tiny_" + std::to_string(::getpid())))
+    dir_ = (fs::temp_directory_path() / ("flotilla_step_alloc_tiny_" + std::to_string(::getpid())))
                .string();
     auto config = PresetConfig("tiny");
     ASSERT_TRUE(config.ok()) << config.status();
@@ -116,9 +116,10 @@ TEST_F(StepAllocations, SteadyStateStepsAllocateNothing) {
     Model::Chunk ch{a.get(), std::span<const int32_t>(pa.data() + s, kBudget)};
     ASSERT_TRUE(model_->Forward(std::span<const Model::Chunk>(&ch, 1), &out).ok());
   }
-  ASSERT_TRUE(model_->Forward(std::span<const Model::Chunk>(
-                                  std::vector<Model::Chunk>{{b.get(), std::span(pb).first(60)}}),
-                              &out)
+  ASSERT_TRUE(model_
+                  ->Forward(std::span<const Model::Chunk>(
+                                std::vector<Model::Chunk>{{b.get(), std::span(pb).first(60)}}),
+                            &out)
                   .ok());
   int32_t ta = pa[256], tb = pb[60];
   auto decode = [&](int steps) {
