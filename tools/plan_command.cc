@@ -15,6 +15,7 @@
 #include "sharding/capacity.h"
 #include "sharding/kv_pool_layout.h"
 #include "sharding/shard_plan.h"
+#include "sharding/step_workspace.h"
 #include "tools/command.h"
 
 namespace flotilla::cli {
@@ -25,10 +26,14 @@ constexpr int64_t kOneMillion = 1048576;  // "1M" tokens, as in the spec
 const char* kUsage =
     "usage: flotilla plan (--config FILE | --model DIR) --nodes N --gpus-per-node G\n"
     "                     --gpu-memory SIZE [--tp T] [--reserve SIZE] [--kv-page SIZE]\n"
-    "                     [--tensors RANK]\n"
+    "                     [--step-tokens N] [--step-seqs N] [--logit-rows N]\n"
+    "                     [--max-context N] [--indexer-block N] [--tensors RANK]\n"
     "  SIZE: e.g. 80GiB, 141GB, 512MiB, 4096B. --tp defaults to 1, --reserve to 8GiB\n"
-    "  (activations, communication buffers, CUDA context), --kv-page (the page of a worker's\n"
-    "  KV pool) to 64KiB. --tensors RANK also lists the tensors and byte runs that rank reads.\n";
+    "  (communication buffers, CUDA context), --kv-page (the page of a worker's KV pool) to\n"
+    "  64KiB. The step workspace every rank holds (every temporary of a step) is sized from\n"
+    "  --step-tokens (8192), --step-seqs (256), --logit-rows (256), --max-context (0:\n"
+    "  max_position_embeddings) and --indexer-block (8192) and comes out of the KV pool.\n"
+    "  --tensors RANK also lists the tensors and byte runs that rank reads.\n";
 
 // 3688172544 -> "3,688,172,544"
 std::string Thousands(uint64_t v) {
@@ -106,7 +111,8 @@ absl::Status Plan(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(
       Flags f, Flags::Parse(args,
                             {"--config", "--model", "--nodes", "--gpus-per-node", "--gpu-memory",
-                             "--tp", "--reserve", "--tensors", "--kv-page"},
+                             "--tp", "--reserve", "--tensors", "--kv-page", "--step-tokens",
+                             "--step-seqs", "--logit-rows", "--max-context", "--indexer-block"},
                             {}));
   std::string source;
   ModelConfig c;
@@ -124,6 +130,15 @@ absl::Status Plan(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(const KvPoolLayout pages,
                    KvPoolLayout::Make(c, int64_t(std::min<uint64_t>(kv_page, uint64_t(1) << 40))));
   ASSIGN_OR_RETURN(int64_t tensors_rank, f.Int("--tensors", -1));
+  StepLimits limits;
+  ASSIGN_OR_RETURN(limits.tokens, f.Int("--step-tokens", limits.tokens));
+  ASSIGN_OR_RETURN(limits.sequences, f.Int("--step-seqs", limits.sequences));
+  ASSIGN_OR_RETURN(limits.logit_rows, f.Int("--logit-rows", limits.logit_rows));
+  ASSIGN_OR_RETURN(limits.max_context, f.Int("--max-context", 0));
+  ASSIGN_OR_RETURN(limits.indexer_block_keys, f.Int("--indexer-block", limits.indexer_block_keys));
+  limits.tp_size = std::max<int64_t>(tp, 1);
+  ASSIGN_OR_RETURN(const StepWorkspaceLayout workspace, MakeStepWorkspaceLayout(c, limits));
+  const uint64_t workspace_bytes = workspace.Bytes();
   if (nodes < 1 || gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be at least 1");
   }
@@ -150,12 +165,18 @@ absl::Status Plan(const std::vector<std::string>& args) {
       FormatBytes(plan.ReplicatedBytes()).c_str(), FormatBytes(plan.SplitBytes()).c_str(),
       FormatBytes(plan.ExpertBytes()).c_str());
   std::printf("layout      %s; ep %lld\n", layout.ToString().c_str(), (long long)layout.ep());
-  std::printf("memory      %s per GPU, reserve %s\n\n", FormatBytes(gpu_memory).c_str(),
+  std::printf("memory      %s per GPU, reserve %s\n", FormatBytes(gpu_memory).c_str(),
               FormatBytes(reserve).c_str());
-
-  std::printf("%5s %4s %4s %3s  %-10s %-8s %-10s %-17s %-16s %12s %12s\n", "rank", "node", "dp",
-              "tp", "heads", "groups", "idx heads", "vocab rows", "experts/layer", "weights",
-              "KV pool");
+  std::printf(
+      "step        %lld tokens, %lld sequences, %lld logit rows a pass, context up to %s, "
+      "indexer blocks of %lld keys: workspace %s per rank\n\n",
+      (long long)workspace.limits.tokens, (long long)workspace.limits.sequences,
+      (long long)workspace.limits.logit_rows,
+      Thousands(uint64_t(workspace.limits.max_context)).c_str(),
+      (long long)workspace.limits.indexer_block_keys, BytesBoth(workspace_bytes).c_str());
+  std::printf("%5s %4s %4s %3s  %-10s %-8s %-10s %-17s %-16s %12s %12s %12s\n", "rank", "node",
+              "dp", "tp", "heads", "groups", "idx heads", "vocab rows", "experts/layer", "weights",
+              "workspace", "KV pool");
   std::vector<uint64_t> group_pool(size_t(layout.dp()), UINT64_MAX);
   int64_t short_ranks = 0;  // ranks whose weights and reserve exceed the GPU memory
   std::string first_short;
@@ -163,7 +184,8 @@ absl::Status Plan(const std::vector<std::string>& args) {
   for (int64_t r = 0; r < layout.num_workers; ++r) {
     const RankPlan p = plan.Rank(r, /*with_tensors=*/false);
     if (p.experts.empty()) ++without_experts;
-    absl::StatusOr<uint64_t> pool = KvPoolBytes(gpu_memory, p.weight_bytes, reserve);
+    absl::StatusOr<uint64_t> pool =
+        KvPoolBytes(gpu_memory, p.weight_bytes + workspace_bytes, reserve);
     uint64_t& group = group_pool[size_t(p.dp_group)];
     if (pool.ok()) {
       group = std::min(group, *pool);
@@ -171,14 +193,14 @@ absl::Status Plan(const std::vector<std::string>& args) {
       group = 0;
       if (short_ranks++ == 0) first_short = absl::StrCat("rank ", r, ": ", pool.status().message());
     }
-    std::printf("%5lld %4lld %4lld %3lld  %-10s %-8s %-10s %-17s %-16s %12s %12s\n", (long long)r,
-                (long long)p.node, (long long)p.dp_group, (long long)p.tp_rank,
+    std::printf("%5lld %4lld %4lld %3lld  %-10s %-8s %-10s %-17s %-16s %12s %12s %12s\n",
+                (long long)r, (long long)p.node, (long long)p.dp_group, (long long)p.tp_rank,
                 RangeString(p.heads).c_str(), RangeString(p.o_groups).c_str(),
                 RangeString(p.index_heads).c_str(), RangeString(p.vocab).c_str(),
                 p.experts.empty()
                     ? "none"
                     : absl::StrCat(RangeString(p.experts), " (", p.experts.size(), ")").c_str(),
-                FormatBytes(p.weight_bytes).c_str(),
+                FormatBytes(p.weight_bytes).c_str(), FormatBytes(workspace_bytes).c_str(),
                 pool.ok() ? FormatBytes(*pool).c_str() : "does not fit");
   }
 
@@ -210,10 +232,11 @@ absl::Status Plan(const std::vector<std::string>& args) {
   row("  = per sequence", BytesBoth(ref.Total()));
 
   if (short_ranks > 0) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        short_ranks, " of ", layout.num_workers, " ranks cannot hold their weights and a ",
-        FormatBytes(reserve), " reserve in ", FormatBytes(gpu_memory), " (", first_short,
-        "); use more or larger GPUs, or a smaller --reserve"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat(short_ranks, " of ", layout.num_workers,
+                     " ranks cannot hold their weights, step workspace and a ",
+                     FormatBytes(reserve), " reserve in ", FormatBytes(gpu_memory), " (",
+                     first_short, "); use more or larger GPUs, or a smaller --reserve"));
   }
   // A DP group holds what its fullest rank leaves free; groups differ only when E % W != 0.
   const uint64_t pool = *std::min_element(group_pool.begin(), group_pool.end());

@@ -74,7 +74,10 @@ absl::Status Run(const std::vector<std::string>& args) {
   Model::Output out;
 
   const auto t0 = Clock::now();
-  const int64_t step = chunk > 0 ? chunk : int64_t(prompt.size());
+  // --chunk 0: the whole prompt, in steps of at most the workspace's tokens per step.
+  const int64_t step = chunk > 0 ? chunk
+                                 : std::min<int64_t>(int64_t(prompt.size()),
+                                                     model->workspace_layout().limits.tokens);
   for (size_t s = 0; s < prompt.size(); s += step) {
     const size_t n = std::min(prompt.size() - s, size_t(step));
     Model::Chunk ch{seq.get(), std::span<const int32_t>(prompt.data() + s, n), false};

@@ -1,5 +1,7 @@
 // Attention of every layer kind (spec §5–§7): query and KV paths, compressors with incremental
 // state, the lightning indexer, and sparse attention over window + compressed rows.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -56,26 +58,33 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
                              const bf16* x, bool indexer) const {
   const int64_t d_model = config_.hidden_size, width = cw.width(), d = cw.dim, m = cw.ratio;
   const int64_t rope = config_.qk_rope_head_dim;
-  const PagedKv::Compressor which = indexer ? PagedKv::Compressor::kIndexer
-                                            : PagedKv::Compressor::kMain;
-  std::vector<float> k(rows.n * width), g(rows.n * width);
-  GemmF32FromBf16(x, d_model, cw.wkv, rows.n, width, d_model, k.data());
-  GemmF32FromBf16(x, d_model, cw.wgate, rows.n, width, d_model, g.data());
+  const PagedKv::Compressor which =
+      indexer ? PagedKv::Compressor::kIndexer : PagedKv::Compressor::kMain;
+  StepWorkspace& ws = *ws_;
+  const float* k = Use(ws.compressor_k, rows.n * width);
+  const float* g = Use(ws.compressor_g, rows.n * width);
+  GemmF32FromBf16(x, d_model, cw.wkv, rows.n, width, d_model, ws.compressor_k.data());
+  GemmF32FromBf16(x, d_model, cw.wgate, rows.n, width, d_model, ws.compressor_g.data());
 
   for (const auto& ch : rows.chunks) {
     const SequencePageTables& tables = ch.seq->pages_;
     const int64_t first_entry = ch.start_pos / m;
     const bool completes = (ch.start_pos + ch.n) / m > first_entry;
-    CompressorState st;
+    CompressorState& st = ws.state;
     if (completes) {
       RETURN_IF_ERROR(kv_->ReadState(tables, a.layer_id, which, &st));
     } else {
-      st.kv.resize(kv_->StateRows(a.layer_id, which) * width);
-      st.score.resize(st.kv.size());
+      Use(st.kv, kv_->StateRows(a.layer_id, which) * width);
+      Use(st.score, int64_t(st.kv.size()));
     }
-    std::vector<float> pooled;
-    std::vector<int64_t> entry_pos;
-    std::vector<const float*> k_rows(cw.overlap ? 2 * m : m), g_rows(k_rows.size());
+    std::vector<float>& pooled = ws.pooled;
+    std::vector<int64_t>& entry_pos = ws.entry_pos;
+    pooled.clear();
+    entry_pos.clear();
+    std::vector<const float*>& k_rows = ws.k_rows;
+    std::vector<const float*>& g_rows = ws.g_rows;
+    Use(k_rows, cw.overlap ? 2 * m : m);
+    Use(g_rows, int64_t(k_rows.size()));
     for (int64_t i = 0; i < ch.n; ++i) {
       const int64_t p = ch.start_pos + i, r = ch.first_row + i;
       const int64_t slot = (cw.overlap ? m : 0) + p % m;
@@ -117,8 +126,7 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
     }
     const int64_t n_new = int64_t(entry_pos.size());
     if (n_new == 0) continue;
-    std::vector<bf16> out(n_new * d);
-    bf16* e = out.data();
+    bf16* e = Use(ws.compressed, n_new * d);
     for (int64_t i = 0; i < n_new * d; ++i) e[i] = F32ToBf16(pooled[i]);
     kernels::RmsNorm(e, d, cw.norm, n_new, d, float(config_.rms_norm_eps), e, d);
     RopeRows(e, d, d, n_new, 1, d - rope, rope, entry_pos.data(), a.freqs.data(), false);
@@ -136,7 +144,7 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
 
 void Model::KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const {
   const int64_t d = config_.hidden_size, hd = config_.head_dim, rope = config_.qk_rope_head_dim;
-  LinearForward(a.wkv, x, d, rows.n, kv, hd);
+  LinearForward(a.wkv, x, d, rows.n, kv, hd, &ws_->linear_acts);
   kernels::RmsNorm(kv, hd, a.kv_norm, rows.n, hd, float(config_.rms_norm_eps), kv, hd);
   RopeRows(kv, hd, hd, rows.n, 1, hd - rope, rope, rows.pos.data(), a.freqs.data(), false);
   Fp8SimulateNope(kv, rows.n, hd, hd - rope);
@@ -150,23 +158,22 @@ absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a, con
     for (int64_t i = first; i < ch.n;) {  // runs that do not wrap around the ring
       const int64_t slot = (ch.start_pos + i) % w;
       const int64_t run = std::min(ch.n - i, w - slot);
-      RETURN_IF_ERROR(kv_->WriteWindow(ch.seq->pages_, a.layer_id, slot, run,
-                                       kv + (ch.first_row + i) * hd));
+      RETURN_IF_ERROR(
+          kv_->WriteWindow(ch.seq->pages_, a.layer_id, slot, run, kv + (ch.first_row + i) * hd));
       i += run;
     }
   }
   return absl::OkStatus();
 }
 
-absl::Status Model::GatherHeads(const std::vector<bf16>& local, int64_t n, int64_t count,
-                               const char* what, std::vector<bf16>* full) const {
+absl::Status Model::GatherHeads(const bf16* local, int64_t n, int64_t count, const char* what,
+                                bf16* full) const {
   const int64_t tp = par_.tp_size;
-  std::vector<bf16> all(tp * n * count);
-  RETURN_IF_ERROR(par_.tp->AllGather(local.data(), local.size() * 2, all.data(), Site(what)));
-  full->resize(n * tp * count);
+  bf16* all = Use(ws_->gather, tp * n * count);
+  RETURN_IF_ERROR(par_.tp->AllGather(local, size_t(n * count) * 2, all, Site(what)));
   for (int64_t t = 0; t < tp; ++t)
     for (int64_t r = 0; r < n; ++r)
-      std::copy_n(&all[(t * n + r) * count], count, &(*full)[(r * tp + t) * count]);
+      std::copy_n(&all[(t * n + r) * count], count, &full[(r * tp + t) * count]);
   return absl::OkStatus();
 }
 
@@ -178,219 +185,80 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   const int64_t n = rows.n, d = c.hidden_size, h = par_.heads.size(), hd = c.head_dim;
   const int64_t rope = c.qk_rope_head_dim, nope = hd - rope, qlr = c.q_lora_rank;
   const float eps = float(c.rms_norm_eps);
+  StepWorkspace& ws = *ws_;
 
   // Query path (§5.1).
-  std::vector<bf16> qr(n * qlr), q(n * h * hd);
-  LinearForward(a.wq_a, x, d, n, qr.data(), qlr);
-  kernels::RmsNorm(qr.data(), qlr, a.q_norm, n, qlr, eps, qr.data(), qlr);
-  LinearForward(a.wq_b, qr.data(), qlr, n, q.data(), h * hd);
-  kernels::HeadRmsNormBf16(q.data(), n * h, hd, eps);
-  RopeRows(q.data(), h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), false);
+  bf16* qr = Use(ws.q_lora, n * qlr);
+  bf16* q = Use(ws.query, n * h * hd);
+  LinearForward(a.wq_a, x, d, n, qr, qlr, &ws.linear_acts);
+  kernels::RmsNorm(qr, qlr, a.q_norm, n, qlr, eps, qr, qlr);
+  LinearForward(a.wq_b, qr, qlr, n, q, h * hd, &ws.linear_acts);
+  kernels::HeadRmsNormBf16(q, n * h, hd, eps);
+  RopeRows(q, h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), false);
 
   // KV path (§5.2); compressors (§6) run over the whole chunk before anyone attends, and a
   // query sees entry j only when j < floor((p+1)/m).
-  std::vector<bf16> kv(n * hd);
-  KvPath(a, rows, x, kv.data());
+  bf16* kv = Use(ws.kv, n * hd);
+  KvPath(a, rows, x, kv);
   if (a.compressor) RETURN_IF_ERROR(Compress(*a.compressor, a, rows, x, /*indexer=*/false));
 
   // Indexer queries and weights (§7 steps 1–5).
-  const int64_t ih = c.index_n_heads, ih_local = par_.index_heads.size(),
-                ihd = c.index_head_dim;
-  std::vector<bf16> qi, iw;
+  const int64_t ih = c.index_n_heads, ih_local = par_.index_heads.size(), ihd = c.index_head_dim;
   if (a.indexer) {
     const IndexerWeights& ix = *a.indexer;
     RETURN_IF_ERROR(Compress(ix.compressor, a, rows, x, /*indexer=*/true));
-    qi.resize(n * ih_local * ihd);
-    LinearForward(ix.wq_b, qr.data(), qlr, n, qi.data(), ih_local * ihd);
-    RopeRows(qi.data(), ih_local * ihd, ihd, n, ih_local, ihd - rope, rope, rows.pos.data(),
+    bf16* qi = Use(ws.index_query, n * ih_local * ihd);
+    LinearForward(ix.wq_b, qr, qlr, n, qi, ih_local * ihd, &ws.linear_acts);
+    RopeRows(qi, ih_local * ihd, ihd, n, ih_local, ihd - rope, rope, rows.pos.data(),
              a.freqs.data(), false);
-    kernels::HadamardRotateBf16(qi.data(), n * ih_local, ihd);
-    kernels::Fp4SimulateInPlace(qi.data(), n * ih_local, ihd, ihd, 32);
-    iw.resize(n * ih_local);
+    kernels::HadamardRotateBf16(qi, n * ih_local, ihd);
+    kernels::Fp4SimulateInPlace(qi, n * ih_local, ihd, ihd, 32);
+    bf16* iw = Use(ws.index_weights, n * ih_local);
     kernels::GemmBf16Params p;
     p.a = x;
     p.lda = d;
     p.w = ix.weights_proj;
     p.ldw = d;
-    p.c = iw.data();
+    p.c = iw;
     p.ldc = ih_local;
     p.m = n;
     p.n = ih_local;
     p.k = d;
     kernels::GemmBf16(p);
     const float wscale = float(1.0 / std::sqrt(double(ihd)) / std::sqrt(double(ih)));
-    for (auto& v : iw) v = F32ToBf16(Bf16ToF32(v) * wscale);
+    for (int64_t i = 0; i < n * ih_local; ++i) iw[i] = F32ToBf16(Bf16ToF32(iw[i]) * wscale);
     // Every TP rank scores with all heads: gathering the queries keeps the top-k identical to a
     // single process (no re-ordered head sum).
     if (par_.tp_size > 1) {
-      std::vector<bf16> full;
-      RETURN_IF_ERROR(GatherHeads(qi, n, ih_local * ihd, "indexer query all-gather", &full));
-      qi.swap(full);
-      RETURN_IF_ERROR(GatherHeads(iw, n, ih_local, "indexer weight all-gather", &full));
-      iw.swap(full);
+      ws.index_query.resize(size_t(n * ih * ihd));
+      ws.index_weights.resize(size_t(n * ih));
+      RETURN_IF_ERROR(GatherHeads(qi, n, ih_local * ihd, "indexer query all-gather", qi));
+      RETURN_IF_ERROR(GatherHeads(iw, n, ih_local, "indexer weight all-gather", iw));
     }
   }
 
-  // What each chunk reads from its cache: the ring as it was before the chunk and the compressed
-  // entries (HCA: all visible to its last row; CSA: those some row of the chunk picks, at
-  // entry_slot[j]).
-  const int64_t window = c.sliding_window, topk = c.index_topk;
-  struct ChunkKv {
-    std::vector<bf16> ring, entries;
-    std::vector<int32_t> entry_slot;
-  };
-  std::vector<ChunkKv> ckv(rows.chunks.size());
-  for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
-    const auto& ch = rows.chunks[ci];
-    const SequencePageTables& tables = ch.seq->pages_;
-    ChunkKv& k = ckv[ci];
-    if (ch.start_pos > 0) {
-      k.ring.resize(window * hd);
-      RETURN_IF_ERROR(kv_->ReadWindow(tables, a.layer_id, k.ring.data()));
-    }
-    const int64_t visible = a.ratio != 0 ? (ch.start_pos + ch.n) / a.ratio : 0;
-    if (visible == 0 || a.indexer) continue;
-    k.entries.resize(visible * hd);
-    RETURN_IF_ERROR(kv_->ReadMain(tables, a.layer_id, 0, visible, k.entries.data()));
-  }
-
-  // The indexer's top-k of each row (§7 steps 6–7): picks[r * topk + i], i < num_picks[r]. A
-  // chunk's keys are read and unpacked in blocks of indexer_block_keys_, and each row keeps its
-  // top-k as it goes: TopK's order is total (score, NaN last, then index), so the top-k of a
-  // row's top-k so far and the next block is the top-k of everything so far, in the same order.
-  // Nothing here grows with the context beyond one block of keys.
-  std::vector<int32_t> picks, num_picks;
+  // Each chunk attends on its own: its reads of the cache (the ring as it was before the chunk,
+  // the compressed entries) are the workspace's, whatever the number of chunks.
+  bf16* o = Use(ws.attn_out, n * h * hd);
   if (a.indexer) {
-    picks.resize(n * topk);
-    num_picks.assign(n, 0);
-    std::vector<float> pick_scores(n * topk);
-    std::vector<bf16> block_keys;
-    for (const auto& ch : rows.chunks) {
-      const int64_t chunk_visible = (ch.start_pos + ch.n) / a.ratio;
-      for (int64_t b0 = 0; b0 < chunk_visible; b0 += indexer_block_keys_) {
-        const int64_t b1 = std::min(chunk_visible, b0 + indexer_block_keys_);
-        block_keys.resize((b1 - b0) * ihd);
-        RETURN_IF_ERROR(kv_->ReadKeys(ch.seq->pages_, a.layer_id, b0, b1 - b0, block_keys.data()));
-#pragma omp parallel if (ch.n > 1)  // one row: the kernels use the threads
-        {
-          std::vector<float> scores;
-          std::vector<int32_t> idx, order, sel;
-#pragma omp for schedule(dynamic, 1)
-          for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
-            const int64_t e1 = std::min((rows.pos[r] + 1) / a.ratio, b1);
-            if (e1 <= b0) continue;
-            // The row's picks so far in index order, then this block's keys: candidates in
-            // index order, so TopK's ties by position are ties by key index.
-            const int64_t have = num_picks[r], count = e1 - b0;
-            int32_t* row_picks = picks.data() + r * topk;
-            float* row_scores = pick_scores.data() + r * topk;
-            order.resize(have);
-            for (int64_t i = 0; i < have; ++i) order[i] = int32_t(i);
-            std::sort(order.begin(), order.end(),
-                      [&](int32_t x, int32_t y) { return row_picks[x] < row_picks[y]; });
-            scores.resize(have + count);
-            idx.resize(have + count);
-            for (int64_t i = 0; i < have; ++i) {
-              idx[i] = row_picks[order[i]];
-              scores[i] = row_scores[order[i]];
-            }
-            kernels::IndexerScoreParams sp;
-            sp.q = qi.data() + r * ih * ihd;
-            sp.w = iw.data() + r * ih;
-            sp.keys = block_keys.data();
-            sp.ldk = ihd;
-            sp.n = count;
-            sp.num_heads = ih;
-            sp.dim = ihd;
-            sp.scores = scores.data() + have;
-            kernels::IndexerScores(sp);
-            for (int64_t j = 0; j < count; ++j) {
-              scores[have + j] = RoundBf16(scores[have + j]);
-              idx[have + j] = int32_t(b0 + j);
-            }
-            const int64_t k = std::min(topk, have + count);
-            sel.resize(k);
-            kernels::TopK(scores.data(), have + count, k, sel.data());
-            for (int64_t i = 0; i < k; ++i) {
-              row_picks[i] = idx[sel[i]];
-              row_scores[i] = scores[sel[i]];
-            }
-            num_picks[r] = int32_t(k);
-          }
-        }
-      }
-    }
-    // Each chunk reads the entries its rows picked, once, in increasing order.
-    for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
-      const auto& ch = rows.chunks[ci];
-      ChunkKv& k = ckv[ci];
-      const int64_t visible = (ch.start_pos + ch.n) / a.ratio;
-      if (visible == 0) continue;
-      k.entry_slot.assign(visible, -1);
-      for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r)
-        for (int32_t i = 0; i < num_picks[r]; ++i) k.entry_slot[picks[r * topk + i]] = 0;
-      std::vector<int32_t> idx;
-      for (int64_t j = 0; j < visible; ++j) {
-        if (k.entry_slot[j] < 0) continue;
-        k.entry_slot[j] = int32_t(idx.size());
-        idx.push_back(int32_t(j));
-      }
-      k.entries.resize(idx.size() * hd);
-      RETURN_IF_ERROR(kv_->ReadMainAt(ch.seq->pages_, a.layer_id, idx, k.entries.data()));
-    }
+    Use(ws.picks, n * c.index_topk);
+    Use(ws.num_picks, n);
+    Use(ws.pick_scores, n * c.index_topk);
   }
-
-  // Sparse attention per token (§5.4, §5.5).
-  std::vector<bf16> o(n * h * hd);
-  const float scale = float(1.0 / std::sqrt(double(hd)));
-#pragma omp parallel if (n > 1)  // one row: the kernels use the threads
-  {
-    std::vector<const bf16*> list;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t r = 0; r < n; ++r) {
-      const auto& ch = rows.chunks[rows.chunk_of[r]];
-      const ChunkKv& k = ckv[rows.chunk_of[r]];
-      const int64_t p = rows.pos[r];
-      list.clear();
-      for (int64_t t = std::max<int64_t>(0, p - window + 1); t <= p; ++t) {
-        list.push_back(t >= ch.start_pos ? kv.data() + (ch.first_row + t - ch.start_pos) * hd
-                                         : k.ring.data() + (t % window) * hd);
-      }
-      list.resize(window, nullptr);  // reference layout: window part is always W wide
-      if (a.ratio != 0 && !a.indexer) {
-        const int64_t visible = (p + 1) / a.ratio;
-        for (int64_t j = 0; j < visible; ++j) list.push_back(k.entries.data() + j * hd);
-      } else if (a.indexer) {
-        for (int32_t i = 0; i < num_picks[r]; ++i) {
-          list.push_back(k.entries.data() + int64_t(k.entry_slot[picks[r * topk + i]]) * hd);
-        }
-      }
-      kernels::SparseAttentionParams ap;
-      ap.q = q.data() + r * h * hd;
-      ap.rows = list.data();
-      ap.n = int64_t(list.size());
-      ap.sink = a.sink;  // this rank's heads
-      ap.num_heads = h;
-      ap.dim = hd;
-      ap.scale = scale;
-      ap.out = o.data() + r * h * hd;
-      kernels::SparseAttention(ap);
-    }
-  }
-  RETURN_IF_ERROR(WriteWindow(rows, a, kv.data()));
+  for (size_t ci = 0; ci < rows.chunks.size(); ++ci) RETURN_IF_ERROR(AttendChunk(a, rows, ci));
+  RETURN_IF_ERROR(WriteWindow(rows, a, kv));
 
   // Output path (§5.6): inverse RoPE, grouped wo_a (bf16), wo_b.
-  RopeRows(o.data(), h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
-  const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank,
-                gin = c.HeadsPerGroup() * hd;
-  std::vector<bf16> z(n * groups * olr);
+  RopeRows(o, h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
+  const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
+  bf16* z = Use(ws.wo_a_out, n * groups * olr);
   for (int64_t gi = 0; gi < groups; ++gi) {
     kernels::GemmBf16Params p;
-    p.a = o.data() + gi * gin;
+    p.a = o + gi * gin;
     p.lda = h * hd;
     p.w = a.wo_a.data() + gi * olr * gin;
     p.ldw = gin;
-    p.c = z.data() + gi * olr;
+    p.c = z + gi * olr;
     p.ldc = groups * olr;
     p.m = n;
     p.n = olr;
@@ -400,11 +268,161 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   // The TP group all-gathers the groups' outputs and every rank applies the whole wo_b: bitwise
   // what one process computes (a split wo_b would round each rank's partial to bf16 first).
   if (par_.tp_size > 1) {
-    std::vector<bf16> full;
-    RETURN_IF_ERROR(GatherHeads(z, n, groups * olr, "attention wo_a output all-gather", &full));
-    z.swap(full);
+    ws.wo_a_out.resize(size_t(n * par_.tp_size * groups * olr));
+    RETURN_IF_ERROR(GatherHeads(z, n, groups * olr, "attention wo_a output all-gather", z));
   }
-  LinearForward(a.wo_b, z.data(), par_.tp_size * groups * olr, n, out, d);
+  LinearForward(a.wo_b, z, par_.tp_size * groups * olr, n, out, d, &ws.linear_acts);
+  return absl::OkStatus();
+}
+
+absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int64_t ci) const {
+  const ModelConfig& c = config_;
+  const int64_t h = par_.heads.size(), hd = c.head_dim, ih = c.index_n_heads,
+                ihd = c.index_head_dim;
+  const int64_t window = c.sliding_window, topk = c.index_topk;
+  StepWorkspace& ws = *ws_;
+  const auto& ch = rows.chunks[size_t(ci)];
+  const SequencePageTables& tables = ch.seq->pages_;
+  const int threads = int(ws.threads.size());
+  const bf16* kv = ws.kv.data();
+  const bf16* q = ws.query.data();
+  bf16* o = ws.attn_out.data();
+
+  // The ring as it was before the chunk; the compressed entries (HCA: all visible to its last
+  // row; CSA: those some row of the chunk picks, at entry_slot[j]).
+  bf16* ring = nullptr;
+  if (ch.start_pos > 0) {
+    ring = Use(ws.ring, window * hd);
+    RETURN_IF_ERROR(kv_->ReadWindow(tables, a.layer_id, ring));
+  }
+  const int64_t visible = a.ratio != 0 ? (ch.start_pos + ch.n) / a.ratio : 0;
+  bf16* entries = ws.entries.data();
+  if (visible > 0 && !a.indexer) {
+    entries = Use(ws.entries, visible * hd);
+    RETURN_IF_ERROR(kv_->ReadMain(tables, a.layer_id, 0, visible, entries));
+  }
+
+  // The indexer's top-k of each row (§7 steps 6–7): picks[r * topk + i], i < num_picks[r]. The
+  // chunk's keys are read and unpacked in blocks of indexer_block_keys_, and each row keeps its
+  // top-k as it goes: TopK's order is total (score, NaN last, then index), so the top-k of a
+  // row's top-k so far and the next block is the top-k of everything so far, in the same order.
+  // Nothing here grows with the context beyond one block of keys.
+  int32_t* picks = ws.picks.data();
+  int32_t* num_picks = ws.num_picks.data();
+  const int32_t* entry_slot = nullptr;
+  if (a.indexer && visible > 0) {
+    float* pick_scores = ws.pick_scores.data();
+    for (int64_t b0 = 0; b0 < visible; b0 += indexer_block_keys_) {
+      const int64_t b1 = std::min(visible, b0 + indexer_block_keys_);
+      bf16* block_keys = Use(ws.block_keys, (b1 - b0) * ihd);
+      RETURN_IF_ERROR(kv_->ReadKeys(tables, a.layer_id, b0, b1 - b0, block_keys));
+      const bf16* qi = ws.index_query.data();
+      const bf16* iw = ws.index_weights.data();
+#pragma omp parallel if (ch.n > 1) \
+    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
+      {
+        StepWorkspace::ThreadScratch& t = ws.threads[size_t(omp_get_thread_num())];
+        std::vector<float>& scores = t.scores;
+        std::vector<int32_t>& idx = t.idx;
+        std::vector<int32_t>& order = t.order;
+        std::vector<int32_t>& sel = t.sel;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
+          const int64_t e1 = std::min((rows.pos[r] + 1) / a.ratio, b1);
+          if (e1 <= b0) continue;
+          // The row's picks so far in index order, then this block's keys: candidates in
+          // index order, so TopK's ties by position are ties by key index.
+          const int64_t have = num_picks[r], count = e1 - b0;
+          int32_t* row_picks = picks + r * topk;
+          float* row_scores = pick_scores + r * topk;
+          order.resize(size_t(have));
+          for (int64_t i = 0; i < have; ++i) order[i] = int32_t(i);
+          std::sort(order.begin(), order.end(),
+                    [&](int32_t x, int32_t y) { return row_picks[x] < row_picks[y]; });
+          scores.resize(size_t(have + count));
+          idx.resize(size_t(have + count));
+          for (int64_t i = 0; i < have; ++i) {
+            idx[i] = row_picks[order[i]];
+            scores[i] = row_scores[order[i]];
+          }
+          kernels::IndexerScoreParams sp;
+          sp.q = qi + r * ih * ihd;
+          sp.w = iw + r * ih;
+          sp.keys = block_keys;
+          sp.ldk = ihd;
+          sp.n = count;
+          sp.num_heads = ih;
+          sp.dim = ihd;
+          sp.scores = scores.data() + have;
+          kernels::IndexerScores(sp);
+          for (int64_t j = 0; j < count; ++j) {
+            scores[have + j] = RoundBf16(scores[have + j]);
+            idx[have + j] = int32_t(b0 + j);
+          }
+          const int64_t k = std::min(topk, have + count);
+          sel.resize(size_t(k));
+          kernels::TopK(scores.data(), have + count, k, sel.data());
+          for (int64_t i = 0; i < k; ++i) {
+            row_picks[i] = idx[sel[i]];
+            row_scores[i] = scores[sel[i]];
+          }
+          num_picks[r] = int32_t(k);
+        }
+      }
+    }
+    // The entries the chunk's rows picked, read once, in increasing order.
+    int32_t* slot = Use(ws.entry_slot, visible + ws.layout.compressed_read);
+    int32_t* idx = slot + visible;
+    for (int64_t j = 0; j < visible; ++j) slot[j] = -1;
+    for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r)
+      for (int32_t i = 0; i < num_picks[r]; ++i) slot[picks[r * topk + i]] = 0;
+    int64_t count = 0;
+    for (int64_t j = 0; j < visible; ++j) {
+      if (slot[j] < 0) continue;
+      slot[j] = int32_t(count);
+      idx[count++] = int32_t(j);
+    }
+    entries = Use(ws.entries, count * hd);
+    RETURN_IF_ERROR(
+        kv_->ReadMainAt(tables, a.layer_id, std::span<const int32_t>(idx, size_t(count)), entries));
+    entry_slot = slot;
+  }
+
+  // Sparse attention per token (§5.4, §5.5).
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+#pragma omp parallel if (ch.n > 1) \
+    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
+  {
+    std::vector<const bf16*>& list = ws.threads[size_t(omp_get_thread_num())].list;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
+      const int64_t p = rows.pos[r];
+      list.clear();
+      for (int64_t t = std::max<int64_t>(0, p - window + 1); t <= p; ++t) {
+        list.push_back(t >= ch.start_pos ? kv + (ch.first_row + t - ch.start_pos) * hd
+                                         : ring + (t % window) * hd);
+      }
+      list.resize(size_t(window), nullptr);  // reference layout: window part is always W wide
+      if (a.ratio != 0 && !a.indexer) {
+        const int64_t row_visible = (p + 1) / a.ratio;
+        for (int64_t j = 0; j < row_visible; ++j) list.push_back(entries + j * hd);
+      } else if (a.indexer) {
+        for (int32_t i = 0; i < num_picks[r]; ++i) {
+          list.push_back(entries + int64_t(entry_slot[picks[r * topk + i]]) * hd);
+        }
+      }
+      kernels::SparseAttentionParams ap;
+      ap.q = q + r * h * hd;
+      ap.rows = list.data();
+      ap.n = int64_t(list.size());
+      ap.sink = a.sink;  // this rank's heads
+      ap.num_heads = h;
+      ap.dim = hd;
+      ap.scale = scale;
+      ap.out = o + r * h * hd;
+      kernels::SparseAttention(ap);
+    }
+  }
   return absl::OkStatus();
 }
 

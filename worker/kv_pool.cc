@@ -84,6 +84,18 @@ absl::Status KvPool::Reserve(int64_t tokens, SequencePageTables* seq) {
   return absl::OkStatus();
 }
 
+void KvPool::ReserveTables(int64_t tokens, SequencePageTables* seq) const {
+  if (seq->layers.empty()) seq->layers.resize(size_t(layout_.num_layers()));
+  for (int64_t l = 0; l < int64_t(seq->layers.size()) && l < layout_.num_layers(); ++l) {
+    const KvPoolLayout::Pages p = layout_.LayerPages(l, tokens);
+    SequencePageTables::Layer& t = seq->layers[size_t(l)];
+    t.main.reserve(size_t(p.main));
+    t.indexer.reserve(size_t(p.indexer));
+    t.window.reserve(size_t(p.window));
+    t.state.reserve(size_t(p.state));
+  }
+}
+
 void KvPool::Release(SequencePageTables* seq) {
   for (SequencePageTables::Layer& t : seq->layers) {
     for (std::vector<int32_t>* table : {&t.main, &t.indexer, &t.window, &t.state}) {

@@ -46,6 +46,9 @@ class KvPool {
   absl::Status Reserve(int64_t tokens, SequencePageTables* seq);
   // Returns every page of `seq` to the pool and empties its tables.
   void Release(SequencePageTables* seq);
+  // Gives an empty sequence's tables the capacity of `tokens` tokens (host memory only: no page
+  // is taken), so that growing them later allocates nothing.
+  void ReserveTables(int64_t tokens, SequencePageTables* seq) const;
 
   // The bytes of one page (backend memory).
   kernels::DeviceSpan<uint8_t> Page(int32_t page_id) const;

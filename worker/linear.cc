@@ -53,7 +53,8 @@ void LinearForwardQuantized(const Linear& l, const fp8* q, const e8m0* scale, in
   kernels::GemmFp8(p);
 }
 
-void LinearForward(const Linear& l, const bf16* x, int64_t ldx, int64_t m, bf16* y, int64_t ldy) {
+void LinearForward(const Linear& l, const bf16* x, int64_t ldx, int64_t m, bf16* y, int64_t ldy,
+                   QuantizedActs* scratch) {
   if (m == 0) return;
   if (l.kind == Linear::Kind::kBf16) {
     kernels::GemmBf16Params p;
@@ -69,7 +70,8 @@ void LinearForward(const Linear& l, const bf16* x, int64_t ldx, int64_t m, bf16*
     kernels::GemmBf16(p);
     return;
   }
-  QuantizedActs acts;
+  QuantizedActs local;
+  QuantizedActs& acts = scratch != nullptr ? *scratch : local;
   QuantizeActs(x, ldx, m, l.in, &acts);
   LinearForwardQuantized(l, acts.q.data(), acts.scale.data(), m, y, ldy);
 }

@@ -1,10 +1,11 @@
 #include "worker/model.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/model_tensors.h"
@@ -62,10 +63,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   std::unique_ptr<Model> m(new Model());
   m->config_ = config;
   m->par_ = parallel;
-  m->top_k_ = options.experts_per_token > 0 ? options.experts_per_token
-                                            : config.num_experts_per_tok;
-  const int64_t max_k = config.num_hash_layers > 0 ? config.num_experts_per_tok
-                                                   : config.n_routed_experts;
+  m->top_k_ =
+      options.experts_per_token > 0 ? options.experts_per_token : config.num_experts_per_tok;
+  const int64_t max_k =
+      config.num_hash_layers > 0 ? config.num_experts_per_tok : config.n_routed_experts;
   if (m->top_k_ > std::min<int64_t>(max_k, 64)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--experts-per-token ", m->top_k_, " is larger than this model allows (at most ",
@@ -74,9 +75,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
                                    : ")"));
   }
   if (options.indexer_block_keys < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("indexer_block_keys is ",
-                                                   options.indexer_block_keys,
-                                                   "; expected at least 1"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "indexer_block_keys is ", options.indexer_block_keys, "; expected at least 1"));
   }
   m->indexer_block_keys_ = options.indexer_block_keys;
   if (parallel.tp_size > 1 && parallel.tp == nullptr) {
@@ -101,12 +101,23 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
     return absl::Status(pool.status().code(),
                         absl::StrCat("KV pool of ", FormatBytes(pool_bytes),
                                      " (--kv-memory; flotilla-serve passes --kv-pool) in ",
-                                     FormatBytes(uint64_t(layout.page_bytes)), " pages: ",
-                                     pool.status().message()));
+                                     FormatBytes(uint64_t(layout.page_bytes)),
+                                     " pages: ", pool.status().message()));
   }
   m->pool_ = std::move(*pool);
-  m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(),
-                                     m->queue_.get());
+  StepLimits limits;
+  limits.tokens = options.tokens_per_step;
+  limits.sequences = options.sequences_per_step;
+  limits.logit_rows = options.logit_rows;
+  limits.indexer_block_keys = options.indexer_block_keys;
+  limits.max_context = options.max_context;
+  limits.threads = omp_get_max_threads();
+  limits.experts_per_token = m->top_k_;
+  limits.tp_size = parallel.tp_size;
+  ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
+  m->ws_ = std::make_unique<StepWorkspace>(ws_layout);
+  m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),
+                                     &m->ws_->packed, &m->ws_->reset_state);
   return m;
 }
 
@@ -118,6 +129,7 @@ absl::Status Model::ReserveKv(std::span<const Chunk> chunks) const {
   for (size_t i = 0; i < chunks.size(); ++i) {
     SequenceState* seq = chunks[i].seq;
     const bool fresh = seq->pages_.layers.empty();
+    if (fresh) pool_->ReserveTables(ws_->layout.limits.max_context, &seq->pages_);
     const absl::Status s =
         pool_->Reserve(seq->pos_ + int64_t(chunks[i].tokens.size()), &seq->pages_);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("chunk ", i, ": ", s.message()));
@@ -139,8 +151,17 @@ absl::Status Model::CheckTokens(std::span<const int32_t> tokens, const char* wha
 absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const {
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, hc = c.hc_mult;
-  std::vector<bf16> res(h), x(n * d), y(n * d);
-  std::vector<float> post(n * hc), comb(n * hc * hc);
+  StepWorkspace& ws = *ws_;
+  std::vector<bf16>& res = ws.res;
+  std::vector<bf16>& x = ws.x;
+  std::vector<bf16>& y = ws.y;
+  std::vector<float>& post = ws.hc_post;
+  std::vector<float>& comb = ws.hc_comb;
+  res.assign(h.begin(), h.end());
+  Use(x, n * d);
+  Use(y, n * d);
+  Use(post, n * hc);
+  Use(comb, n * hc * hc);
   auto hc_pre = [&](const HcWeights& w) {
     kernels::HcPreParams p;
     p.h = h.data();
@@ -177,7 +198,7 @@ absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16
   kernels::RmsNorm(x.data(), d, b.attn_norm, n, d, eps, x.data(), d);
   RETURN_IF_ERROR(Attention(b, rows, x.data(), y.data()));
   hc_post();
-  res = h;
+  res.assign(h.begin(), h.end());
   hc_pre(b.hc_ffn);
   kernels::RmsNorm(x.data(), d, b.ffn_norm, n, d, eps, x.data(), d);
   RETURN_IF_ERROR(Moe(b.moe, rows, x.data(), y.data()));
@@ -188,15 +209,15 @@ absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16
 absl::Status Model::Embed(const Rows& rows, std::vector<bf16>* h) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult, n = rows.n;
-  std::vector<bf16> e(n * d, 0);
+  bf16* e = Use(ws_->embed, n * d);
   for (int64_t r = 0; r < n; ++r) {
     if (par_.vocab.Contains(rows.token[r])) {
       std::copy_n(w_->embed + (rows.token[r] - par_.vocab.begin) * d, d, &e[r * d]);
     }
   }
   // Vocab-parallel: exactly one rank holds each row, so the sum is exact.
-  RETURN_IF_ERROR(TpSumBf16(e.data(), n * d, "embedding all-reduce"));
-  h->resize(n * hc * d);
+  RETURN_IF_ERROR(TpSumBf16(e, n * d, "embedding all-reduce"));
+  Use(*h, n * hc * d);
   for (int64_t r = 0; r < n; ++r)
     for (int64_t j = 0; j < hc; ++j) std::copy_n(&e[r * d], d, &(*h)[(r * hc + j) * d]);
   return absl::OkStatus();
@@ -205,45 +226,51 @@ absl::Status Model::Embed(const Rows& rows, std::vector<bf16>* h) const {
 absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
                            float* logits) const {
   const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size, vocab = c.vocab_size;
-  if (m == 0) return absl::OkStatus();  // the whole TP group has no rows
-  std::vector<bf16> y(m * d);
-  kernels::HcHeadParams hp;
-  hp.h = h;
-  hp.fn = hc_head.fn;
-  hp.scale = hc_head.scale;
-  hp.base = hc_head.base;
-  hp.m = m;
-  hp.hc = c.hc_mult;
-  hp.d = d;
-  hp.norm_eps = float(c.rms_norm_eps);
-  hp.hc_eps = float(c.hc_eps);
-  hp.y = y.data();
-  kernels::HcHead(hp);
-  kernels::RmsNorm(y.data(), d, norm, m, d, float(c.rms_norm_eps), y.data(), d);
-  // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
-  const int64_t local = par_.vocab.size();
-  const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
-  std::vector<float> part(par_.tp_size > 1 ? m * widest : 0);
-  kernels::GemmF32Params p;
-  p.a_bf16 = y.data();
-  p.lda = d;
-  p.w_bf16 = w_->head;
-  p.ldw = d;
-  p.c = par_.tp_size > 1 ? part.data() : logits;
-  p.ldc = par_.tp_size > 1 ? widest : vocab;
-  p.m = m;
-  p.n = local;
-  p.k = d;
-  kernels::GemmF32(p);
-  if (par_.tp_size == 1) return absl::OkStatus();
-  std::vector<float> all(par_.tp_size * m * widest);
-  RETURN_IF_ERROR(par_.tp->AllGather(part.data(), part.size() * 4, all.data(),
-                                     Site("vocab-parallel head all-gather")));
-  for (int64_t t = 0; t < par_.tp_size; ++t) {
-    const IndexRange v = SplitEvenly(vocab, par_.tp_size, t);
-    for (int64_t i = 0; i < m; ++i)
-      std::copy_n(&all[(t * m + i) * widest], v.size(), logits + i * vocab + v.begin);
+  const int64_t d = c.hidden_size, hc = c.hc_mult, vocab = c.vocab_size;
+  StepWorkspace& ws = *ws_;
+  // Rows are independent: the head runs in passes of logit_rows rows.
+  const int64_t pass = ws.layout.limits.logit_rows;
+  for (int64_t r0 = 0; r0 < m; r0 += pass) {
+    const int64_t rows = std::min(pass, m - r0);
+    bf16* y = Use(ws.head_in, rows * d);
+    kernels::HcHeadParams hp;
+    hp.h = h + r0 * hc * d;
+    hp.fn = hc_head.fn;
+    hp.scale = hc_head.scale;
+    hp.base = hc_head.base;
+    hp.m = rows;
+    hp.hc = hc;
+    hp.d = d;
+    hp.norm_eps = float(c.rms_norm_eps);
+    hp.hc_eps = float(c.hc_eps);
+    hp.y = y;
+    kernels::HcHead(hp);
+    kernels::RmsNorm(y, d, norm, rows, d, float(c.rms_norm_eps), y, d);
+    // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
+    const int64_t local = par_.vocab.size();
+    const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
+    float* part = par_.tp_size > 1 ? Use(ws.head_part, rows * widest) : nullptr;
+    float* out = logits + r0 * vocab;
+    kernels::GemmF32Params p;
+    p.a_bf16 = y;
+    p.lda = d;
+    p.w_bf16 = w_->head;
+    p.ldw = d;
+    p.c = par_.tp_size > 1 ? part : out;
+    p.ldc = par_.tp_size > 1 ? widest : vocab;
+    p.m = rows;
+    p.n = local;
+    p.k = d;
+    kernels::GemmF32(p);
+    if (par_.tp_size == 1) continue;
+    float* all = Use(ws.head_all, par_.tp_size * rows * widest);
+    RETURN_IF_ERROR(par_.tp->AllGather(part, size_t(rows * widest) * 4, all,
+                                       Site("vocab-parallel head all-gather")));
+    for (int64_t t = 0; t < par_.tp_size; ++t) {
+      const IndexRange v = SplitEvenly(vocab, par_.tp_size, t);
+      for (int64_t i = 0; i < rows; ++i)
+        std::copy_n(&all[(t * rows + i) * widest], v.size(), out + i * vocab + v.begin);
+    }
   }
   return absl::OkStatus();
 }
@@ -251,9 +278,9 @@ absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* 
 // MTP input streams (§10): e_proj(RMSNorm(embed[next])) + h_proj(RMSNorm(H)) on each stream.
 absl::Status Model::TpSumBf16(bf16* data, int64_t count, const char* what) const {
   if (par_.tp_size == 1) return absl::OkStatus();
-  std::vector<float> f(count);
+  float* f = Use(ws_->tp_sum, count);
   for (int64_t i = 0; i < count; ++i) f[i] = Bf16ToF32(data[i]);
-  RETURN_IF_ERROR(par_.tp->AllReduceSum(f.data(), f.size(), Site(what)));
+  RETURN_IF_ERROR(par_.tp->AllReduceSum(f, size_t(count), Site(what)));
   for (int64_t i = 0; i < count; ++i) data[i] = F32ToBf16(f[i]);
   return absl::OkStatus();
 }
@@ -263,17 +290,21 @@ absl::Status Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* 
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult;
   const float eps = float(c.rms_norm_eps);
-  std::vector<bf16> e(m * d), ep(m * d), hn(m * hc * d), hp(m * hc * d);
+  StepWorkspace& ws = *ws_;
+  bf16* e = Use(ws.mtp_e, m * d);
+  bf16* ep = Use(ws.mtp_ep, m * d);
+  bf16* hn = Use(ws.mtp_hn, m * hc * d);
+  bf16* hp = Use(ws.mtp_hp, m * hc * d);
   for (int64_t i = 0; i < m; ++i) {
     if (par_.vocab.Contains(next[i]))
       std::copy_n(w_->embed + (next[i] - par_.vocab.begin) * d, d, &e[i * d]);
   }
-  RETURN_IF_ERROR(TpSumBf16(e.data(), m * d, "mtp embedding all-reduce"));
-  kernels::RmsNorm(e.data(), d, w.enorm, m, d, eps, e.data(), d);
-  kernels::RmsNorm(h, d, w.hnorm, m * hc, d, eps, hn.data(), d);
-  LinearForward(w.e_proj, e.data(), d, m, ep.data(), d);
-  LinearForward(w.h_proj, hn.data(), d, m * hc, hp.data(), d);
-  out->resize(m * hc * d);
+  RETURN_IF_ERROR(TpSumBf16(e, m * d, "mtp embedding all-reduce"));
+  kernels::RmsNorm(e, d, w.enorm, m, d, eps, e, d);
+  kernels::RmsNorm(h, d, w.hnorm, m * hc, d, eps, hn, d);
+  LinearForward(w.e_proj, e, d, m, ep, d, &ws.linear_acts);
+  LinearForward(w.h_proj, hn, d, m * hc, hp, d, &ws.linear_acts);
+  Use(*out, m * hc * d);
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < hc; ++j)
       for (int64_t col = 0; col < d; ++col)
@@ -285,23 +316,44 @@ absl::Status Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* 
 absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult, vocab = c.vocab_size;
-  Rows rows;
-  std::set<const SequenceState*> seen;
+  StepWorkspace& ws = *ws_;
+  const StepLimits& lim = ws.layout.limits;
+  if (int64_t(chunks.size()) > lim.sequences) {
+    return absl::InvalidArgumentError(absl::StrCat("a step of ", chunks.size(),
+                                                   " chunks exceeds the ", lim.sequences,
+                                                   " sequences per step the worker started with"));
+  }
+  int64_t total = 0;
+  for (const Chunk& ch : chunks) total += int64_t(ch.tokens.size());
+  if (total > lim.tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("a step of ", total, " tokens exceeds the ",
+                                                   lim.tokens,
+                                                   " tokens per step the worker started with"));
+  }
+  Rows rows = Rows::Step(ws);
   for (size_t i = 0; i < chunks.size(); ++i) {
     const Chunk& ch = chunks[i];
     const std::string what = absl::StrCat("chunk ", i);
     if (ch.seq == nullptr || ch.tokens.empty()) {
       return absl::InvalidArgumentError(what + ": needs a sequence and at least one token");
     }
-    if (!seen.insert(ch.seq).second) {
-      return absl::InvalidArgumentError(what + ": the same sequence appears twice in one batch");
+    for (size_t j = 0; j < i; ++j) {
+      if (chunks[j].seq == ch.seq) {
+        return absl::InvalidArgumentError(what + ": the same sequence appears twice in one batch");
+      }
     }
     RETURN_IF_ERROR(CheckTokens(ch.tokens, what.c_str()));
-    if (ch.seq->pos_ + int64_t(ch.tokens.size()) > c.max_position_embeddings) {
-      return absl::OutOfRangeError(absl::StrCat(what, ": positions up to ",
-                                                ch.seq->pos_ + ch.tokens.size(),
+    const int64_t end = ch.seq->pos_ + int64_t(ch.tokens.size());
+    if (end > c.max_position_embeddings) {
+      return absl::OutOfRangeError(absl::StrCat(what, ": positions up to ", end,
                                                 " exceed max_position_embeddings ",
                                                 c.max_position_embeddings));
+    }
+    if (end > lim.max_context) {
+      return absl::OutOfRangeError(absl::StrCat(what, ": positions up to ", end,
+                                                " exceed the longest context the worker "
+                                                "started with (",
+                                                lim.max_context, ")"));
     }
     if (ch.experts_per_token < 0 || ch.experts_per_token > top_k_) {
       return absl::InvalidArgumentError(absl::StrCat(what, ": experts_per_token ",
@@ -314,58 +366,58 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
 
   RETURN_IF_ERROR(ReserveKv(chunks));
   ++step_;
-  std::vector<bf16> h;
+  std::vector<bf16>& h = ws.h;
   RETURN_IF_ERROR(Embed(rows, &h));
   for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h));
 
   // Logits of the requested rows.
-  std::vector<int64_t> pick;
-  out->first_row.clear();
-  for (const auto& ch : rows.chunks) {
-    out->first_row.push_back(int64_t(pick.size()));
+  std::vector<int64_t>& pick = ws.pick_rows;
+  pick.clear();
+  out->first_row.resize(rows.chunks.size());
+  for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
+    const auto& ch = rows.chunks[ci];
+    out->first_row[ci] = int64_t(pick.size());
     for (int64_t i = 0; i < ch.n; ++i) {
-      if (chunks[out->first_row.size() - 1].all_logits || i == ch.n - 1) {
-        pick.push_back(ch.first_row + i);
-      }
+      if (chunks[ci].all_logits || i == ch.n - 1) pick.push_back(ch.first_row + i);
     }
   }
-  std::vector<bf16> hsel(pick.size() * hc * d);
+  bf16* hsel = Use(ws.hsel, int64_t(pick.size()) * hc * d);
   for (size_t i = 0; i < pick.size(); ++i)
     std::copy_n(&h[pick[i] * hc * d], hc * d, &hsel[i * hc * d]);
   out->logits.resize(pick.size() * vocab);
-  RETURN_IF_ERROR(
-      Logits(hsel.data(), w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data()));
+  RETURN_IF_ERROR(Logits(hsel, w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data()));
 
   // MTP window entries for every position whose next token is now known (the last position's
   // waits for the next call or is drafted speculatively by DraftMtp).
   if (!w_->mtp.empty()) {
-    Rows mrows;
-    std::vector<bf16> mh;
-    std::vector<int32_t> next;
+    Rows mrows = Rows::Mtp(ws);
+    std::vector<bf16>& mh = ws.mtp_h;
+    mh.clear();
     for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
       const auto& ch = rows.chunks[ci];
       SequenceState* seq = ch.seq;
-      std::vector<int32_t> toks;
       const bool lag = !seq->last_h_.empty();
+      const int64_t count = (lag ? 1 : 0) + ch.n - 1;
+      if (count == 0) continue;
+      const int64_t experts = rows.experts[ch.first_row];
+      mrows.Begin(seq, ch.start_pos - (lag ? 1 : 0));
       if (lag) {
         mh.insert(mh.end(), seq->last_h_.begin(), seq->last_h_.end());
-        next.push_back(rows.token[ch.first_row]);
+        mrows.AddRow(rows.token[ch.first_row], experts);
       }
       for (int64_t i = 0; i + 1 < ch.n; ++i) {
         mh.insert(mh.end(), &h[(ch.first_row + i) * hc * d], &h[(ch.first_row + i + 1) * hc * d]);
-        next.push_back(rows.token[ch.first_row + i + 1]);
-      }
-      const int64_t count = (lag ? 1 : 0) + ch.n - 1;
-      if (count > 0) {
-        toks.assign(next.end() - count, next.end());
-        mrows.Add(seq, ch.start_pos - (lag ? 1 : 0), toks, rows.experts[ch.first_row]);
+        mrows.AddRow(rows.token[ch.first_row + i + 1], experts);
       }
     }
     if (mrows.n > 0) {
       const MtpWeights& mw = w_->mtp[0];
-      std::vector<bf16> hin, res, x(mrows.n * d), kv(mrows.n * c.head_dim);
-      std::vector<float> post(mrows.n * hc), comb(mrows.n * hc * hc);
-      RETURN_IF_ERROR(MtpInput(mw, mh.data(), next.data(), mrows.n, &hin));
+      std::vector<bf16>& hin = ws.mtp_in;
+      bf16* x = Use(ws.x, mrows.n * d);
+      bf16* kv = Use(ws.kv, mrows.n * c.head_dim);
+      float* post = Use(ws.hc_post, mrows.n * hc);
+      float* comb = Use(ws.hc_comb, mrows.n * hc * hc);
+      RETURN_IF_ERROR(MtpInput(mw, mh.data(), mrows.token.data(), mrows.n, &hin));
       kernels::HcPreParams p;
       p.h = hin.data();
       p.fn = mw.block.hc_attn.fn;
@@ -377,14 +429,13 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       p.sinkhorn_iters = c.hc_sinkhorn_iters;
       p.norm_eps = float(c.rms_norm_eps);
       p.hc_eps = float(c.hc_eps);
-      p.x = x.data();
-      p.post = post.data();
-      p.comb = comb.data();
+      p.x = x;
+      p.post = post;
+      p.comb = comb;
       kernels::HcPre(p);
-      kernels::RmsNorm(x.data(), d, mw.block.attn_norm, mrows.n, d, float(c.rms_norm_eps),
-                       x.data(), d);
-      KvPath(mw.block.attn, mrows, x.data(), kv.data());
-      RETURN_IF_ERROR(WriteWindow(mrows, mw.block.attn, kv.data()));
+      kernels::RmsNorm(x, d, mw.block.attn_norm, mrows.n, d, float(c.rms_norm_eps), x, d);
+      KvPath(mw.block.attn, mrows, x, kv);
+      RETURN_IF_ERROR(WriteWindow(mrows, mw.block.attn, kv));
     }
     for (const auto& ch : rows.chunks) {
       const int64_t last = ch.first_row + ch.n - 1;
@@ -403,9 +454,16 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
   if (seqs.size() != next_tokens.size()) {
     return absl::InvalidArgumentError("DraftMtp: one next token per sequence is needed");
   }
+  StepWorkspace& ws = *ws_;
+  if (int64_t(seqs.size()) > ws.layout.limits.sequences) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("DraftMtp: ", seqs.size(), " sequences exceed the ",
+                     ws.layout.limits.sequences, " sequences per step the worker started with"));
+  }
   RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
-  Rows rows;
-  std::vector<bf16> hlast;
+  Rows rows = Rows::Step(ws);
+  std::vector<bf16>& hlast = ws.mtp_h;
+  hlast.clear();
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (seqs[i]->last_h_.empty()) {
       return absl::FailedPreconditionError(
@@ -415,7 +473,7 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
     rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1), top_k_);
   }
   const MtpWeights& mw = w_->mtp[0];
-  std::vector<bf16> h;
+  std::vector<bf16>& h = ws.h;
   RETURN_IF_ERROR(MtpInput(mw, hlast.data(), next_tokens.data(), rows.n, &h));
   // The window slot written here is speculative: the next Forward rewrites it with the token
   // actually chosen.

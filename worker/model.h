@@ -16,6 +16,7 @@
 #include "worker/kv_pool.h"
 #include "worker/paged_kv.h"
 #include "worker/parallel.h"
+#include "worker/step_workspace.h"
 #include "worker/weights.h"
 
 namespace flotilla {
@@ -31,6 +32,14 @@ struct ModelOptions {
   // The indexer scores a chunk's keys this many at a time (a running top-k between blocks), so
   // its temporaries do not grow with the context. Any value gives the same picks.
   int64_t indexer_block_keys = 8192;
+  // The step workspace (sharding/step_workspace.h), allocated once at start: the most tokens
+  // and sequences (chunks) one Forward may run, the LM head's rows per pass (steps that ask for
+  // more logits run the head in passes) and the longest context a sequence may reach (0:
+  // max_position_embeddings). A Forward beyond them is refused with INVALID_ARGUMENT.
+  int64_t tokens_per_step = 8192;
+  int64_t sequences_per_step = 256;
+  int64_t logit_rows = 256;
+  int64_t max_context = 0;
 };
 inline constexpr double kDefaultKvMemoryFraction = 0.25;
 
@@ -77,18 +86,21 @@ class Model {
   std::unique_ptr<SequenceState> NewSequence() const;
   // The pool every sequence's KV pages come from.
   const KvPool& kv_pool() const { return *pool_; }
+  // The step workspace's sizes; its bytes are layout.Bytes(), reserved at start.
+  const StepWorkspaceLayout& workspace_layout() const { return ws_->layout; }
+  uint64_t workspace_bytes() const { return ws_->ReservedBytes(); }
 
   struct Chunk {
-    SequenceState* seq = nullptr;      // distinct sequences within one call
-    std::span<const int32_t> tokens;   // continues the sequence at seq->position()
-    bool all_logits = false;           // logits of every position, not only the last
+    SequenceState* seq = nullptr;     // distinct sequences within one call
+    std::span<const int32_t> tokens;  // continues the sequence at seq->position()
+    bool all_logits = false;          // logits of every position, not only the last
     // Routed experts per token for this chunk: 0 = experts_per_token(); else 1..that. The
     // chunk's logits are bitwise those of a model loaded with this many (batches may mix them).
     int64_t experts_per_token = 0;
   };
   struct Output {
-    std::vector<float> logits;         // [rows, vocab] f32
-    std::vector<int64_t> first_row;    // per chunk: its first row of logits
+    std::vector<float> logits;       // [rows, vocab] f32
+    std::vector<int64_t> first_row;  // per chunk: its first row of logits
   };
 
   // Runs the chunks as one batch. Every token id must be < vocab_size. With tensor parallelism
@@ -97,8 +109,8 @@ class Model {
 
   // MTP draft logits [seqs, vocab]: for each sequence just run by Forward, the prediction for
   // the token after `next_tokens[i]` (the token chosen at position()).
-  absl::Status DraftMtp(std::span<SequenceState* const> seqs,
-                        std::span<const int32_t> next_tokens, std::vector<float>* logits) const;
+  absl::Status DraftMtp(std::span<SequenceState* const> seqs, std::span<const int32_t> next_tokens,
+                        std::vector<float>* logits) const;
 
  private:
   Model() = default;
@@ -107,6 +119,9 @@ class Model {
   // the pool cannot); a sequence's first reservation also resets its compressor states.
   absl::Status ReserveKv(std::span<const Chunk> chunks) const;
   absl::Status RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
+  // One chunk's attention reads (ring, compressed entries or the indexer's picks) and its rows'
+  // sparse attention into o.
+  absl::Status AttendChunk(const AttentionWeights& a, const Rows& rows, int64_t ci) const;
   absl::Status Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
   void KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const;
   absl::Status WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
@@ -123,8 +138,9 @@ class Model {
   // Sums bf16 values over the TP group in f32 (rank order), rounding once.
   absl::Status TpSumBf16(bf16* data, int64_t count, const char* what) const;
   // Gathers `count` bf16 per row (n rows) from every TP rank into rows of tp * count.
-  absl::Status GatherHeads(const std::vector<bf16>& local, int64_t n, int64_t count,
-                           const char* what, std::vector<bf16>* full) const;
+  // `full` may be `local` (the local rows are copied out first).
+  absl::Status GatherHeads(const bf16* local, int64_t n, int64_t count, const char* what,
+                           bf16* full) const;
   CallSite Site(const char* what) const { return {what, step_}; }
   absl::Status CheckTokens(std::span<const int32_t> tokens, const char* what) const;
 
@@ -137,6 +153,7 @@ class Model {
   std::unique_ptr<kernels::Queue> queue_;
   std::shared_ptr<KvPool> pool_;
   std::unique_ptr<PagedKv> kv_;
+  std::unique_ptr<StepWorkspace> ws_;  // every step's temporaries (steps are not concurrent)
   Parallel par_;
   mutable int64_t step_ = 0;  // Forward calls so far, named in communication errors
 };

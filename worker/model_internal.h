@@ -9,44 +9,67 @@
 namespace flotilla {
 
 // The tokens of one Forward call, flattened: row r is chunk chunk_of[r] at position pos[r].
+// The tokens of one Forward call, flattened: row r is chunk chunk_of[r] at position pos[r]. The
+// vectors are the step workspace's (reserved at start: adding rows allocates nothing).
 struct Model::Rows {
-  struct ChunkInfo {
-    SequenceState* seq = nullptr;
-    int64_t first_row = 0;
-    int64_t n = 0;
-    int64_t start_pos = 0;
-  };
+  using ChunkInfo = StepWorkspace::ChunkRecord;
   int64_t n = 0;
-  std::vector<int64_t> pos;
-  std::vector<int32_t> token;
-  std::vector<int32_t> chunk_of;
-  std::vector<int32_t> experts;  // routed experts of each row (its chunk's; <= the model's K)
-  std::vector<ChunkInfo> chunks;
+  std::vector<int64_t>& pos;
+  std::vector<int32_t>& token;
+  std::vector<int32_t>& chunk_of;
+  std::vector<int32_t>& experts;  // routed experts of each row (its chunk's; <= the model's K)
+  std::vector<ChunkInfo>& chunks;
 
+  Rows(std::vector<int64_t>& p, std::vector<int32_t>& t, std::vector<int32_t>& c,
+       std::vector<int32_t>& e, std::vector<ChunkInfo>& ch)
+      : pos(p), token(t), chunk_of(c), experts(e), chunks(ch) {
+    pos.clear();
+    token.clear();
+    chunk_of.clear();
+    experts.clear();
+    chunks.clear();
+  }
+  // The step's rows (ws.pos, ...) or the MTP rows (ws.mtp_pos, ...).
+  static Rows Step(StepWorkspace& ws) {
+    return Rows(ws.pos, ws.token, ws.chunk_of, ws.experts, ws.chunks);
+  }
+  static Rows Mtp(StepWorkspace& ws) {
+    return Rows(ws.mtp_pos, ws.mtp_token, ws.mtp_chunk_of, ws.mtp_experts, ws.mtp_chunks);
+  }
+
+  void Begin(SequenceState* seq, int64_t start_pos) { chunks.push_back({seq, n, 0, start_pos}); }
+  // Appends a row to the chunk begun last.
+  void AddRow(int32_t tok, int64_t num_experts) {
+    ChunkInfo& ch = chunks.back();
+    pos.push_back(ch.start_pos + ch.n);
+    token.push_back(tok);
+    chunk_of.push_back(int32_t(chunks.size() - 1));
+    experts.push_back(int32_t(num_experts));
+    ++ch.n;
+    ++n;
+  }
   void Add(SequenceState* seq, int64_t start_pos, std::span<const int32_t> tokens,
            int64_t num_experts) {
-    chunks.push_back({seq, n, int64_t(tokens.size()), start_pos});
-    for (size_t i = 0; i < tokens.size(); ++i) {
-      pos.push_back(start_pos + int64_t(i));
-      token.push_back(tokens[i]);
-      chunk_of.push_back(int32_t(chunks.size() - 1));
-      experts.push_back(int32_t(num_experts));
-    }
-    n += int64_t(tokens.size());
+    Begin(seq, start_pos);
+    for (int32_t t : tokens) AddRow(t, num_experts);
   }
 };
 
 // out = w2(bf16(row_weight * silu(min(w1 x, L)) * clamp(w3 x, ±L))) for m rows, from quantised
 // rows (xq, FP8/FP4 experts) or bf16 rows (x, row stride d).
+// Temporaries come from `ws` (gate/up, activations, the w2 input's quantisation); m is at most
+// ws.layout.expert_rows.
 void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
-                   const float* row_weight, float limit, bf16* out, int64_t d);
+                   const float* row_weight, float limit, bf16* out, int64_t d, StepWorkspace& ws);
 
-// Gate, sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec §9.1) for n rows, k slots
-// each. `experts` (may be null: k for every row) gives a row its own K <= k: it is routed as a
-// model with K experts per token would route it (hash layers: the first K tid2eid columns), and
-// its slots past K repeat its first expert with weight 0, which adds exactly nothing.
+// Gate (router logits into `logits`), sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec
+// §9.1) for n rows, k slots each. `experts` (may be null: k for every row) gives a row its own K <=
+// k: it is routed as a model with K experts per token would route it (hash layers: the first K
+// tid2eid columns), and its slots past K repeat its first expert with weight 0, which adds exactly
+// nothing.
 void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
                  const int32_t* experts, int64_t n, int64_t k, const bf16* x,
+                 std::vector<float>* logits, std::vector<int64_t>* hash_ids,
                  std::vector<int32_t>* idx, std::vector<float>* weights);
 
 // Per token: routed outputs ([n, k, d], slot order) summed in f32 in increasing expert id, then

@@ -3,6 +3,7 @@
 // owners run their experts over what they received, the outputs come back (all-to-all-v), and
 // each token's routed sum is formed in increasing expert id, as in one process. The TP group
 // then all-gathers the token slices. Every result is bitwise that of a single process.
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -22,14 +23,15 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   const IndexRange slice = SplitEvenly(n, par_.tp_size, par_.tp_rank);
   const int64_t ns = slice.size();
   const bf16* xs = x + slice.begin * d;
-  std::vector<int32_t> idx;
-  std::vector<float> weights;
+  StepWorkspace& ws = *ws_;
+  std::vector<int32_t>& idx = ws.route_idx;
+  std::vector<float>& weights = ws.route_weights;
   RouteTokens(c, mw, rows.token.data() + slice.begin, rows.experts.data() + slice.begin, ns, k, xs,
-              &idx, &weights);
+              &ws.router_logits, &ws.hash_ids, &idx, &weights);
 
   // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
   const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts
-  QuantizedActs xq;
+  QuantizedActs& xq = ws.block_acts;
   const size_t row_bytes = quantized ? size_t(d + d / 128) : size_t(2 * d);
   std::vector<uint8_t> rows_out(ns * row_bytes);
   if (quantized && ns > 0) {
@@ -50,32 +52,36 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   const int64_t num_local = int64_t(mw.experts.size());
   ASSIGN_OR_RETURN(auto by_expert, ex.ByLocalExpert(num_local));
   std::vector<bf16> reply(ex.num_received() * d);
+  // Each expert's list runs in passes of at most expert_rows rows (rows are independent).
+  const int64_t pass_rows = ws.layout.expert_rows;
   for (int64_t le = 0; le < num_local; ++le) {
-    const auto& list = by_expert[le];
-    const int64_t m = int64_t(list.size());
-    if (m == 0) continue;
-    std::vector<float> w(m);
-    std::vector<bf16> xe(quantized ? 0 : m * d), ye(m * d);
-    QuantizedActs qe;
-    if (quantized) {
-      qe.m = m;
-      qe.k = d;
-      qe.q.resize(m * d);
-      qe.scale.resize(m * (d / 128));
-    }
-    for (int64_t i = 0; i < m; ++i) {
-      w[i] = ex.header(list[i]).weight;
-      const uint8_t* p = ex.payload(list[i]);
+    const auto& all_rows = by_expert[le];
+    for (size_t p0 = 0; p0 < all_rows.size(); p0 += size_t(pass_rows)) {
+      const int64_t m = std::min<int64_t>(pass_rows, int64_t(all_rows.size() - p0));
+      const int64_t* list = all_rows.data() + p0;
+      float* w = Use(ws.expert_weights, m);
+      bf16* xe = Use(ws.expert_in, quantized ? 0 : m * d);
+      bf16* ye = Use(ws.expert_out, m * d);
+      QuantizedActs& qe = ws.expert_acts;
       if (quantized) {
-        std::memcpy(qe.q.data() + i * d, p, d);
-        std::memcpy(qe.scale.data() + i * (d / 128), p + d, d / 128);
-      } else {
-        std::memcpy(xe.data() + i * d, p, 2 * d);
+        qe.m = m;
+        qe.k = d;
+        Use(qe.q, m * d);
+        Use(qe.scale, m * (d / 128));
       }
+      for (int64_t i = 0; i < m; ++i) {
+        w[i] = ex.header(list[i]).weight;
+        const uint8_t* p = ex.payload(list[i]);
+        if (quantized) {
+          std::memcpy(qe.q.data() + i * d, p, d);
+          std::memcpy(qe.scale.data() + i * (d / 128), p + d, d / 128);
+        } else {
+          std::memcpy(xe + i * d, p, 2 * d);
+        }
+      }
+      ExpertForward(mw.experts[le], quantized ? &qe : nullptr, xe, m, w, limit, ye, d, ws);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, &reply[list[i] * d]);
     }
-    ExpertForward(mw.experts[le], quantized ? &qe : nullptr, xe.data(), m, w.data(), limit,
-                  ye.data(), d);
-    for (int64_t i = 0; i < m; ++i) std::copy_n(&ye[i * d], d, &reply[list[i] * d]);
   }
   std::vector<bf16> routed(ns * k * d);
   RETURN_IF_ERROR(ex.Combine(*par_.ep, reinterpret_cast<const uint8_t*>(reply.data()), 2 * d,
@@ -85,7 +91,7 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   if (mw.has_shared && ns > 0) {
     shared.resize(ns * d);
     const bool sq = mw.shared.w1.TakesQuantizedInput();
-    ExpertForward(mw.shared, sq ? &xq : nullptr, xs, ns, nullptr, limit, shared.data(), d);
+    ExpertForward(mw.shared, sq ? &xq : nullptr, xs, ns, nullptr, limit, shared.data(), d, ws);
   }
   std::vector<bf16> ys(ns * d);
   CombineExperts(mw, idx.data(), routed.data(), shared.empty() ? nullptr : shared.data(), ns, k, d,

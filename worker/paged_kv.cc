@@ -25,13 +25,15 @@ void CompressorState::Reset(int64_t rows, int64_t width) {
 }
 
 PagedKv::PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend,
-                 kernels::Queue* queue)
+                 kernels::Queue* queue, std::vector<uint8_t>* packed, CompressorState* reset)
     : c_(config),
       pool_(pool),
       backend_(backend),
       queue_(queue),
       main_bytes_(MainKvEntryBytes(config)),
-      key_bytes_(IndexerKeyBytes(config)) {}
+      key_bytes_(IndexerKeyBytes(config)),
+      packed_(packed != nullptr ? packed : &own_packed_),
+      reset_(reset != nullptr ? reset : &own_reset_) {}
 
 int64_t PagedKv::StateRows(int64_t layer, Compressor which) const {
   const int64_t m = which == Compressor::kIndexer ? kCsaRatio : c_.RatioOf(layer);
@@ -116,7 +118,7 @@ void UnpackMain(const ModelConfig& c, int64_t entry_bytes, int64_t count, const 
 
 absl::Status PagedKv::WriteWindow(const SequencePageTables& t, int64_t layer, int64_t first,
                                   int64_t count, const bf16* rows) const {
-  std::vector<uint8_t> packed;
+  std::vector<uint8_t>& packed = *packed_;
   PackMain(c_, main_bytes_, count, rows, &packed);
   return Put(t.layers[size_t(layer)].window, 0, main_bytes_, pool_->layout().main_per_page, first,
              count, packed.data());
@@ -124,7 +126,8 @@ absl::Status PagedKv::WriteWindow(const SequencePageTables& t, int64_t layer, in
 
 absl::Status PagedKv::ReadWindow(const SequencePageTables& t, int64_t layer, bf16* rows) const {
   const int64_t w = c_.sliding_window;
-  std::vector<uint8_t> packed(size_t(w * main_bytes_));
+  std::vector<uint8_t>& packed = *packed_;
+  packed.resize(size_t(w * main_bytes_));
   RETURN_IF_ERROR(Get(t.layers[size_t(layer)].window, 0, main_bytes_, pool_->layout().main_per_page,
                       0, w, packed.data()));
   UnpackMain(c_, main_bytes_, w, packed.data(), rows);
@@ -133,7 +136,7 @@ absl::Status PagedKv::ReadWindow(const SequencePageTables& t, int64_t layer, bf1
 
 absl::Status PagedKv::WriteMain(const SequencePageTables& t, int64_t layer, int64_t first,
                                 int64_t count, const bf16* rows) const {
-  std::vector<uint8_t> packed;
+  std::vector<uint8_t>& packed = *packed_;
   PackMain(c_, main_bytes_, count, rows, &packed);
   return Put(t.layers[size_t(layer)].main, 0, main_bytes_, pool_->layout().main_per_page, first,
              count, packed.data());
@@ -141,7 +144,8 @@ absl::Status PagedKv::WriteMain(const SequencePageTables& t, int64_t layer, int6
 
 absl::Status PagedKv::ReadMain(const SequencePageTables& t, int64_t layer, int64_t first,
                                int64_t count, bf16* rows) const {
-  std::vector<uint8_t> packed(size_t(count * main_bytes_));
+  std::vector<uint8_t>& packed = *packed_;
+  packed.resize(size_t(count * main_bytes_));
   RETURN_IF_ERROR(Get(t.layers[size_t(layer)].main, 0, main_bytes_, pool_->layout().main_per_page,
                       first, count, packed.data()));
   UnpackMain(c_, main_bytes_, count, packed.data(), rows);
@@ -151,7 +155,8 @@ absl::Status PagedKv::ReadMain(const SequencePageTables& t, int64_t layer, int64
 absl::Status PagedKv::ReadMainAt(const SequencePageTables& t, int64_t layer,
                                  std::span<const int32_t> idx, bf16* rows) const {
   const int64_t n = int64_t(idx.size());
-  std::vector<uint8_t> packed(size_t(n * main_bytes_));
+  std::vector<uint8_t>& packed = *packed_;
+  packed.resize(size_t(n * main_bytes_));
   for (int64_t i = 0; i < n;) {  // runs of consecutive entries
     int64_t j = i + 1;
     while (j < n && idx[size_t(j)] == idx[size_t(j - 1)] + 1) ++j;
@@ -165,7 +170,8 @@ absl::Status PagedKv::ReadMainAt(const SequencePageTables& t, int64_t layer,
 
 absl::Status PagedKv::WriteKeys(const SequencePageTables& t, int64_t layer, int64_t first,
                                 int64_t count, const bf16* rows) const {
-  std::vector<uint8_t> packed(size_t(count * key_bytes_), 0);
+  std::vector<uint8_t>& packed = *packed_;
+  packed.assign(size_t(count * key_bytes_), 0);
   kernels::KvPackParams p;
   p.rows = count;
   p.nope = c_.index_head_dim;
@@ -180,7 +186,8 @@ absl::Status PagedKv::WriteKeys(const SequencePageTables& t, int64_t layer, int6
 
 absl::Status PagedKv::ReadKeys(const SequencePageTables& t, int64_t layer, int64_t first,
                                int64_t count, bf16* rows) const {
-  std::vector<uint8_t> packed(size_t(count * key_bytes_));
+  std::vector<uint8_t>& packed = *packed_;
+  packed.resize(size_t(count * key_bytes_));
   RETURN_IF_ERROR(Get(t.layers[size_t(layer)].indexer, 0, key_bytes_, pool_->layout().keys_per_page,
                       first, count, packed.data()));
   kernels::KvUnpackParams p;
@@ -238,7 +245,7 @@ absl::Status PagedKv::ResetStates(const SequencePageTables& t) const {
   for (int64_t layer = 0; layer < int64_t(t.layers.size()); ++layer) {
     const int64_t m = c_.RatioOf(layer);
     if (m == 0) continue;
-    CompressorState st;
+    CompressorState& st = *reset_;
     st.Reset(StateRows(layer, Compressor::kMain), StateWidth(layer, Compressor::kMain));
     RETURN_IF_ERROR(WriteState(t, layer, Compressor::kMain, st));
     if (m != kCsaRatio) continue;

@@ -33,8 +33,11 @@ struct CompressorState {
 
 class PagedKv {
  public:
-  PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend,
-          kernels::Queue* queue);
+  // `packed` and `reset` (may be null: the object keeps its own) hold the packed bytes moving to
+  // and from the pool and the start state ResetStates writes; reserved by the owner (the step
+  // workspace), they make no call allocate.
+  PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend, kernels::Queue* queue,
+          std::vector<uint8_t>* packed = nullptr, CompressorState* reset = nullptr);
 
   // Which compressor of a layer: the main one, or the CSA indexer's.
   enum class Compressor { kMain, kIndexer };
@@ -90,6 +93,10 @@ class PagedKv {
   kernels::Backend* backend_;
   kernels::Queue* queue_;
   int64_t main_bytes_ = 0, key_bytes_ = 0;
+  std::vector<uint8_t> own_packed_;
+  CompressorState own_reset_;
+  std::vector<uint8_t>* packed_;
+  CompressorState* reset_;
 };
 
 }  // namespace flotilla

@@ -89,6 +89,9 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& a, Comm& world,
   options.experts_per_token = a.experts_per_token;
   options.kv_memory_bytes = a.kv_memory_bytes;
   options.kv_page_bytes = a.kv_page_bytes;
+  if (a.tokens_per_step > 0) options.tokens_per_step = a.tokens_per_step;
+  if (a.sequences_per_step > 0) options.sequences_per_step = a.sequences_per_step;
+  options.sequences_per_step = std::min(options.sequences_per_step, options.tokens_per_step);
   ASSIGN_OR_RETURN(l.model, Model::FromSource(l.config, std::shared_ptr<WeightSource>(std::move(src)),
                                               options, par, sel));
   return l;

@@ -18,6 +18,9 @@ struct WorkerLoadOptions {
   int64_t experts_per_token = 0;
   uint64_t kv_memory_bytes = 0;  // the KV pool (0: ModelOptions' default)
   int64_t kv_page_bytes = 64 << 10;
+  // The step workspace's limits (0: ModelOptions' defaults).
+  int64_t tokens_per_step = 0;
+  int64_t sequences_per_step = 0;
 };
 
 struct LoadedWorker {

@@ -54,6 +54,7 @@ struct Args {
   int64_t control_port_base = 0;  // 0: a free port; else base + world rank
   uint64_t kv_memory = 0;          // 0: the model's default
   int64_t kv_page = 64 << 10;
+  int64_t step_tokens = 0, step_seqs = 0;  // 0: the model's defaults
 };
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
@@ -63,7 +64,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                       "--temperature", "--top-p", "--top-k", "--seed", "--chunk",
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
                                       "--control-address", "--control-port-base",
-                                      "--prompt-ids-file", "--kv-memory", "--kv-page"},
+                                      "--prompt-ids-file", "--kv-memory", "--kv-page",
+                                      "--step-tokens", "--step-seqs"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
@@ -84,6 +86,11 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   ASSIGN_OR_RETURN(const uint64_t kv_page, ParseByteSize(f.Get("--kv-page", "64KiB")));
   if (kv_page > uint64_t(1) << 40) return absl::InvalidArgumentError("--kv-page is over 1 TiB");
   a.kv_page = int64_t(kv_page);
+  ASSIGN_OR_RETURN(a.step_tokens, f.Int("--step-tokens", 0));
+  ASSIGN_OR_RETURN(a.step_seqs, f.Int("--step-seqs", 0));
+  if (a.step_tokens < 0 || a.step_seqs < 0) {
+    return absl::InvalidArgumentError("--step-tokens and --step-seqs must be at least 1");
+  }
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
   ASSIGN_OR_RETURN(a.chunk, f.Int("--chunk", 0));
   ASSIGN_OR_RETURN(a.experts_per_token, f.Int("--experts-per-token", 0));
@@ -133,7 +140,10 @@ absl::Status Generate(const Args& a, Comm& world, Model& model) {
                          &out);
   };
   const auto t0 = Clock::now();
-  const size_t chunk = a.chunk > 0 ? size_t(a.chunk) : a.prompt.size();
+  // --chunk 0: the whole prompt, in steps of at most the workspace's tokens per step.
+  const size_t chunk = a.chunk > 0 ? size_t(a.chunk)
+                                   : std::min(a.prompt.size(),
+                                              size_t(model.workspace_layout().limits.tokens));
   for (size_t s = 0; s < a.prompt.size(); s += chunk) {
     RETURN_IF_ERROR(step(std::span<const int32_t>(a.prompt).subspan(
         s, std::min(chunk, a.prompt.size() - s))));
@@ -281,7 +291,7 @@ constexpr char kUsage[] =
     "           --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
     "           [--dump-logits FILE.npy] [--timeout-s S] [--kv-memory SIZE] [--kv-page SIZE]\n"
     "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S] [--kv-memory SIZE]\n"
-    "           [--kv-page SIZE]\n"
+    "           [--kv-page SIZE] [--step-tokens N] [--step-seqs N]\n"
     "           [--control-address A] [--control-port-base P]   (started by launch/flotilla-serve)\n"
     "  One worker rank: loads exactly its shard and checks that every rank runs the same\n"
     "  checkpoint. Without --serve the first DP group runs the prompt and world rank 0 prints\n"
@@ -289,6 +299,8 @@ constexpr char kUsage[] =
     "  --control-address: where the WorkerControl service listens (default 127.0.0.1): an\n"
     "  address, an interface name (ib0) or a subnet (10.0.0.0/16: this host's address in it).\n"
     "  --control-port-base P: listen on P + world rank instead of a free port.\n"
+    "  --step-tokens N, --step-seqs N: the most tokens and sequences one step runs (default\n"
+    "    8192, 256); the step workspace is sized from them at start\n"
     "  --kv-memory SIZE: the KV pool, reserved at start (default: a quarter of the memory the\n"
     "  host has available); --kv-page SIZE: its page size (default 64KiB).\n";
 
@@ -347,8 +359,9 @@ int Main(int argc, char** argv) {
     std::signal(SIGTERM, OnTerminate);
     std::signal(SIGINT, OnTerminate);
   }
-  WorkerLoadOptions lo{args->model, args->tp, args->experts_per_token, args->kv_memory,
-                       args->kv_page};
+  WorkerLoadOptions lo{args->model,    args->tp,          args->experts_per_token,
+                       args->kv_memory, args->kv_page,     args->step_tokens,
+                       args->step_seqs};
   const auto load_start = Clock::now();
   absl::StatusOr<LoadedWorker> loaded = LoadWorker(lo, *workers, tp_comm->get());
   if (loaded.ok()) {

@@ -83,7 +83,9 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
-  auto model = Model::Load(dir, ModelOptions{});
+  ModelOptions options;
+  options.tokens_per_step = std::max(options.tokens_per_step, prompt_len);  // one prefill step
+  auto model = Model::Load(dir, options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
     return 1;

@@ -40,10 +40,9 @@ FLOTILLA_AVX2 void BlockValuesAvx2(const bf16* const* rows, const float* pb, int
   }
 }
 
-void AttendHead(const SparseAttentionParams& p, int64_t h, bool avx2, std::vector<float>* work) {
+void AttendHead(const SparseAttentionParams& p, int64_t h, bool avx2, float* work) {
   const int64_t dim = p.dim;
-  work->resize(3 * dim + 2 * kBlock);
-  float* o = work->data();
+  float* o = work;  // 3 * dim + 2 * kBlock floats
   float* blk = o + dim;
   float* s = blk + dim;
   float* pb = s + kBlock;
@@ -87,9 +86,14 @@ void SparseAttention(const SparseAttentionParams& p) {
   const bool avx2 = cpu::UseAvx2();
 #pragma omp parallel if (p.num_heads > 1 && p.n * p.num_heads * p.dim >= (1 << 15))
   {
-    std::vector<float> work;
+    // On the stack up to kStackDim (a pool thread may be new: no allocation per step); wider
+    // heads take the heap.
+    constexpr int64_t kStackDim = 1024;
+    float stack_work[3 * kStackDim + 2 * kBlock];
+    std::vector<float> heap_work(p.dim > kStackDim ? size_t(3 * p.dim + 2 * kBlock) : 0);
+    float* work = p.dim > kStackDim ? heap_work.data() : stack_work;
 #pragma omp for schedule(static)
-    for (int64_t h = 0; h < p.num_heads; ++h) AttendHead(p, h, avx2, &work);
+    for (int64_t h = 0; h < p.num_heads; ++h) AttendHead(p, h, avx2, work);
   }
 }
 

@@ -159,10 +159,13 @@ DenseA::DenseA(const DenseOperand& a, int64_t m, int64_t k)
     return;
   }
   ld_ = (k + 7) / 8 * 8;
-  packed_.resize(m * ld_);
+  static thread_local std::vector<float> storage;  // grows once per thread, then reused
+  packed_ = &storage;
+  packed_->assign(size_t(m * ld_), 0.0f);
+  float* packed = packed_->data();
 #pragma omp parallel for schedule(static) if (m * k >= (1 << 18))
-  for (int64_t i = 0; i < m; ++i) ConvertRowBf16(a.b16 + i * a.ld, k, packed_.data() + i * ld_);
-  base_ = packed_.data();
+  for (int64_t i = 0; i < m; ++i) ConvertRowBf16(a.b16 + i * a.ld, k, packed + i * ld_);
+  base_ = packed;
 }
 
 void DenseTile(const DenseA& a, int64_t i0, int64_t i1, const DenseOperand& w, int64_t n0,

@@ -32,7 +32,7 @@ class DenseA {
   DenseOperand source_;
   bool avx2_ = false;
   int64_t m_, k_;
-  std::vector<float> packed_;
+  std::vector<float>* packed_ = nullptr;  // the constructing thread's (one DenseA at a time)
   const float* base_ = nullptr;
   int64_t ld_ = 0;
 };

@@ -221,8 +221,10 @@ FLOTILLA_AVX2 void GemmFp4Avx2(const GemmFp8Fp4Params& p, const PreparedPair* ac
   const int64_t blocks = (p.n + kBlockRows - 1) / kBlockRows;
 #pragma omp parallel if (p.n * p.m * p.k >= (1 << 16))
   {
-    std::vector<int32_t> dots(8 * slices);   // [slice][row]: D + 12 Σ A
-    std::vector<float> w_scale(8 * slices);  // [slice][row]: sw
+    static thread_local std::vector<int32_t> dots;   // [slice][row]: D + 12 Σ A
+    static thread_local std::vector<float> w_scale;  // [slice][row]: sw
+    dots.assign(size_t(8 * slices), 0);              // grow once per thread, then reused
+    w_scale.assign(size_t(8 * slices), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n0 = b * kBlockRows;
@@ -299,9 +301,16 @@ void GemmFp8Fp4(const GemmFp8Fp4Params& p) {
     return;
   }
   const int64_t pairs = p.m * p.k / 64;
-  std::vector<PreparedPair> act(pairs);
-  std::vector<uint8_t> act_nan(2 * pairs);
-  std::vector<int32_t> act_offset(2 * pairs);
+  // This thread's (grow once, then reused); threads below use them by reference.
+  static thread_local std::vector<PreparedPair> act_storage;
+  static thread_local std::vector<uint8_t> act_nan_storage;
+  static thread_local std::vector<int32_t> act_offset_storage;
+  std::vector<PreparedPair>& act = act_storage;
+  std::vector<uint8_t>& act_nan = act_nan_storage;
+  std::vector<int32_t>& act_offset = act_offset_storage;
+  act.assign(size_t(pairs), PreparedPair{});
+  act_nan.assign(size_t(2 * pairs), 0);
+  act_offset.assign(size_t(2 * pairs), 0);
 #pragma omp parallel for schedule(static) if (pairs >= 512)
   for (int64_t i = 0; i < pairs; ++i)
     PreparePair(p.a + 64 * i, &act[i], &act_nan[2 * i], &act_offset[2 * i]);

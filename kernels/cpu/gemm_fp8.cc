@@ -182,9 +182,9 @@ FLOTILLA_AVX2 void GemmFp8TileAvx2(const GemmFp8Params& p, const float* a) {
   const int64_t tiles = (p.n + kTileRows - 1) / kTileRows;
 #pragma omp parallel
   {
-    Fp8TileScratch scratch;
-    scratch.w.resize(kTileRows * 128);
-    scratch.acc.resize(p.m * kTileRows);
+    static thread_local Fp8TileScratch scratch;  // grows once per thread, then reused
+    scratch.w.assign(kTileRows * 128, {});
+    scratch.acc.assign(p.m * kTileRows, {});
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t n0 = tile * kTileRows;
@@ -257,7 +257,7 @@ void GemmFp8(const GemmFp8Params& p) {
     GemmFp8Scalar(p);
     return;
   }
-  std::vector<float> a;
+  static thread_local std::vector<float> a;  // grows once per thread, then reused
   if (p.m == 1) {
     cpu::DecodeFp8Rows(p.a, 1, p.k, &a, kRowActScale);
     GemmFp8RowAvx2(p, a.data());

@@ -71,11 +71,14 @@ inline void Collapse(const bf16* h, const float* w, int64_t hc, int64_t d, bf16*
 
 void HcPre(const HcPreParams& p) {
   const int64_t width = p.hc * p.d, n_mix = (2 + p.hc) * p.hc;
-  std::vector<float> mix;
+  // This thread's (grows once, then reused); threads below read it through the reference.
+  static thread_local std::vector<float> mix_storage;
+  std::vector<float>& mix = mix_storage;
   HcMixes(p.h, p.m, width, p.fn, n_mix, p.norm_eps, &mix);
 #pragma omp parallel for schedule(static) if (p.m * width >= (1 << 16))
   for (int64_t t = 0; t < p.m; ++t) {
-    std::vector<float> pre(p.hc);
+    static thread_local std::vector<float> pre;
+    pre.assign(size_t(p.hc), 0.0f);
     SinkhornSplit(mix.data() + t * n_mix, p.scale, p.base, p.hc, p.sinkhorn_iters, p.hc_eps,
                   pre.data(), p.post + t * p.hc, p.comb + t * p.hc * p.hc);
     Collapse(p.h + t * width, pre.data(), p.hc, p.d, p.x + t * p.d);
@@ -138,11 +141,14 @@ void HcPost(const HcPostParams& p) {
 
 void HcHead(const HcHeadParams& p) {
   const int64_t width = p.hc * p.d;
-  std::vector<float> mix;
+  // This thread's (grows once, then reused); threads below read it through the reference.
+  static thread_local std::vector<float> mix_storage;
+  std::vector<float>& mix = mix_storage;
   HcMixes(p.h, p.m, width, p.fn, p.hc, p.norm_eps, &mix);
 #pragma omp parallel for schedule(static) if (p.m * width >= (1 << 16))
   for (int64_t t = 0; t < p.m; ++t) {
-    std::vector<float> pre(p.hc);
+    static thread_local std::vector<float> pre;
+    pre.assign(size_t(p.hc), 0.0f);
     for (int64_t j = 0; j < p.hc; ++j) {
       pre[j] = Sigmoid(mix[t * p.hc + j] * p.scale[0] + p.base[j]) + p.hc_eps;
     }

@@ -56,7 +56,8 @@ void HadamardRotateBf16(bf16* x, int64_t rows, int64_t dim) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim)));
 #pragma omp parallel if (rows * dim >= (1 << 15))
   {
-    std::vector<float> v(dim);
+    static thread_local std::vector<float> v;  // grows once per thread, then reused
+    v.assign(size_t(dim), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       bf16* row = x + r * dim;
@@ -78,13 +79,16 @@ void IndexerScores(const IndexerScoreParams& p) {
   if (p.n <= 0) return;
   const cpu::DenseA q(cpu::DenseOperand{nullptr, p.q, p.dim}, p.num_heads, p.dim);
   const cpu::DenseOperand keys{nullptr, p.keys, p.ldk};
-  std::vector<float> w(p.num_heads);
+  static thread_local std::vector<float> w_storage;  // threads below read it by reference
+  std::vector<float>& w = w_storage;
+  w.assign(size_t(p.num_heads), 0.0f);
   for (int64_t h = 0; h < p.num_heads; ++h) w[h] = Bf16ToF32(p.w[h]);
   const int64_t tiles = (p.n + cpu::kDenseTileN - 1) / cpu::kDenseTileN;
 #pragma omp parallel if (p.n * p.num_heads * p.dim >= (1 << 16))
   {
     // Zeroed once: lanes past a short last tile hold zeros, not stale values.
-    std::vector<float> dots(p.num_heads * cpu::kDenseTileN, 0.0f);
+    static thread_local std::vector<float> dots;
+    dots.assign(size_t(p.num_heads * cpu::kDenseTileN), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t j0 = tile * cpu::kDenseTileN;

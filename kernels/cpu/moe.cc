@@ -12,8 +12,11 @@ namespace flotilla::kernels {
 void Route(const RouterParams& p) {
 #pragma omp parallel if (p.m * p.num_experts >= (1 << 14))
   {
-    std::vector<float> score(p.num_experts), biased(p.num_experts);
-    std::vector<int32_t> order(p.num_experts);
+    static thread_local std::vector<float> score, biased;  // grow once per thread
+    static thread_local std::vector<int32_t> order;
+    score.assign(size_t(p.num_experts), 0.0f);
+    biased.assign(size_t(p.num_experts), 0.0f);
+    order.assign(size_t(p.num_experts), 0);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < p.m; ++t) {
       const float* z = p.logits + t * p.num_experts;

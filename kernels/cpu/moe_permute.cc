@@ -48,7 +48,13 @@ void MoeCombine(const MoeCombineParams& p) {
     int64_t order[64];
     std::iota(order, order + p.k, int64_t(0));
     const int32_t* idx = p.expert_idx + t * p.k;
-    std::stable_sort(order, order + p.k, [idx](int64_t a, int64_t b) { return idx[a] < idx[b]; });
+    // Stable insertion sort by expert id (k is small; std::stable_sort would allocate).
+    for (int64_t i = 1; i < p.k; ++i) {
+      const auto v = order[i];
+      int64_t j = i;
+      for (; j > 0 && idx[v] < idx[order[j - 1]]; --j) order[j] = order[j - 1];
+      order[j] = v;
+    }
     for (int64_t c = 0; c < p.d; ++c) {
       float y = 0.0f;
       for (int64_t s = 0; s < p.k; ++s) y += Bf16ToF32(p.routed[(t * p.k + order[s]) * p.d + c]);

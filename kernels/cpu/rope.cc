@@ -53,7 +53,8 @@ void ApplyRope(const RopeParams& p) {
   const int64_t half = p.rope_dim / 2;
 #pragma omp parallel if (p.num_tokens * p.num_heads * p.rope_dim >= (1 << 15))
   {
-    std::vector<float> cs(2 * half);
+    static thread_local std::vector<float> cs;  // grows once per thread, then reused
+    cs.assign(size_t(2 * half), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < p.num_tokens; ++t) {
       const float pos = static_cast<float>(p.positions[t]);

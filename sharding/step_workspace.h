@@ -1,0 +1,75 @@
+// The step workspace: every temporary of one forward step, sized once from the step's limits
+// (tokens per step, sequences per step, the LM head's rows per pass, the indexer's key block,
+// the longest context admitted) so that a worker allocates it when it starts and no step
+// allocates. The worker sizes its buffers from StepWorkspaceLayout and `flotilla plan` counts
+// StepWorkspaceLayout::Bytes() per rank (docs/capacity.md §7 works the figures).
+#pragma once
+
+#include <cstdint>
+
+#include "common/model_config.h"
+#include "common/status.h"
+
+namespace flotilla {
+
+struct StepLimits {
+  int64_t tokens = 8192;              // rows of one step, all chunks together
+  int64_t sequences = 256;            // chunks of one step (<= tokens)
+  int64_t logit_rows = 256;           // rows the LM head computes per pass
+  int64_t indexer_block_keys = 8192;  // indexer keys scored per block (a running top-k between)
+  int64_t max_context = 0;            // longest sequence admitted; 0: max_position_embeddings
+  int64_t threads = 1;                // host threads that carry their own scratch
+  int64_t experts_per_token = 0;      // the model's K; 0: num_experts_per_tok
+  int64_t tp_size = 1;                // tensor-parallel ranks (this rank holds 1/tp of the heads)
+};
+
+// Element counts of the workspace's buffers (each is one buffer of that many elements of the
+// named type) and the sizes they follow from. Sequence records count kChunkRecordBytes each.
+struct StepWorkspaceLayout {
+  static constexpr int64_t kChunkRecordBytes = 32;
+  StepLimits limits;  // with the defaults resolved
+  // Widest slices of one TP rank.
+  int64_t heads = 0, o_groups = 0, index_heads = 0, vocab = 0;
+  // Sizes that bound a buffer.
+  int64_t compressed_read = 0;  // compressed entries one chunk's attention reads at most
+  int64_t compressor_width = 0, compressor_rows = 0;  // widest compressor state
+  int64_t expert_rows = 0;  // rows one expert runs per pass (its list is split into passes)
+
+  // bf16 buffers.
+  int64_t streams = 0;      // [tokens, hc, d]: h, res, MTP streams in/out, picked rows (x5)
+  int64_t hidden = 0;       // [tokens, d]: x, y, embedding, MTP e/ep, head input (x6)
+  int64_t mtp_streams = 0;  // [tokens, hc, d]: MTP hn, hp (x2)
+  int64_t q_lora = 0, query = 0, kv = 0, index_query = 0, index_weights = 0;
+  int64_t gather = 0;  // TP all-gather landing area (bf16 elements)
+  int64_t ring = 0, entries = 0, block_keys = 0, attn_out = 0, wo_a_out = 0;
+  int64_t compressed = 0;  // a chunk's new compressed rows (bf16)
+  int64_t routed = 0, expert_in = 0, expert_out = 0, shared_out = 0, expert_gate_up = 0,
+          expert_act = 0;
+  // f32 buffers.
+  int64_t hc_post = 0, hc_comb = 0, tp_sum = 0, head_part = 0, head_all = 0;
+  int64_t compressor_kv = 0;     // [tokens, width] x2 (kv, gate)
+  int64_t compressor_state = 0;  // rows x width x2 (kv, score)
+  int64_t pooled = 0, pick_scores = 0, router_logits = 0, route_weights = 0;  // and expert_rows
+                                                                              // routing weights
+  // int32 / int64 buffers.
+  int64_t row_i32 = 0;  // [tokens] x6 (token, chunk, experts; twice: step and MTP rows)
+  int64_t row_i64 = 0;  // [tokens] x4 (positions twice, picked rows, entry positions)
+  int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;
+  // Bytes: quantised activations (FP8 codes + UE8M0 scales), packed KV bytes moving to and from
+  // the pool, pointer lists of the compressor.
+  int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
+  int64_t packed = 0;
+  int64_t pool_rows = 0;  // row pointers of a compressor block (x2)
+  // Per host thread: indexer candidates (f32 + i32), order and selection (i32), attention list
+  // (pointers).
+  int64_t thread_candidates = 0, thread_topk = 0, thread_list = 0;
+
+  uint64_t Bytes() const;
+  uint64_t PerThreadBytes() const;
+};
+
+// INVALID_ARGUMENT naming the limit when one is below 1 or sequences > tokens.
+absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& config,
+                                                            const StepLimits& limits);
+
+}  // namespace flotilla
