@@ -893,10 +893,12 @@ absl::Status HttpServer::Shutdown() {
   }
   impl_->stopping.store(true);
   beast::error_code ec;
-  // Wakes the blocked accept.
+  // Wakes the blocked accept (an accept on a shut-down listening socket fails at once). The
+  // acceptor is closed only once its thread has left: closing it while accept() runs on it is
+  // a data race on the socket object (TSan reports it).
   ::shutdown(impl_->acceptor->native_handle(), SHUT_RDWR);
-  impl_->acceptor->close(ec);
   if (impl_->accept_thread.joinable()) impl_->accept_thread.join();
+  impl_->acceptor->close(ec);
   if (impl_->watchdog_thread.joinable()) impl_->watchdog_thread.join();
   std::lock_guard<std::mutex> lock(impl_->mu);
   for (auto& c : impl_->connections) {
