@@ -28,25 +28,9 @@ namespace {
 using flotilla::bf16;
 using flotilla::e8m0;
 using flotilla::fp8;
+using flotilla::bench::MeasureReadBandwidth;
+using flotilla::bench::TimeMs;
 namespace fk = flotilla::kernels::cuda;
-
-#define CUDA_OK(call)                                                                   \
-  do {                                                                                  \
-    cudaError_t e_ = (call);                                                            \
-    if (e_ != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                     \
-    }                                                                                   \
-  } while (0)
-
-__global__ void ReadKernel(const uint4* p, size_t n, uint32_t* sink) {
-  uint32_t acc = 0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const uint4 v = __ldcs(p + i);
-    acc ^= v.x ^ v.y ^ v.z ^ v.w;
-  }
-  if (acc == 0x9e3779b9u) sink[0] = acc;  // keeps the loads
-}
 
 __global__ void MmaPeakKernel(int iters, float* sink) {
   uint32_t a[4] = {threadIdx.x, threadIdx.x * 3, threadIdx.x * 5, threadIdx.x * 7};
@@ -67,21 +51,6 @@ __global__ void MmaPeakKernel(int iters, float* sink) {
   if (s == 1234.5f) sink[0] = s;
 }
 
-float TimeMs(const std::function<void()>& fn, int reps) {
-  cudaEvent_t start, stop;
-  CUDA_OK(cudaEventCreate(&start));
-  CUDA_OK(cudaEventCreate(&stop));
-  fn();  // warm-up
-  CUDA_OK(cudaEventRecord(start));
-  for (int i = 0; i < reps; ++i) fn();
-  CUDA_OK(cudaEventRecord(stop));
-  CUDA_OK(cudaEventSynchronize(stop));
-  float ms = 0;
-  CUDA_OK(cudaEventElapsedTime(&ms, start, stop));
-  CUDA_OK(cudaGetLastError());
-  return ms / reps;
-}
-
 struct Case {
   const char* name;
   int64_t n, k, experts, tokens_per_expert;
@@ -92,19 +61,13 @@ struct Case {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   cudaDeviceProp prop;
-  CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+  BENCH_CUDA_OK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
 
   // Read bandwidth: 4 GiB streamed once per call.
-  const size_t bw_bytes = size_t(4) << 30;
-  uint4* big;
+  const double read_gbs = MeasureReadBandwidth(prop.multiProcessorCount);
   uint32_t* sink;
-  CUDA_OK(cudaMalloc(&big, bw_bytes));
-  CUDA_OK(cudaMalloc(&sink, 64));
-  CUDA_OK(cudaMemset(big, 1, bw_bytes));
-  const float bw_ms = TimeMs([&] { ReadKernel<<<prop.multiProcessorCount * 8, 512>>>(big, bw_bytes / 16, sink); }, quick ? 3 : 10);
-  const double read_gbs = bw_bytes / (bw_ms * 1e-3) / 1e9;
-  CUDA_OK(cudaFree(big));
+  BENCH_CUDA_OK(cudaMalloc(&sink, 64));
 
   // Peak of the MMA path the kernel uses.
   const int iters = 4096;
@@ -145,17 +108,17 @@ int main(int argc, char** argv) {
     for (int64_t e = 0; e <= c.experts; ++e) off[e] = int32_t(e * c.tokens_per_expert);
     fk::GroupedGemmFp8Fp4Params p;
     void *da, *dsa, *dw, *dsw, *doff, *dc;
-    CUDA_OK(cudaMalloc(&da, a.size()));
-    CUDA_OK(cudaMalloc(&dsa, sa.size()));
-    CUDA_OK(cudaMalloc(&dw, w.size()));
-    CUDA_OK(cudaMalloc(&dsw, sw.size()));
-    CUDA_OK(cudaMalloc(&doff, off.size() * 4));
-    CUDA_OK(cudaMalloc(&dc, rows * c.n * 2));
-    CUDA_OK(cudaMemcpy(da, a.data(), a.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dsa, sa.data(), sa.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dsw, sw.data(), sw.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(doff, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMalloc(&da, a.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dsa, sa.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dw, w.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dsw, sw.size()));
+    BENCH_CUDA_OK(cudaMalloc(&doff, off.size() * 4));
+    BENCH_CUDA_OK(cudaMalloc(&dc, rows * c.n * 2));
+    BENCH_CUDA_OK(cudaMemcpy(da, a.data(), a.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dsa, sa.data(), sa.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dw, w.data(), w.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dsw, sw.data(), sw.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(doff, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
     p.a = static_cast<const fp8*>(da);
     p.a_scale = static_cast<const e8m0*>(dsa);
     p.w = static_cast<const uint8_t*>(dw);
@@ -170,7 +133,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", why);
       return 1;
     }
-    const float ms = TimeMs([&] { CUDA_OK(cudaError_t(fk::LaunchGroupedGemmFp8Fp4(p, nullptr))); }, quick ? 5 : 20);
+    const float ms = TimeMs([&] { BENCH_CUDA_OK(cudaError_t(fk::LaunchGroupedGemmFp8Fp4(p, nullptr))); }, quick ? 5 : 20);
     const double bytes = double(w.size() + sw.size() + a.size() + sa.size() + rows * c.n * 2);
     const double gbs = bytes / (ms * 1e-3) / 1e9;
     const double tflops = 2.0 * rows * c.n * c.k / (ms * 1e-3) / 1e12;
@@ -187,7 +150,7 @@ int main(int argc, char** argv) {
         return 1;
       }
       const float wms = TimeMs(
-          [&] { CUDA_OK(cudaError_t(fk::LaunchGroupedGemmFp8Fp4Wgmma(p, nullptr))); }, quick ? 5 : 20);
+          [&] { BENCH_CUDA_OK(cudaError_t(fk::LaunchGroupedGemmFp8Fp4Wgmma(p, nullptr))); }, quick ? 5 : 20);
       const double wtflops = 2.0 * rows * c.n * c.k / (wms * 1e-3) / 1e12;
       const double wratio = wtflops * 1e12 / fp8_peak;
       const bool wok = wratio >= 0.50;
@@ -197,7 +160,7 @@ int main(int argc, char** argv) {
                   bytes / (wms * 1e-3) / 1e9, wtflops, 100 * wratio,
                   wok ? "PASS" : "FAIL (bar 50% of FP8 peak)");
     }
-    for (void* ptr : {da, dsa, dw, dsw, doff, dc}) CUDA_OK(cudaFree(ptr));
+    for (void* ptr : {da, dsa, dw, dsw, doff, dc}) BENCH_CUDA_OK(cudaFree(ptr));
   }
   // The fused gate/up kernel (w1 and w3, SwiGLU, FP8 out) at decode shapes: both weight
   // matrices are read once.
@@ -212,22 +175,22 @@ int main(int argc, char** argv) {
     for (int64_t e = 0; e <= experts; ++e) off[e] = int32_t(e * t);
     std::vector<float> rw(rows, 0.5f);
     void *da, *dsa, *dw1, *dw3, *dsw, *doff, *drw, *dh, *dhs;
-    CUDA_OK(cudaMalloc(&da, a.size()));
-    CUDA_OK(cudaMalloc(&dsa, sa.size()));
-    CUDA_OK(cudaMalloc(&dw1, w.size()));
-    CUDA_OK(cudaMalloc(&dw3, w.size()));
-    CUDA_OK(cudaMalloc(&dsw, sw.size()));
-    CUDA_OK(cudaMalloc(&doff, off.size() * 4));
-    CUDA_OK(cudaMalloc(&drw, rw.size() * 4));
-    CUDA_OK(cudaMalloc(&dh, rows * inter));
-    CUDA_OK(cudaMalloc(&dhs, rows * inter / 128));
-    CUDA_OK(cudaMemcpy(da, a.data(), a.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dsa, sa.data(), sa.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dw1, w.data(), w.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dw3, w.data(), w.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(dsw, sw.data(), sw.size(), cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(doff, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemcpy(drw, rw.data(), rw.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMalloc(&da, a.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dsa, sa.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dw1, w.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dw3, w.size()));
+    BENCH_CUDA_OK(cudaMalloc(&dsw, sw.size()));
+    BENCH_CUDA_OK(cudaMalloc(&doff, off.size() * 4));
+    BENCH_CUDA_OK(cudaMalloc(&drw, rw.size() * 4));
+    BENCH_CUDA_OK(cudaMalloc(&dh, rows * inter));
+    BENCH_CUDA_OK(cudaMalloc(&dhs, rows * inter / 128));
+    BENCH_CUDA_OK(cudaMemcpy(da, a.data(), a.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dsa, sa.data(), sa.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dw1, w.data(), w.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dw3, w.data(), w.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(dsw, sw.data(), sw.size(), cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(doff, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+    BENCH_CUDA_OK(cudaMemcpy(drw, rw.data(), rw.size() * 4, cudaMemcpyHostToDevice));
     fk::ExpertGateUpParams g;
     g.x = static_cast<const fp8*>(da);
     g.x_scale = static_cast<const e8m0*>(dsa);
@@ -245,7 +208,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", why);
       return 1;
     }
-    const float ms = TimeMs([&] { CUDA_OK(cudaError_t(fk::LaunchExpertGateUp(g, nullptr))); }, quick ? 5 : 20);
+    const float ms = TimeMs([&] { BENCH_CUDA_OK(cudaError_t(fk::LaunchExpertGateUp(g, nullptr))); }, quick ? 5 : 20);
     const double bytes = 2.0 * (w.size() + sw.size()) + a.size() + sa.size() + rows * inter;
     const double gbs = bytes / (ms * 1e-3) / 1e9;
     const bool ok = gbs / read_gbs >= 0.70;
@@ -254,7 +217,7 @@ int main(int argc, char** argv) {
                 (long long)hidden, (long long)experts, (long long)rows, ms, gbs,
                 4.0 * rows * inter * hidden / (ms * 1e-3) / 1e12, 100 * gbs / read_gbs,
                 ok ? "PASS" : "FAIL (bar 70% of read bandwidth)");
-    for (void* ptr : {da, dsa, dw1, dw3, dsw, doff, drw, dh, dhs}) CUDA_OK(cudaFree(ptr));
+    for (void* ptr : {da, dsa, dw1, dw3, dsw, doff, drw, dh, dhs}) BENCH_CUDA_OK(cudaFree(ptr));
   }
   std::printf("grouped FP8xFP4 GEMM: %s\n", pass ? "every bar met" : "a bar was missed");
   return 0;
