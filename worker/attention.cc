@@ -43,6 +43,24 @@ void GemmF32FromBf16(const bf16* a, int64_t lda, const bf16* w, int64_t m, int64
   kernels::GemmF32(p);
 }
 
+// fn(r, scratch) for rows [first, first + n): several rows in parallel, one row on the calling
+// thread, so that the kernels it calls use the threads. (An inactive parallel region around them
+// would not do: their regions would nest inside it and get a new team per call.)
+template <typename Fn>
+void ForEachRow(int64_t first, int64_t n, std::vector<StepWorkspace::ThreadScratch>& scratch,
+                Fn fn) {
+  if (n == 1) {
+    fn(first, scratch[0]);
+    return;
+  }
+#pragma omp parallel num_threads(std::min(int(scratch.size()), omp_get_max_threads()))
+  {
+    StepWorkspace::ThreadScratch& t = scratch[size_t(omp_get_thread_num())];
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = first; r < first + n; ++r) fn(r, t);
+  }
+}
+
 }  // namespace
 
 void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope) {
@@ -283,7 +301,6 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
   StepWorkspace& ws = *ws_;
   const auto& ch = rows.chunks[size_t(ci)];
   const SequencePageTables& tables = ch.seq->pages_;
-  const int threads = int(ws.threads.size());
   const bf16* kv = ws.kv.data();
   const bf16* q = ws.query.data();
   bf16* o = ws.attn_out.data();
@@ -318,18 +335,14 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       RETURN_IF_ERROR(kv_->ReadKeys(tables, a.layer_id, b0, b1 - b0, block_keys));
       const bf16* qi = ws.index_query.data();
       const bf16* iw = ws.index_weights.data();
-#pragma omp parallel if (ch.n > 1) \
-    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
-      {
-        StepWorkspace::ThreadScratch& t = ws.threads[size_t(omp_get_thread_num())];
+      ForEachRow(ch.first_row, ch.n, ws.threads, [&](int64_t r, StepWorkspace::ThreadScratch& t) {
         std::vector<float>& scores = t.scores;
         std::vector<int32_t>& idx = t.idx;
         std::vector<int32_t>& order = t.order;
         std::vector<int32_t>& sel = t.sel;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
+        {
           const int64_t e1 = std::min((rows.pos[r] + 1) / a.ratio, b1);
-          if (e1 <= b0) continue;
+          if (e1 <= b0) return;
           // The row's picks so far in index order, then this block's keys: candidates in
           // index order, so TopK's ties by position are ties by key index.
           const int64_t have = num_picks[r], count = e1 - b0;
@@ -368,7 +381,7 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
           }
           num_picks[r] = int32_t(k);
         }
-      }
+      });
     }
     // The entries the chunk's rows picked, read once, in increasing order.
     int32_t* slot = Use(ws.entry_slot, visible + ws.layout.compressed_read);
@@ -390,12 +403,9 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
 
   // Sparse attention per token (§5.4, §5.5).
   const float scale = float(1.0 / std::sqrt(double(hd)));
-#pragma omp parallel if (ch.n > 1) \
-    num_threads(std::min(threads, omp_get_max_threads()))  // one row: the kernels use the threads
-  {
-    std::vector<const bf16*>& list = ws.threads[size_t(omp_get_thread_num())].list;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t r = ch.first_row; r < ch.first_row + ch.n; ++r) {
+  ForEachRow(ch.first_row, ch.n, ws.threads, [&](int64_t r, StepWorkspace::ThreadScratch& t) {
+    std::vector<const bf16*>& list = t.list;
+    {
       const int64_t p = rows.pos[r];
       list.clear();
       for (int64_t t = std::max<int64_t>(0, p - window + 1); t <= p; ++t) {
@@ -422,7 +432,7 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       ap.out = o + r * h * hd;
       kernels::SparseAttention(ap);
     }
-  }
+  });
   return absl::OkStatus();
 }
 
