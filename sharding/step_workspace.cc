@@ -33,6 +33,10 @@ uint64_t StepWorkspaceLayout::Bytes() const {
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
   b += uint64_t(3 * (act_q + act_scale) + packed + 2 * pool_rows * kPtr);
   b += uint64_t(limits.threads) * PerThreadBytes();
+  if (limits.ep_size > 1) {
+    b += exchange.HostExchangeBytes();
+    b += 2 * uint64_t(exchange_replies + moe_slice + moe_gather) + 4 * uint64_t(exchange_order);
+  }
   return b;
 }
 
@@ -50,7 +54,9 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
                                                     {"longest context", l.max_context},
                                                     {"threads", l.threads},
                                                     {"experts per token", l.experts_per_token},
-                                                    {"tensor-parallel size", l.tp_size}};
+                                                    {"tensor-parallel size", l.tp_size},
+                                                    {"expert-parallel size", l.ep_size},
+                                                    {"exchange rows per round", l.exchange_rows}};
   for (const auto& [name, value] : checks) {
     if (value < 1) {
       return absl::InvalidArgumentError(
@@ -142,6 +148,21 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.packed = std::max({c.sliding_window, w.compressed_read, T}) * MainKvEntryBytes(c);
   w.packed = std::max(w.packed, std::max(l.indexer_block_keys, T) * IndexerKeyBytes(c));
   w.pool_rows = 2 * max_ratio;
+
+  if (l.ep_size > 1) {
+    const ExpertPlacement placement(c.n_routed_experts, l.ep_size);
+    absl::StatusOr<ExchangeLayout> ex =
+        ExchangeLayout::Make(c, placement, l.ep_rank, std::min(l.exchange_rows, CeilDiv(T, tp)), K);
+    if (!ex.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("step workspace: ", ex.status().message()));
+    }
+    w.exchange = *ex;
+    const int64_t received = l.ep_size * w.exchange.recv_capacity_per_source;
+    w.exchange_replies = received * d;
+    w.exchange_order = received;
+    w.moe_slice = tp > 1 ? CeilDiv(T, tp) * d : 0;
+    w.moe_gather = tp > 1 ? tp * CeilDiv(T, tp) * d : 0;
+  }
 
   w.thread_candidates = topk + l.indexer_block_keys;
   w.thread_topk = topk;

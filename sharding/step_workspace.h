@@ -9,6 +9,7 @@
 
 #include "common/model_config.h"
 #include "common/status.h"
+#include "sharding/exchange_layout.h"
 
 namespace flotilla {
 
@@ -21,6 +22,13 @@ struct StepLimits {
   int64_t threads = 1;                // host threads that carry their own scratch
   int64_t experts_per_token = 0;      // the model's K; 0: num_experts_per_tok
   int64_t tp_size = 1;                // tensor-parallel ranks (this rank holds 1/tp of the heads)
+  // Expert-parallel ranks (every worker; 1: one process holds every expert) and this rank's
+  // place among them: the expert exchange's buffers follow from them.
+  int64_t ep_size = 1;
+  int64_t ep_rank = 0;
+  // Rows one expert-exchange round carries per rank: a step's MoE runs its token slice in rounds
+  // of at most this many rows, so the exchange's buffers do not grow with the step.
+  int64_t exchange_rows = 128;
 };
 
 // Element counts of the workspace's buffers (each is one buffer of that many elements of the
@@ -60,6 +68,13 @@ struct StepWorkspaceLayout {
   int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
   int64_t packed = 0;
   int64_t pool_rows = 0;  // row pointers of a compressor block (x2)
+  // Expert parallelism (ep_size > 1): the exchange's host buffers (exchange.HostExchangeBytes(),
+  // rows_per_round = min(exchange_rows, this rank's token slice ceil(tokens / tp))), the replies
+  // to what arrives in a round
+  // (bf16), the received entries grouped by local expert (int32), and the TP group's
+  // all-gather of the token slices (bf16: this rank's slice padded to the widest, then all).
+  ExchangeLayout exchange;
+  int64_t exchange_replies = 0, exchange_order = 0, moe_slice = 0, moe_gather = 0;
   // Per host thread: indexer candidates (f32 + i32), order and selection (i32), attention list
   // (pointers).
   int64_t thread_candidates = 0, thread_topk = 0, thread_list = 0;

@@ -137,12 +137,16 @@ absl::Status Plan(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(limits.max_context, f.Int("--max-context", 0));
   ASSIGN_OR_RETURN(limits.indexer_block_keys, f.Int("--indexer-block", limits.indexer_block_keys));
   limits.tp_size = std::max<int64_t>(tp, 1);
-  ASSIGN_OR_RETURN(const StepWorkspaceLayout workspace, MakeStepWorkspaceLayout(c, limits));
-  const uint64_t workspace_bytes = workspace.Bytes();
   if (nodes < 1 || gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be at least 1");
   }
   const Layout layout = Layout::ForCluster(nodes, gpus_per_node, tp);
+  // The expert exchange's buffers are part of the workspace; rank 0 owns the most experts, so
+  // its workspace bounds every rank's.
+  limits.ep_size = layout.num_workers;
+  limits.ep_rank = 0;
+  ASSIGN_OR_RETURN(const StepWorkspaceLayout workspace, MakeStepWorkspaceLayout(c, limits));
+  const uint64_t workspace_bytes = workspace.Bytes();
   ASSIGN_OR_RETURN(ShardPlan plan, ShardPlan::Make(c, layout, experts));
   if (tensors_rank < -1 || tensors_rank >= layout.num_workers) {
     return absl::InvalidArgumentError(absl::StrCat(

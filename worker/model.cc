@@ -114,6 +114,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   limits.threads = omp_get_max_threads();
   limits.experts_per_token = m->top_k_;
   limits.tp_size = parallel.tp_size;
+  if (parallel.distributed()) {
+    limits.ep_size = parallel.ep->size();
+    limits.ep_rank = parallel.ep->rank();
+    limits.exchange_rows = options.exchange_rows;
+  }
   ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
   m->ws_ = std::make_unique<StepWorkspace>(ws_layout);
   m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),

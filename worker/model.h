@@ -40,6 +40,9 @@ struct ModelOptions {
   int64_t sequences_per_step = 256;
   int64_t logit_rows = 256;
   int64_t max_context = 0;
+  // Expert parallelism: rows of this rank's token slice one exchange round carries (a step's
+  // MoE runs in rounds; every rank runs as many as the busiest needs).
+  int64_t exchange_rows = 128;
 };
 inline constexpr double kDefaultKvMemoryFraction = 0.25;
 

@@ -7,58 +7,29 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-
 #include "worker/expert_exchange.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
 
-absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const bf16* x,
-                                   bf16* out) const {
-  const ModelConfig& c = config_;
-  const int64_t n = rows.n, d = c.hidden_size, k = top_k_;
-  const float limit = float(c.swiglu_limit);
+namespace {
 
-  // This TP rank's slice of the group's tokens.
-  const IndexRange slice = SplitEvenly(n, par_.tp_size, par_.tp_rank);
-  const int64_t ns = slice.size();
-  const bf16* xs = x + slice.begin * d;
-  StepWorkspace& ws = *ws_;
-  std::vector<int32_t>& idx = ws.route_idx;
-  std::vector<float>& weights = ws.route_weights;
-  RouteTokens(c, mw, rows.token.data() + slice.begin, rows.experts.data() + slice.begin, ns, k, xs,
-              &ws.router_logits, &ws.hash_ids, &idx, &weights);
-
-  // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
-  const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts
-  QuantizedActs& xq = ws.block_acts;
-  const size_t row_bytes = quantized ? size_t(d + d / 128) : size_t(2 * d);
-  std::vector<uint8_t> rows_out(ns * row_bytes);
-  if (quantized && ns > 0) {
-    QuantizeActs(xs, d, ns, d, &xq);
-    for (int64_t t = 0; t < ns; ++t) {
-      std::memcpy(&rows_out[t * row_bytes], xq.row(t), d);
-      std::memcpy(&rows_out[t * row_bytes + d], xq.row_scale(t), d / 128);
-    }
-  } else if (ns > 0) {
-    std::memcpy(rows_out.data(), xs, ns * row_bytes);
-  }
-  ExpertExchange ex;
-  RETURN_IF_ERROR(ex.Dispatch(*par_.ep, par_.placement, idx.data(), weights.data(), ns, k,
-                              rows_out.data(), row_bytes, step_));
-
-  // Expert compute over the received entries, grouped by local expert in arrival order; every
-  // row's arithmetic is independent of its group.
+// This rank's experts over what arrived in one round, grouped by local expert in arrival order
+// (every row's arithmetic is independent of its group and pass): the replies, in arrival order,
+// into ws.exchange_replies.
+absl::Status ExpertsOnReceived(const MoeWeights& mw, bool quantized, const ExpertExchange& ex,
+                               StepWorkspace& ws, int64_t d, float limit) {
   const int64_t num_local = int64_t(mw.experts.size());
-  ASSIGN_OR_RETURN(auto by_expert, ex.ByLocalExpert(num_local));
-  std::vector<bf16> reply(ex.num_received() * d);
-  // Each expert's list runs in passes of at most expert_rows rows (rows are independent).
+  int64_t* offsets = Use(ws.expert_offsets, num_local + 1);
+  int32_t* order = Use(ws.exchange_order, ex.num_received());
+  RETURN_IF_ERROR(ex.GroupByLocalExpert(num_local, offsets, order));
+  bf16* reply = Use(ws.exchange_replies, ex.num_received() * d);
+  // Each expert's list runs in passes of at most expert_rows rows.
   const int64_t pass_rows = ws.layout.expert_rows;
   for (int64_t le = 0; le < num_local; ++le) {
-    const auto& all_rows = by_expert[le];
-    for (size_t p0 = 0; p0 < all_rows.size(); p0 += size_t(pass_rows)) {
-      const int64_t m = std::min<int64_t>(pass_rows, int64_t(all_rows.size() - p0));
-      const int64_t* list = all_rows.data() + p0;
+    for (int64_t p0 = offsets[le]; p0 < offsets[le + 1]; p0 += pass_rows) {
+      const int64_t m = std::min(pass_rows, offsets[le + 1] - p0);
+      const int32_t* list = order + p0;
       float* w = Use(ws.expert_weights, m);
       bf16* xe = Use(ws.expert_in, quantized ? 0 : m * d);
       bf16* ye = Use(ws.expert_out, m * d);
@@ -80,36 +51,85 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
         }
       }
       ExpertForward(mw.experts[le], quantized ? &qe : nullptr, xe, m, w, limit, ye, d, ws);
-      for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, &reply[list[i] * d]);
+      for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, reply + int64_t(list[i]) * d);
     }
   }
-  std::vector<bf16> routed(ns * k * d);
-  RETURN_IF_ERROR(ex.Combine(*par_.ep, reinterpret_cast<const uint8_t*>(reply.data()), 2 * d,
-                             reinterpret_cast<uint8_t*>(routed.data()), step_));
+  return absl::OkStatus();
+}
 
-  std::vector<bf16> shared;
-  if (mw.has_shared && ns > 0) {
-    shared.resize(ns * d);
-    const bool sq = mw.shared.w1.TakesQuantizedInput();
-    ExpertForward(mw.shared, sq ? &xq : nullptr, xs, ns, nullptr, limit, shared.data(), d, ws);
+}  // namespace
+
+absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const bf16* x,
+                                   bf16* out) const {
+  const ModelConfig& c = config_;
+  const int64_t n = rows.n, d = c.hidden_size, k = top_k_;
+  const float limit = float(c.swiglu_limit);
+
+  // This TP rank's slice of the group's tokens.
+  const IndexRange slice = SplitEvenly(n, par_.tp_size, par_.tp_rank);
+  const int64_t ns = slice.size();
+  const bf16* xs = x + slice.begin * d;
+  StepWorkspace& ws = *ws_;
+  std::vector<int32_t>& idx = ws.route_idx;
+  std::vector<float>& weights = ws.route_weights;
+  RouteTokens(c, mw, rows.token.data() + slice.begin, rows.experts.data() + slice.begin, ns, k, xs,
+              &ws.router_logits, &ws.hash_ids, &idx, &weights);
+
+  // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
+  const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts
+  QuantizedActs& xq = ws.block_acts;
+  ExpertExchange::Piece pieces[2];
+  int64_t num_pieces = 1;
+  if (quantized) {
+    if (ns > 0) QuantizeActs(xs, d, ns, d, &xq);
+    pieces[0] = {reinterpret_cast<const uint8_t*>(xq.q.data()), d, d};
+    pieces[1] = {reinterpret_cast<const uint8_t*>(xq.scale.data()), d / 128, d / 128};
+    num_pieces = 2;
+  } else {
+    pieces[0] = {reinterpret_cast<const uint8_t*>(xs), 2 * d, 2 * d};
   }
-  std::vector<bf16> ys(ns * d);
-  CombineExperts(mw, idx.data(), routed.data(), shared.empty() ? nullptr : shared.data(), ns, k, d,
-                 ys.data());
+  bf16* routed = Use(ws.routed, ns * k * d);
+  // Rounds of at most rows_per_round rows; every rank runs as many as the busiest needs (a rank
+  // out of rows takes part with none).
+  ExpertExchange& ex = ws.exchange;
+  const int64_t round_rows = ws.layout.exchange.rows_per_round;
+  for (int64_t r0 = 0;; r0 += round_rows) {
+    const int64_t m = std::clamp<int64_t>(ns - r0, 0, round_rows);
+    ExpertExchange::Piece round[2];
+    for (int64_t i = 0; i < num_pieces; ++i) {
+      round[i] = pieces[i];
+      if (m > 0) round[i].data += r0 * pieces[i].ld;
+    }
+    const int64_t first = std::min(r0, ns) * k;
+    RETURN_IF_ERROR(ex.Dispatch(*par_.ep, par_.placement, idx.data() + first,
+                                weights.data() + first, m, k, std::span(round, size_t(num_pieces)),
+                                r0 + m < ns, step_));
+    RETURN_IF_ERROR(ExpertsOnReceived(mw, quantized, ex, ws, d, limit));
+    RETURN_IF_ERROR(ex.Combine(*par_.ep,
+                               reinterpret_cast<const uint8_t*>(ws.exchange_replies.data()),
+                               reinterpret_cast<uint8_t*>(routed + first * d), step_));
+    if (!ex.any_more()) break;
+  }
 
+  bf16* shared = nullptr;
+  if (mw.has_shared && ns > 0) {
+    shared = Use(ws.shared_out, ns * d);
+    const bool sq = mw.shared.w1.TakesQuantizedInput();
+    ExpertForward(mw.shared, sq ? &xq : nullptr, xs, ns, nullptr, limit, shared, d, ws);
+  }
   // The TP group all-gathers its token slices (padded to the widest slice).
   if (par_.tp_size == 1) {
-    std::copy(ys.begin(), ys.end(), out);
+    CombineExperts(mw, idx.data(), routed, shared, ns, k, d, out);
     return absl::OkStatus();
   }
   const int64_t widest = SplitEvenly(n, par_.tp_size, 0).size();
-  ys.resize(widest * d);
-  std::vector<bf16> all(par_.tp_size * widest * d);
-  RETURN_IF_ERROR(par_.tp->AllGather(ys.data(), ys.size() * 2, all.data(),
-                                     Site("moe token-slice all-gather")));
+  bf16* ys = Use(ws.moe_slice, widest * d);
+  CombineExperts(mw, idx.data(), routed, shared, ns, k, d, ys);
+  bf16* all = Use(ws.moe_gather, par_.tp_size * widest * d);
+  RETURN_IF_ERROR(par_.tp->AllGather(ys, widest * d * 2, all, Site("moe token-slice all-gather")));
   for (int64_t t = 0; t < par_.tp_size; ++t) {
     const IndexRange sl = SplitEvenly(n, par_.tp_size, t);
-    std::copy_n(&all[t * widest * d], sl.size() * d, out + sl.begin * d);
+    std::copy_n(all + t * widest * d, sl.size() * d, out + sl.begin * d);
   }
   return absl::OkStatus();
 }

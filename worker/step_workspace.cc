@@ -80,6 +80,13 @@ StepWorkspace::StepWorkspace(const StepWorkspaceLayout& l) : layout(l) {
     Reserve(t.sel, l.thread_topk);
     Reserve(t.list, l.thread_list);
   }
+  if (l.limits.ep_size > 1) {
+    exchange = ExpertExchange(l.exchange);
+    Reserve(exchange_replies, l.exchange_replies);
+    Reserve(moe_slice, l.moe_slice);
+    Reserve(moe_gather, l.moe_gather);
+    Reserve(exchange_order, l.exchange_order);
+  }
 }
 
 uint64_t StepWorkspace::ReservedBytes() const {
@@ -106,6 +113,10 @@ uint64_t StepWorkspace::ReservedBytes() const {
   b += Held(packed) + Held(k_rows) + Held(g_rows);
   for (const ThreadScratch& t : threads)
     b += Held(t.scores) + Held(t.idx) + Held(t.order) + Held(t.sel) + Held(t.list);
+  if (layout.limits.ep_size > 1) {
+    b += exchange.ReservedBytes() + Held(exchange_replies) + Held(moe_slice) + Held(moe_gather) +
+         Held(exchange_order);
+  }
   return b;
 }
 

@@ -10,6 +10,7 @@
 #include "common/dtype.h"
 #include "common/status.h"
 #include "sharding/step_workspace.h"
+#include "worker/expert_exchange.h"
 #include "worker/linear.h"
 #include "worker/paged_kv.h"
 
@@ -62,6 +63,10 @@ struct StepWorkspace {
   std::vector<uint8_t> packed;
   std::vector<const float*> k_rows, g_rows;
   std::vector<ThreadScratch> threads;
+  // Expert parallelism (layout.limits.ep_size > 1; empty otherwise).
+  ExpertExchange exchange;
+  std::vector<bf16> exchange_replies, moe_slice, moe_gather;
+  std::vector<int32_t> exchange_order;
 };
 
 }  // namespace flotilla

@@ -58,6 +58,48 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w3->Bytes(), 189384u + 2 * 448u);
 }
 
+// Expert parallelism adds the exchange's host buffers. tiny over 4 EP ranks, TP 2, 4 tokens:
+// rank 1 routes ceil(4 / 2) = 2 rows a round (under the 128 of exchange_rows) of K 6 copies and
+// owns 16 / 4 = 4 experts, so each source sends it at most 2 x min(6, 4) = 8 records of
+// 16 + 256 + 2 B padded to 288 B.
+//   records sent 2 x 6 x 288 = 3,456 B, received 4 x 8 x 288 = 9,216 B, replies back
+//   2 x 6 x 512 = 6,144 B; int32 order and destinations 2 x 12, received local experts 32;
+//   int64 block starts 5; u64 counts 6 x 4; size_t sizes 3 x 4
+//                                          = 96 + 128 + 40 + 192 + 96 = 552 B
+//                                                             exchange total   = 19,368 B
+//   replies to 32 received rows x 256 bf16 = 16,384 B, the grouped order 32 x 4 = 128 B, the
+//   token slice 2 x 256 bf16 = 1,024 B and its TP all-gather 2 x 2 x 256 bf16 = 2,048 B
+//                                                                    together  = 38,952 B
+TEST(StepWorkspace, ExpertExchangeWorkedByHand) {
+  auto c = PresetConfig("tiny");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->Quantized());
+  StepLimits l;
+  l.tokens = 4;
+  l.sequences = 2;
+  l.logit_rows = 2;
+  l.max_context = 64;
+  l.indexer_block_keys = 8;
+  l.tp_size = 2;
+  auto one = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_TRUE(one.ok()) << one.status();
+  l.ep_size = 4;
+  l.ep_rank = 1;
+  auto w = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->exchange.rows_per_round, 2);
+  EXPECT_EQ(w->exchange.record_bytes, 288);
+  EXPECT_EQ(w->exchange.HostExchangeBytes(), 19368u);
+  EXPECT_EQ(w->exchange_replies, 8192);
+  EXPECT_EQ(w->Bytes() - one->Bytes(), 38952u);
+  l.ep_rank = 4;
+  auto bad = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("rank 4 of an expert-parallel group of 4"),
+            std::string::npos)
+      << bad.status();
+}
+
 // V4-Flash at 1M tokens of context: what the long-context buffers hold.
 TEST(StepWorkspace, FlashLongContextBuffers) {
   ModelConfig c;  // the V4-Flash defaults
