@@ -127,6 +127,11 @@ class Backend {
   BackendStatus UnpackKvEntries(Queue& queue, const KvUnpackArgs& args);
   BackendStatus PackIndexerKeys(Queue& queue, const KvPackArgs& args);
   BackendStatus UnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args);
+  // ---- MoE ops
+  BackendStatus RoutePerRowK(Queue& queue, const RoutePerRowKArgs& args);
+  BackendStatus GroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args);
+  BackendStatus GroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args);
+  BackendStatus GroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args);
 
   // Whether `span` is usable by this backend: made by one of its arenas, inside it. Empty spans
   // pass only where the caller allows (optional inputs). The error names `op` and `arg`.
@@ -172,6 +177,11 @@ class Backend {
   virtual BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) = 0;
   virtual BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) = 0;
   virtual BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) = 0;
+  // ---- MoE ops
+  virtual BackendStatus DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& args) = 0;
+  virtual BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) = 0;
+  virtual BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) = 0;
+  virtual BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) = 0;
 
  private:
   BackendStatus CheckRaw(const char* op, const char* arg, const Arena* arena, uintptr_t address,

@@ -60,6 +60,11 @@ class CpuBackend final : public Backend {
   BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) override;
   BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) override;
   BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) override;
+  // ---- MoE ops
+  BackendStatus DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& args) override;
+  BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) override;
+  BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) override;
+  BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) override;
 
  private:
   // OK when `queue` is one of this backend's queues.
