@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "worker/model.h"
@@ -61,6 +62,30 @@ struct Model::Rows {
 // ws.layout.expert_rows.
 void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
                    const float* row_weight, float limit, bf16* out, int64_t d, StepWorkspace& ws);
+
+// Where a grouped expert pass reads its rows: entry i of the permuted list (value v = order[i])
+// reads row v / divisor of the activations — FP8 codes and their scales (quantised experts) or
+// bf16 — and its routing weight as the f32 at weight + v * ld_weight. Strides in bytes.
+struct ExpertRows {
+  const uint8_t* q = nullptr;
+  int64_t ld_q = 0;
+  const uint8_t* scale = nullptr;
+  int64_t ld_scale = 0;
+  const uint8_t* x = nullptr;
+  int64_t ld_x = 0;
+  int64_t divisor = 1;
+  const uint8_t* weight = nullptr;
+  int64_t ld_weight = 0;
+};
+
+// Every routed expert of `experts` over its entries: group g's entries are
+// order[offsets[g], offsets[g + 1]) (total entries in all), run in passes of at most
+// ws.layout.expert_rows rows of the permuted list; entry v's output row goes to row v of `out`
+// ([*, d] bf16). Gate/up, SwiGLU (times the entry's weight), the w2 input's quantisation and
+// w2 as ExpertForward does them, row by row.
+void GroupedExperts(std::span<const ExpertWeights> experts, const ExpertRows& in,
+                    const int32_t* order, const int64_t* offsets, int64_t total, float limit,
+                    bf16* out, int64_t d, StepWorkspace& ws);
 
 // Gate (router logits into `logits`), sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec
 // §9.1) for n rows, k slots each. `experts` (may be null: k for every row) gives a row its own K <=

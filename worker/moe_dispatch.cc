@@ -4,6 +4,7 @@
 // each token's routed sum is formed in increasing expert id, as in one process. The TP group
 // then all-gathers the token slices. Every result is bitwise that of a single process.
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -14,9 +15,8 @@ namespace flotilla {
 
 namespace {
 
-// This rank's experts over what arrived in one round, grouped by local expert in arrival order
-// (every row's arithmetic is independent of its group and pass): the replies, in arrival order,
-// into ws.exchange_replies.
+// This rank's experts over what arrived in one round, grouped by local expert in arrival order:
+// the replies, in arrival order, into ws.exchange_replies.
 absl::Status ExpertsOnReceived(const MoeWeights& mw, bool quantized, const ExpertExchange& ex,
                                StepWorkspace& ws, int64_t d, float limit) {
   const int64_t num_local = int64_t(mw.experts.size());
@@ -24,36 +24,22 @@ absl::Status ExpertsOnReceived(const MoeWeights& mw, bool quantized, const Exper
   int32_t* order = Use(ws.exchange_order, ex.num_received());
   RETURN_IF_ERROR(ex.GroupByLocalExpert(num_local, offsets, order));
   bf16* reply = Use(ws.exchange_replies, ex.num_received() * d);
-  // Each expert's list runs in passes of at most expert_rows rows.
-  const int64_t pass_rows = ws.layout.expert_rows;
-  for (int64_t le = 0; le < num_local; ++le) {
-    for (int64_t p0 = offsets[le]; p0 < offsets[le + 1]; p0 += pass_rows) {
-      const int64_t m = std::min(pass_rows, offsets[le + 1] - p0);
-      const int32_t* list = order + p0;
-      float* w = Use(ws.expert_weights, m);
-      bf16* xe = Use(ws.expert_in, quantized ? 0 : m * d);
-      bf16* ye = Use(ws.expert_out, m * d);
-      QuantizedActs& qe = ws.expert_acts;
-      if (quantized) {
-        qe.m = m;
-        qe.k = d;
-        Use(qe.q, m * d);
-        Use(qe.scale, m * (d / 128));
-      }
-      for (int64_t i = 0; i < m; ++i) {
-        w[i] = ex.header(list[i]).weight;
-        const uint8_t* p = ex.payload(list[i]);
-        if (quantized) {
-          std::memcpy(qe.q.data() + i * d, p, d);
-          std::memcpy(qe.scale.data() + i * (d / 128), p + d, d / 128);
-        } else {
-          std::memcpy(xe + i * d, p, 2 * d);
-        }
-      }
-      ExpertForward(mw.experts[le], quantized ? &qe : nullptr, xe, m, w, limit, ye, d, ws);
-      for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, reply + int64_t(list[i]) * d);
-    }
+  // The records: header (token, slot, local expert, weight), then the payload.
+  const uint8_t* records = ex.records();
+  const int64_t rec = ex.record_bytes();
+  ExpertRows in;
+  if (quantized) {
+    in.q = records + ExchangeLayout::kHeaderBytes;
+    in.ld_q = rec;
+    in.scale = records + ExchangeLayout::kHeaderBytes + d;
+    in.ld_scale = rec;
+  } else {
+    in.x = records + ExchangeLayout::kHeaderBytes;
+    in.ld_x = rec;
   }
+  in.weight = records + offsetof(ExpertExchange::Header, weight);
+  in.ld_weight = rec;
+  GroupedExperts(mw.experts, in, order, offsets, ex.num_received(), limit, reply, d, ws);
   return absl::OkStatus();
 }
 

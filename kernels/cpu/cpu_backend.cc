@@ -567,8 +567,8 @@ BackendStatus CpuBackend::DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& a
   for (int64_t t = 0; t < a.m; ++t) {
     const int64_t kt = row_top_k[t];
     if (kt < 1 || kt > a.top_k) {
-      return BackendStatus::Error("RoutePerRowK: row_top_k[" + std::to_string(t) + "] = " +
-                                  std::to_string(kt) + "; expected 1 to " +
+      return BackendStatus::Error("RoutePerRowK: row_top_k[" + std::to_string(t) +
+                                  "] = " + std::to_string(kt) + "; expected 1 to " +
                                   std::to_string(a.top_k));
     }
     // The row alone, as a model with kt experts per token routes it (routing is per row).
@@ -605,11 +605,11 @@ BackendStatus ForEachGroup(const char* op, const In<int64_t>& offsets_span, size
   for (size_t g = 0; g <= num_groups; ++g) {
     const int64_t prev = g == 0 ? 0 : offsets[g - 1];
     if (offsets[g] < prev || (g == 0 && offsets[0] != 0)) {
-      return BackendStatus::Error(std::string(op) + ": offsets[" + std::to_string(g) + "] = " +
-                                  std::to_string(offsets[g]) + "; expected " +
-                                  (g == 0 ? std::string("0") : ">= offsets[" +
-                                                                   std::to_string(g - 1) + "] = " +
-                                                                   std::to_string(prev)));
+      return BackendStatus::Error(
+          std::string(op) + ": offsets[" + std::to_string(g) + "] = " + std::to_string(offsets[g]) +
+          "; expected " +
+          (g == 0 ? std::string("0")
+                  : ">= offsets[" + std::to_string(g - 1) + "] = " + std::to_string(prev)));
     }
   }
   for (size_t g = 0; g < num_groups; ++g) {

@@ -751,9 +751,9 @@ BackendResult<const int64_t*> HostOffsets(Queue& queue, cudaStream_t stream,
                                           const char* op) {
   static thread_local std::vector<int64_t> host;
   host.resize(num_groups + 1);
-  cudaError_t rc = cudaMemcpyAsync(host.data(), BackendAccess::Address(offsets),
-                                   (num_groups + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost,
-                                   stream);
+  cudaError_t rc =
+      cudaMemcpyAsync(host.data(), BackendAccess::Address(offsets),
+                      (num_groups + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
   if (rc == cudaSuccess) rc = cudaStreamSynchronize(stream);
   if (rc != cudaSuccess) return CudaError(std::string(op) + ": reading the group offsets", rc);
   (void)queue;
