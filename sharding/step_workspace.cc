@@ -28,14 +28,18 @@ uint64_t StepWorkspaceLayout::Bytes() const {
   b += 4 * uint64_t(hc_post + hc_comb + tp_sum + head_part + head_all + 2 * compressor_kv +
                     4 * compressor_state + pooled + pick_scores + router_logits + route_weights +
                     expert_rows);
-  b += 4 * uint64_t(7 * row_i32 + picks + entry_slot + route_idx + expert_order);
-  b += 8 * uint64_t(4 * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
+  // Rows: 7 int32 + 4 backend copies (token and experts, step and MTP rows); 4 int64 + 2 backend
+  // copies (positions, step and MTP rows).
+  b += 4 * uint64_t((7 + 4) * row_i32 + picks + entry_slot + route_idx + expert_order);
+  b += 8 * uint64_t((4 + 2) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
   b += uint64_t(3 * (act_q + act_scale) + packed + 2 * pool_rows * kPtr);
   b += uint64_t(limits.threads) * PerThreadBytes();
   if (limits.ep_size > 1) {
-    b += exchange.HostExchangeBytes();
-    b += 2 * uint64_t(exchange_replies + moe_slice + moe_gather) + 4 * uint64_t(exchange_order);
+    b += exchange.HostExchangeBytes() + exchange.dispatch_recv_bytes;
+    b += 2 * uint64_t(2 * exchange_replies + exchange_routed + moe_slice + moe_gather);
+    b += 4 * uint64_t(2 * exchange_order + 2 * exchange_copies) + 8 * uint64_t(expert_offsets);
+    b += uint64_t(exchange_send);
   }
   return b;
 }
@@ -160,6 +164,9 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
     const int64_t received = l.ep_size * w.exchange.recv_capacity_per_source;
     w.exchange_replies = received * d;
     w.exchange_order = received;
+    w.exchange_send = CeilDiv(T, tp) * w.exchange.payload_bytes;
+    w.exchange_copies = CeilDiv(T, tp) * K;
+    w.exchange_routed = w.exchange.rows_per_round * K * d;
     w.moe_slice = tp > 1 ? CeilDiv(T, tp) * d : 0;
     w.moe_gather = tp > 1 ? tp * CeilDiv(T, tp) * d : 0;
   }

@@ -60,20 +60,29 @@ struct StepWorkspaceLayout {
   int64_t pooled = 0, pick_scores = 0, router_logits = 0, route_weights = 0;  // and expert_rows
                                                                               // routing weights
   // int32 / int64 buffers.
-  int64_t row_i32 = 0;  // [tokens] x6 (token, chunk, experts; twice: step and MTP rows)
-  int64_t row_i64 = 0;  // [tokens] x4 (positions twice, picked rows, entry positions)
+  // [tokens] x11: token, chunk and experts of the step and MTP rows (host), backend copies of
+  // their tokens and experts, picks per row.
+  int64_t row_i32 = 0;
+  // [tokens] x4 on the host (positions twice, picked rows, entry positions) and x2 in backend
+  // memory (positions of the step and MTP rows).
+  int64_t row_i64 = 0;
   int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;
   // Bytes: quantised activations (FP8 codes + UE8M0 scales), packed KV bytes moving to and from
   // the pool, pointer lists of the compressor.
   int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
   int64_t packed = 0;
   int64_t pool_rows = 0;  // row pointers of a compressor block (x2)
-  // Expert parallelism (ep_size > 1): the exchange's host buffers (exchange.HostExchangeBytes(),
-  // rows_per_round = min(exchange_rows, this rank's token slice ceil(tokens / tp))), the replies
-  // to what arrives in a round
-  // (bf16), the received entries grouped by local expert (int32), and the TP group's
-  // all-gather of the token slices (bf16: this rank's slice padded to the widest, then all).
+  // Expert parallelism (ep_size > 1). The exchange moves host memory (MPI), so the MoE stages
+  // through host buffers: the exchange's own (exchange.HostExchangeBytes(), rows_per_round =
+  // min(exchange_rows, this rank's token slice ceil(tokens / tp))); the slice's payload rows
+  // (exchange_send bytes) and its routing (exchange_copies int32 ids + f32 weights) read back
+  // from the backend; the group offsets (expert_offsets int64) and order (exchange_order int32)
+  // of what arrives; the replies to it (exchange_replies bf16); a round's routed rows
+  // (exchange_routed bf16); the TP group's all-gather of the token slices (moe_slice: this
+  // rank's slice padded to the widest, moe_gather: all). In backend memory: the received records
+  // (exchange.dispatch_recv_bytes), their order and the replies again.
   ExchangeLayout exchange;
+  int64_t exchange_send = 0, exchange_copies = 0, exchange_routed = 0;
   int64_t exchange_replies = 0, exchange_order = 0, moe_slice = 0, moe_gather = 0;
   // Per host thread: indexer candidates (f32 + i32), order and selection (i32), attention list
   // (pointers).

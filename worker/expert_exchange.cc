@@ -1,9 +1,9 @@
 #include "worker/expert_exchange.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/ops.h"
 
 namespace flotilla {
 namespace {
@@ -145,17 +145,13 @@ absl::Status ExpertExchange::GroupByLocalExpert(int64_t num_local, int64_t* offs
     }
     local_ids_[i] = h.local_expert;
   }
+  // A stable counting sort (host metadata: the records are in host memory).
+  std::fill(offsets, offsets + num_local + 1, int64_t(0));
+  for (int64_t i = 0; i < received; ++i) ++offsets[local_ids_[i] + 1];
+  for (int64_t e = 0; e < num_local; ++e) offsets[e + 1] += offsets[e];
+  for (int64_t i = 0; i < received; ++i) order[offsets[local_ids_[i]]++] = int32_t(i);
+  for (int64_t e = num_local; e > 0; --e) offsets[e] = offsets[e - 1];
   offsets[0] = 0;
-  if (num_local == 0) return absl::OkStatus();  // nothing can have arrived (checked above)
-  kernels::MoePermuteParams p;
-  p.expert_idx = local_ids_.data();
-  p.n = received;
-  p.k = 1;
-  p.first_expert = 0;
-  p.num_experts = num_local;
-  p.offsets = offsets;
-  p.order = order;
-  kernels::MoePermute(p);
   return absl::OkStatus();
 }
 
