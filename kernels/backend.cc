@@ -483,8 +483,8 @@ template <typename T>
 void CheckGroupWeights(Checker& c, const char* name, std::span<const In<T>> w, size_t num_groups,
                        int64_t need) {
   c.That(w.size() == num_groups, [&] {
-    return std::string(name) + " with one span per group (" + Str(int64_t(num_groups)) +
-           "; got " + Str(int64_t(w.size())) + ")";
+    return std::string(name) + " with one span per group (" + Str(int64_t(num_groups)) + "; got " +
+           Str(int64_t(w.size())) + ")";
   });
   for (size_t g = 0; g < w.size(); ++g) c.SpanAt(name, g, w[g], need);
 }

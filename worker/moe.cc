@@ -184,7 +184,8 @@ absl::Status GroupedExperts(kernels::Backend& backend, kernels::Queue& queue, co
     const Out<bf16> gu = ws.Use(ws.expert_gate_up, m * 2 * inter);
     const Out<bf16> act = ws.Use(ws.expert_act, m * inter);
     const Out<bf16> ye = ws.Use(ws.expert_out, m * d);
-    RETURN_IF_ERROR(GroupedLinear(backend, queue, mw, 0, offsets, p0, m, &qe, xe, d, gu, 2 * inter));
+    RETURN_IF_ERROR(
+        GroupedLinear(backend, queue, mw, 0, offsets, p0, m, &qe, xe, d, gu, 2 * inter));
     RETURN_IF_ERROR(GroupedLinear(backend, queue, mw, 1, offsets, p0, m, &qe, xe, d,
                                   gu.subspan(inter), 2 * inter));
     kernels::SwiGluArgs sp;

@@ -72,8 +72,8 @@ absl::Status ExpertsOnReceived(kernels::Backend& backend, kernels::Queue& queue,
   const Out<bf16> replies_dev = ws.exchange_replies_dev.span().first(received * d);
   RETURN_IF_ERROR(GroupedExperts(backend, queue, mw, in, order_dev, offsets_dev, received, limit,
                                  replies_dev, d, ws));
-  RETURN_IF_BACKEND_ERROR(backend.Download(
-      queue, In<bf16>(replies_dev), std::span<bf16>(replies, size_t(received * d))));
+  RETURN_IF_BACKEND_ERROR(backend.Download(queue, In<bf16>(replies_dev),
+                                           std::span<bf16>(replies, size_t(received * d))));
   RETURN_IF_BACKEND_ERROR(queue.Synchronize());
   return absl::OkStatus();
 }
@@ -121,9 +121,9 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, In<bf
   if (ns > 0) {
     if (quantized) {
       RETURN_IF_ERROR(QuantizeActs(backend, queue, xs, d, ns, d, xq));
-      RETURN_IF_BACKEND_ERROR(backend.Download(
-          queue, In<fp8>(xq.q.first(ns * d)),
-          std::span<fp8>(reinterpret_cast<fp8*>(send), size_t(ns * d))));
+      RETURN_IF_BACKEND_ERROR(
+          backend.Download(queue, In<fp8>(xq.q.first(ns * d)),
+                           std::span<fp8>(reinterpret_cast<fp8*>(send), size_t(ns * d))));
       RETURN_IF_BACKEND_ERROR(backend.Download(
           queue, In<e8m0>(xq.scale.first(ns * (d / 128))),
           std::span<e8m0>(reinterpret_cast<e8m0*>(send + ns * d), size_t(ns * (d / 128)))));
@@ -155,11 +155,11 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, In<bf
                                 std::span(round, size_t(num_pieces)), r0 + m < ns, step_));
     RETURN_IF_ERROR(ExpertsOnReceived(backend, queue, mw, quantized, ex, ws, d, limit));
     bf16* back = Use(ws.exchange_routed, m * k * d);
-    RETURN_IF_ERROR(ex.Combine(*par_.ep, reinterpret_cast<const uint8_t*>(ws.exchange_replies.data()),
+    RETURN_IF_ERROR(ex.Combine(*par_.ep,
+                               reinterpret_cast<const uint8_t*>(ws.exchange_replies.data()),
                                reinterpret_cast<uint8_t*>(back), step_));
     if (m > 0) {
-      RETURN_IF_BACKEND_ERROR(backend.Upload(queue,
-                                             std::span<const bf16>(back, size_t(m * k * d)),
+      RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const bf16>(back, size_t(m * k * d)),
                                              routed.subspan(first * d, m * k * d)));
     }
     if (!ex.any_more()) break;
@@ -198,8 +198,7 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, In<bf
     RETURN_IF_BACKEND_ERROR(queue.Synchronize());
   }
   bf16* all = Use(ws.moe_gather, par_.tp_size * widest * d);
-  RETURN_IF_ERROR(
-      par_.tp->AllGather(ys, widest * d * 2, all, Site("moe token-slice all-gather")));
+  RETURN_IF_ERROR(par_.tp->AllGather(ys, widest * d * 2, all, Site("moe token-slice all-gather")));
   for (int64_t t = 0; t < par_.tp_size; ++t) {
     const IndexRange sl = SplitEvenly(n, par_.tp_size, t);
     if (sl.size() == 0) continue;

@@ -166,7 +166,8 @@ uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = device_bytes_;
   b += Held(tp_sum) + Held(head_all);
   for (const CompressorState* s : {&state, &reset_state}) b += Held(s->kv) + Held(s->score);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &entry_slot})
+  for (auto* v :
+       {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &entry_slot})
     b += Held(*v);
   for (auto* v : {&pos, &mtp_pos, &pick_rows, &entry_pos}) b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
