@@ -106,6 +106,7 @@ class StepAllocations : public ::testing::Test {
     model_.reset();
     fs::remove_all(dir_);
   }
+  void RunDistributed(int num_ranks, int tp, bool count_prefill);
   static constexpr int64_t kBudget = 64;
   std::string dir_;
   std::unique_ptr<Model> model_;
@@ -209,27 +210,37 @@ class TransportMarkedComm final : public Comm {
   std::unique_ptr<Comm> inner_;
 };
 
-// Two workers of one job (expert parallel over both, no tensor parallelism), each with its own
-// sequences: warmed up, then counted over decode steps and a prefill chunk of the whole budget.
-TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) {
-  constexpr int kRanks = 2;
+// Workers of one job (expert parallel over all of them, `tp` ranks to a TP group), each DP group
+// with its own sequences: warmed up, then counted over decode steps and (count_prefill) a
+// prefill chunk of the whole budget.
+void StepAllocations::RunDistributed(int num_ranks, int tp, bool count_prefill) {
   std::vector<std::unique_ptr<Comm>> comms;
-  for (std::unique_ptr<Comm>& c : FakeCommGroup::Create(kRanks)) {
+  for (std::unique_ptr<Comm>& c : FakeCommGroup::Create(num_ranks)) {
     comms.push_back(std::make_unique<TransportMarkedComm>(std::move(c)));
   }
-  std::vector<LoadedWorker> workers(kRanks);
-  std::vector<std::string> errors(kRanks);
+  std::vector<std::unique_ptr<Comm>> tp_comms(num_ranks);
+  std::vector<LoadedWorker> workers(num_ranks);
+  std::vector<std::string> errors(num_ranks);
   {
     std::vector<std::thread> loads;
-    for (int r = 0; r < kRanks; ++r) {
+    for (int r = 0; r < num_ranks; ++r) {
       loads.emplace_back([&, r] {
+        if (tp > 1) {
+          absl::StatusOr<std::unique_ptr<Comm>> t = comms[r]->Split(r / tp, r % tp, {"tp"});
+          if (!t.ok()) {
+            errors[r] = std::string(t.status().message());
+            return;
+          }
+          tp_comms[r] = std::move(*t);
+        }
         WorkerLoadOptions o;
         o.model_dir = dir_;
+        o.tp = tp;
         o.kv_memory_bytes = 128ull << 20;
         o.tokens_per_step = kBudget;
         o.sequences_per_step = 4;
-        o.exchange_rows = 16;  // the prefill chunks' MoE runs in 4 rounds
-        absl::StatusOr<LoadedWorker> w = LoadWorker(o, *comms[r], nullptr);
+        o.exchange_rows = 16;  // a prefill chunk's MoE runs in several rounds
+        absl::StatusOr<LoadedWorker> w = LoadWorker(o, *comms[r], tp_comms[r].get());
         if (w.ok()) {
           workers[r] = std::move(*w);
         } else {
@@ -239,23 +250,24 @@ TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) {
     }
     for (std::thread& t : loads) t.join();
   }
-  for (int r = 0; r < kRanks; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
+  for (int r = 0; r < num_ranks; ++r) ASSERT_EQ(errors[r], "") << "rank " << r;
   const ExchangeLayout& ex = workers[0].model->workspace_layout().exchange;
   EXPECT_EQ(ex.rows_per_round, 16);
   EXPECT_EQ(workers[0].model->workspace_bytes(), workers[0].model->workspace_layout().Bytes());
 
   // Three phases, each between two barriers the test thread joins: warm-up, counted, counted.
-  std::barrier sync(kRanks + 1);
+  std::barrier sync(num_ranks + 1);
   auto wait = [&] {
     TransportScope t;
     sync.arrive_and_wait();
   };
   std::vector<std::thread> ranks;
-  for (int r = 0; r < kRanks; ++r) {
+  for (int r = 0; r < num_ranks; ++r) {
     ranks.emplace_back([&, r] {
+      const int group = r / tp;  // the ranks of a TP group run the same chunks
       Model& m = *workers[r].model;
       auto a = m.NewSequence(), b = m.NewSequence();
-      const std::vector<int32_t> pa = Prompt(200, 10 + r), pb = Prompt(150, 20 + r);
+      const std::vector<int32_t> pa = Prompt(200, 10 + group), pb = Prompt(150, 20 + group);
       Model::Output out;
       auto step = [&](std::span<const Model::Chunk> chunks) {
         const absl::Status s = m.Forward(chunks, &out);
@@ -267,8 +279,8 @@ TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) {
           const Model::Chunk chunks[2] = {{a.get(), std::span<const int32_t>(&ta, 1)},
                                           {b.get(), std::span<const int32_t>(&tb, 1)}};
           step(chunks);
-          ta = int32_t((ta + 17 + r) % 129280);
-          tb = int32_t((tb + 29 + r) % 129280);
+          ta = int32_t((ta + 17 + group) % 129280);
+          tb = int32_t((tb + 29 + group) % 129280);
         }
       };
       for (size_t s = 0; s + kBudget <= 128; s += kBudget) {
@@ -281,8 +293,10 @@ TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) {
       wait();  // the test thread turns counting on
       wait();
       decode(6);
-      const Model::Chunk chunk{b.get(), std::span<const int32_t>(pb.data() + 61, kBudget)};
-      step(std::span(&chunk, 1));
+      if (count_prefill) {
+        const Model::Chunk chunk{b.get(), std::span<const int32_t>(pb.data() + 61, kBudget)};
+        step(std::span(&chunk, 1));
+      }
       decode(2);
       wait();  // the test thread turns counting off
     });
@@ -295,10 +309,20 @@ TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) {
   wait();
   g_counting = false;
   for (std::thread& t : ranks) t.join();
-  for (int r = 0; r < kRanks; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
+  for (int r = 0; r < num_ranks; ++r) EXPECT_EQ(errors[r], "") << "rank " << r;
   EXPECT_EQ(g_allocations.load(), 0);
   std::printf("transport allocations (in-process comm, not asserted): %lld\n",
               (long long)g_transport_allocations.load());
+}
+
+TEST_F(StepAllocations, DistributedSteadyStateStepsAllocateNothing) { RunDistributed(2, 1, true); }
+
+// Two DP groups of two TP ranks: the token slices' all-gather and the TP sums too. Decode steps
+// only: a kernel's per-thread scratch grows to the most rows one GEMM call of that thread has
+// met (docs/capacity.md §7), and how a prefill chunk's rows fall into experts depends on the
+// data, so a counted chunk could meet a larger group than any warm-up chunk did.
+TEST_F(StepAllocations, DistributedTensorParallelDecodeStepsAllocateNothing) {
+  RunDistributed(4, 2, false);
 }
 
 TEST_F(StepAllocations, StepsBeyondTheWorkspaceAreRefused) {
