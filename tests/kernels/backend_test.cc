@@ -271,6 +271,19 @@ TEST_F(BackendTest, CopiesFillAndHostSizeChecks) {
   EXPECT_EQ(Down(b), (std::vector<int32_t>{1, -7, -7, -7, 5}));
   EXPECT_OK(backend_.Fill(*queue_, a, int32_t(0x01020304)));
   EXPECT_EQ(Down(a), std::vector<int32_t>(5, 0x01020304));
+  // Every element size, a zero fill next to a non-zero one (the zero fill must stop at its span).
+  DeviceSpan<uint8_t> u8 = Up(std::vector<uint8_t>(7, 1));
+  EXPECT_OK(backend_.Fill(*queue_, u8.subspan(1, 5), uint8_t(0xa5)));
+  EXPECT_OK(backend_.Fill(*queue_, u8.subspan(2, 2), uint8_t(0)));
+  EXPECT_EQ(Down(u8), (std::vector<uint8_t>{1, 0xa5, 0, 0, 0xa5, 0xa5, 1}));
+  DeviceSpan<bf16> u16 = Up(std::vector<bf16>(4, 0x3f80));
+  EXPECT_OK(backend_.Fill(*queue_, u16.subspan(1, 2), bf16(0xbeef)));
+  EXPECT_EQ(Down(u16), (std::vector<bf16>{0x3f80, 0xbeef, 0xbeef, 0x3f80}));
+  DeviceSpan<int64_t> i64 = Up(std::vector<int64_t>(3, 9));
+  EXPECT_OK(backend_.Fill(*queue_, i64.first(2), int64_t(-0x123456789)));
+  EXPECT_EQ(Down(i64), (std::vector<int64_t>{-0x123456789, -0x123456789, 9}));
+  EXPECT_OK(backend_.Fill(*queue_, i64.subspan(1, 1), int64_t(0)));
+  EXPECT_EQ(Down(i64), (std::vector<int64_t>{-0x123456789, 0, 9}));
 
   std::vector<int32_t> four(4);
   EXPECT_ERROR(backend_.Download(*queue_, DeviceSpan<const int32_t>(a), std::span<int32_t>(four)),
