@@ -193,19 +193,6 @@ absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a,
   return absl::OkStatus();
 }
 
-absl::Status Model::GatherHeads(kernels::In<bf16> local_span, int64_t n, int64_t count,
-                                const char* what, kernels::Out<bf16> full_span) const {
-  const int64_t tp = par_.tp_size;
-  const bf16* local = HostOf(local_span);
-  bf16* full = HostOf(full_span);
-  bf16* all = HostOf(ws_->Use(ws_->gather, tp * n * count));
-  RETURN_IF_ERROR(par_.tp->AllGather(local, size_t(n * count) * 2, all, Site(what)));
-  for (int64_t t = 0; t < tp; ++t)
-    for (int64_t r = 0; r < n; ++r)
-      std::copy_n(&all[(t * n + r) * count], count, &full[(r * tp + t) * count]);
-  return absl::OkStatus();
-}
-
 // With tensor parallelism this rank holds its query heads, sinks and output groups; the KV path
 // and the compressors are computed on every rank (one KV head).
 absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf16> x,

@@ -82,12 +82,12 @@ struct StepWorkspace {
       attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up,
       expert_act;
   // f32
-  Buffer<float> hc_post, hc_comb, head_part, compressor_k, compressor_g, pooled, pick_scores,
-      router_logits, route_weights, expert_weights;
+  Buffer<float> hc_post, hc_comb, tp_sum_dev, head_part, compressor_k, compressor_g, pooled,
+      pick_scores, router_logits, route_weights, expert_weights;
   // integers: the rows' device copies (Model::Rows), the indexer's picks, the routing
   Buffer<int64_t> pos_dev, mtp_pos_dev;
-  Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, num_picks, picks,
-      route_idx;
+  Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, pick_rows_dev, num_picks,
+      picks, route_idx;
   // the MoE: the tokens' tid2eid rows, the assignments grouped by expert (offsets and order)
   Buffer<int64_t> hash_ids, expert_offsets;
   Buffer<int32_t> expert_order;
@@ -100,10 +100,14 @@ struct StepWorkspace {
   QuantizedActs block_acts, expert_acts, linear_acts;
 
   // ---- host memory
-  std::vector<float> tp_sum, head_all;  // communication staging (MPI reads host memory)
+  // Communication staging (MPI reads and writes host memory): TP sums, this rank's logits and
+  // the TP group's, this rank's heads and the TP group's (gather_stage: [local | all]).
+  std::vector<float> tp_sum, head_stage, head_all;
+  std::vector<bf16> gather_stage;
   CompressorState state, reset_state;
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, entry_slot;
-  std::vector<int64_t> pos, mtp_pos, pick_rows, entry_pos;
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows,
+      entry_slot;
+  std::vector<int64_t> pos, mtp_pos, entry_pos;
   std::vector<ChunkRecord> chunks, mtp_chunks;
   std::vector<uint8_t> packed;
   std::vector<const float*> k_rows, g_rows;

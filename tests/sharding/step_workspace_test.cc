@@ -19,18 +19,19 @@ namespace {
 //         compressed 512, routed 4*6*256 = 6144, expert in/out/shared 1024 x3,
 //         gate/up 4*256 = 1024, act 512                     = 62,480 elements = 124,960 B
 //   f32:  hc post 16, comb 64, compressor kv/gate 4*256 = 1024 x2, state 8*256 = 2048 x4,
-//         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4
-//                                                           = 10,946 elements =  43,784 B
-//   i32:  rows 4 x(7 + 4), picks 16, entry slots 16 + 16, route idx 30, expert order 24
-//                                                                         = 146 =     584 B
-//   i64:  rows 4 x(4 + 2), expert offsets 17, tid2eid rows 30              =  71 =     568 B
+//         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4,
+//         head part 2 logit rows x vocab 129,280 = 258,560
+//                                                         = 269,506 elements = 1,078,024 B
+//   i32:  rows 4 x(8 + 5), picks 16, entry slots 16 + 16, route idx 30, expert order 24
+//                                                                         = 154 =     616 B
+//   i64:  rows 4 x(3 + 2), expert offsets 17, tid2eid rows 30              =  67 =     536 B
 //   sequence records 2 x2 x 32 B                                                 =     128 B
 //   FP8 activations (4 rows x max(hc*d = 1024, ...) codes + /128 scales) x3     =  12,384 B
 //   packed KV: max(window 32, 16, 4) main entries x 200 B                        =   6,400 B
 //   compressor row pointers 2 x 8 x2 x 8 B                                       =     256 B
 //   per thread: candidates (4 + 8) x (4 + 4) B, order and selection 4 x 4 B x2, attention
 //               list (window 32 + max(topk 4, HCA 64/8)) x 8 B                    =     448 B
-//                                                                         total  = 189,512 B
+//                                                                       total  = 1,223,752 B
 TEST(StepWorkspace, TinyWorkedByHand) {
   auto c = PresetConfig("tiny");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -51,12 +52,14 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w->act_q, 4096);
   EXPECT_EQ(w->packed, 6400);
   EXPECT_EQ(w->PerThreadBytes(), 448u);
-  EXPECT_EQ(w->Bytes(), 189512u);
+  EXPECT_EQ(w->head_part, 2 * 129280);
+  EXPECT_EQ(w->head_stage, 0);  // tp 1: nothing to stage for an all-gather
+  EXPECT_EQ(w->Bytes(), 1223752u);
   // Each further thread adds its scratch.
   l.threads = 3;
   auto w3 = MakeStepWorkspaceLayout(*c, l);
   ASSERT_TRUE(w3.ok());
-  EXPECT_EQ(w3->Bytes(), 189512u + 2 * 448u);
+  EXPECT_EQ(w3->Bytes(), 1223752u + 2 * 448u);
 }
 
 // Expert parallelism adds the exchange's host buffers. tiny over 4 EP ranks, TP 2, 4 tokens:
