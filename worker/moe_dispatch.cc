@@ -21,11 +21,9 @@ using kernels::In;
 using kernels::Out;
 
 // Host elements [0, n) of a workspace staging vector as a span (reserved at start).
-template <typename T, typename V>
-std::span<T> Staging(std::vector<V>& v, int64_t n) {
-  static_assert(sizeof(V) == 1 || sizeof(T) == sizeof(V));
-  const int64_t elements = int64_t(sizeof(V)) * n / int64_t(sizeof(T));
-  return std::span<T>(reinterpret_cast<T*>(Use(v, n)), size_t(elements));
+template <typename T>
+std::span<T> Staging(std::vector<T>& v, int64_t n) {
+  return std::span<T>(Use(v, n), size_t(n));
 }
 
 // This rank's experts over what arrived in one round, grouped by local expert in arrival order
@@ -109,8 +107,8 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, In<bf
   uint8_t* send = Use(ws.exchange_send, ns * payload);
   ExpertExchange::Piece pieces[2];
   int64_t num_pieces = 1;
-  const std::span<int32_t> idx_host = Staging<int32_t>(ws.exchange_idx, ns * k);
-  const std::span<float> weights_host = Staging<float>(ws.exchange_weights, ns * k);
+  const std::span<int32_t> idx_host = Staging(ws.exchange_idx, ns * k);
+  const std::span<float> weights_host = Staging(ws.exchange_weights, ns * k);
   if (quantized) {
     pieces[0] = {send, d, d};
     pieces[1] = {send + ns * d, d / 128, d / 128};
