@@ -64,6 +64,87 @@ FLOTILLA_AVX2_INLINE void MicroKernel(const float* const* a, const float* const*
     for (int c = 0; c < NR; ++c) _mm256_storeu_ps(acc[r * NR + c], s[r][c]);
 }
 
+// One or two A rows against bf16 W: the weights are converted in registers and used straight
+// from memory (memory bound; no f32 copy of W). acc[r][c] is the lane-order accumulator of A row r
+// and W row c, the same FMA sequence per lane as the chunked path, so the bits are the same.
+// NR W rows advance together, each one FMA chain. `next` (may be null): the rows of the tile that
+// comes next, prefetched in step with these (a tile's rows are too short for the hardware
+// prefetcher to ramp up).
+template <int MR, int NR>
+FLOTILLA_AVX2_INLINE void DirectBf16Kernel(const float* const* a, const bf16* const* w,
+                                           const bf16* const* next, int64_t steps,
+                                           __m256 (&s)[MR][NR]) {
+  int64_t t = 0;
+  for (; t + 4 <= steps; t += 4) {  // 4 steps = 64 bytes of each W row
+    if (next) {
+      for (int c = 0; c < NR; ++c)
+        _mm_prefetch(reinterpret_cast<const char*>(next[c] + 8 * t), _MM_HINT_T0);
+    }
+    for (int u = 0; u < 4; ++u) {
+      __m256 av[MR];
+      for (int r = 0; r < MR; ++r) av[r] = _mm256_loadu_ps(a[r] + 8 * (t + u));
+      for (int c = 0; c < NR; ++c) {
+        const __m256 wv = avx2::LoadBf16(w[c] + 8 * (t + u));
+        for (int r = 0; r < MR; ++r) s[r][c] = _mm256_fmadd_ps(av[r], wv, s[r][c]);
+      }
+    }
+  }
+  for (; t < steps; ++t) {
+    __m256 av[MR];
+    for (int r = 0; r < MR; ++r) av[r] = _mm256_loadu_ps(a[r] + 8 * t);
+    for (int c = 0; c < NR; ++c) {
+      const __m256 wv = avx2::LoadBf16(w[c] + 8 * t);
+      for (int r = 0; r < MR; ++r) s[r][c] = _mm256_fmadd_ps(av[r], wv, s[r][c]);
+    }
+  }
+}
+
+// Rows i0 .. i0 + MR - 1 of A (MR = 1 or 2) against bf16 W rows n0 .. n1 - 1 (n1 - n0 <= 8);
+// next_n0 .. next_n1 - 1: the W rows to prefetch (none when equal).
+template <int MR>
+FLOTILLA_AVX2 void DenseTileBf16Direct(const DenseA& a, int64_t i0, const DenseOperand& w,
+                                       int64_t n0, int64_t n1, int64_t next_n0, int64_t next_n1,
+                                       float* out, int64_t ldo) {
+  const int64_t k = a.k();
+  const int64_t k8 = k / 8 * 8;
+  const int nt = static_cast<int>(n1 - n0);
+  const bf16* wp[8];  // rows past n1 repeat the last row; their results are dropped
+  const bf16* np[8];
+  for (int c = 0; c < 8; ++c) {
+    wp[c] = w.b16 + std::min(n0 + c, n1 - 1) * w.ld;
+    np[c] = w.b16 + std::min(next_n0 + c, next_n1 - 1) * w.ld;
+  }
+  const float* ap[MR];
+  for (int r = 0; r < MR; ++r) ap[r] = a.Row(i0 + r);
+  __m256 acc[MR][8];
+  // MR = 2 runs the W rows as two halves of 4 so that the accumulators stay in registers.
+  constexpr int kPart = MR == 1 ? 8 : 4;
+  for (int h = 0; h < 8; h += kPart) {
+    __m256 s[MR][kPart];
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < kPart; ++c) s[r][c] = _mm256_setzero_ps();
+    DirectBf16Kernel<MR, kPart>(ap, wp + h, next_n1 > next_n0 ? np + h : nullptr, k8 / 8, s);
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < kPart; ++c) acc[r][h + c] = s[r][c];
+  }
+  if (k8 < k) {  // tail group: only lanes 0 .. k-k8-1 take a step
+    const int rem = static_cast<int>(k - k8);
+    const __m256 mask = _mm256_castsi256_ps(avx2::FirstLanesMask(rem));
+    for (int c = 0; c < 8; ++c) {
+      const __m256 wv = avx2::LoadPartial8(wp[c] + k8, rem);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 av = avx2::LoadPartial8(ap[r] + k8, rem);
+        acc[r][c] = _mm256_blendv_ps(acc[r][c], _mm256_fmadd_ps(av, wv, acc[r][c]), mask);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(32) float res[8];
+    _mm256_store_ps(res, avx2::CombineNatural8(acc[r]));
+    std::copy(res, res + nt, out + r * ldo);
+  }
+}
+
 struct TileScratch {
   std::vector<float> w;    // [8][kChunkK]
   std::vector<float> acc;  // [rows][8 W rows][8 lanes]
@@ -80,6 +161,14 @@ FLOTILLA_AVX2 void DenseTileAvx2(const DenseA& a, int64_t i0, int64_t i1, const 
   const int64_t k8 = k / 8 * 8;
   const int64_t rows = i1 - i0;
   const int nt = static_cast<int>(n1 - n0);
+  if (w.b16 && rows <= 2) {
+    if (rows == 1) {
+      DenseTileBf16Direct<1>(a, i0, w, n0, n1, n0, n0, out, ldo);
+    } else {
+      DenseTileBf16Direct<2>(a, i0, w, n0, n1, n0, n0, out, ldo);
+    }
+    return;
+  }
   TileScratch& scratch = Scratch();
   if (w.b16 && scratch.w.size() < size_t(8 * kChunkK)) scratch.w.resize(8 * kChunkK);
   if (scratch.acc.size() < size_t(rows * 64)) scratch.acc.resize(rows * 64);
@@ -190,6 +279,20 @@ void DenseGemm(const DenseOperand& a, int64_t m, const DenseOperand& w, int64_t 
   const int64_t m_chunks = (m + m_chunk - 1) / m_chunk;
   const int64_t items = n_tiles * m_chunks;
   const bool parallel = items > 1 && m * n * k >= (1 << 16);
+  if (prepared.avx2() && w.b16 && m <= 2 && c_bf16 == nullptr) {
+    // One or two rows (decode): W streams once from memory; each tile prefetches the next.
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t tile = 0; tile < n_tiles; ++tile) {
+      const int64_t n0 = tile * kDenseTileN, n1 = std::min(n, n0 + kDenseTileN);
+      const int64_t n2 = std::min(n, n1 + kDenseTileN);
+      if (m == 1) {
+        DenseTileBf16Direct<1>(prepared, 0, w, n0, n1, n1, n2, c + n0, ldc);
+      } else {
+        DenseTileBf16Direct<2>(prepared, 0, w, n0, n1, n1, n2, c + n0, ldc);
+      }
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t tile = item % n_tiles, mc = item / n_tiles;
