@@ -604,7 +604,7 @@ TEST(DenseGemm, OneAndTwoRowsBitwiseAcrossPaths) {
           for (int64_t j = n; j < c.ldc; ++j) ASSERT_EQ(out[i * c.ldc + j], 12345.0f);
         }
       }
-      // GemmBf16 rounds the same dots once (the bf16 output runs tile by tile).
+      // GemmBf16 rounds the same dots once.
       std::vector<bf16> out16(m * c.ldc, 0xdead);
       GemmBf16({.a = d.a16.data(),
                 .lda = c.lda,
