@@ -64,6 +64,120 @@ FLOTILLA_AVX2_INLINE void MicroKernel(const float* const* a, const float* const*
     for (int c = 0; c < NR; ++c) _mm256_storeu_ps(acc[r * NR + c], s[r][c]);
 }
 
+// One or two A rows against W used straight from memory (bf16 rows are converted in registers;
+// no f32 copy of W): memory bound. acc[r][c] is the lane-order accumulator of A row r and W row c,
+// the same FMA sequence per lane as the chunked path, so the bits are the same. NR W rows advance
+// together, each one FMA chain. `next` (may be null): the rows of the tile that comes next,
+// prefetched into L2 in step with these (short bf16 rows are too short for the hardware prefetcher
+// to ramp up; into L2 measured a little faster than into L1).
+template <int MR, int NR, class W>
+FLOTILLA_AVX2_INLINE void DirectKernel(const float* const* a, const W* const* w,
+                                       const W* const* next, int64_t steps, __m256 (&s)[MR][NR]) {
+  constexpr int kStepBytes = 8 * sizeof(W);
+  int64_t t = 0;
+  for (; t + 4 <= steps; t += 4) {  // 4 steps = 64 (bf16) or 128 (f32) bytes of each W row
+    if (next) {
+      for (int c = 0; c < NR; ++c) {
+        const char* line = reinterpret_cast<const char*>(next[c] + 8 * t);
+        for (int b = 0; b < 4 * kStepBytes; b += 64) _mm_prefetch(line + b, _MM_HINT_T1);
+      }
+    }
+    for (int u = 0; u < 4; ++u) {
+      __m256 av[MR];
+      for (int r = 0; r < MR; ++r) av[r] = _mm256_loadu_ps(a[r] + 8 * (t + u));
+      for (int c = 0; c < NR; ++c) {
+        const __m256 wv = avx2::Load8<W>(w[c] + 8 * (t + u));
+        for (int r = 0; r < MR; ++r) s[r][c] = _mm256_fmadd_ps(av[r], wv, s[r][c]);
+      }
+    }
+  }
+  for (; t < steps; ++t) {
+    __m256 av[MR];
+    for (int r = 0; r < MR; ++r) av[r] = _mm256_loadu_ps(a[r] + 8 * t);
+    for (int c = 0; c < NR; ++c) {
+      const __m256 wv = avx2::Load8<W>(w[c] + 8 * t);
+      for (int r = 0; r < MR; ++r) s[r][c] = _mm256_fmadd_ps(av[r], wv, s[r][c]);
+    }
+  }
+}
+
+// W rows h .. h + NR - 1 of the tile into acc[.][h ..].
+template <int MR, int NR, class W>
+FLOTILLA_AVX2_INLINE void DirectPart(const float* const* a, const W* const* w, const W* const* next,
+                                     int64_t steps, int h, __m256 (&acc)[MR][8]) {
+  __m256 s[MR][NR];
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) s[r][c] = _mm256_setzero_ps();
+  DirectKernel<MR, NR, W>(a, w + h, next ? next + h : nullptr, steps, s);
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) acc[r][h + c] = s[r][c];
+}
+
+// Rows i0 .. i0 + MR - 1 of A (MR = 1 or 2) against W rows n0 .. n1 - 1 (n1 - n0 <= 8);
+// next_n0 .. next_n1 - 1: the W rows to prefetch (none when equal).
+template <int MR, class W>
+FLOTILLA_AVX2 void DenseTileDirect(const DenseA& a, int64_t i0, const W* w_base, int64_t ldw,
+                                   int64_t n0, int64_t n1, int64_t next_n0, int64_t next_n1,
+                                   float* out, int64_t ldo) {
+  const int64_t k = a.k();
+  const int64_t k8 = k / 8 * 8;
+  const int nt = static_cast<int>(n1 - n0);
+  const W* wp[8];  // rows past n1 repeat the last row; their results are dropped
+  const W* np[8];
+  for (int c = 0; c < 8; ++c) {
+    wp[c] = w_base + std::min(n0 + c, n1 - 1) * ldw;
+    np[c] = w_base + std::min(next_n0 + c, next_n1 - 1) * ldw;
+  }
+  // f32 rows are prefetched by the hardware alone as fast (measured); bf16 rows are not.
+  const W* const* next = sizeof(W) == 2 && next_n1 > next_n0 ? np : nullptr;
+  const float* ap[MR];
+  for (int r = 0; r < MR; ++r) ap[r] = a.Row(i0 + r);
+  __m256 acc[MR][8];
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < 8; ++c) acc[r][c] = _mm256_setzero_ps();
+  // Two rows (or a tile of at most 4) run in parts of 4 W rows, so that the accumulators stay in
+  // registers and no W row is read twice.
+  if (MR == 1 && nt > 4) {
+    DirectPart<MR, 8, W>(ap, wp, next, k8 / 8, 0, acc);
+  } else {
+    for (int h = 0; h < nt; h += 4) DirectPart<MR, 4, W>(ap, wp, next, k8 / 8, h, acc);
+  }
+  if (k8 < k) {  // tail group: only lanes 0 .. k-k8-1 take a step
+    const int rem = static_cast<int>(k - k8);
+    const __m256 mask = _mm256_castsi256_ps(avx2::FirstLanesMask(rem));
+    for (int c = 0; c < nt; ++c) {
+      const __m256 wv = avx2::LoadPartial8(wp[c] + k8, rem);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 av = avx2::LoadPartial8(ap[r] + k8, rem);
+        acc[r][c] = _mm256_blendv_ps(acc[r][c], _mm256_fmadd_ps(av, wv, acc[r][c]), mask);
+      }
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(32) float res[8];
+    _mm256_store_ps(res, avx2::CombineNatural8(acc[r]));
+    std::copy(res, res + nt, out + r * ldo);
+  }
+}
+
+// Rows i0 .. i0 + rows - 1 (rows = 1 or 2) of A against W rows n0 .. n1 - 1 (see DenseTileDirect).
+void DenseRowsDirect(const DenseA& a, int64_t i0, int64_t rows, const DenseOperand& w, int64_t n0,
+                     int64_t n1, int64_t next_n0, int64_t next_n1, float* out, int64_t ldo) {
+  if (w.b16) {
+    if (rows == 1) {
+      DenseTileDirect<1>(a, i0, w.b16, w.ld, n0, n1, next_n0, next_n1, out, ldo);
+    } else {
+      DenseTileDirect<2>(a, i0, w.b16, w.ld, n0, n1, next_n0, next_n1, out, ldo);
+    }
+  } else {
+    if (rows == 1) {
+      DenseTileDirect<1>(a, i0, w.f32, w.ld, n0, n1, next_n0, next_n1, out, ldo);
+    } else {
+      DenseTileDirect<2>(a, i0, w.f32, w.ld, n0, n1, next_n0, next_n1, out, ldo);
+    }
+  }
+}
+
 struct TileScratch {
   std::vector<float> w;    // [8][kChunkK]
   std::vector<float> acc;  // [rows][8 W rows][8 lanes]
@@ -80,6 +194,10 @@ FLOTILLA_AVX2 void DenseTileAvx2(const DenseA& a, int64_t i0, int64_t i1, const 
   const int64_t k8 = k / 8 * 8;
   const int64_t rows = i1 - i0;
   const int nt = static_cast<int>(n1 - n0);
+  if (rows <= 2) {
+    DenseRowsDirect(a, i0, rows, w, n0, n1, n0, n0, out, ldo);
+    return;
+  }
   TileScratch& scratch = Scratch();
   if (w.b16 && scratch.w.size() < size_t(8 * kChunkK)) scratch.w.resize(8 * kChunkK);
   if (scratch.acc.size() < size_t(rows * 64)) scratch.acc.resize(rows * 64);
@@ -190,6 +308,27 @@ void DenseGemm(const DenseOperand& a, int64_t m, const DenseOperand& w, int64_t 
   const int64_t m_chunks = (m + m_chunk - 1) / m_chunk;
   const int64_t items = n_tiles * m_chunks;
   const bool parallel = items > 1 && m * n * k >= (1 << 16);
+  if (prepared.avx2() && m <= 2) {
+    // One or two rows (decode): W streams once from memory; each tile prefetches the next. Few
+    // tiles are split in half so that the threads share them evenly.
+    const int64_t tile_n = n_tiles >= 4 * threads || threads == 1 ? kDenseTileN : kDenseTileN / 2;
+    const int64_t tiles = (n + tile_n - 1) / tile_n;
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t n0 = tile * tile_n, n1 = std::min(n, n0 + tile_n);
+      const int64_t n2 = std::min(n, n1 + tile_n);
+      float tmp[2 * kDenseTileN];
+      float* out = c_bf16 ? tmp : c + n0;
+      const int64_t ldo = c_bf16 ? kDenseTileN : ldc;
+      DenseRowsDirect(prepared, 0, m, w, n0, n1, n1, n2, out, ldo);
+      if (c_bf16 == nullptr) continue;
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = n0; j < n1; ++j)
+          c_bf16[i * ldc + j] = F32ToBf16(tmp[i * kDenseTileN + j - n0]);
+      }
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t item = 0; item < items; ++item) {
     const int64_t tile = item % n_tiles, mc = item / n_tiles;

@@ -140,7 +140,7 @@ FLOTILLA_AVX2 void GemmFp8RowAvx2(const GemmFp8Params& p, const float* a) {
           const int64_t off = kb * 128 + 32 * q;
           for (int l = 0; l < 4; ++l) {
             const char* pf = next + 8 * off + 64 * l;
-            if (pf < next_end) _mm_prefetch(pf, _MM_HINT_T0);
+            if (pf < next_end) _mm_prefetch(pf, _MM_HINT_T1);
           }
           for (int r = 0; r < 8; ++r) {
             const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + off));

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/ops.h"
@@ -563,6 +564,73 @@ TEST(DenseGemm, ContractOrderBitwise) {
              .n = c.n,
              .k = c.k});
     EXPECT_BITWISE_EQ(out, EmulateDense(d.a32.data(), d.w16.data(), c));
+  }
+}
+
+// One and two A rows take the direct (decode) path, three rows the chunked path; all give the
+// contract's bits for every storage of A and W: odd n (partial tiles; few tiles are split in
+// halves), k tails, strided operands.
+TEST(DenseGemm, OneAndTwoRowsBitwiseAcrossPaths) {
+  if (!cpu::CpuHasAvx2()) GTEST_SKIP() << "no AVX2 on this CPU";
+  test::ScopedSimd simd(cpu::Simd::kAvx2);
+  // {n, k, row padding of A and W}
+  const int64_t shapes[][3] = {{1, 1, 0},     {5, 100, 0},   {7, 8, 3},     {13, 31, 0},
+                               {17, 33, 5},   {23, 69, 1},   {24, 4096, 0}, {64, 600, 0},
+                               {41, 1031, 9}, {1000, 256, 0}};
+  for (const auto& [n, k, extra] : shapes) {
+    const DenseCase c{3, n, k, k + extra, k + extra, n + 2};
+    const DenseData d = MakeDense(c, 900 + n * 7 + k);
+    const DenseCase dense{c.m, c.n, c.k, c.lda, c.ldw, c.n};
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool a_bf16 = variant & 1, w_bf16 = variant & 2;
+      std::vector<float> want;
+      if (a_bf16) {
+        want = w_bf16 ? EmulateDense(d.a16.data(), d.w16.data(), dense)
+                      : EmulateDense(d.a16.data(), d.w32.data(), dense);
+      } else {
+        want = w_bf16 ? EmulateDense(d.a32.data(), d.w16.data(), dense)
+                      : EmulateDense(d.a32.data(), d.w32.data(), dense);
+      }
+      for (const int64_t m : {1, 2, 3}) {
+        std::vector<float> out(m * c.ldc, 12345.0f);
+        GemmF32({.a = a_bf16 ? nullptr : d.a32.data(),
+                 .a_bf16 = a_bf16 ? d.a16.data() : nullptr,
+                 .lda = c.lda,
+                 .w = w_bf16 ? nullptr : d.w32.data(),
+                 .w_bf16 = w_bf16 ? d.w16.data() : nullptr,
+                 .ldw = c.ldw,
+                 .c = out.data(),
+                 .ldc = c.ldc,
+                 .m = m,
+                 .n = n,
+                 .k = k});
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            ASSERT_EQ(F32ToBits(out[i * c.ldc + j]), F32ToBits(want[i * n + j]))
+                << "n " << n << " k " << k << " m " << m << " variant " << variant << " (" << i
+                << "," << j << ")";
+          }
+          for (int64_t j = n; j < c.ldc; ++j) ASSERT_EQ(out[i * c.ldc + j], 12345.0f);
+        }
+        if (variant != 3) continue;
+        // GemmBf16 rounds the same dots once.
+        std::vector<bf16> out16(m * c.ldc, 0xdead);
+        GemmBf16({.a = d.a16.data(),
+                  .lda = c.lda,
+                  .w = d.w16.data(),
+                  .ldw = c.ldw,
+                  .c = out16.data(),
+                  .ldc = c.ldc,
+                  .m = m,
+                  .n = n,
+                  .k = k});
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j)
+            ASSERT_EQ(out16[i * c.ldc + j], F32ToBf16(want[i * n + j]));
+          for (int64_t j = n; j < c.ldc; ++j) ASSERT_EQ(out16[i * c.ldc + j], 0xdead);
+        }
+      }
+    }
   }
 }
 
