@@ -127,6 +127,13 @@ class Backend {
   BackendStatus UnpackKvEntries(Queue& queue, const KvUnpackArgs& args);
   BackendStatus PackIndexerKeys(Queue& queue, const KvPackArgs& args);
   BackendStatus UnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args);
+  // ---- attention ops
+  BackendStatus CompressorUpdate(Queue& queue, const CompressorUpdateArgs& args);
+  BackendStatus RoundToBf16(Queue& queue, const RoundToBf16Args& args);
+  BackendStatus IndexerTopK(Queue& queue, const IndexerTopKArgs& args);
+  BackendStatus PickedEntries(Queue& queue, const PickedEntriesArgs& args);
+  BackendStatus UnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args);
+  BackendStatus ChunkAttention(Queue& queue, const ChunkAttentionArgs& args);
 
   // Whether `span` is usable by this backend: made by one of its arenas, inside it. Empty spans
   // pass only where the caller allows (optional inputs). The error names `op` and `arg`.
@@ -172,6 +179,13 @@ class Backend {
   virtual BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) = 0;
   virtual BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) = 0;
   virtual BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) = 0;
+  // ---- attention ops
+  virtual BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) = 0;
+  virtual BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) = 0;
+  virtual BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) = 0;
+  virtual BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) = 0;
+  virtual BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) = 0;
+  virtual BackendStatus DoChunkAttention(Queue& queue, const ChunkAttentionArgs& args) = 0;
 
  private:
   BackendStatus CheckRaw(const char* op, const char* arg, const Arena* arena, uintptr_t address,

@@ -74,6 +74,13 @@ class CudaBackend final : public Backend {
   BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) override;
   BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) override;
   BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) override;
+  // ---- attention ops
+  BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) override;
+  BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) override;
+  BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) override;
+  BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) override;
+  BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) override;
+  BackendStatus DoChunkAttention(Queue& queue, const ChunkAttentionArgs& args) override;
 
  private:
   CudaBackend(int device, int64_t max_arena_bytes);
