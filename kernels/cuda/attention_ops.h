@@ -1,0 +1,57 @@
+// Small device ops of the model's attention (kernels/backend_ops.h, "attention ops") on the GPU,
+// bit for bit with the CPU backend: the compressor's entry positions, the f32 -> bf16 rounding of
+// pooled entries, the picked-entry dedupe of the sparse indexer, and the unpacking of packed main
+// entries read through a page table (kv_paging.h's addressing and decoding). Index lists only
+// the device reads are checked there: a bad element is skipped and reported by the queue's next
+// Synchronize (device_error.h). Plain C++ header.
+#pragma once
+
+#include <cstdint>
+
+#include "common/dtype.h"
+#include "kernels/cuda/device_error.h"
+
+struct CUstream_st;
+
+namespace flotilla::kernels::cuda {
+
+constexpr int kAttentionOpThreads = 256;
+constexpr int kPickedEntriesThreads = 1024;  // one block: a scan over the visible entries
+
+// entry_pos[e] = (start_pos / ratio + e) * ratio for e < entries.
+int LaunchEntryPositions(int64_t* entry_pos, int64_t entries, int64_t start_pos, int64_t ratio,
+                         CUstream_st* stream);
+
+// y[i] = F32ToBf16(x[i]).
+int LaunchRoundToBf16(const float* x, int64_t n, bf16* y, CUstream_st* stream);
+
+struct PickedEntriesParams {
+  const int32_t* picks = nullptr;      // [rows, top_k] device
+  const int32_t* num_picks = nullptr;  // [rows] device
+  int64_t rows = 0, top_k = 0, visible = 0, max_entries = 0;
+  int32_t* entry_slot = nullptr;  // [visible] device
+  int32_t* entry_idx = nullptr;   // [max_entries] device
+  int32_t* count = nullptr;       // [1] device
+  DeviceError* error = nullptr;
+};
+const char* CheckPickedEntries(const PickedEntriesParams& p);
+int LaunchPickedEntries(const PickedEntriesParams& p, CUstream_st* stream);
+
+struct KvUnpackPagedParams {
+  const uint8_t* pool = nullptr;  // device
+  int64_t pool_pages = 0, page_bytes = 0, per_page = 0;
+  const int32_t* page_ids = nullptr;  // [table_pages] device
+  int64_t table_pages = 0;
+  const int32_t* units = nullptr;  // [max_rows] device
+  const int32_t* count = nullptr;  // [1] device
+  int64_t max_rows = 0;
+  int64_t nope = 0, rope = 0, entry_bytes = 0;
+  bf16* x = nullptr;  // [max_rows, nope + rope] device, row stride ldx
+  int64_t ldx = 0;
+  DeviceError* error = nullptr;
+};
+const char* CheckKvUnpackPaged(const KvUnpackPagedParams& p);
+int64_t KvUnpackPagedBlocks(const KvUnpackPagedParams& p);
+int LaunchKvUnpackPaged(const KvUnpackPagedParams& p, CUstream_st* stream);
+
+}  // namespace flotilla::kernels::cuda
