@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention_ops.h"
+#include "kernels/cuda/indexer.h"
 #include "kernels/cuda/kv_paging.h"
 
 namespace flotilla::kernels::cuda {
@@ -114,6 +115,141 @@ __global__ void __launch_bounds__(kAttentionOpThreads) KvUnpackPagedKernel(KvUnp
   }
 }
 
+// IndexerTopK: a block per row (attention_ops.h).
+__global__ void __launch_bounds__(kIndexerTopKThreads) IndexerTopKKernel(IndexerTopKParams p) {
+  extern __shared__ float smem[];
+  const int64_t r = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int64_t b0 = p.first_key;
+  const int64_t e1 = min((p.start_pos + r + 1) / p.ratio, b0 + p.n_keys);
+  if (e1 <= b0) return;
+  const int64_t have = p.num_picks[r], count = e1 - b0, n = have + count;
+  if (have < 0 || have > p.top_k) {
+    if (tid == 0) Record(p.error, kDeviceErrorTopKCount, r, have, p.top_k + 1);
+    return;
+  }
+  const int64_t hd = p.num_heads * p.dim;
+  float* q = smem;                        // [num_heads * dim]
+  float* w = q + hd;                      // [num_heads]
+  float* scores = w + p.num_heads;        // [n_keys]
+  const int64_t words = (hd + p.num_heads + p.n_keys + 1) / 2 * 2;
+  unsigned long long* keys = reinterpret_cast<unsigned long long*>(smem + words);
+  int size = 1;
+  while (size < p.top_k) size <<= 1;
+  float* kept = reinterpret_cast<float*>(keys + size);  // the winners' scores
+  __shared__ unsigned hist[256];
+  __shared__ unsigned long long prefix, mask;
+  __shared__ long long remaining;
+  __shared__ unsigned taken;
+
+  const bf16* qr = p.q + r * hd;
+  for (int64_t i = tid; i < hd; i += kIndexerTopKThreads) q[i] = Bf16ToF32(qr[i]);
+  for (int64_t h = tid; h < p.num_heads; h += kIndexerTopKThreads) {
+    w[h] = RoundBf16(__fmul_rn(Bf16ToF32(p.w[r * p.num_heads + h]), p.w_scale));
+  }
+  __syncthreads();
+  // The block's keys this row sees, scored as IndexerScoresKernel scores them, rounded to bf16.
+  for (int64_t j = tid; j < count; j += kIndexerTopKThreads) {
+    const bf16* key = p.keys + j * p.dim;
+    float acc = 0.0f;
+    for (int64_t h = 0; h < p.num_heads; ++h) {
+      const float* qh = q + h * p.dim;
+      float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t k0 = 0;
+      for (; k0 + 8 <= p.dim; k0 += 8) {
+#pragma unroll
+        for (int l = 0; l < 8; ++l) s[l] = __fmaf_rn(qh[k0 + l], Bf16ToF32(key[k0 + l]), s[l]);
+      }
+#pragma unroll
+      for (int l = 0; l < 8; ++l) {
+        if (k0 + l < p.dim) s[l] = __fmaf_rn(qh[k0 + l], Bf16ToF32(key[k0 + l]), s[l]);
+      }
+      const float dot = __fadd_rn(__fadd_rn(__fadd_rn(s[0], s[4]), __fadd_rn(s[2], s[6])),
+                                  __fadd_rn(__fadd_rn(s[1], s[5]), __fadd_rn(s[3], s[7])));
+      const float d = RoundBf16(dot);
+      const float relu = d > 0.0f ? d : 0.0f;
+      acc = __fadd_rn(acc, RoundBf16(__fmul_rn(relu, w[h])));
+    }
+    scores[j] = RoundBf16(acc);
+  }
+  int32_t* row_picks = p.picks + r * p.top_k;
+  float* row_scores = p.pick_scores + r * p.top_k;
+  const int64_t k = min(p.top_k, n);
+  if (tid == 0) {
+    prefix = 0;
+    mask = 0;
+    remaining = k;
+    taken = 0;
+  }
+  __syncthreads();
+  // Candidate i: a pick so far (i < have) or block key i - have; its key orders it.
+#define FLOTILLA_CANDIDATE(i, score, index)                                    \
+  const float score = (i) < have ? row_scores[i] : scores[(i)-have];           \
+  const uint32_t index = uint32_t((i) < have ? row_picks[i] : b0 + (i)-have)
+  for (int shift = 56; shift >= 0; shift -= 8) {
+    for (int d = tid; d < 256; d += kIndexerTopKThreads) hist[d] = 0;
+    __syncthreads();
+    const unsigned long long pre = prefix, msk = mask;
+    for (int64_t i = tid; i < n; i += kIndexerTopKThreads) {
+      FLOTILLA_CANDIDATE(i, score, index);
+      const unsigned long long key = TopKKey(score, index);
+      if ((key & msk) == pre) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+    }
+    __syncthreads();
+    if (tid == 0) {
+      long long above = 0;
+      for (int d = 255; d >= 0; --d) {
+        if (above + hist[d] >= remaining) {
+          remaining -= above;
+          prefix |= (unsigned long long)d << shift;
+          mask |= 255ull << shift;
+          break;
+        }
+        above += hist[d];
+      }
+    }
+    __syncthreads();
+  }
+  const unsigned long long kth = prefix;
+  for (int64_t i = tid; i < n; i += kIndexerTopKThreads) {
+    FLOTILLA_CANDIDATE(i, score, index);
+    const unsigned long long key = TopKKey(score, index);
+    if (key >= kth) {
+      const unsigned slot = atomicAdd(&taken, 1u);  // exactly k of them
+      keys[slot] = key;
+      kept[slot] = score;
+    }
+  }
+#undef FLOTILLA_CANDIDATE
+  __syncthreads();
+  for (int i = int(k) + tid; i < size; i += kIndexerTopKThreads) keys[i] = 0;
+  // Bitonic sort, descending, the scores moving with their keys.
+  for (int block = 2; block <= size; block <<= 1) {
+    for (int stride = block / 2; stride > 0; stride >>= 1) {
+      __syncthreads();
+      for (int i = tid; i < size; i += kIndexerTopKThreads) {
+        const int j = i ^ stride;
+        if (j <= i) continue;
+        const bool descending = (i & block) == 0;
+        const unsigned long long a = keys[i], b = keys[j];
+        if (descending ? a < b : a > b) {
+          keys[i] = b;
+          keys[j] = a;
+          const float t = kept[i];
+          kept[i] = kept[j];
+          kept[j] = t;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < k; i += kIndexerTopKThreads) {
+    row_picks[i] = int32_t(~uint32_t(keys[i]));
+    row_scores[i] = kept[i];
+  }
+  if (tid == 0) p.num_picks[r] = int32_t(k);
+}
+
 int64_t Blocks(int64_t n) {
   return std::min<int64_t>(std::max<int64_t>((n + kAttentionOpThreads - 1) / kAttentionOpThreads, 1),
                            65536);
@@ -137,6 +273,16 @@ int LaunchRoundToBf16(const float* x, int64_t n, bf16* y, CUstream_st* stream) {
 
 int LaunchPickedEntries(const PickedEntriesParams& p, CUstream_st* stream) {
   PickedEntriesKernel<<<1, kPickedEntriesThreads, 0, stream>>>(p);
+  return int(cudaGetLastError());
+}
+
+int LaunchIndexerTopK(const IndexerTopKParams& p, CUstream_st* stream) {
+  if (p.rows == 0 || p.n_keys == 0) return 0;
+  const size_t smem = IndexerTopKSharedBytes(p);
+  const cudaError_t e = cudaFuncSetAttribute(IndexerTopKKernel,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  if (e != cudaSuccess) return int(e);
+  IndexerTopKKernel<<<unsigned(p.rows), kIndexerTopKThreads, smem, stream>>>(p);
   return int(cudaGetLastError());
 }
 

@@ -54,4 +54,28 @@ const char* CheckKvUnpackPaged(const KvUnpackPagedParams& p);
 int64_t KvUnpackPagedBlocks(const KvUnpackPagedParams& p);
 int LaunchKvUnpackPaged(const KvUnpackPagedParams& p, CUstream_st* stream);
 
+// IndexerTopK (backend_ops.h): a block per row. The row's candidates are its picks so far and
+// the block's keys it sees; since every pick precedes every key of the block, ordering
+// candidates by (score, key index) is the CPU's order by (score, candidate position), so one
+// radix selection over TopKKey(score, key index) (indexer.h) and a bitonic sort of the winners
+// give the CPU's top-k in its order. Block keys are scored as IndexerScoresKernel scores them,
+// with w_h = bf16(f32(w_h) * w_scale). Dynamic shared memory: IndexerTopKSharedBytes.
+struct IndexerTopKParams {
+  const bf16* q = nullptr;     // [rows, num_heads, dim] device
+  const bf16* w = nullptr;     // [rows, num_heads] device
+  float w_scale = 1.0f;
+  const bf16* keys = nullptr;  // [n_keys, dim] device
+  int64_t first_key = 0, n_keys = 0;
+  int64_t rows = 0, start_pos = 0, ratio = 0;
+  int64_t num_heads = 0, dim = 0, top_k = 0;
+  int32_t* picks = nullptr;      // [rows, top_k] device
+  float* pick_scores = nullptr;  // [rows, top_k] device
+  int32_t* num_picks = nullptr;  // [rows] device
+  DeviceError* error = nullptr;
+};
+constexpr int kIndexerTopKThreads = 512;
+size_t IndexerTopKSharedBytes(const IndexerTopKParams& p);
+const char* CheckIndexerTopK(const IndexerTopKParams& p);
+int LaunchIndexerTopK(const IndexerTopKParams& p, CUstream_st* stream);
+
 }  // namespace flotilla::kernels::cuda

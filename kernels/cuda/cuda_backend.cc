@@ -728,12 +728,28 @@ BackendStatus CudaBackend::DoRoundToBf16(Queue& queue, const RoundToBf16Args& a)
   return Launched(LaunchRoundToBf16(Ptr(a.x), a.n, Ptr(a.y), q->stream()), "RoundToBf16");
 }
 
-BackendStatus CudaBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs&) {
+BackendStatus CudaBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "IndexerTopK");
-  (void)q;
-  return BackendStatus::Error(
-      "IndexerTopK: no CUDA kernel folds a key block into the rows' running top-k yet "
-      "(docs/cuda.md); run this op on the CPU backend");
+  if (a.rows == 0 || a.n_keys == 0) return BackendStatus::Ok();
+  IndexerTopKParams p;
+  p.q = Ptr(a.q);
+  p.w = Ptr(a.w);
+  p.w_scale = a.w_scale;
+  p.keys = Ptr(a.keys);
+  p.first_key = a.first_key;
+  p.n_keys = a.n_keys;
+  p.rows = a.rows;
+  p.start_pos = a.start_pos;
+  p.ratio = a.ratio;
+  p.num_heads = a.num_heads;
+  p.dim = a.dim;
+  p.top_k = a.top_k;
+  p.picks = Ptr(a.picks);
+  p.pick_scores = Ptr(a.pick_scores);
+  p.num_picks = Ptr(a.num_picks);
+  p.error = q->error();
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckIndexerTopK(p), "IndexerTopK"));
+  return Launched(LaunchIndexerTopK(p, q->stream()), "IndexerTopK");
 }
 
 BackendStatus CudaBackend::DoPickedEntries(Queue& queue, const PickedEntriesArgs& a) {

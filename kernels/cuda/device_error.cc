@@ -31,6 +31,9 @@ std::string DeviceErrorMessage(const DeviceError& e) {
     case kDeviceErrorPagedCount:
       return "UnpackKvEntriesPaged: count " + val + "; expected " + range +
              " (found on the device; nothing was written)";
+    case kDeviceErrorTopKCount:
+      return "IndexerTopK: num_picks[" + pos + "] = " + val + "; expected " + range +
+             " (found on the device; the row was left as it was)";
   }
   return "unknown device error code " + std::to_string(e.code) + " at position " + pos;
 }

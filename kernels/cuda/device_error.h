@@ -19,6 +19,7 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorPickCount = 5,     // PickedEntries: num_picks[position] or the total (position -1)
   kDeviceErrorPagedUnit = 6,     // UnpackKvEntriesPaged: units[position] = value outside the table
   kDeviceErrorPagedCount = 7,    // UnpackKvEntriesPaged: count = value above max_rows
+  kDeviceErrorTopKCount = 8,     // IndexerTopK: num_picks[position] = value above top_k
 };
 
 struct DeviceError {

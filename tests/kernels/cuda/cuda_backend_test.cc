@@ -1029,6 +1029,44 @@ TEST_F(CudaBackendTest, AttentionOpsBitwise) {
   });
   ExpectSame(by, "round to bf16");
 
+  // IndexerTopK over three blocks of keys (V4-Flash heads and dim, a small top-k), rows that see
+  // none, part or all of a block; repeated keys tie across blocks.
+  {
+    const int64_t heads = 64, dim = 128, ratio = 4, tk = 48, block = 100, rows = 37;
+    const int64_t start = 1100, visible = (start + rows) / ratio;
+    std::vector<uint16_t> keys = RandomBf16(size_t(visible * dim), 58, 1.0f);
+    for (int64_t j : {3, 150, 260}) std::copy_n(&keys[7 * dim], dim, &keys[size_t(j * dim)]);
+    Both<uint16_t> bq = Make(RandomBf16(size_t(rows * heads * dim), 59, 1.0f));
+    Both<uint16_t> bw = Make(RandomBf16(size_t(rows * heads), 60, 1.0f));
+    Both<uint16_t> bk = Make(keys);
+    Both<int32_t> tp = Filled<int32_t>(rows * tk, -1), tn = Filled<int32_t>(rows, 0);
+    Both<float> ts = Filled<float>(rows * tk, 0.0f);
+    for (int64_t b0 = 0; b0 < visible; b0 += block) {
+      const int64_t nk = std::min(block, visible - b0);
+      RunBoth([&](Backend& be, Queue& q, auto pick) {
+        return be.IndexerTopK(
+            q, {.q = pick(bq).template reinterpret<const bf16>(),
+                .w = pick(bw).template reinterpret<const bf16>(),
+                .w_scale = 0.011048543f,
+                .keys = pick(bk).subspan(b0 * dim, nk * dim).template reinterpret<const bf16>(),
+                .first_key = b0,
+                .n_keys = nk,
+                .rows = rows,
+                .start_pos = start,
+                .ratio = ratio,
+                .num_heads = heads,
+                .dim = dim,
+                .top_k = tk,
+                .picks = pick(tp),
+                .pick_scores = pick(ts),
+                .num_picks = pick(tn)});
+      });
+    }
+    ExpectSame(tn, "indexer top-k counts");
+    ExpectSame(tp, "indexer top-k picks");
+    ExpectSame(ts, "indexer top-k scores");
+  }
+
   // PickedEntries over 3000 visible entries, 50 rows of 64 picks (repeats across rows).
   const int64_t rows = 50, top_k = 64, visible = 3000;
   std::mt19937 rng(57);
