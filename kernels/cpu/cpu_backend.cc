@@ -799,9 +799,9 @@ BackendStatus CpuBackend::DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPag
   const int32_t* ids = Ptr(a.page_ids);
   const int32_t* units = Ptr(a.units);
   const int64_t pages = a.pool.size() / a.page_bytes;
-  for (int64_t i = 0; i < n;) {  // runs of consecutive units in one page
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t u = units[i];
-    const int64_t page = u / a.per_page, slot = u % a.per_page;
+    const int64_t page = u / a.per_page;
     if (u < 0 || page >= a.page_ids.size() || ids[page] < 0 || ids[page] >= pages) {
       return BackendStatus::Error(
           "UnpackKvEntriesPaged: units[" + std::to_string(i) + "] = " + std::to_string(u) +
@@ -810,18 +810,20 @@ BackendStatus CpuBackend::DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPag
                : " lies in page " + std::to_string(ids[page]) + "; expected 0 to " +
                      std::to_string(pages - 1)));
     }
-    int64_t j = i + 1;
-    while (j < n && units[j] == units[j - 1] + 1 && slot + (j - i) < a.per_page) ++j;
+  }
+  // Rows are independent: one kernel call each, in parallel when there is enough to share.
+#pragma omp parallel for schedule(static) if (n * a.entry_bytes >= (1 << 18))
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t u = units[i];
     KvUnpackParams p;
-    p.rows = j - i;
+    p.rows = 1;
     p.nope = a.nope;
     p.rope = a.rope;
     p.entry_bytes = a.entry_bytes;
-    p.entries = pool + int64_t(ids[page]) * a.page_bytes + slot * a.entry_bytes;
+    p.entries = pool + int64_t(ids[u / a.per_page]) * a.page_bytes + (u % a.per_page) * a.entry_bytes;
     p.x = Ptr(a.x) + i * a.ldx;
     p.ldx = a.ldx;
     kernels::UnpackKvEntries(p);
-    i = j;
   }
   return BackendStatus::Ok();
 }
