@@ -320,6 +320,9 @@ struct IndexerTopKArgs {
   Out<int32_t> picks{};      // [rows, top_k] key indices, updated
   Out<float> pick_scores{};  // [rows, top_k], updated
   Out<int32_t> num_picks{};  // [rows], updated
+  // The most keys any call of the step passes (>= n_keys; 0: n_keys): a backend that keeps
+  // per-thread scratch reserves it for that once, so later calls allocate nothing.
+  int64_t max_keys = 0;
 };
 
 // The entries some row picked, each once, in increasing order: entry_slot[j] = the position of
@@ -373,6 +376,9 @@ struct ChunkAttentionArgs {
   float scale = 0.0f;
   Out<bf16> out{};  // [rows, num_heads, dim], row stride ldo
   int64_t ldo = 0;
+  // The most compressed rows any call passes a row (>= this call's; 0: this call's): a backend
+  // that keeps per-thread lists reserves them for that once, so later calls allocate nothing.
+  int64_t max_compressed = 0;
 };
 
 }  // namespace flotilla::kernels

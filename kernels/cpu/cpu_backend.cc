@@ -691,8 +691,9 @@ BackendStatus CpuBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) 
       a.rows,
       [&] {
         AttentionScratch& t = Scratch();
-        Reserve(t.scores, topk + a.n_keys);
-        Reserve(t.idx, topk + a.n_keys);
+        const int64_t keys = std::max(a.n_keys, a.max_keys);
+        Reserve(t.scores, topk + keys);
+        Reserve(t.idx, topk + keys);
         Reserve(t.order, topk);
         Reserve(t.sel, topk);
         Reserve(t.w, heads);
@@ -839,7 +840,7 @@ BackendStatus CpuBackend::DoChunkAttention(Queue& queue, const ChunkAttentionArg
   const int32_t* entry_slot = Ptr(a.entry_slot);
   const int64_t entry_rows = a.entries.size() / dim;
   const int64_t visible = a.ratio > 0 ? (a.start_pos + a.rows) / a.ratio : 0;
-  const int64_t most = window + (picks != nullptr ? topk : visible);
+  const int64_t most = window + std::max(picks != nullptr ? topk : visible, a.max_compressed);
   RowErrors errors;
   ForEachRow(
       a.rows, [&] { Reserve(Scratch().list, most); },
