@@ -27,13 +27,24 @@ bool PowerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 }  // namespace
 
 Arena::Arena(std::string name, MemoryKind kind, uintptr_t base, int64_t capacity,
-             void (*release)(uintptr_t, int64_t))
+             void (*release)(uintptr_t, int64_t), bool imported)
     : name_(std::move(name)),
       kind_(std::move(kind)),
       base_(base),
       capacity_(capacity),
-      release_(release) {
-  if (capacity_ > 0) free_[0] = capacity_;
+      release_(release),
+      imported_(imported) {
+  if (capacity_ > 0 && !imported_) free_[0] = capacity_;
+}
+
+BackendStatus Arena::WholeMismatch(int64_t element_bytes, int64_t element_alignment) const {
+  return BackendStatus::Error("arena '" + name_ + "' (" + std::to_string(capacity_) +
+                              " bytes at address % " + std::to_string(element_alignment) + " = " +
+                              std::to_string(base_ % uint64_t(element_alignment)) +
+                              "): not a whole span of " + std::to_string(element_bytes) +
+                              "-byte elements; expected a size that is a multiple of " +
+                              std::to_string(element_bytes) + " and an address aligned to " +
+                              std::to_string(element_alignment));
 }
 
 Arena::~Arena() {
@@ -58,6 +69,10 @@ BackendResult<uintptr_t> Arena::AllocateBytes(int64_t count, int64_t element_byt
   if (count < 0) {
     return BackendStatus::Error(what + ": cannot allocate " + std::to_string(count) +
                                 " elements; expected a count >= 0");
+  }
+  if (imported_) {
+    return BackendStatus::Error(what + ": views imported memory; nothing is allocated from it " +
+                                "(use Whole())");
   }
   if (!PowerOfTwo(alignment) || alignment < element_alignment) {
     return BackendStatus::Error(what + ": alignment " + std::to_string(alignment) +

@@ -1,7 +1,9 @@
 // Argument checks shared by every backend: run on the host before an op is issued.
 #include "kernels/backend.h"
 
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 namespace flotilla::kernels {
 namespace {
@@ -41,15 +43,23 @@ class Checker {
     if (span.arena() == nullptr) return *this;
     return Span(arg, span, need);
   }
-  Checker& That(bool ok, const std::string& expected) {
-    if (status_.ok() && !ok) Fail("expected " + expected);
-    return *this;
+  // `expected`: a string, or a function making it (so that a passing check allocates nothing:
+  // steps run allocation-free).
+  template <typename Message>
+  Checker& That(bool ok, Message&& expected) {
+    if (!status_.ok() || ok) return *this;
+    if constexpr (std::is_invocable_v<Message>) {
+      return Fail("expected " + std::string(expected()));
+    } else {
+      return Fail("expected " + std::string(expected));
+    }
   }
   Checker& NonNegative(const char* name, int64_t v) {
-    return That(v >= 0, std::string(name) + " >= 0 (got " + Str(v) + ")");
+    return That(v >= 0, [&] { return std::string(name) + " >= 0 (got " + Str(v) + ")"; });
   }
   Checker& Stride(const char* name, int64_t ld, int64_t cols) {
-    return That(ld >= cols, std::string(name) + " >= " + Str(cols) + " (got " + Str(ld) + ")");
+    return That(ld >= cols,
+                [&] { return std::string(name) + " >= " + Str(cols) + " (got " + Str(ld) + ")"; });
   }
   BackendStatus Done() { return status_; }
 
@@ -79,15 +89,15 @@ bool IsSet(const DeviceSpan<T>& s) {
 
 BackendStatus Backend::CheckRaw(const char* op, const char* arg, const Arena* arena,
                                 uintptr_t address, int64_t bytes) const {
-  const std::string where = std::string(op) + ": " + arg;
-  if (arena == nullptr) return BackendStatus::Error(where + " is a default span (no memory)");
+  auto where = [&] { return std::string(op) + ": " + arg; };
+  if (arena == nullptr) return BackendStatus::Error(where() + " is a default span (no memory)");
   if (arena->kind().owner != this) {
-    return BackendStatus::Error(where + " lies in arena '" + arena->name() + "' of another " +
+    return BackendStatus::Error(where() + " lies in arena '" + arena->name() + "' of another " +
                                 "backend (" + arena->kind().name + "); expected memory of " +
                                 memory().name);
   }
   if (!arena->Contains(address, bytes)) {
-    return BackendStatus::Error(where + " (" + Str(bytes) + " bytes) lies outside arena '" +
+    return BackendStatus::Error(where() + " (" + Str(bytes) + " bytes) lies outside arena '" +
                                 arena->name() + "' of " + Str(arena->capacity()) + " bytes");
   }
   return BackendStatus::Ok();
@@ -101,8 +111,8 @@ BackendStatus Backend::SizeMismatch(const char* op, size_t host, int64_t device)
 
 BackendStatus Backend::ActQuantFp8(Queue& q, const ActQuantArgs& a) {
   Checker c(*this, "ActQuantFp8");
-  c.NonNegative("m", a.m).NonNegative("k", a.k).That(a.block > 0 && a.k % a.block == 0,
-                                                     "k a multiple of block " + Str(a.block));
+  c.NonNegative("m", a.m).NonNegative("k", a.k).That(
+      a.block > 0 && a.k % a.block == 0, [&] { return "k a multiple of block " + Str(a.block); });
   c.Stride("ldx", a.ldx, a.k).Span("x", a.x, Extent(a.m, a.k, a.ldx));
   c.Span("q", a.q, a.m * a.k).Span("scale", a.scale, a.block > 0 ? a.m * (a.k / a.block) : 0);
   FLOTILLA_CHECKED(DoActQuantFp8(q, a), c.Done());
@@ -251,8 +261,10 @@ BackendStatus Backend::CompressPool(Queue& q, const CompressPoolArgs& a) {
   c.That(a.d > 0, "d > 0");
   const int64_t live = a.num_entries > 0;
   c.Span("kv", a.kv, live * a.d).Span("score", a.score, live * a.d);
-  c.That(a.kv.size() == a.score.size(), "kv and score of equal size (got " + Str(a.kv.size()) +
-                                            " and " + Str(a.score.size()) + ")");
+  c.That(a.kv.size() == a.score.size(), [&] {
+    return "kv and score of equal size (got " + Str(a.kv.size()) + " and " + Str(a.score.size()) +
+           ")";
+  });
   c.Span("slot_offsets", a.slot_offsets, a.num_entries * a.n_slots);
   c.Span("out", a.out, a.num_entries * a.d);
   FLOTILLA_CHECKED(DoCompressPool(q, a), c.Done());
@@ -260,8 +272,9 @@ BackendStatus Backend::CompressPool(Queue& q, const CompressPoolArgs& a) {
 
 BackendStatus Backend::HadamardRotateBf16(Queue& q, const HadamardArgs& a) {
   Checker c(*this, "HadamardRotateBf16");
-  c.NonNegative("rows", a.rows)
-      .That(a.dim > 0 && (a.dim & (a.dim - 1)) == 0, "dim a power of two (got " + Str(a.dim) + ")");
+  c.NonNegative("rows", a.rows).That(a.dim > 0 && (a.dim & (a.dim - 1)) == 0, [&] {
+    return "dim a power of two (got " + Str(a.dim) + ")";
+  });
   c.Span("x", a.x, a.rows * a.dim);
   FLOTILLA_CHECKED(DoHadamardRotateBf16(q, a), c.Done());
 }
@@ -279,7 +292,7 @@ BackendStatus Backend::IndexerScores(Queue& q, const IndexerScoreArgs& a) {
 BackendStatus Backend::TopK(Queue& q, const TopKArgs& a) {
   Checker c(*this, "TopK");
   c.NonNegative("rows", a.rows).NonNegative("k", a.k);
-  c.That(a.k <= a.n, "k <= n (got k " + Str(a.k) + ", n " + Str(a.n) + ")");
+  c.That(a.k <= a.n, [&] { return "k <= n (got k " + Str(a.k) + ", n " + Str(a.n) + ")"; });
   c.Stride("ld_scores", a.ld_scores, a.n)
       .Span("scores", a.scores, Extent(a.rows, a.n, a.ld_scores));
   c.Span("idx", a.idx, a.rows * a.k);
@@ -332,13 +345,15 @@ void CheckPackShape(Checker& c, bool indexer, int64_t rows, int64_t nope, int64_
   c.NonNegative("rows", rows).That(nope > 0, "nope > 0").NonNegative("rope", rope);
   int64_t need = 0;
   if (indexer) {
-    c.That(rope == 0, "rope == 0 for indexer keys")
-        .That(nope % 32 == 0, "dim a multiple of 32 (got " + Str(nope) + ")");
+    c.That(rope == 0, "rope == 0 for indexer keys").That(nope % 32 == 0, [&] {
+      return "dim a multiple of 32 (got " + Str(nope) + ")";
+    });
     need = nope / 2 + nope / 32;
   } else {
     need = nope + 2 * rope + (nope + 63) / 64;
   }
-  c.That(entry_bytes >= need, "entry_bytes >= " + Str(need) + " (got " + Str(entry_bytes) + ")");
+  c.That(entry_bytes >= need,
+         [&] { return "entry_bytes >= " + Str(need) + " (got " + Str(entry_bytes) + ")"; });
   c.Stride("ldx", ldx, nope + rope);
 }
 
@@ -377,7 +392,7 @@ BackendStatus CheckRowCopy(const Backend& b, const char* op, const RowCopyArgs& 
   c.Span("index", a.index, a.rows);
   // The indexed side (src of a gather, dst of a scatter) must hold at least one row; the other
   // side holds `rows` rows.
-  const bool gather = std::string(op) == "GatherRows";
+  const bool gather = std::strcmp(op, "GatherRows") == 0;
   const int64_t live = a.rows > 0;
   c.Span("src", a.src, gather ? live * a.row_bytes : Extent(a.rows, a.row_bytes, a.ld_src));
   c.Span("dst", a.dst, gather ? Extent(a.rows, a.row_bytes, a.ld_dst) : live * a.row_bytes);

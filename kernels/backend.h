@@ -58,6 +58,13 @@ class Backend {
   // or over memory().max_arena_bytes, or the backend has no memory left.
   virtual BackendResult<std::unique_ptr<Arena>> NewArena(const std::string& name,
                                                          int64_t bytes) = 0;
+  // An arena over `bytes` bytes of host memory at `host` that the caller owns and keeps alive
+  // and unchanged while the arena and its spans are used (a mapped checkpoint): read through
+  // Arena::Whole<const T>(), nothing allocated from it. A backend whose ops can read host
+  // memory in place views it (the CPU backend: zero copy); one that cannot (CUDA: its weights
+  // are uploaded into device memory) returns an error saying so.
+  virtual BackendResult<std::unique_ptr<Arena>> ImportHost(const std::string& name,
+                                                           const void* host, int64_t bytes) = 0;
   virtual std::unique_ptr<Queue> NewQueue() = 0;
 
   // ---- copies and fill (bytes = the span's size; host sizes must match it exactly)

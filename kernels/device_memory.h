@@ -151,9 +151,11 @@ struct MemoryKind {
 class Arena {
  public:
   // `memory` is `capacity` bytes at backend address `base`, aligned to `kind.alignment`;
-  // `release` returns it to the backend when the arena goes.
+  // `release` returns it to the backend when the arena goes. An arena that is `imported` views
+  // memory its caller owns (Backend::ImportHost): it has no alignment guarantee and nothing is
+  // allocated from it; Whole() is its one span.
   Arena(std::string name, MemoryKind kind, uintptr_t base, int64_t capacity,
-        void (*release)(uintptr_t base, int64_t capacity));
+        void (*release)(uintptr_t base, int64_t capacity), bool imported = false);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -165,6 +167,21 @@ class Arena {
   int64_t peak() const { return peak_; }
   int64_t num_allocations() const { return int64_t(live_.size()); }
   int64_t LargestFree() const;
+  bool imported() const { return imported_; }
+
+  // The whole arena as one span of T (T may be const). Errors: the arena's base is not aligned
+  // for T, or its size is not a whole number of T.
+  template <typename T>
+  BackendResult<DeviceSpan<T>> Whole() const {
+    if (base_ % alignof(T) != 0 || capacity_ % int64_t(sizeof(T)) != 0) {
+      return WholeMismatch(int64_t(sizeof(T)), int64_t(alignof(T)));
+    }
+    DeviceSpan<T> span;
+    span.arena_ = this;
+    span.address_ = base_;
+    span.size_ = capacity_ / int64_t(sizeof(T));
+    return span;
+  }
 
   // `count` elements of T at an address aligned to `alignment` (0: the kind's alignment; else a
   // power of two, at least alignof(T)). Errors name the arena, the request and what is free.
@@ -198,12 +215,14 @@ class Arena {
                                          int64_t element_alignment);
   BackendStatus FreeBytes(uintptr_t address);
   BackendStatus ForeignSpan(const Arena* other) const;
+  BackendStatus WholeMismatch(int64_t element_bytes, int64_t element_alignment) const;
 
   std::string name_;
   MemoryKind kind_;
   uintptr_t base_;
   int64_t capacity_;
   void (*release_)(uintptr_t, int64_t);
+  bool imported_ = false;
   std::map<int64_t, int64_t> free_;  // offset -> bytes, disjoint, neighbours merged
   struct Live {
     int64_t block_offset, block_bytes;  // the block taken from free_ (padding included)

@@ -28,8 +28,10 @@ uint64_t StepWorkspaceLayout::Bytes() const {
   b += 4 * uint64_t(hc_post + hc_comb + tp_sum + head_part + head_all + 2 * compressor_kv +
                     4 * compressor_state + pooled + pick_scores + router_logits + route_weights +
                     expert_rows);
-  b += 4 * uint64_t(7 * row_i32 + picks + entry_slot + route_idx + expert_order);
-  b += 8 * uint64_t(4 * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
+  // Rows: 7 int32 + 4 backend copies (token and experts, step and MTP rows); 4 int64 + 2 backend
+  // copies (positions, step and MTP rows).
+  b += 4 * uint64_t((7 + 4) * row_i32 + picks + entry_slot + route_idx + expert_order);
+  b += 8 * uint64_t((4 + 2) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
   b += uint64_t(3 * (act_q + act_scale) + packed + 2 * pool_rows * kPtr);
   b += uint64_t(limits.threads) * PerThreadBytes();

@@ -52,8 +52,12 @@ struct StepWorkspaceLayout {
   int64_t pooled = 0, pick_scores = 0, router_logits = 0, route_weights = 0;  // and expert_rows
                                                                               // routing weights
   // int32 / int64 buffers.
-  int64_t row_i32 = 0;  // [tokens] x6 (token, chunk, experts; twice: step and MTP rows)
-  int64_t row_i64 = 0;  // [tokens] x4 (positions twice, picked rows, entry positions)
+  // [tokens] x11: token, chunk and experts of the step and MTP rows (host), backend copies of
+  // their tokens and experts, picks per row.
+  int64_t row_i32 = 0;
+  // [tokens] x4 on the host (positions twice, picked rows, entry positions) and x2 in backend
+  // memory (positions of the step and MTP rows).
+  int64_t row_i64 = 0;
   int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;
   // Bytes: quantised activations (FP8 codes + UE8M0 scales), packed KV bytes moving to and from
   // the pool, pointer lists of the compressor.

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/ops.h"
+#include "worker/host_bridge.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
@@ -73,16 +74,17 @@ void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope) {
 // is read from the pool only when a block completes in the chunk; otherwise only the slots the
 // chunk fills are written.
 absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows,
-                             const bf16* x, bool indexer) const {
+                             kernels::In<bf16> x_span, bool indexer) const {
   const int64_t d_model = config_.hidden_size, width = cw.width(), d = cw.dim, m = cw.ratio;
   const int64_t rope = config_.qk_rope_head_dim;
   const PagedKv::Compressor which =
       indexer ? PagedKv::Compressor::kIndexer : PagedKv::Compressor::kMain;
   StepWorkspace& ws = *ws_;
-  const float* k = Use(ws.compressor_k, rows.n * width);
-  const float* g = Use(ws.compressor_g, rows.n * width);
-  GemmF32FromBf16(x, d_model, cw.wkv, rows.n, width, d_model, ws.compressor_k.data());
-  GemmF32FromBf16(x, d_model, cw.wgate, rows.n, width, d_model, ws.compressor_g.data());
+  const bf16* x = HostOf(x_span);
+  float* k = HostOf(ws.Use(ws.compressor_k, rows.n * width));
+  float* g = HostOf(ws.Use(ws.compressor_g, rows.n * width));
+  GemmF32FromBf16(x, d_model, HostOf(cw.wkv), rows.n, width, d_model, k);
+  GemmF32FromBf16(x, d_model, HostOf(cw.wgate), rows.n, width, d_model, g);
 
   for (const auto& ch : rows.chunks) {
     const SequencePageTables& tables = ch.seq->pages_;
@@ -95,9 +97,9 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
       Use(st.kv, kv_->StateRows(a.layer_id, which) * width);
       Use(st.score, int64_t(st.kv.size()));
     }
-    std::vector<float>& pooled = ws.pooled;
+    float* pooled = HostOf(ws.pooled.span());
+    int64_t num_pooled = 0;
     std::vector<int64_t>& entry_pos = ws.entry_pos;
-    pooled.clear();
     entry_pos.clear();
     std::vector<const float*>& k_rows = ws.k_rows;
     std::vector<const float*>& g_rows = ws.g_rows;
@@ -108,7 +110,7 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
       const int64_t slot = (cw.overlap ? m : 0) + p % m;
       float* kv_slot = st.kv.data() + slot * width;
       float* sc_slot = st.score.data() + slot * width;
-      const float* ape = cw.ape + (p % m) * width;
+      const float* ape = HostOf(cw.ape) + (p % m) * width;
       for (int64_t c = 0; c < width; ++c) {
         kv_slot[c] = k[r * width + c];
         sc_slot[c] = g[r * width + c] + ape[c];
@@ -127,9 +129,10 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
           g_rows[s] = st.score.data() + s * width;
         }
       }
-      pooled.resize(pooled.size() + d);
+      FLOTILLA_CHECK((num_pooled + 1) * d <= ws.pooled.size());
       kernels::CompressPool(k_rows.data(), g_rows.data(), int64_t(k_rows.size()), d,
-                            pooled.data() + pooled.size() - d);
+                            pooled + num_pooled * d);
+      ++num_pooled;
       entry_pos.push_back(p / m * m);
       if (cw.overlap) {  // the finished block becomes "previous"
         std::copy(st.kv.begin() + m * width, st.kv.end(), st.kv.begin());
@@ -144,10 +147,10 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
     }
     const int64_t n_new = int64_t(entry_pos.size());
     if (n_new == 0) continue;
-    bf16* e = Use(ws.compressed, n_new * d);
+    bf16* e = HostOf(ws.Use(ws.compressed, n_new * d));
     for (int64_t i = 0; i < n_new * d; ++i) e[i] = F32ToBf16(pooled[i]);
-    kernels::RmsNorm(e, d, cw.norm, n_new, d, float(config_.rms_norm_eps), e, d);
-    RopeRows(e, d, d, n_new, 1, d - rope, rope, entry_pos.data(), a.freqs.data(), false);
+    kernels::RmsNorm(e, d, HostOf(cw.norm), n_new, d, float(config_.rms_norm_eps), e, d);
+    RopeRows(e, d, d, n_new, 1, d - rope, rope, entry_pos.data(), HostOf(a.freqs), false);
     if (indexer) {
       kernels::HadamardRotateBf16(e, n_new, d);
       kernels::Fp4SimulateInPlace(e, n_new, d, d, 32);
@@ -160,16 +163,22 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
   return absl::OkStatus();
 }
 
-void Model::KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const {
+absl::Status Model::KvPath(const AttentionWeights& a, const Rows& rows, kernels::In<bf16> x,
+                           kernels::Out<bf16> kv_span) const {
   const int64_t d = config_.hidden_size, hd = config_.head_dim, rope = config_.qk_rope_head_dim;
-  LinearForward(a.wkv, x, d, rows.n, kv, hd, &ws_->linear_acts);
-  kernels::RmsNorm(kv, hd, a.kv_norm, rows.n, hd, float(config_.rms_norm_eps), kv, hd);
-  RopeRows(kv, hd, hd, rows.n, 1, hd - rope, rope, rows.pos.data(), a.freqs.data(), false);
+  RETURN_IF_ERROR(
+      LinearForward(*backend_, *queue_, a.wkv, x, d, rows.n, kv_span, hd, ws_->linear_acts));
+  bf16* kv = HostOf(kv_span);
+  kernels::RmsNorm(kv, hd, HostOf(a.kv_norm), rows.n, hd, float(config_.rms_norm_eps), kv, hd);
+  RopeRows(kv, hd, hd, rows.n, 1, hd - rope, rope, rows.pos.data(), HostOf(a.freqs), false);
   Fp8SimulateNope(kv, rows.n, hd, hd - rope);
+  return absl::OkStatus();
 }
 
 // The ring slots of each chunk's last min(n, W) positions.
-absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const {
+absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a,
+                                kernels::In<bf16> kv_span) const {
+  const bf16* kv = HostOf(kv_span);
   const int64_t hd = config_.head_dim, w = config_.sliding_window;
   for (const auto& ch : rows.chunks) {
     const int64_t first = std::max<int64_t>(0, ch.n - w);
@@ -184,10 +193,12 @@ absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a, con
   return absl::OkStatus();
 }
 
-absl::Status Model::GatherHeads(const bf16* local, int64_t n, int64_t count, const char* what,
-                                bf16* full) const {
+absl::Status Model::GatherHeads(kernels::In<bf16> local_span, int64_t n, int64_t count,
+                                const char* what, kernels::Out<bf16> full_span) const {
   const int64_t tp = par_.tp_size;
-  bf16* all = Use(ws_->gather, tp * n * count);
+  const bf16* local = HostOf(local_span);
+  bf16* full = HostOf(full_span);
+  bf16* all = HostOf(ws_->Use(ws_->gather, tp * n * count));
   RETURN_IF_ERROR(par_.tp->AllGather(local, size_t(n * count) * 2, all, Site(what)));
   for (int64_t t = 0; t < tp; ++t)
     for (int64_t r = 0; r < n; ++r)
@@ -197,27 +208,33 @@ absl::Status Model::GatherHeads(const bf16* local, int64_t n, int64_t count, con
 
 // With tensor parallelism this rank holds its query heads, sinks and output groups; the KV path
 // and the compressors are computed on every rank (one KV head).
-absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const {
+absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf16> x,
+                              kernels::Out<bf16> out) const {
   const AttentionWeights& a = b.attn;
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, h = par_.heads.size(), hd = c.head_dim;
   const int64_t rope = c.qk_rope_head_dim, nope = hd - rope, qlr = c.q_lora_rank;
   const float eps = float(c.rms_norm_eps);
   StepWorkspace& ws = *ws_;
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  const float* freqs = HostOf(a.freqs);
 
   // Query path (§5.1).
-  bf16* qr = Use(ws.q_lora, n * qlr);
-  bf16* q = Use(ws.query, n * h * hd);
-  LinearForward(a.wq_a, x, d, n, qr, qlr, &ws.linear_acts);
-  kernels::RmsNorm(qr, qlr, a.q_norm, n, qlr, eps, qr, qlr);
-  LinearForward(a.wq_b, qr, qlr, n, q, h * hd, &ws.linear_acts);
+  bf16* qr = HostOf(ws.Use(ws.q_lora, n * qlr));
+  bf16* q = HostOf(ws.Use(ws.query, n * h * hd));
+  RETURN_IF_ERROR(
+      LinearForward(backend, queue, a.wq_a, x, d, n, ws.q_lora.span(), qlr, ws.linear_acts));
+  kernels::RmsNorm(qr, qlr, HostOf(a.q_norm), n, qlr, eps, qr, qlr);
+  RETURN_IF_ERROR(LinearForward(backend, queue, a.wq_b, ws.q_lora.span(), qlr, n, ws.query.span(),
+                                h * hd, ws.linear_acts));
   kernels::HeadRmsNormBf16(q, n * h, hd, eps);
-  RopeRows(q, h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), false);
+  RopeRows(q, h * hd, hd, n, h, nope, rope, rows.pos.data(), freqs, false);
 
   // KV path (§5.2); compressors (§6) run over the whole chunk before anyone attends, and a
   // query sees entry j only when j < floor((p+1)/m).
-  bf16* kv = Use(ws.kv, n * hd);
-  KvPath(a, rows, x, kv);
+  const kernels::Out<bf16> kv = ws.Use(ws.kv, n * hd);
+  RETURN_IF_ERROR(KvPath(a, rows, x, kv));
   if (a.compressor) RETURN_IF_ERROR(Compress(*a.compressor, a, rows, x, /*indexer=*/false));
 
   // Indexer queries and weights (§7 steps 1–5).
@@ -225,17 +242,17 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   if (a.indexer) {
     const IndexerWeights& ix = *a.indexer;
     RETURN_IF_ERROR(Compress(ix.compressor, a, rows, x, /*indexer=*/true));
-    bf16* qi = Use(ws.index_query, n * ih_local * ihd);
-    LinearForward(ix.wq_b, qr, qlr, n, qi, ih_local * ihd, &ws.linear_acts);
-    RopeRows(qi, ih_local * ihd, ihd, n, ih_local, ihd - rope, rope, rows.pos.data(),
-             a.freqs.data(), false);
+    bf16* qi = HostOf(ws.Use(ws.index_query, n * ih_local * ihd));
+    RETURN_IF_ERROR(LinearForward(backend, queue, ix.wq_b, ws.q_lora.span(), qlr, n,
+                                  ws.index_query.span(), ih_local * ihd, ws.linear_acts));
+    RopeRows(qi, ih_local * ihd, ihd, n, ih_local, ihd - rope, rope, rows.pos.data(), freqs, false);
     kernels::HadamardRotateBf16(qi, n * ih_local, ihd);
     kernels::Fp4SimulateInPlace(qi, n * ih_local, ihd, ihd, 32);
-    bf16* iw = Use(ws.index_weights, n * ih_local);
+    bf16* iw = HostOf(ws.Use(ws.index_weights, n * ih_local));
     kernels::GemmBf16Params p;
-    p.a = x;
+    p.a = HostOf(x);
     p.lda = d;
-    p.w = ix.weights_proj;
+    p.w = HostOf(ix.weights_proj);
     p.ldw = d;
     p.c = iw;
     p.ldc = ih_local;
@@ -248,33 +265,33 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
     // Every TP rank scores with all heads: gathering the queries keeps the top-k identical to a
     // single process (no re-ordered head sum).
     if (par_.tp_size > 1) {
-      ws.index_query.resize(size_t(n * ih * ihd));
-      ws.index_weights.resize(size_t(n * ih));
-      RETURN_IF_ERROR(GatherHeads(qi, n, ih_local * ihd, "indexer query all-gather", qi));
-      RETURN_IF_ERROR(GatherHeads(iw, n, ih_local, "indexer weight all-gather", iw));
+      RETURN_IF_ERROR(GatherHeads(ws.index_query.span(), n, ih_local * ihd,
+                                  "indexer query all-gather", ws.index_query.span()));
+      RETURN_IF_ERROR(GatherHeads(ws.index_weights.span(), n, ih_local, "indexer weight all-gather",
+                                  ws.index_weights.span()));
     }
   }
 
   // Each chunk attends on its own: its reads of the cache (the ring as it was before the chunk,
   // the compressed entries) are the workspace's, whatever the number of chunks.
-  bf16* o = Use(ws.attn_out, n * h * hd);
+  bf16* o = HostOf(ws.Use(ws.attn_out, n * h * hd));
   if (a.indexer) {
-    Use(ws.picks, n * c.index_topk);
-    Use(ws.num_picks, n);
-    Use(ws.pick_scores, n * c.index_topk);
+    ws.Use(ws.picks, n * c.index_topk);
+    ws.Use(ws.num_picks, n);
+    ws.Use(ws.pick_scores, n * c.index_topk);
   }
   for (size_t ci = 0; ci < rows.chunks.size(); ++ci) RETURN_IF_ERROR(AttendChunk(a, rows, ci));
   RETURN_IF_ERROR(WriteWindow(rows, a, kv));
 
   // Output path (§5.6): inverse RoPE, grouped wo_a (bf16), wo_b.
-  RopeRows(o, h * hd, hd, n, h, nope, rope, rows.pos.data(), a.freqs.data(), true);
+  RopeRows(o, h * hd, hd, n, h, nope, rope, rows.pos.data(), freqs, true);
   const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
-  bf16* z = Use(ws.wo_a_out, n * groups * olr);
+  bf16* z = HostOf(ws.Use(ws.wo_a_out, n * groups * olr));
   for (int64_t gi = 0; gi < groups; ++gi) {
     kernels::GemmBf16Params p;
     p.a = o + gi * gin;
     p.lda = h * hd;
-    p.w = a.wo_a.data() + gi * olr * gin;
+    p.w = HostOf(a.wo_a) + gi * olr * gin;
     p.ldw = gin;
     p.c = z + gi * olr;
     p.ldc = groups * olr;
@@ -286,10 +303,11 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, const bf16* x, 
   // The TP group all-gathers the groups' outputs and every rank applies the whole wo_b: bitwise
   // what one process computes (a split wo_b would round each rank's partial to bf16 first).
   if (par_.tp_size > 1) {
-    ws.wo_a_out.resize(size_t(n * par_.tp_size * groups * olr));
-    RETURN_IF_ERROR(GatherHeads(z, n, groups * olr, "attention wo_a output all-gather", z));
+    RETURN_IF_ERROR(GatherHeads(ws.wo_a_out.span(), n, groups * olr,
+                                "attention wo_a output all-gather", ws.wo_a_out.span()));
   }
-  LinearForward(a.wo_b, z, par_.tp_size * groups * olr, n, out, d, &ws.linear_acts);
+  RETURN_IF_ERROR(LinearForward(backend, queue, a.wo_b, ws.wo_a_out.span(),
+                                par_.tp_size * groups * olr, n, out, d, ws.linear_acts));
   return absl::OkStatus();
 }
 
@@ -301,21 +319,21 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
   StepWorkspace& ws = *ws_;
   const auto& ch = rows.chunks[size_t(ci)];
   const SequencePageTables& tables = ch.seq->pages_;
-  const bf16* kv = ws.kv.data();
-  const bf16* q = ws.query.data();
-  bf16* o = ws.attn_out.data();
+  const bf16* kv = HostOf(ws.kv.span());
+  const bf16* q = HostOf(ws.query.span());
+  bf16* o = HostOf(ws.attn_out.span());
 
   // The ring as it was before the chunk; the compressed entries (HCA: all visible to its last
   // row; CSA: those some row of the chunk picks, at entry_slot[j]).
   bf16* ring = nullptr;
   if (ch.start_pos > 0) {
-    ring = Use(ws.ring, window * hd);
+    ring = HostOf(ws.Use(ws.ring, window * hd));
     RETURN_IF_ERROR(kv_->ReadWindow(tables, a.layer_id, ring));
   }
   const int64_t visible = a.ratio != 0 ? (ch.start_pos + ch.n) / a.ratio : 0;
-  bf16* entries = ws.entries.data();
+  bf16* entries = HostOf(ws.entries.span());
   if (visible > 0 && !a.indexer) {
-    entries = Use(ws.entries, visible * hd);
+    entries = HostOf(ws.Use(ws.entries, visible * hd));
     RETURN_IF_ERROR(kv_->ReadMain(tables, a.layer_id, 0, visible, entries));
   }
 
@@ -324,17 +342,17 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
   // top-k as it goes: TopK's order is total (score, NaN last, then index), so the top-k of a
   // row's top-k so far and the next block is the top-k of everything so far, in the same order.
   // Nothing here grows with the context beyond one block of keys.
-  int32_t* picks = ws.picks.data();
-  int32_t* num_picks = ws.num_picks.data();
+  int32_t* picks = HostOf(ws.picks.span());
+  int32_t* num_picks = HostOf(ws.num_picks.span());
   const int32_t* entry_slot = nullptr;
   if (a.indexer && visible > 0) {
-    float* pick_scores = ws.pick_scores.data();
+    float* pick_scores = HostOf(ws.pick_scores.span());
     for (int64_t b0 = 0; b0 < visible; b0 += indexer_block_keys_) {
       const int64_t b1 = std::min(visible, b0 + indexer_block_keys_);
-      bf16* block_keys = Use(ws.block_keys, (b1 - b0) * ihd);
+      bf16* block_keys = HostOf(ws.Use(ws.block_keys, (b1 - b0) * ihd));
       RETURN_IF_ERROR(kv_->ReadKeys(tables, a.layer_id, b0, b1 - b0, block_keys));
-      const bf16* qi = ws.index_query.data();
-      const bf16* iw = ws.index_weights.data();
+      const bf16* qi = HostOf(ws.index_query.span());
+      const bf16* iw = HostOf(ws.index_weights.span());
       ForEachRow(ch.first_row, ch.n, ws.threads, [&](int64_t r, StepWorkspace::ThreadScratch& t) {
         std::vector<float>& scores = t.scores;
         std::vector<int32_t>& idx = t.idx;
@@ -395,7 +413,7 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       slot[j] = int32_t(count);
       idx[count++] = int32_t(j);
     }
-    entries = Use(ws.entries, count * hd);
+    entries = HostOf(ws.Use(ws.entries, count * hd));
     RETURN_IF_ERROR(
         kv_->ReadMainAt(tables, a.layer_id, std::span<const int32_t>(idx, size_t(count)), entries));
     entry_slot = slot;
@@ -425,7 +443,7 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
       ap.q = q + r * h * hd;
       ap.rows = list.data();
       ap.n = int64_t(list.size());
-      ap.sink = a.sink;  // this rank's heads
+      ap.sink = HostOf(a.sink);  // this rank's heads
       ap.num_heads = h;
       ap.dim = hd;
       ap.scale = scale;

@@ -12,6 +12,8 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/ops.h"
 #include "sharding/capacity.h"
+#include "worker/backend_status.h"
+#include "worker/host_bridge.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
@@ -83,7 +85,10 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
     return absl::InvalidArgumentError("tensor parallelism needs a TP communicator");
   }
   m->source_ = std::move(source);
-  ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_, selection));
+  m->backend_ = std::make_unique<kernels::CpuBackend>();
+  m->queue_ = m->backend_->NewQueue();
+  ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_, selection, *m->backend_, *m->queue_,
+                                      options.upload_weights));
 
   ASSIGN_OR_RETURN(const KvPoolLayout layout, KvPoolLayout::Make(config, options.kv_page_bytes));
   uint64_t pool_bytes = options.kv_memory_bytes;
@@ -94,8 +99,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
           "the KV pool size is not given and /proc/meminfo has no MemAvailable; pass a size");
     }
   }
-  m->backend_ = std::make_unique<kernels::CpuBackend>();
-  m->queue_ = m->backend_->NewQueue();
   absl::StatusOr<std::unique_ptr<KvPool>> pool = KvPool::Create(*m->backend_, layout, pool_bytes);
   if (!pool.ok()) {
     return absl::Status(pool.status().code(),
@@ -115,7 +118,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   limits.experts_per_token = m->top_k_;
   limits.tp_size = parallel.tp_size;
   ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
-  m->ws_ = std::make_unique<StepWorkspace>(ws_layout);
+  ASSIGN_OR_RETURN(m->ws_, StepWorkspace::Make(ws_layout, *m->backend_, *m->queue_));
   m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),
                                      &m->ws_->packed, &m->ws_->reset_state);
   return m;
@@ -148,83 +151,94 @@ absl::Status Model::CheckTokens(std::span<const int32_t> tokens, const char* wha
   return absl::OkStatus();
 }
 
-absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const {
+absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, kernels::Out<bf16> h) const {
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, hc = c.hc_mult;
   StepWorkspace& ws = *ws_;
-  std::vector<bf16>& res = ws.res;
-  std::vector<bf16>& x = ws.x;
-  std::vector<bf16>& y = ws.y;
-  std::vector<float>& post = ws.hc_post;
-  std::vector<float>& comb = ws.hc_comb;
-  res.assign(h.begin(), h.end());
-  Use(x, n * d);
-  Use(y, n * d);
-  Use(post, n * hc);
-  Use(comb, n * hc * hc);
-  auto hc_pre = [&](const HcWeights& w) {
-    kernels::HcPreParams p;
-    p.h = h.data();
-    p.fn = w.fn;
-    p.scale = w.scale;
-    p.base = w.base;
-    p.m = n;
-    p.hc = hc;
-    p.d = d;
-    p.sinkhorn_iters = c.hc_sinkhorn_iters;
-    p.norm_eps = float(c.rms_norm_eps);
-    p.hc_eps = float(c.hc_eps);
-    p.x = x.data();
-    p.post = post.data();
-    p.comb = comb.data();
-    kernels::HcPre(p);
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  const kernels::Out<bf16> res = ws.res.span().first(n * hc * d);
+  const kernels::Out<bf16> x = ws.Use(ws.x, n * d);
+  const kernels::Out<bf16> y = ws.Use(ws.y, n * d);
+  const kernels::Out<float> post = ws.Use(ws.hc_post, n * hc);
+  const kernels::Out<float> comb = ws.Use(ws.hc_comb, n * hc * hc);
+  auto hc_pre = [&](const HcWeights& w) -> absl::Status {
+    RETURN_IF_BACKEND_ERROR(backend.Copy(queue, kernels::In<bf16>(h), res));
+    kernels::HcPreArgs a;
+    a.h = res;
+    a.fn = w.fn;
+    a.scale = w.scale;
+    a.base = w.base;
+    a.m = n;
+    a.hc = hc;
+    a.d = d;
+    a.sinkhorn_iters = c.hc_sinkhorn_iters;
+    a.norm_eps = float(c.rms_norm_eps);
+    a.hc_eps = float(c.hc_eps);
+    a.x = x;
+    a.post = post;
+    a.comb = comb;
+    RETURN_IF_BACKEND_ERROR(backend.HcPre(queue, a));
+    return absl::OkStatus();
   };
-  auto hc_post = [&]() {
-    kernels::HcPostParams p;
-    p.x = y.data();
-    p.res = res.data();
-    p.post = post.data();
-    p.comb = comb.data();
-    p.m = n;
-    p.hc = hc;
-    p.d = d;
-    p.h_out = h.data();
-    kernels::HcPost(p);
+  auto norm = [&](kernels::In<bf16> weight) -> absl::Status {
+    kernels::RmsNormArgs a;
+    a.x = x;
+    a.ldx = d;
+    a.w = weight;
+    a.m = n;
+    a.d = d;
+    a.eps = float(c.rms_norm_eps);
+    a.y = x;
+    a.ldy = d;
+    RETURN_IF_BACKEND_ERROR(backend.RmsNorm(queue, a));
+    return absl::OkStatus();
   };
-  const float eps = float(c.rms_norm_eps);
+  auto hc_post = [&]() -> absl::Status {
+    kernels::HcPostArgs a;
+    a.x = y;
+    a.res = res;
+    a.post = post;
+    a.comb = comb;
+    a.m = n;
+    a.hc = hc;
+    a.d = d;
+    a.h_out = h;
+    RETURN_IF_BACKEND_ERROR(backend.HcPost(queue, a));
+    return absl::OkStatus();
+  };
   // A DP group with nothing to run still takes part in the MoE exchange over all ranks.
-  if (n == 0) return Moe(b.moe, rows, x.data(), y.data());
-  hc_pre(b.hc_attn);
-  kernels::RmsNorm(x.data(), d, b.attn_norm, n, d, eps, x.data(), d);
-  RETURN_IF_ERROR(Attention(b, rows, x.data(), y.data()));
-  hc_post();
-  res.assign(h.begin(), h.end());
-  hc_pre(b.hc_ffn);
-  kernels::RmsNorm(x.data(), d, b.ffn_norm, n, d, eps, x.data(), d);
-  RETURN_IF_ERROR(Moe(b.moe, rows, x.data(), y.data()));
-  hc_post();
-  return absl::OkStatus();
+  if (n == 0) return Moe(b.moe, rows, x, y);
+  RETURN_IF_ERROR(hc_pre(b.hc_attn));
+  RETURN_IF_ERROR(norm(b.attn_norm));
+  RETURN_IF_ERROR(Attention(b, rows, x, y));
+  RETURN_IF_ERROR(hc_post());
+  RETURN_IF_ERROR(hc_pre(b.hc_ffn));
+  RETURN_IF_ERROR(norm(b.ffn_norm));
+  RETURN_IF_ERROR(Moe(b.moe, rows, x, y));
+  return hc_post();
 }
 
-absl::Status Model::Embed(const Rows& rows, std::vector<bf16>* h) const {
+absl::Status Model::Embed(const Rows& rows, kernels::Out<bf16> h_span) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult, n = rows.n;
-  bf16* e = Use(ws_->embed, n * d);
+  bf16* e = HostOf(ws_->Use(ws_->embed, n * d));
+  const bf16* table = HostOf(w_->embed);
   for (int64_t r = 0; r < n; ++r) {
     if (par_.vocab.Contains(rows.token[r])) {
-      std::copy_n(w_->embed + (rows.token[r] - par_.vocab.begin) * d, d, &e[r * d]);
+      std::copy_n(table + (rows.token[r] - par_.vocab.begin) * d, d, &e[r * d]);
     }
   }
   // Vocab-parallel: exactly one rank holds each row, so the sum is exact.
   RETURN_IF_ERROR(TpSumBf16(e, n * d, "embedding all-reduce"));
-  Use(*h, n * hc * d);
+  bf16* h = HostOf(h_span);
   for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < hc; ++j) std::copy_n(&e[r * d], d, &(*h)[(r * hc + j) * d]);
+    for (int64_t j = 0; j < hc; ++j) std::copy_n(&e[r * d], d, &h[(r * hc + j) * d]);
   return absl::OkStatus();
 }
 
-absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
-                           float* logits) const {
+absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, kernels::In<bf16> norm,
+                           int64_t m, float* logits) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult, vocab = c.vocab_size;
   StepWorkspace& ws = *ws_;
@@ -232,12 +246,12 @@ absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* 
   const int64_t pass = ws.layout.limits.logit_rows;
   for (int64_t r0 = 0; r0 < m; r0 += pass) {
     const int64_t rows = std::min(pass, m - r0);
-    bf16* y = Use(ws.head_in, rows * d);
+    bf16* y = HostOf(ws.Use(ws.head_in, rows * d));
     kernels::HcHeadParams hp;
     hp.h = h + r0 * hc * d;
-    hp.fn = hc_head.fn;
-    hp.scale = hc_head.scale;
-    hp.base = hc_head.base;
+    hp.fn = HostOf(hc_head.fn);
+    hp.scale = HostOf(hc_head.scale);
+    hp.base = HostOf(hc_head.base);
     hp.m = rows;
     hp.hc = hc;
     hp.d = d;
@@ -245,16 +259,16 @@ absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, const bf16* 
     hp.hc_eps = float(c.hc_eps);
     hp.y = y;
     kernels::HcHead(hp);
-    kernels::RmsNorm(y, d, norm, rows, d, float(c.rms_norm_eps), y, d);
+    kernels::RmsNorm(y, d, HostOf(norm), rows, d, float(c.rms_norm_eps), y, d);
     // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
     const int64_t local = par_.vocab.size();
     const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
-    float* part = par_.tp_size > 1 ? Use(ws.head_part, rows * widest) : nullptr;
+    float* part = par_.tp_size > 1 ? HostOf(ws.Use(ws.head_part, rows * widest)) : nullptr;
     float* out = logits + r0 * vocab;
     kernels::GemmF32Params p;
     p.a_bf16 = y;
     p.lda = d;
-    p.w_bf16 = w_->head;
+    p.w_bf16 = HostOf(w_->head);
     p.ldw = d;
     p.c = par_.tp_size > 1 ? part : out;
     p.ldc = par_.tp_size > 1 ? widest : vocab;
@@ -286,29 +300,36 @@ absl::Status Model::TpSumBf16(bf16* data, int64_t count, const char* what) const
 }
 
 absl::Status Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                             std::vector<bf16>* out) const {
+                             kernels::Out<bf16> out) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult;
   const float eps = float(c.rms_norm_eps);
   StepWorkspace& ws = *ws_;
-  bf16* e = Use(ws.mtp_e, m * d);
-  bf16* ep = Use(ws.mtp_ep, m * d);
-  bf16* hn = Use(ws.mtp_hn, m * hc * d);
-  bf16* hp = Use(ws.mtp_hp, m * hc * d);
+  const kernels::Out<bf16> e_span = ws.Use(ws.mtp_e, m * d);
+  const kernels::Out<bf16> ep_span = ws.Use(ws.mtp_ep, m * d);
+  const kernels::Out<bf16> hn_span = ws.Use(ws.mtp_hn, m * hc * d);
+  const kernels::Out<bf16> hp_span = ws.Use(ws.mtp_hp, m * hc * d);
+  bf16* e = HostOf(e_span);
+  const bf16* ep = HostOf(ep_span);
+  bf16* hn = HostOf(hn_span);
+  const bf16* hp = HostOf(hp_span);
+  const bf16* table = HostOf(w_->embed);
   for (int64_t i = 0; i < m; ++i) {
     if (par_.vocab.Contains(next[i]))
-      std::copy_n(w_->embed + (next[i] - par_.vocab.begin) * d, d, &e[i * d]);
+      std::copy_n(table + (next[i] - par_.vocab.begin) * d, d, &e[i * d]);
   }
   RETURN_IF_ERROR(TpSumBf16(e, m * d, "mtp embedding all-reduce"));
-  kernels::RmsNorm(e, d, w.enorm, m, d, eps, e, d);
-  kernels::RmsNorm(h, d, w.hnorm, m * hc, d, eps, hn, d);
-  LinearForward(w.e_proj, e, d, m, ep, d, &ws.linear_acts);
-  LinearForward(w.h_proj, hn, d, m * hc, hp, d, &ws.linear_acts);
-  Use(*out, m * hc * d);
+  kernels::RmsNorm(e, d, HostOf(w.enorm), m, d, eps, e, d);
+  kernels::RmsNorm(h, d, HostOf(w.hnorm), m * hc, d, eps, hn, d);
+  RETURN_IF_ERROR(
+      LinearForward(*backend_, *queue_, w.e_proj, e_span, d, m, ep_span, d, ws.linear_acts));
+  RETURN_IF_ERROR(
+      LinearForward(*backend_, *queue_, w.h_proj, hn_span, d, m * hc, hp_span, d, ws.linear_acts));
+  bf16* o = HostOf(out);
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < hc; ++j)
       for (int64_t col = 0; col < d; ++col)
-        (*out)[(i * hc + j) * d + col] =
+        o[(i * hc + j) * d + col] =
             F32ToBf16(Bf16ToF32(ep[i * d + col]) + Bf16ToF32(hp[(i * hc + j) * d + col]));
   return absl::OkStatus();
 }
@@ -366,9 +387,11 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
 
   RETURN_IF_ERROR(ReserveKv(chunks));
   ++step_;
-  std::vector<bf16>& h = ws.h;
-  RETURN_IF_ERROR(Embed(rows, &h));
-  for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h));
+  RETURN_IF_ERROR(rows.Upload(*backend_, *queue_));
+  const kernels::Out<bf16> h_span = ws.Use(ws.h, rows.n * hc * d);
+  RETURN_IF_ERROR(Embed(rows, h_span));
+  for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h_span));
+  const bf16* h = HostOf(h_span);
 
   // Logits of the requested rows.
   std::vector<int64_t>& pick = ws.pick_rows;
@@ -381,7 +404,7 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       if (chunks[ci].all_logits || i == ch.n - 1) pick.push_back(ch.first_row + i);
     }
   }
-  bf16* hsel = Use(ws.hsel, int64_t(pick.size()) * hc * d);
+  bf16* hsel = HostOf(ws.Use(ws.hsel, int64_t(pick.size()) * hc * d));
   for (size_t i = 0; i < pick.size(); ++i)
     std::copy_n(&h[pick[i] * hc * d], hc * d, &hsel[i * hc * d]);
   out->logits.resize(pick.size() * vocab);
@@ -391,8 +414,8 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
   // waits for the next call or is drafted speculatively by DraftMtp).
   if (!w_->mtp.empty()) {
     Rows mrows = Rows::Mtp(ws);
-    std::vector<bf16>& mh = ws.mtp_h;
-    mh.clear();
+    bf16* mh = HostOf(ws.mtp_h.span());
+    int64_t mh_rows = 0;
     for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
       const auto& ch = rows.chunks[ci];
       SequenceState* seq = ch.seq;
@@ -402,27 +425,29 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       const int64_t experts = rows.experts[ch.first_row];
       mrows.Begin(seq, ch.start_pos - (lag ? 1 : 0));
       if (lag) {
-        mh.insert(mh.end(), seq->last_h_.begin(), seq->last_h_.end());
+        std::copy(seq->last_h_.begin(), seq->last_h_.end(), mh + mh_rows++ * hc * d);
         mrows.AddRow(rows.token[ch.first_row], experts);
       }
       for (int64_t i = 0; i + 1 < ch.n; ++i) {
-        mh.insert(mh.end(), &h[(ch.first_row + i) * hc * d], &h[(ch.first_row + i + 1) * hc * d]);
+        std::copy_n(&h[(ch.first_row + i) * hc * d], hc * d, mh + mh_rows++ * hc * d);
         mrows.AddRow(rows.token[ch.first_row + i + 1], experts);
       }
     }
     if (mrows.n > 0) {
       const MtpWeights& mw = w_->mtp[0];
-      std::vector<bf16>& hin = ws.mtp_in;
-      bf16* x = Use(ws.x, mrows.n * d);
-      bf16* kv = Use(ws.kv, mrows.n * c.head_dim);
-      float* post = Use(ws.hc_post, mrows.n * hc);
-      float* comb = Use(ws.hc_comb, mrows.n * hc * hc);
-      RETURN_IF_ERROR(MtpInput(mw, mh.data(), mrows.token.data(), mrows.n, &hin));
+      RETURN_IF_ERROR(mrows.Upload(*backend_, *queue_));
+      const kernels::Out<bf16> hin = ws.Use(ws.mtp_in, mrows.n * hc * d);
+      const kernels::Out<bf16> x_span = ws.Use(ws.x, mrows.n * d);
+      const kernels::Out<bf16> kv = ws.Use(ws.kv, mrows.n * c.head_dim);
+      bf16* x = HostOf(x_span);
+      float* post = HostOf(ws.Use(ws.hc_post, mrows.n * hc));
+      float* comb = HostOf(ws.Use(ws.hc_comb, mrows.n * hc * hc));
+      RETURN_IF_ERROR(MtpInput(mw, mh, mrows.token.data(), mrows.n, hin));
       kernels::HcPreParams p;
-      p.h = hin.data();
-      p.fn = mw.block.hc_attn.fn;
-      p.scale = mw.block.hc_attn.scale;
-      p.base = mw.block.hc_attn.base;
+      p.h = HostOf(hin);
+      p.fn = HostOf(mw.block.hc_attn.fn);
+      p.scale = HostOf(mw.block.hc_attn.scale);
+      p.base = HostOf(mw.block.hc_attn.base);
       p.m = mrows.n;
       p.hc = hc;
       p.d = d;
@@ -433,8 +458,8 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       p.post = post;
       p.comb = comb;
       kernels::HcPre(p);
-      kernels::RmsNorm(x, d, mw.block.attn_norm, mrows.n, d, float(c.rms_norm_eps), x, d);
-      KvPath(mw.block.attn, mrows, x, kv);
+      kernels::RmsNorm(x, d, HostOf(mw.block.attn_norm), mrows.n, d, float(c.rms_norm_eps), x, d);
+      RETURN_IF_ERROR(KvPath(mw.block.attn, mrows, x_span, kv));
       RETURN_IF_ERROR(WriteWindow(mrows, mw.block.attn, kv));
     }
     for (const auto& ch : rows.chunks) {
@@ -462,25 +487,26 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
   }
   RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
   Rows rows = Rows::Step(ws);
-  std::vector<bf16>& hlast = ws.mtp_h;
-  hlast.clear();
+  const int64_t hc_d = c.hc_mult * c.hidden_size;
+  bf16* hlast = HostOf(ws.mtp_h.span());
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (seqs[i]->last_h_.empty()) {
       return absl::FailedPreconditionError(
           absl::StrCat("DraftMtp: sequence ", i, " has not been run through Forward"));
     }
-    hlast.insert(hlast.end(), seqs[i]->last_h_.begin(), seqs[i]->last_h_.end());
+    std::copy(seqs[i]->last_h_.begin(), seqs[i]->last_h_.end(), hlast + int64_t(i) * hc_d);
     rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1), top_k_);
   }
+  RETURN_IF_ERROR(rows.Upload(*backend_, *queue_));
   const MtpWeights& mw = w_->mtp[0];
-  std::vector<bf16>& h = ws.h;
-  RETURN_IF_ERROR(MtpInput(mw, hlast.data(), next_tokens.data(), rows.n, &h));
+  const kernels::Out<bf16> h = ws.Use(ws.h, rows.n * hc_d);
+  RETURN_IF_ERROR(MtpInput(mw, hlast, next_tokens.data(), rows.n, h));
   // The window slot written here is speculative: the next Forward rewrites it with the token
   // actually chosen.
   ++step_;
   RETURN_IF_ERROR(RunBlock(mw.block, rows, h));
   logits->resize(rows.n * c.vocab_size);
-  RETURN_IF_ERROR(Logits(h.data(), mw.hc_head, mw.norm, rows.n, logits->data()));
+  RETURN_IF_ERROR(Logits(HostOf(h), mw.hc_head, mw.norm, rows.n, logits->data()));
   return absl::OkStatus();
 }
 

@@ -40,6 +40,10 @@ struct ModelOptions {
   int64_t sequences_per_step = 256;
   int64_t logit_rows = 256;
   int64_t max_context = 0;
+  // Upload every weight into backend memory even where the backend could read the mapped
+  // checkpoint in place (the CPU backend imports it, zero copy): the path a GPU backend takes,
+  // testable on the CPU. Costs a copy of the checkpoint's memory.
+  bool upload_weights = false;
 };
 inline constexpr double kDefaultKvMemoryFraction = 0.25;
 
@@ -118,29 +122,35 @@ class Model {
   // Grows each chunk's page tables to hold its tokens (RESOURCE_EXHAUSTED naming the chunk when
   // the pool cannot); a sequence's first reservation also resets its compressor states.
   absl::Status ReserveKv(std::span<const Chunk> chunks) const;
-  absl::Status RunBlock(const BlockWeights& b, Rows& rows, std::vector<bf16>& h) const;
+  // h: the rows' streams [n, hc, D] (updated in place).
+  absl::Status RunBlock(const BlockWeights& b, Rows& rows, kernels::Out<bf16> h) const;
   // One chunk's attention reads (ring, compressed entries or the indexer's picks) and its rows'
   // sparse attention into o.
   absl::Status AttendChunk(const AttentionWeights& a, const Rows& rows, int64_t ci) const;
-  absl::Status Attention(const BlockWeights& b, Rows& rows, const bf16* x, bf16* out) const;
-  void KvPath(const AttentionWeights& a, const Rows& rows, const bf16* x, bf16* kv) const;
-  absl::Status WriteWindow(const Rows& rows, const AttentionWeights& a, const bf16* kv) const;
+  // x: [n, D] normalised rows; out: [n, D].
+  absl::Status Attention(const BlockWeights& b, Rows& rows, kernels::In<bf16> x,
+                         kernels::Out<bf16> out) const;
+  absl::Status KvPath(const AttentionWeights& a, const Rows& rows, kernels::In<bf16> x,
+                      kernels::Out<bf16> kv) const;
+  absl::Status WriteWindow(const Rows& rows, const AttentionWeights& a, kernels::In<bf16> kv) const;
   absl::Status Compress(const CompressorWeights& cw, const AttentionWeights& a, Rows& rows,
-                        const bf16* x, bool indexer) const;
-  absl::Status Moe(const MoeWeights& m, const Rows& rows, const bf16* x, bf16* out) const;
-  absl::Status MoeDistributed(const MoeWeights& m, const Rows& rows, const bf16* x,
-                              bf16* out) const;
-  absl::Status Embed(const Rows& rows, std::vector<bf16>* h) const;
-  absl::Status Logits(const bf16* h, const HcWeights& hc_head, const bf16* norm, int64_t m,
+                        kernels::In<bf16> x, bool indexer) const;
+  // x: [n, D]; out: [n, D].
+  absl::Status Moe(const MoeWeights& m, const Rows& rows, kernels::In<bf16> x,
+                   kernels::Out<bf16> out) const;
+  absl::Status MoeDistributed(const MoeWeights& m, const Rows& rows, kernels::In<bf16> x,
+                              kernels::Out<bf16> out) const;
+  absl::Status Embed(const Rows& rows, kernels::Out<bf16> h) const;
+  absl::Status Logits(const bf16* h, const HcWeights& hc_head, kernels::In<bf16> norm, int64_t m,
                       float* logits) const;
   absl::Status MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                        std::vector<bf16>* out) const;
+                        kernels::Out<bf16> out) const;
   // Sums bf16 values over the TP group in f32 (rank order), rounding once.
   absl::Status TpSumBf16(bf16* data, int64_t count, const char* what) const;
   // Gathers `count` bf16 per row (n rows) from every TP rank into rows of tp * count.
   // `full` may be `local` (the local rows are copied out first).
-  absl::Status GatherHeads(const bf16* local, int64_t n, int64_t count, const char* what,
-                           bf16* full) const;
+  absl::Status GatherHeads(kernels::In<bf16> local, int64_t n, int64_t count, const char* what,
+                           kernels::Out<bf16> full) const;
   CallSite Site(const char* what) const { return {what, step_}; }
   absl::Status CheckTokens(std::span<const int32_t> tokens, const char* what) const;
 
@@ -148,9 +158,9 @@ class Model {
   int64_t top_k_ = 0;
   int64_t indexer_block_keys_ = 8192;
   std::shared_ptr<WeightSource> source_;
-  std::unique_ptr<ModelWeights> w_;
   std::unique_ptr<kernels::Backend> backend_;
-  std::unique_ptr<kernels::Queue> queue_;
+  std::unique_ptr<kernels::Queue> queue_;  // every op of a step, in order
+  std::unique_ptr<ModelWeights> w_;        // spans of backend_'s memory (declared after it)
   std::shared_ptr<KvPool> pool_;
   std::unique_ptr<PagedKv> kv_;
   std::unique_ptr<StepWorkspace> ws_;  // every step's temporaries (steps are not concurrent)

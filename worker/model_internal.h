@@ -4,13 +4,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "worker/backend_status.h"
+#include "worker/host_bridge.h"
 #include "worker/model.h"
 
 namespace flotilla {
 
-// The tokens of one Forward call, flattened: row r is chunk chunk_of[r] at position pos[r].
 // The tokens of one Forward call, flattened: row r is chunk chunk_of[r] at position pos[r]. The
-// vectors are the step workspace's (reserved at start: adding rows allocates nothing).
+// vectors are the step workspace's (reserved at start: adding rows allocates nothing); Upload()
+// copies positions, tokens and experts into the workspace's backend buffers once the rows are
+// complete (pos_dev, token_dev, experts_dev: rows [0, n)).
 struct Model::Rows {
   using ChunkInfo = StepWorkspace::ChunkRecord;
   int64_t n = 0;
@@ -19,10 +22,20 @@ struct Model::Rows {
   std::vector<int32_t>& chunk_of;
   std::vector<int32_t>& experts;  // routed experts of each row (its chunk's; <= the model's K)
   std::vector<ChunkInfo>& chunks;
+  kernels::In<int64_t> pos_dev;
+  kernels::In<int32_t> token_dev, experts_dev;
 
   Rows(std::vector<int64_t>& p, std::vector<int32_t>& t, std::vector<int32_t>& c,
-       std::vector<int32_t>& e, std::vector<ChunkInfo>& ch)
-      : pos(p), token(t), chunk_of(c), experts(e), chunks(ch) {
+       std::vector<int32_t>& e, std::vector<ChunkInfo>& ch, kernels::Out<int64_t> p_dev,
+       kernels::Out<int32_t> t_dev, kernels::Out<int32_t> e_dev)
+      : pos(p),
+        token(t),
+        chunk_of(c),
+        experts(e),
+        chunks(ch),
+        pos_buf_(p_dev),
+        token_buf_(t_dev),
+        experts_buf_(e_dev) {
     pos.clear();
     token.clear();
     chunk_of.clear();
@@ -31,10 +44,25 @@ struct Model::Rows {
   }
   // The step's rows (ws.pos, ...) or the MTP rows (ws.mtp_pos, ...).
   static Rows Step(StepWorkspace& ws) {
-    return Rows(ws.pos, ws.token, ws.chunk_of, ws.experts, ws.chunks);
+    return Rows(ws.pos, ws.token, ws.chunk_of, ws.experts, ws.chunks, ws.pos_dev.span(),
+                ws.token_dev.span(), ws.experts_dev.span());
   }
   static Rows Mtp(StepWorkspace& ws) {
-    return Rows(ws.mtp_pos, ws.mtp_token, ws.mtp_chunk_of, ws.mtp_experts, ws.mtp_chunks);
+    return Rows(ws.mtp_pos, ws.mtp_token, ws.mtp_chunk_of, ws.mtp_experts, ws.mtp_chunks,
+                ws.mtp_pos_dev.span(), ws.mtp_token_dev.span(), ws.mtp_experts_dev.span());
+  }
+  // Copies the rows' positions, tokens and experts to backend memory (on `queue`; the host
+  // vectors stay unchanged until the queue has run it: the step does not touch them again).
+  absl::Status Upload(kernels::Backend& backend, kernels::Queue& queue) {
+    const kernels::Out<int64_t> p = pos_buf_.first(n);
+    const kernels::Out<int32_t> t = token_buf_.first(n), e = experts_buf_.first(n);
+    RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const int64_t>(pos), p));
+    RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const int32_t>(token), t));
+    RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const int32_t>(experts), e));
+    pos_dev = p;
+    token_dev = t;
+    experts_dev = e;
+    return absl::OkStatus();
   }
 
   void Begin(SequenceState* seq, int64_t start_pos) { chunks.push_back({seq, n, 0, start_pos}); }
@@ -53,24 +81,29 @@ struct Model::Rows {
     Begin(seq, start_pos);
     for (int32_t t : tokens) AddRow(t, num_experts);
   }
+
+ private:
+  kernels::Out<int64_t> pos_buf_;
+  kernels::Out<int32_t> token_buf_, experts_buf_;
 };
 
 // out = w2(bf16(row_weight * silu(min(w1 x, L)) * clamp(w3 x, ±L))) for m rows, from quantised
-// rows (xq, FP8/FP4 experts) or bf16 rows (x, row stride d).
+// rows (xq, FP8/FP4 experts) or bf16 rows (x, row stride d); row_weight may be unset (1).
 // Temporaries come from `ws` (gate/up, activations, the w2 input's quantisation); m is at most
 // ws.layout.expert_rows.
-void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
-                   const float* row_weight, float limit, bf16* out, int64_t d, StepWorkspace& ws);
+absl::Status ExpertForward(kernels::Backend& backend, kernels::Queue& queue, const ExpertWeights& e,
+                           const QuantizedActs* xq, kernels::In<bf16> x, int64_t m,
+                           kernels::In<float> row_weight, float limit, kernels::Out<bf16> out,
+                           int64_t d, StepWorkspace& ws);
 
-// Gate (router logits into `logits`), sqrtsoftplus, bias top-k or tid2eid, normalise, scale (spec
-// §9.1) for n rows, k slots each. `experts` (may be null: k for every row) gives a row its own K <=
-// k: it is routed as a model with K experts per token would route it (hash layers: the first K
-// tid2eid columns), and its slots past K repeat its first expert with weight 0, which adds exactly
-// nothing.
+// Gate (router logits into `logits`, [n, E]), sqrtsoftplus, bias top-k or tid2eid, normalise,
+// scale (spec §9.1) for n rows, k slots each (idx and weights: [n, k]). `experts` (may be null: k
+// for every row) gives a row its own K <= k: it is routed as a model with K experts per token would
+// route it (hash layers: the first K tid2eid columns), and its slots past K repeat its first expert
+// with weight 0, which adds exactly nothing.
 void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
-                 const int32_t* experts, int64_t n, int64_t k, const bf16* x,
-                 std::vector<float>* logits, std::vector<int64_t>* hash_ids,
-                 std::vector<int32_t>* idx, std::vector<float>* weights);
+                 const int32_t* experts, int64_t n, int64_t k, const bf16* x, float* logits,
+                 std::vector<int64_t>* hash_ids, int32_t* idx, float* weights);
 
 // Per token: routed outputs ([n, k, d], slot order) summed in f32 in increasing expert id, then
 // the shared output (may be null), one rounding to bf16.

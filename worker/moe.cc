@@ -3,55 +3,56 @@
 #include <array>
 
 #include "kernels/ops.h"
+#include "worker/host_bridge.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
 
 // out = w2( bf16( weight * silu(min(w1 x, L)) * clamp(w3 x, ±L) ) ) for the gathered rows.
-void ExpertForward(const ExpertWeights& e, const QuantizedActs* xq, const bf16* x, int64_t m,
-                   const float* row_weight, float limit, bf16* out, int64_t d, StepWorkspace& ws) {
+absl::Status ExpertForward(kernels::Backend& backend, kernels::Queue& queue, const ExpertWeights& e,
+                           const QuantizedActs* xq, kernels::In<bf16> x, int64_t m,
+                           kernels::In<float> row_weight, float limit, kernels::Out<bf16> out,
+                           int64_t d, StepWorkspace& ws) {
+  if (m == 0) return absl::OkStatus();
   const int64_t inter = e.w1.out;
-  std::vector<bf16>& gu = ws.expert_gate_up;
-  std::vector<bf16>& act = ws.expert_act;
-  Use(gu, m * 2 * inter);
-  Use(act, m * inter);
+  const kernels::Out<bf16> gu = ws.Use(ws.expert_gate_up, m * 2 * inter);
+  const kernels::Out<bf16> act = ws.Use(ws.expert_act, m * inter);
   if (xq != nullptr) {
-    LinearForwardQuantized(e.w1, xq->q.data(), xq->scale.data(), m, gu.data(), 2 * inter);
-    LinearForwardQuantized(e.w3, xq->q.data(), xq->scale.data(), m, gu.data() + inter, 2 * inter);
+    RETURN_IF_ERROR(
+        LinearForwardQuantized(backend, queue, e.w1, xq->q, xq->scale, m, gu, 2 * inter));
+    RETURN_IF_ERROR(LinearForwardQuantized(backend, queue, e.w3, xq->q, xq->scale, m,
+                                           gu.subspan(inter), 2 * inter));
   } else {
-    LinearForward(e.w1, x, d, m, gu.data(), 2 * inter, &ws.linear_acts);
-    LinearForward(e.w3, x, d, m, gu.data() + inter, 2 * inter, &ws.linear_acts);
+    RETURN_IF_ERROR(LinearForward(backend, queue, e.w1, x, d, m, gu, 2 * inter, ws.linear_acts));
+    RETURN_IF_ERROR(
+        LinearForward(backend, queue, e.w3, x, d, m, gu.subspan(inter), 2 * inter, ws.linear_acts));
   }
   kernels::SwiGluParams p;
-  p.gate = gu.data();
-  p.up = gu.data() + inter;
+  p.gate = HostOf(gu);
+  p.up = HostOf(gu) + inter;
   p.ld_in = 2 * inter;
-  p.row_weight = row_weight;
+  p.row_weight = HostOf(row_weight);
   p.m = m;
   p.inter = inter;
   p.limit = limit;
-  p.out = act.data();
+  p.out = HostOf(act);
   p.ld_out = inter;
   kernels::SwiGlu(p);
-  LinearForward(e.w2, act.data(), inter, m, out, d, &ws.linear_acts);
+  return LinearForward(backend, queue, e.w2, act, inter, m, out, d, ws.linear_acts);
 }
 
 void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
-                 const int32_t* experts, int64_t n, int64_t k, const bf16* x,
-                 std::vector<float>* logits_buf, std::vector<int64_t>* hash_buf,
-                 std::vector<int32_t>* idx, std::vector<float>* weights) {
+                 const int32_t* experts, int64_t n, int64_t k, const bf16* x, float* logits,
+                 std::vector<int64_t>* hash_buf, int32_t* idx, float* weights) {
   const int64_t d = c.hidden_size, num_experts = c.n_routed_experts;
-  idx->resize(n * k);
-  weights->resize(n * k);
   if (n == 0) return;
-  std::vector<float>& logits = *logits_buf;
-  Use(logits, n * num_experts);
+  const int64_t* tid2eid = HostOf(mw.tid2eid);
   kernels::GemmF32Params p;
   p.a_bf16 = x;
   p.lda = d;
-  p.w_bf16 = mw.gate;
+  p.w_bf16 = HostOf(mw.gate);
   p.ldw = d;
-  p.c = logits.data();
+  p.c = logits;
   p.ldc = num_experts;
   p.m = n;
   p.n = num_experts;
@@ -66,7 +67,7 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
     for (int64_t t = 0; t < n; ++t) {
       const int64_t kt = experts[t];
       kernels::RouterParams rp;
-      rp.logits = logits.data() + t * num_experts;
+      rp.logits = logits + t * num_experts;
       rp.m = 1;
       rp.num_experts = num_experts;
       rp.top_k = kt;
@@ -77,38 +78,37 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
       rp.weights = row_weights.data();
       if (!mw.tid2eid.empty()) {
         Use(hash_ids, kt);
-        std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, kt, hash_ids.data());
+        std::copy_n(tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols, kt, hash_ids.data());
         rp.hash_ids = hash_ids.data();
         rp.ld_hash = kt;
       } else {
-        rp.bias = mw.bias;
+        rp.bias = HostOf(mw.bias);
       }
       kernels::Route(rp);
       for (int64_t s = 0; s < k; ++s) {
-        (*idx)[t * k + s] = s < kt ? row_idx[s] : row_idx[0];
-        (*weights)[t * k + s] = s < kt ? row_weights[s] : 0.0f;
+        idx[t * k + s] = s < kt ? row_idx[s] : row_idx[0];
+        weights[t * k + s] = s < kt ? row_weights[s] : 0.0f;
       }
     }
     return;
   }
   kernels::RouterParams rp;
-  rp.logits = logits.data();
+  rp.logits = logits;
   rp.m = n;
   rp.num_experts = num_experts;
   rp.top_k = k;
   rp.route_scale = float(c.routed_scaling_factor);
-  rp.expert_idx = idx->data();
-  rp.weights = weights->data();
+  rp.expert_idx = idx;
+  rp.weights = weights;
   if (!mw.tid2eid.empty()) {
     Use(hash_ids, n * k);
     for (int64_t t = 0; t < n; ++t) {
-      std::copy_n(mw.tid2eid.data() + int64_t(tokens[t]) * mw.tid2eid_cols, k,
-                  hash_ids.data() + t * k);
+      std::copy_n(tid2eid + int64_t(tokens[t]) * mw.tid2eid_cols, k, hash_ids.data() + t * k);
     }
     rp.hash_ids = hash_ids.data();
     rp.ld_hash = k;
   } else {
-    rp.bias = mw.bias;
+    rp.bias = HostOf(mw.bias);
   }
   kernels::Route(rp);
 }
@@ -126,27 +126,31 @@ void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed
   kernels::MoeCombine(p);
 }
 
-absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, bf16* out) const {
-  if (par_.distributed()) return MoeDistributed(mw, rows, x, out);
+absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, kernels::In<bf16> x_span,
+                        kernels::Out<bf16> out) const {
+  if (par_.distributed()) return MoeDistributed(mw, rows, x_span, out);
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, num_experts = c.n_routed_experts, k = top_k_;
   const float limit = float(c.swiglu_limit);
   StepWorkspace& ws = *ws_;
-  std::vector<int32_t>& idx = ws.route_idx;
-  std::vector<float>& weights = ws.route_weights;
-  RouteTokens(c, mw, rows.token.data(), rows.experts.data(), n, k, x, &ws.router_logits,
-              &ws.hash_ids, &idx, &weights);
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  const bf16* x = HostOf(x_span);
+  int32_t* idx = HostOf(ws.Use(ws.route_idx, n * k));
+  float* weights = HostOf(ws.Use(ws.route_weights, n * k));
+  RouteTokens(c, mw, rows.token.data(), rows.experts.data(), n, k, x,
+              HostOf(ws.router_logits.span()), &ws.hash_ids, idx, weights);
 
   // Activations are quantised once (act_quant is per row) and gathered per expert.
   const bool quantized = mw.experts[0].w1.TakesQuantizedInput();
   QuantizedActs& xq = ws.block_acts;
-  if (quantized) QuantizeActs(x, d, n, d, &xq);
+  if (quantized) RETURN_IF_ERROR(QuantizeActs(backend, queue, x_span, d, n, d, xq));
 
   // Expert e's assignments (token * k + slot, token order): order[offsets[e], offsets[e + 1]).
   int64_t* offsets = Use(ws.expert_offsets, num_experts + 1);
   int32_t* order = Use(ws.expert_order, n * k);
   kernels::MoePermuteParams pp;
-  pp.expert_idx = idx.data();
+  pp.expert_idx = idx;
   pp.n = n;
   pp.k = k;
   pp.first_expert = 0;
@@ -157,46 +161,50 @@ absl::Status Model::Moe(const MoeWeights& mw, const Rows& rows, const bf16* x, b
 
   // An expert's list runs in passes of at most expert_rows rows (each row's arithmetic is its
   // own, so the passes give the rows what one pass would).
-  bf16* routed = Use(ws.routed, n * k * d);
+  bf16* routed = HostOf(ws.Use(ws.routed, n * k * d));
   const int64_t pass_rows = ws.layout.expert_rows;
   QuantizedActs& qe = ws.expert_acts;
   for (int64_t e = 0; e < num_experts; ++e) {
     for (int64_t p0 = offsets[e]; p0 < offsets[e + 1]; p0 += pass_rows) {
       const int32_t* list = order + p0;
       const int64_t m = std::min(pass_rows, offsets[e + 1] - p0);
-      float* w = Use(ws.expert_weights, m);
-      bf16* ye = Use(ws.expert_out, m * d);
+      const kernels::Out<float> w_span = ws.Use(ws.expert_weights, m);
+      const kernels::Out<bf16> ye_span = ws.Use(ws.expert_out, m * d);
+      float* w = HostOf(w_span);
+      const bf16* ye = HostOf(ye_span);
       for (int64_t i = 0; i < m; ++i) w[i] = weights[list[i]];
       if (quantized) {
         qe.m = m;
         qe.k = d;
-        Use(qe.q, m * d);
-        Use(qe.scale, m * (d / 128));
+        // Rows [0, m) of the pass are all written.
         for (int64_t i = 0; i < m; ++i) {
           const int64_t t = list[i] / k;
-          std::copy_n(xq.row(t), d, qe.q.data() + i * d);
-          std::copy_n(xq.row_scale(t), d / 128, qe.scale.data() + i * (d / 128));
+          std::copy_n(HostOf(xq.q) + t * d, d, HostOf(qe.q) + i * d);
+          std::copy_n(HostOf(xq.scale) + t * (d / 128), d / 128, HostOf(qe.scale) + i * (d / 128));
         }
       } else {
-        bf16* xe = Use(ws.expert_in, m * d);
+        bf16* xe = HostOf(ws.Use(ws.expert_in, m * d));
         for (int64_t i = 0; i < m; ++i) std::copy_n(x + (list[i] / k) * d, d, xe + i * d);
       }
-      ExpertForward(mw.experts[e - mw.first_expert], quantized ? &qe : nullptr, ws.expert_in.data(),
-                    m, w, limit, ye, d, ws);
+      RETURN_IF_ERROR(ExpertForward(backend, queue, mw.experts[e - mw.first_expert],
+                                    quantized ? &qe : nullptr, ws.expert_in.span(), m, w_span,
+                                    limit, ye_span, d, ws));
       for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, routed + list[i] * d);
     }
   }
 
   bf16* shared = nullptr;
   if (mw.has_shared) {
-    shared = Use(ws.shared_out, n * d);
+    const kernels::Out<bf16> shared_span = ws.Use(ws.shared_out, n * d);
+    shared = HostOf(shared_span);
     const bool sq = mw.shared.w1.TakesQuantizedInput();
-    if (sq && !quantized) QuantizeActs(x, d, n, d, &xq);
-    ExpertForward(mw.shared, sq ? &xq : nullptr, x, n, nullptr, limit, shared, d, ws);
+    if (sq && !quantized) RETURN_IF_ERROR(QuantizeActs(backend, queue, x_span, d, n, d, xq));
+    RETURN_IF_ERROR(ExpertForward(backend, queue, mw.shared, sq ? &xq : nullptr, x_span, n, {},
+                                  limit, shared_span, d, ws));
   }
   // Combine (§9.3): per token, the routed outputs in increasing expert id, then the shared one;
   // f32 sums, one rounding. The order depends on neither arrival nor rank layout.
-  CombineExperts(mw, idx.data(), routed, shared, n, k, d, out);
+  CombineExperts(mw, idx, routed, shared, n, k, d, HostOf(out));
   return absl::OkStatus();
 }
 

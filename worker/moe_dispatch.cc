@@ -7,14 +7,14 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-
 #include "worker/expert_exchange.h"
+#include "worker/host_bridge.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
 
-absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const bf16* x,
-                                   bf16* out) const {
+absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, kernels::In<bf16> x,
+                                   kernels::Out<bf16> out_span) const {
   const ModelConfig& c = config_;
   const int64_t n = rows.n, d = c.hidden_size, k = top_k_;
   const float limit = float(c.swiglu_limit);
@@ -22,12 +22,16 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   // This TP rank's slice of the group's tokens.
   const IndexRange slice = SplitEvenly(n, par_.tp_size, par_.tp_rank);
   const int64_t ns = slice.size();
-  const bf16* xs = x + slice.begin * d;
+  const kernels::In<bf16> xs_span = x.subspan(slice.begin * d, ns * d);
+  const bf16* xs = HostOf(xs_span);
+  bf16* out = HostOf(out_span);
   StepWorkspace& ws = *ws_;
-  std::vector<int32_t>& idx = ws.route_idx;
-  std::vector<float>& weights = ws.route_weights;
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  int32_t* idx = HostOf(ws.Use(ws.route_idx, ns * k));
+  float* weights = HostOf(ws.Use(ws.route_weights, ns * k));
   RouteTokens(c, mw, rows.token.data() + slice.begin, rows.experts.data() + slice.begin, ns, k, xs,
-              &ws.router_logits, &ws.hash_ids, &idx, &weights);
+              HostOf(ws.router_logits.span()), &ws.hash_ids, idx, weights);
 
   // Activations travel as FP8 codes + UE8M0 scales (quantised experts) or bf16.
   const bool quantized = c.Quantized();  // FP8 checkpoints carry FP4 or FP8 experts
@@ -35,17 +39,17 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   const size_t row_bytes = quantized ? size_t(d + d / 128) : size_t(2 * d);
   std::vector<uint8_t> rows_out(ns * row_bytes);
   if (quantized && ns > 0) {
-    QuantizeActs(xs, d, ns, d, &xq);
+    RETURN_IF_ERROR(QuantizeActs(backend, queue, xs_span, d, ns, d, xq));
     for (int64_t t = 0; t < ns; ++t) {
-      std::memcpy(&rows_out[t * row_bytes], xq.row(t), d);
-      std::memcpy(&rows_out[t * row_bytes + d], xq.row_scale(t), d / 128);
+      std::memcpy(&rows_out[t * row_bytes], HostOf(xq.q) + t * d, d);
+      std::memcpy(&rows_out[t * row_bytes + d], HostOf(xq.scale) + t * (d / 128), d / 128);
     }
   } else if (ns > 0) {
     std::memcpy(rows_out.data(), xs, ns * row_bytes);
   }
   ExpertExchange ex;
-  RETURN_IF_ERROR(ex.Dispatch(*par_.ep, par_.placement, idx.data(), weights.data(), ns, k,
-                              rows_out.data(), row_bytes, step_));
+  RETURN_IF_ERROR(ex.Dispatch(*par_.ep, par_.placement, idx, weights, ns, k, rows_out.data(),
+                              row_bytes, step_));
 
   // Expert compute over the received entries, grouped by local expert in arrival order; every
   // row's arithmetic is independent of its group.
@@ -59,27 +63,29 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
     for (size_t p0 = 0; p0 < all_rows.size(); p0 += size_t(pass_rows)) {
       const int64_t m = std::min<int64_t>(pass_rows, int64_t(all_rows.size() - p0));
       const int64_t* list = all_rows.data() + p0;
-      float* w = Use(ws.expert_weights, m);
-      bf16* xe = Use(ws.expert_in, quantized ? 0 : m * d);
-      bf16* ye = Use(ws.expert_out, m * d);
+      const kernels::Out<float> w_span = ws.Use(ws.expert_weights, m);
+      const kernels::Out<bf16> xe_span = ws.Use(ws.expert_in, quantized ? 0 : m * d);
+      const kernels::Out<bf16> ye_span = ws.Use(ws.expert_out, m * d);
+      float* w = HostOf(w_span);
+      bf16* xe = HostOf(xe_span);
+      const bf16* ye = HostOf(ye_span);
       QuantizedActs& qe = ws.expert_acts;
-      if (quantized) {
+      if (quantized) {  // rows [0, m) of the pass are all written below
         qe.m = m;
         qe.k = d;
-        Use(qe.q, m * d);
-        Use(qe.scale, m * (d / 128));
       }
       for (int64_t i = 0; i < m; ++i) {
         w[i] = ex.header(list[i]).weight;
         const uint8_t* p = ex.payload(list[i]);
         if (quantized) {
-          std::memcpy(qe.q.data() + i * d, p, d);
-          std::memcpy(qe.scale.data() + i * (d / 128), p + d, d / 128);
+          std::memcpy(HostOf(qe.q) + i * d, p, d);
+          std::memcpy(HostOf(qe.scale) + i * (d / 128), p + d, d / 128);
         } else {
           std::memcpy(xe + i * d, p, 2 * d);
         }
       }
-      ExpertForward(mw.experts[le], quantized ? &qe : nullptr, xe, m, w, limit, ye, d, ws);
+      RETURN_IF_ERROR(ExpertForward(backend, queue, mw.experts[le], quantized ? &qe : nullptr,
+                                    xe_span, m, w_span, limit, ye_span, d, ws));
       for (int64_t i = 0; i < m; ++i) std::copy_n(ye + i * d, d, &reply[list[i] * d]);
     }
   }
@@ -87,15 +93,16 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, const
   RETURN_IF_ERROR(ex.Combine(*par_.ep, reinterpret_cast<const uint8_t*>(reply.data()), 2 * d,
                              reinterpret_cast<uint8_t*>(routed.data()), step_));
 
-  std::vector<bf16> shared;
+  const bf16* shared = nullptr;
   if (mw.has_shared && ns > 0) {
-    shared.resize(ns * d);
+    const kernels::Out<bf16> shared_span = ws.Use(ws.shared_out, ns * d);
+    shared = HostOf(shared_span);
     const bool sq = mw.shared.w1.TakesQuantizedInput();
-    ExpertForward(mw.shared, sq ? &xq : nullptr, xs, ns, nullptr, limit, shared.data(), d, ws);
+    RETURN_IF_ERROR(ExpertForward(backend, queue, mw.shared, sq ? &xq : nullptr, xs_span, ns, {},
+                                  limit, shared_span, d, ws));
   }
   std::vector<bf16> ys(ns * d);
-  CombineExperts(mw, idx.data(), routed.data(), shared.empty() ? nullptr : shared.data(), ns, k, d,
-                 ys.data());
+  CombineExperts(mw, idx, routed.data(), shared, ns, k, d, ys.data());
 
   // The TP group all-gathers its token slices (padded to the widest slice).
   if (par_.tp_size == 1) {

@@ -1,5 +1,10 @@
 #include "worker/step_workspace.h"
 
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "worker/backend_status.h"
+
 namespace flotilla {
 namespace {
 
@@ -13,96 +18,144 @@ uint64_t Held(const std::vector<T>& v) {
   return uint64_t(v.capacity() * sizeof(T));
 }
 
+// The device buffers of a workspace and their sizes, listed once for sizing and carving.
+class Carver {
+ public:
+  Carver(kernels::Arena* arena, int64_t alignment) : arena_(arena), alignment_(alignment) {}
+  template <typename T>
+  absl::Status operator()(kernels::DeviceBuffer<T>& b, int64_t n) {
+    bytes_ += uint64_t(n) * sizeof(T);
+    padded_ +=
+        (std::max<int64_t>(n * int64_t(sizeof(T)), 1) + alignment_ - 1) / alignment_ * alignment_;
+    if (arena_ == nullptr) return absl::OkStatus();
+    ASSIGN_OR_RETURN_BACKEND(b, kernels::DeviceBuffer<T>::Make(*arena_, n));
+    return absl::OkStatus();
+  }
+  uint64_t bytes() const { return bytes_; }
+  int64_t padded() const { return padded_; }
+
+ private:
+  kernels::Arena* arena_;
+  int64_t alignment_;
+  uint64_t bytes_ = 0;
+  int64_t padded_ = 0;
+};
+
 }  // namespace
 
-StepWorkspace::StepWorkspace(const StepWorkspaceLayout& l) : layout(l) {
+absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWorkspaceLayout& l,
+                                                                   kernels::Backend& backend,
+                                                                   kernels::Queue& queue) {
   static_assert(sizeof(ChunkRecord) == StepWorkspaceLayout::kChunkRecordBytes);
-  for (auto* v : {&h, &res, &hsel, &mtp_h, &mtp_in}) Reserve(*v, l.streams);
-  for (auto* v : {&x, &y, &embed, &mtp_e, &mtp_ep, &head_in}) Reserve(*v, l.hidden);
-  for (auto* v : {&mtp_hn, &mtp_hp}) Reserve(*v, l.mtp_streams);
-  Reserve(q_lora, l.q_lora);
-  Reserve(query, l.query);
-  Reserve(kv, l.kv);
-  Reserve(index_query, l.index_query);
-  Reserve(index_weights, l.index_weights);
-  Reserve(gather, l.gather);
-  Reserve(ring, l.ring);
-  Reserve(entries, l.entries);
-  Reserve(block_keys, l.block_keys);
-  Reserve(attn_out, l.attn_out);
-  Reserve(wo_a_out, l.wo_a_out);
-  Reserve(compressed, l.compressed);
-  Reserve(routed, l.routed);
-  Reserve(expert_in, l.expert_in);
-  Reserve(expert_out, l.expert_out);
-  Reserve(shared_out, l.shared_out);
-  Reserve(expert_gate_up, l.expert_gate_up);
-  Reserve(expert_act, l.expert_act);
-  Reserve(hc_post, l.hc_post);
-  Reserve(hc_comb, l.hc_comb);
-  Reserve(tp_sum, l.tp_sum);
-  Reserve(head_part, l.head_part);
-  Reserve(head_all, l.head_all);
-  Reserve(compressor_k, l.compressor_kv);
-  Reserve(compressor_g, l.compressor_kv);
-  for (CompressorState* s : {&state, &reset_state}) {
+  std::unique_ptr<StepWorkspace> ws(new StepWorkspace());
+  StepWorkspace& w = *ws;
+  w.layout = l;
+  w.backend_ = &backend;
+  w.queue_ = &queue;
+  auto carve = [&](Carver& c) -> absl::Status {
+    for (auto* b : {&w.h, &w.res, &w.hsel, &w.mtp_h, &w.mtp_in}) RETURN_IF_ERROR(c(*b, l.streams));
+    for (auto* b : {&w.x, &w.y, &w.embed, &w.mtp_e, &w.mtp_ep, &w.head_in})
+      RETURN_IF_ERROR(c(*b, l.hidden));
+    for (auto* b : {&w.mtp_hn, &w.mtp_hp}) RETURN_IF_ERROR(c(*b, l.mtp_streams));
+    const std::pair<Buffer<bf16>*, int64_t> bf16s[] = {{&w.q_lora, l.q_lora},
+                                                       {&w.query, l.query},
+                                                       {&w.kv, l.kv},
+                                                       {&w.index_query, l.index_query},
+                                                       {&w.index_weights, l.index_weights},
+                                                       {&w.gather, l.gather},
+                                                       {&w.ring, l.ring},
+                                                       {&w.entries, l.entries},
+                                                       {&w.block_keys, l.block_keys},
+                                                       {&w.attn_out, l.attn_out},
+                                                       {&w.wo_a_out, l.wo_a_out},
+                                                       {&w.compressed, l.compressed},
+                                                       {&w.routed, l.routed},
+                                                       {&w.expert_in, l.expert_in},
+                                                       {&w.expert_out, l.expert_out},
+                                                       {&w.shared_out, l.shared_out},
+                                                       {&w.expert_gate_up, l.expert_gate_up},
+                                                       {&w.expert_act, l.expert_act}};
+    for (const auto& [b, n] : bf16s) RETURN_IF_ERROR(c(*b, n));
+    const std::pair<Buffer<float>*, int64_t> f32s[] = {{&w.hc_post, l.hc_post},
+                                                       {&w.hc_comb, l.hc_comb},
+                                                       {&w.head_part, l.head_part},
+                                                       {&w.compressor_k, l.compressor_kv},
+                                                       {&w.compressor_g, l.compressor_kv},
+                                                       {&w.pooled, l.pooled},
+                                                       {&w.pick_scores, l.pick_scores},
+                                                       {&w.router_logits, l.router_logits},
+                                                       {&w.route_weights, l.route_weights},
+                                                       {&w.expert_weights, l.expert_rows}};
+    for (const auto& [b, n] : f32s) RETURN_IF_ERROR(c(*b, n));
+    for (auto* b : {&w.pos_dev, &w.mtp_pos_dev}) RETURN_IF_ERROR(c(*b, l.row_i64));
+    for (auto* b :
+         {&w.token_dev, &w.experts_dev, &w.mtp_token_dev, &w.mtp_experts_dev, &w.num_picks})
+      RETURN_IF_ERROR(c(*b, l.row_i32));
+    RETURN_IF_ERROR(c(w.picks, l.picks));
+    RETURN_IF_ERROR(c(w.route_idx, l.route_idx));
+    for (int i = 0; i < 3; ++i) {
+      RETURN_IF_ERROR(c(w.act_q_[i], l.act_q));
+      RETURN_IF_ERROR(c(w.act_scale_[i], l.act_scale));
+    }
+    return absl::OkStatus();
+  };
+  Carver size(nullptr, backend.memory().alignment);
+  RETURN_IF_ERROR(carve(size));
+  kernels::BackendResult<std::unique_ptr<kernels::Arena>> arena =
+      backend.NewArena("step workspace", size.padded());
+  if (!arena.ok()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("step workspace of ", size.padded(), " bytes: ", arena.status().message()));
+  }
+  w.arena_ = std::move(arena.value());
+  Carver carver(w.arena_.get(), backend.memory().alignment);
+  RETURN_IF_ERROR(carve(carver));
+  w.device_bytes_ = carver.bytes();
+  QuantizedActs* acts[3] = {&w.block_acts, &w.expert_acts, &w.linear_acts};
+  for (int i = 0; i < 3; ++i) {
+    acts[i]->q = w.act_q_[i].span();
+    acts[i]->scale = w.act_scale_[i].span();
+  }
+
+  Reserve(w.tp_sum, l.tp_sum);
+  Reserve(w.head_all, l.head_all);
+  for (CompressorState* s : {&w.state, &w.reset_state}) {
     Reserve(s->kv, l.compressor_state);
     Reserve(s->score, l.compressor_state);
   }
-  Reserve(pooled, l.pooled);
-  Reserve(pick_scores, l.pick_scores);
-  Reserve(router_logits, l.router_logits);
-  Reserve(route_weights, l.route_weights);
-  Reserve(expert_weights, l.expert_rows);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &num_picks})
+  for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts})
     Reserve(*v, l.row_i32);
-  Reserve(picks, l.picks);
-  Reserve(entry_slot, l.entry_slot);
-  Reserve(route_idx, l.route_idx);
-  Reserve(hash_ids, l.route_idx);
-  Reserve(expert_order, l.expert_order);
-  for (auto* v : {&pos, &mtp_pos, &pick_rows, &entry_pos}) Reserve(*v, l.row_i64);
-  Reserve(expert_offsets, l.expert_offsets);
-  Reserve(chunks, l.limits.sequences);
-  Reserve(mtp_chunks, l.limits.sequences);
-  for (QuantizedActs* a : {&block_acts, &expert_acts, &linear_acts}) {
-    Reserve(a->q, l.act_q);
-    Reserve(a->scale, l.act_scale);
-  }
-  Reserve(packed, l.packed);
-  Reserve(k_rows, l.pool_rows);
-  Reserve(g_rows, l.pool_rows);
-  threads.resize(size_t(l.limits.threads));
-  for (ThreadScratch& t : threads) {
+  Reserve(w.entry_slot, l.entry_slot);
+  Reserve(w.hash_ids, l.route_idx);
+  Reserve(w.expert_order, l.expert_order);
+  for (auto* v : {&w.pos, &w.mtp_pos, &w.pick_rows, &w.entry_pos}) Reserve(*v, l.row_i64);
+  Reserve(w.expert_offsets, l.expert_offsets);
+  Reserve(w.chunks, l.limits.sequences);
+  Reserve(w.mtp_chunks, l.limits.sequences);
+  Reserve(w.packed, l.packed);
+  Reserve(w.k_rows, l.pool_rows);
+  Reserve(w.g_rows, l.pool_rows);
+  w.threads.resize(size_t(l.limits.threads));
+  for (ThreadScratch& t : w.threads) {
     Reserve(t.scores, l.thread_candidates);
     Reserve(t.idx, l.thread_candidates);
     Reserve(t.order, l.thread_topk);
     Reserve(t.sel, l.thread_topk);
     Reserve(t.list, l.thread_list);
   }
+  return ws;
 }
 
 uint64_t StepWorkspace::ReservedBytes() const {
-  uint64_t b = 0;
-  for (auto* v : {&h,          &res,    &hsel,      &mtp_h,      &mtp_in,      &x,
-                  &y,          &embed,  &mtp_e,     &mtp_ep,     &head_in,     &mtp_hn,
-                  &mtp_hp,     &q_lora, &query,     &kv,         &index_query, &index_weights,
-                  &gather,     &ring,   &entries,   &block_keys, &attn_out,    &wo_a_out,
-                  &compressed, &routed, &expert_in, &expert_out, &shared_out,  &expert_gate_up,
-                  &expert_act})
-    b += Held(*v);
-  for (auto* v : {&hc_post, &hc_comb, &tp_sum, &head_part, &head_all, &compressor_k, &compressor_g,
-                  &pooled, &pick_scores, &router_logits, &route_weights, &expert_weights, &state.kv,
-                  &state.score, &reset_state.kv, &reset_state.score})
-    b += Held(*v);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &num_picks,
-                  &picks, &entry_slot, &route_idx, &expert_order})
+  uint64_t b = device_bytes_;
+  b += Held(tp_sum) + Held(head_all);
+  for (const CompressorState* s : {&state, &reset_state}) b += Held(s->kv) + Held(s->score);
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &entry_slot,
+                  &expert_order})
     b += Held(*v);
   for (auto* v : {&pos, &mtp_pos, &pick_rows, &entry_pos, &expert_offsets, &hash_ids})
     b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
-  for (const QuantizedActs* a : {&block_acts, &expert_acts, &linear_acts})
-    b += Held(a->q) + Held(a->scale);
   b += Held(packed) + Held(k_rows) + Held(g_rows);
   for (const ThreadScratch& t : threads)
     b += Held(t.scores) + Held(t.idx) + Held(t.order) + Held(t.sel) + Held(t.list);

@@ -1,14 +1,21 @@
 // The model's step workspace: one buffer per temporary of a forward step, reserved when the
 // model starts to the sizes of StepWorkspaceLayout (sharding/step_workspace.h) and reused by
-// every step, so that a step allocates nothing. Use(buffer, n) hands out n value-initialised
-// elements and never grows a buffer past what it was reserved.
+// every step, so that a step allocates nothing. Activations (everything an op reads or writes)
+// are DeviceBuffers carved from one backend arena ("step workspace"); metadata built on the host
+// (row lists, chunk records, index lists, pointer lists, communication staging) stays in host
+// vectors. Use(buffer, n) hands out n zeroed elements and never grows a buffer past what it was
+// reserved.
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <vector>
 
 #include "common/dtype.h"
 #include "common/status.h"
+#include "kernels/backend.h"
 #include "sharding/step_workspace.h"
 #include "worker/linear.h"
 #include "worker/paged_kv.h"
@@ -26,6 +33,11 @@ T* Use(std::vector<T>& v, int64_t n) {
 }
 
 struct StepWorkspace {
+ private:
+  // Declared first: every buffer below frees into it before it goes.
+  std::unique_ptr<kernels::Arena> arena_;
+
+ public:
   struct ChunkRecord {  // Model::Rows::ChunkInfo's storage (StepWorkspaceLayout counts 32 B)
     SequenceState* seq;
     int64_t first_row, n, start_pos;
@@ -35,33 +47,67 @@ struct StepWorkspace {
     std::vector<int32_t> idx, order, sel;
     std::vector<const bf16*> list;
   };
+  template <typename T>
+  using Buffer = kernels::DeviceBuffer<T>;
 
-  explicit StepWorkspace(const StepWorkspaceLayout& layout);
-  // Bytes reserved: equals layout.Bytes().
+  // Reserves every buffer: one arena of `backend` for the activations (errors name the arena
+  // and the bytes asked for), host vectors for the rest. Use() zeroes on `queue`.
+  static absl::StatusOr<std::unique_ptr<StepWorkspace>> Make(const StepWorkspaceLayout& layout,
+                                                             kernels::Backend& backend,
+                                                             kernels::Queue& queue);
+  // Bytes reserved: equals layout.Bytes() (the arena adds at most its alignment per buffer).
   uint64_t ReservedBytes() const;
 
+  // The first n elements of `b`, zeroed on the queue (n at most what `b` was reserved).
+  template <typename T>
+  kernels::Out<T> Use(Buffer<T>& b, int64_t n) {
+    FLOTILLA_CHECK(n >= 0 && n <= b.size());
+    const kernels::Out<T> span = b.span().first(n);
+    const kernels::BackendStatus s = backend_->Fill(*queue_, span, T{});
+    if (!s.ok()) {
+      std::fprintf(stderr, "flotilla: step workspace: %s\n", s.message().c_str());
+      std::abort();  // a span of the workspace's own arena: a programmer error
+    }
+    return span;
+  }
+
   StepWorkspaceLayout layout;
+  // ---- backend memory
   // bf16
-  std::vector<bf16> h, res, hsel, mtp_h, mtp_in;          // streams
-  std::vector<bf16> x, y, embed, mtp_e, mtp_ep, head_in;  // hidden
-  std::vector<bf16> mtp_hn, mtp_hp;                       // mtp_streams
-  std::vector<bf16> q_lora, query, kv, index_query, index_weights, gather, ring, entries,
-      block_keys, attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out,
-      expert_gate_up, expert_act;
+  Buffer<bf16> h, res, hsel, mtp_h, mtp_in;          // streams
+  Buffer<bf16> x, y, embed, mtp_e, mtp_ep, head_in;  // hidden
+  Buffer<bf16> mtp_hn, mtp_hp;                       // mtp_streams
+  Buffer<bf16> q_lora, query, kv, index_query, index_weights, gather, ring, entries, block_keys,
+      attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up,
+      expert_act;
   // f32
-  std::vector<float> hc_post, hc_comb, tp_sum, head_part, head_all, compressor_k, compressor_g,
-      pooled, pick_scores, router_logits, route_weights, expert_weights;
+  Buffer<float> hc_post, hc_comb, head_part, compressor_k, compressor_g, pooled, pick_scores,
+      router_logits, route_weights, expert_weights;
+  // integers: the rows' device copies (Model::Rows), the indexer's picks, the routing
+  Buffer<int64_t> pos_dev, mtp_pos_dev;
+  Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, num_picks, picks,
+      route_idx;
+  // FP8 activations: the block's, an expert pass's, a linear layer's (spans of act_q/act_scale)
+  QuantizedActs block_acts, expert_acts, linear_acts;
+
+  // ---- host memory
+  std::vector<float> tp_sum, head_all;  // communication staging (MPI reads host memory)
   CompressorState state, reset_state;
-  // integers
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, num_picks,
-      picks, entry_slot, route_idx, expert_order;
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, entry_slot,
+      expert_order;
   std::vector<int64_t> hash_ids, pos, mtp_pos, pick_rows, entry_pos, expert_offsets;
   std::vector<ChunkRecord> chunks, mtp_chunks;
-  // bytes and pointers
-  QuantizedActs block_acts, expert_acts, linear_acts;
   std::vector<uint8_t> packed;
   std::vector<const float*> k_rows, g_rows;
   std::vector<ThreadScratch> threads;
+
+ private:
+  StepWorkspace() = default;
+  kernels::Backend* backend_ = nullptr;
+  kernels::Queue* queue_ = nullptr;
+  Buffer<fp8> act_q_[3];
+  Buffer<e8m0> act_scale_[3];
+  uint64_t device_bytes_ = 0;  // elements x size of every buffer above
 };
 
 }  // namespace flotilla

@@ -1,8 +1,10 @@
-// Model weights as the forward pass uses them: views into the memory-mapped checkpoint (zero
-// copy), except wo_a, which is dequantised to bf16 at load (spec §3.6), and any tensor whose
-// mapped address does not suit its element type (safetensors packs tensors without padding, so
-// an f32 tensor after an odd-sized bf16 one starts at an odd address): that one is copied into
-// owned storage, aligned to 8 bytes, when it is bound.
+// Model weights as the forward pass uses them: spans of backend memory. On a backend that can
+// read host memory in place (the CPU backend) the tensors of the memory-mapped checkpoint are
+// imported (Backend::ImportHost: zero copy); tensors converted at load (wo_a dequantised to bf16,
+// spec §3.6; tid2eid as int64; the RoPE frequencies) and tensors whose mapped address does not
+// suit their element type (safetensors packs tensors without padding, so an f32 tensor after an
+// odd-sized bf16 one starts at an odd address) are uploaded into one owned arena. A backend that
+// cannot import (CUDA), or ModelOptions::upload_weights, uploads every tensor into that arena.
 #pragma once
 
 #include <cstdint>
@@ -15,45 +17,46 @@
 #include "common/model_tensors.h"
 #include "common/safetensors.h"
 #include "common/status.h"
+#include "kernels/backend.h"
 #include "sharding/layout.h"
 #include "worker/linear.h"
 
 namespace flotilla {
 
 struct HcWeights {
-  const float* fn = nullptr;     // [mix, hc*D]
-  const float* base = nullptr;   // [mix]
-  const float* scale = nullptr;  // [3] (block) or [1] (head)
+  kernels::In<float> fn;     // [mix, hc*D]
+  kernels::In<float> base;   // [mix]
+  kernels::In<float> scale;  // [3] (block) or [1] (head)
 };
 
 struct CompressorWeights {
   int64_t ratio = 0;    // tokens per entry
   int64_t dim = 0;      // entry width d
   bool overlap = false; // ratio 4: two halves of width d (A: previous block, B: current)
-  const bf16* wkv = nullptr;    // [width, D], width = overlap ? 2d : d
-  const bf16* wgate = nullptr;  // [width, D]
-  const float* ape = nullptr;   // [ratio, width]
-  const bf16* norm = nullptr;   // [d]
+  kernels::In<bf16> wkv;    // [width, D], width = overlap ? 2d : d
+  kernels::In<bf16> wgate;  // [width, D]
+  kernels::In<float> ape;   // [ratio, width]
+  kernels::In<bf16> norm;   // [d]
   int64_t width() const { return overlap ? 2 * dim : dim; }
 };
 
 struct IndexerWeights {
   Linear wq_b;                          // [IH*ihd, q_lora]
-  const bf16* weights_proj = nullptr;   // [IH, D]
+  kernels::In<bf16> weights_proj;       // [IH, D]
   CompressorWeights compressor;         // ratio 4, dim ihd
 };
 
 struct AttentionWeights {
   int64_t layer_id = 0;          // main layers 0..L-1, MTP layers L..
-  const float* sink = nullptr;  // [H]
+  kernels::In<float> sink;       // [H]
   Linear wq_a, wq_b, wkv, wo_b;
-  const bf16* q_norm = nullptr;   // [q_lora]
-  const bf16* kv_norm = nullptr;  // [hd]
-  std::vector<bf16> wo_a;         // [G*o_lora, (H/G)*hd], dequantised
+  kernels::In<bf16> q_norm;   // [q_lora]
+  kernels::In<bf16> kv_norm;  // [hd]
+  kernels::In<bf16> wo_a;     // [G*o_lora, (H/G)*hd], dequantised
   int64_t ratio = 0;
   std::optional<CompressorWeights> compressor;
   std::optional<IndexerWeights> indexer;
-  std::vector<float> freqs;       // RoPE inverse frequencies of this layer [rope/2]
+  kernels::In<float> freqs;  // RoPE inverse frequencies of this layer [rope/2]
 };
 
 struct ExpertWeights {
@@ -61,11 +64,10 @@ struct ExpertWeights {
 };
 
 struct MoeWeights {
-  const bf16* gate = nullptr;       // [E, D]
-  const float* bias = nullptr;      // [E] (score-routed layers)
-  // [V, cols] (hash layers), copied at load: an I64 tensor in a safetensors file need not be
-  // 8-byte aligned.
-  std::vector<int64_t> tid2eid;
+  kernels::In<bf16> gate;   // [E, D]
+  kernels::In<float> bias;  // [E] (score-routed layers); unset otherwise
+  // [V, cols] (hash layers; unset otherwise), checked at load (ids in range, no repeats).
+  kernels::In<int64_t> tid2eid;
   int64_t tid2eid_cols = 0;
   bool has_shared = false;
   ExpertWeights shared;
@@ -75,8 +77,8 @@ struct MoeWeights {
 
 struct BlockWeights {
   int64_t layer_id = 0;
-  const bf16* attn_norm = nullptr;
-  const bf16* ffn_norm = nullptr;
+  kernels::In<bf16> attn_norm;  // [D]
+  kernels::In<bf16> ffn_norm;   // [D]
   HcWeights hc_attn, hc_ffn;
   AttentionWeights attn;
   MoeWeights moe;
@@ -85,38 +87,22 @@ struct BlockWeights {
 struct MtpWeights {
   BlockWeights block;
   Linear e_proj, h_proj;
-  const bf16* enorm = nullptr;
-  const bf16* hnorm = nullptr;
-  const bf16* norm = nullptr;
+  kernels::In<bf16> enorm;  // [D]
+  kernels::In<bf16> hnorm;  // [D]
+  kernels::In<bf16> norm;   // [D]
   HcWeights hc_head;
 };
 
-// Owned copies of tensors whose mapped address was misaligned for their element type; every
-// copy is aligned to 8 bytes, enough for every checkpoint dtype.
-class AlignedCopies {
- public:
-  // `data` itself when it is aligned for T, else a copy of its `bytes` bytes held here.
-  template <typename T>
-  const T* Aligned(const uint8_t* data, size_t bytes) {
-    if (reinterpret_cast<uintptr_t>(data) % alignof(T) == 0) {
-      return reinterpret_cast<const T*>(data);
-    }
-    return reinterpret_cast<const T*>(Copy(data, bytes));
-  }
-  int64_t num_copies() const { return int64_t(copies_.size()); }
-  uint64_t bytes() const { return bytes_; }
-
- private:
-  const uint8_t* Copy(const uint8_t* data, size_t bytes);
-  std::vector<std::unique_ptr<uint64_t[]>> copies_;
-  uint64_t bytes_ = 0;
-};
-
 struct ModelWeights {
-  AlignedCopies copies;         // storage behind the pointers below that were realigned
-  const bf16* embed = nullptr;  // [V, D]
-  const bf16* head = nullptr;   // [V, D]
-  const bf16* norm = nullptr;   // [D]
+  // The memory behind every span below: checkpoint tensors viewed in place (one imported arena
+  // each) and the owned arena of uploaded tensors.
+  std::vector<std::unique_ptr<kernels::Arena>> imported;
+  std::unique_ptr<kernels::Arena> owned;
+  int64_t num_realigned = 0;   // checkpoint tensors copied because their address was misaligned
+  int64_t uploaded_bytes = 0;  // bytes uploaded into `owned`
+  kernels::In<bf16> embed;     // [V, D] (this rank's vocab slice)
+  kernels::In<bf16> head;      // [V, D] (this rank's vocab slice)
+  kernels::In<bf16> norm;      // [D]
   HcWeights hc_head;
   std::vector<BlockWeights> layers;
   std::vector<MtpWeights> mtp;
@@ -132,10 +118,13 @@ struct WeightSelection {
 WeightSelection FullSelection(const ModelConfig& config, ExpertFormat experts);
 
 // Binds every selected tensor, checking dtypes and shapes (errors name the tensor and its
-// file), copies misaligned tensors (AlignedCopies), dequantises wo_a, checks tid2eid rows (ids
-// in range, no repeats).
+// file), dequantises wo_a, checks tid2eid rows (ids in range, no repeats). Tensors are imported
+// from `source` (which must outlive the weights) where `backend` can and `upload` is false,
+// else uploaded on `queue`; returns once every upload is done.
 absl::StatusOr<std::unique_ptr<ModelWeights>> LoadWeights(const ModelConfig& config,
                                                           const WeightSource& source,
-                                                          const WeightSelection& selection);
+                                                          const WeightSelection& selection,
+                                                          kernels::Backend& backend,
+                                                          kernels::Queue& queue, bool upload);
 
 }  // namespace flotilla

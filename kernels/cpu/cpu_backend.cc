@@ -87,6 +87,18 @@ BackendResult<std::unique_ptr<Arena>> CpuBackend::NewArena(const std::string& na
                                  &ReleaseHost);
 }
 
+BackendResult<std::unique_ptr<Arena>> CpuBackend::ImportHost(const std::string& name,
+                                                             const void* host, int64_t bytes) {
+  if (bytes < 0 || (host == nullptr && bytes > 0)) {
+    return BackendStatus::Error("ImportHost '" + name + "': " + std::to_string(bytes) +
+                                " bytes at " + (host == nullptr ? "null" : "an address") +
+                                "; expected memory of at least 0 bytes");
+  }
+  // Host memory is this backend's memory: the ops read it in place.
+  return std::make_unique<Arena>(name, memory_, reinterpret_cast<uintptr_t>(host), bytes, nullptr,
+                                 /*imported=*/true);
+}
+
 std::unique_ptr<Queue> CpuBackend::NewQueue() { return std::make_unique<CpuQueue>(this); }
 
 BackendStatus CpuBackend::CheckQueue(const Queue& queue, const char* op) const {

@@ -22,6 +22,8 @@ class CpuBackend final : public Backend {
 
   const MemoryKind& memory() const override { return memory_; }
   BackendResult<std::unique_ptr<Arena>> NewArena(const std::string& name, int64_t bytes) override;
+  BackendResult<std::unique_ptr<Arena>> ImportHost(const std::string& name, const void* host,
+                                                   int64_t bytes) override;
   std::unique_ptr<Queue> NewQueue() override;
 
  protected:

@@ -123,6 +123,14 @@ BackendResult<std::unique_ptr<Arena>> CudaBackend::NewArena(const std::string& n
                                  &ReleaseDevice);
 }
 
+BackendResult<std::unique_ptr<Arena>> CudaBackend::ImportHost(const std::string& name, const void*,
+                                                              int64_t) {
+  // Kernels read device memory only; pageable host memory (a mapped file) is not addressable
+  // from the device, so weights are uploaded into an arena of this backend instead.
+  return BackendStatus::Error("ImportHost '" + name + "': " + memory_.name +
+                              " cannot view host memory in place; weights are uploaded");
+}
+
 std::unique_ptr<Queue> CudaBackend::NewQueue() {
   if (cudaSetDevice(device_) != cudaSuccess) return nullptr;
   cudaStream_t stream = nullptr;

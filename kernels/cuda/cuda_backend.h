@@ -33,6 +33,8 @@ class CudaBackend final : public Backend {
 
   const MemoryKind& memory() const override { return memory_; }
   BackendResult<std::unique_ptr<Arena>> NewArena(const std::string& name, int64_t bytes) override;
+  BackendResult<std::unique_ptr<Arena>> ImportHost(const std::string& name, const void* host,
+                                                   int64_t bytes) override;
   // A new stream (non-blocking with respect to the legacy default stream) with its own device
   // error record. Returns nullptr when the device cannot make one (out of resources).
   std::unique_ptr<Queue> NewQueue() override;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <numeric>
 #include <span>
 #include <type_traits>
@@ -187,6 +188,68 @@ TEST_F(BackendTest, DeviceBufferFreesItself) {
     EXPECT_EQ(moved.size(), 100);
   }
   EXPECT_EQ(arena_->used(), before);
+}
+
+// Host memory the caller owns (a mapped checkpoint) viewed in place: the span is that memory
+// (writes to it are seen), an op reads it as it reads arena memory, nothing is allocated from
+// it, and spans of the wrong element size or alignment are refused.
+TEST_F(BackendTest, ImportHostViewsCallerMemoryInPlace) {
+  Rng rng(71);
+  const int64_t m = 3, d = 256;
+  std::vector<bf16> x(static_cast<size_t>(m * d)), w(static_cast<size_t>(d));
+  for (auto& v : x) v = F32ToBf16(float(rng.Normal()));
+  for (auto& v : w) v = F32ToBf16(float(1.0 + 0.1 * rng.Normal()));
+  auto imported = backend_.ImportHost("norm weight", w.data(), int64_t(w.size() * sizeof(bf16)));
+  ASSERT_TRUE(imported.ok()) << imported.status().message();
+  Arena& arena = *imported.value();
+  EXPECT_TRUE(arena.imported());
+  EXPECT_EQ(arena.capacity(), d * 2);
+  auto whole = arena.Whole<const bf16>();
+  ASSERT_TRUE(whole.ok()) << whole.status().message();
+  const In<bf16> wspan = whole.value();
+  EXPECT_EQ(wspan.size(), d);
+  EXPECT_EQ(BackendAccess::RawAddress(wspan), reinterpret_cast<uintptr_t>(w.data()));
+
+  // An op reads the imported weight: bitwise the direct call on the host vectors.
+  const auto xs = Up(x);
+  const auto ys = Zeros<bf16>(m * d);
+  RmsNormArgs a;
+  a.x = xs;
+  a.ldx = d;
+  a.w = wspan;
+  a.m = m;
+  a.d = d;
+  a.eps = 1e-6f;
+  a.y = ys;
+  a.ldy = d;
+  EXPECT_OK(backend_.RmsNorm(*queue_, a));
+  std::vector<bf16> want(size_t(m * d));
+  RmsNorm(x.data(), d, w.data(), m, d, 1e-6f, want.data(), d);
+  const auto got = Down(ys);
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(bf16)), 0);
+
+  // Zero copy: the span is the caller's memory.
+  w[5] = F32ToBf16(-2.5f);
+  const std::vector<bf16> seen = Down(arena.Whole<bf16>().value());
+  EXPECT_EQ(Bf16ToF32(seen[5]), -2.5f);
+
+  EXPECT_ERROR(arena.Allocate<uint8_t>(1).status(), "nothing is allocated from it");
+  auto six = backend_.ImportHost("six bytes", w.data(), 6);
+  ASSERT_TRUE(six.ok());
+  EXPECT_ERROR(six.value()->Whole<const float>().status(), "not a whole span of 4-byte elements");
+  EXPECT_TRUE(arena.Whole<const uint8_t>().ok());
+  auto odd = backend_.ImportHost("odd", reinterpret_cast<const uint8_t*>(w.data()) + 1, 8);
+  ASSERT_TRUE(odd.ok());
+  EXPECT_ERROR(odd.value()->Whole<const float>().status(), "an address aligned to 4");
+  EXPECT_ERROR(backend_.ImportHost("bad", w.data(), -1).status(), "expected memory");
+  EXPECT_ERROR(backend_.ImportHost("null", nullptr, 16).status(), "expected memory");
+  EXPECT_TRUE(backend_.ImportHost("empty", nullptr, 0).ok());
+  // Another backend's ops refuse it, as any foreign span.
+  CpuBackend other;
+  auto queue = other.NewQueue();
+  EXPECT_ERROR(other.RmsNorm(*queue, a), "of another backend");
+  imported.value().reset();  // the caller's memory stays the caller's
+  EXPECT_EQ(Bf16ToF32(w[5]), -2.5f);
 }
 
 TEST_F(BackendTest, SubspanOutsideItsSpanStopsTheProcess) {

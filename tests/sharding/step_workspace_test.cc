@@ -21,15 +21,16 @@ namespace {
 //   f32:  hc post 16, comb 64, compressor kv/gate 4*256 = 1024 x2, state 8*256 = 2048 x4,
 //         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4
 //                                                           = 10,946 elements =  43,784 B
-//   i32:  rows 4 x7, picks 16, entry slots 16 + 16, route idx 30, expert order 24 = 130 = 520 B
-//   i64:  rows 4 x4, expert offsets 17, tid2eid rows 30                   =  63 =     504 B
+//   i32:  rows 4 x(7 + 4), picks 16, entry slots 16 + 16, route idx 30, expert order 24
+//                                                                         = 146 =     584 B
+//   i64:  rows 4 x(4 + 2), expert offsets 17, tid2eid rows 30              =  71 =     568 B
 //   sequence records 2 x2 x 32 B                                                 =     128 B
 //   FP8 activations (4 rows x max(hc*d = 1024, ...) codes + /128 scales) x3     =  12,384 B
 //   packed KV: max(window 32, 16, 4) main entries x 200 B                        =   6,400 B
 //   compressor row pointers 2 x 8 x2 x 8 B                                       =     256 B
 //   per thread: candidates (4 + 8) x (4 + 4) B, order and selection 4 x 4 B x2, attention
 //               list (window 32 + max(topk 4, HCA 64/8)) x 8 B                    =     448 B
-//                                                                         total  = 189,384 B
+//                                                                         total  = 189,512 B
 TEST(StepWorkspace, TinyWorkedByHand) {
   auto c = PresetConfig("tiny");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -50,12 +51,12 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w->act_q, 4096);
   EXPECT_EQ(w->packed, 6400);
   EXPECT_EQ(w->PerThreadBytes(), 448u);
-  EXPECT_EQ(w->Bytes(), 189384u);
+  EXPECT_EQ(w->Bytes(), 189512u);
   // Each further thread adds its scratch.
   l.threads = 3;
   auto w3 = MakeStepWorkspaceLayout(*c, l);
   ASSERT_TRUE(w3.ok());
-  EXPECT_EQ(w3->Bytes(), 189384u + 2 * 448u);
+  EXPECT_EQ(w3->Bytes(), 189512u + 2 * 448u);
 }
 
 // V4-Flash at 1M tokens of context: what the long-context buffers hold.

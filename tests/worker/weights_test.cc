@@ -1,6 +1,8 @@
-// The loader and misaligned tensors: safetensors packs tensors without padding, so a tensor can
-// start at an address that does not suit its element type. Such a tensor is copied into aligned
-// storage when it is bound, with its values unchanged; an aligned one is used in place.
+// The loader's placement of tensors in backend memory. Safetensors packs tensors without
+// padding, so a tensor can start at an address that does not suit its element type: such a
+// tensor is uploaded into the weights' own arena with its values unchanged; an aligned one is
+// imported in place (zero copy). With ModelOptions::upload_weights every tensor is uploaded (the
+// path of a backend that cannot read host memory), and the model computes the same logits.
 #include "worker/weights.h"
 
 #include <unistd.h>
@@ -12,6 +14,8 @@
 #include "common/model_tensors.h"
 #include "common/synthetic.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "worker/host_bridge.h"
 #include "worker/model.h"
 
 namespace flotilla {
@@ -31,7 +35,7 @@ bool AlignedFor(const void* p) {
 //   g    F32  [4]  bytes [27, 43)  misaligned
 //   pad2 U8   [1]  bytes [43, 44)
 //   h    F32  [2]  bytes [44, 52)  aligned (the data section starts 8-byte aligned)
-TEST(AlignedCopies, MisalignedTensorsOfASafetensorsFileReadTheirValues) {
+TEST(WeightPlacement, MisalignedTensorsOfASafetensorsFileCannotBeViewedInPlace) {
   const std::string path = (fs::temp_directory_path() /
                             ("flotilla_weights_test_" + std::to_string(getpid()) + ".safetensors"));
   const uint8_t pad = 0x5a;
@@ -57,24 +61,32 @@ TEST(AlignedCopies, MisalignedTensorsOfASafetensorsFileReadTheirValues) {
   ASSERT_FALSE(AlignedFor<float>(data("g")));
   ASSERT_TRUE(AlignedFor<float>(data("h")));
 
-  AlignedCopies copies;
-  const float* fp = copies.Aligned<float>(data("f"), bytes("f"));
-  const bf16* bp = copies.Aligned<bf16>(data("b"), bytes("b"));
-  const float* gp = copies.Aligned<float>(data("g"), bytes("g"));
-  const float* hp = copies.Aligned<float>(data("h"), bytes("h"));
-  EXPECT_TRUE(AlignedFor<float>(fp));
-  EXPECT_TRUE(AlignedFor<bf16>(bp));
-  EXPECT_TRUE(AlignedFor<float>(gp));
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(std::memcmp(&fp[i], &f[i], 4), 0) << "f[" << i << "]";
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(std::memcmp(&bp[i], &b[i], 2), 0) << "b[" << i << "]";
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(gp[i], g[i]) << "g[" << i << "]";
-  EXPECT_EQ(Bf16ToF32(bp[0]), 1.0f);
-  EXPECT_EQ(Bf16ToF32(bp[1]), -3.0f);
-  // The aligned tensor is read in place, not copied; the three others are.
+  // An imported misaligned tensor is no span of its element type (the loader uploads it
+  // instead); the aligned one is, at its mapped address, holding the file's values.
+  kernels::CpuBackend backend;
+  auto import = [&](const char* name) {
+    auto arena = backend.ImportHost(name, data(name), int64_t(bytes(name)));
+    EXPECT_TRUE(arena.ok()) << arena.status().message();
+    return std::move(arena.value());
+  };
+  auto fa = import("f"), ba = import("b"), ga = import("g"), ha = import("h");
+  auto fs = fa->Whole<const float>();
+  ASSERT_FALSE(fs.ok());
+  EXPECT_NE(fs.status().message().find("aligned to 4"), std::string::npos) << fs.status().message();
+  EXPECT_FALSE(ba->Whole<const bf16>().ok());
+  EXPECT_FALSE(ga->Whole<const float>().ok());
+  EXPECT_TRUE(fa->Whole<const uint8_t>().ok());  // as bytes it is fine
+  auto hs = ha->Whole<const float>();
+  ASSERT_TRUE(hs.ok()) << hs.status().message();
+  ASSERT_EQ(hs.value().size(), 2);
+  const float* hp = HostOf(hs.value());
   EXPECT_EQ(reinterpret_cast<const uint8_t*>(hp), data("h"));
+  EXPECT_EQ(hp[0], 0.125f);
   EXPECT_EQ(hp[1], -4.0f);
-  EXPECT_EQ(copies.num_copies(), 3);
-  EXPECT_EQ(copies.bytes(), sizeof(f) + sizeof(b) + sizeof(g));
+  fa.reset();
+  ba.reset();
+  ga.reset();
+  ha.reset();
   file->reset();
   fs::remove(path);
 }
@@ -106,7 +118,7 @@ class MisalignedSource : public WeightSource {
   std::map<std::string, std::unique_ptr<uint64_t[]>> bytes_;
 };
 
-TEST(AlignedCopies, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
+TEST(WeightPlacement, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
   const std::string dir =
       (fs::temp_directory_path() / ("flotilla_weights_test_tiny_" + std::to_string(getpid())))
           .string();
@@ -121,31 +133,36 @@ TEST(AlignedCopies, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
   auto odd = std::make_shared<MisalignedSource>(base);
 
   const WeightSelection all = FullSelection(*config, DetectExpertFormat(*config, *base));
-  auto weights = LoadWeights(*config, *odd, all);
+  kernels::CpuBackend backend;
+  auto queue = backend.NewQueue();
+  auto weights = LoadWeights(*config, *odd, all, backend, *queue, /*upload=*/false);
   ASSERT_TRUE(weights.ok()) << weights.status();
   const ModelWeights& mw = **weights;
-  EXPECT_GT(mw.copies.num_copies(), 0);
+  EXPECT_GT(mw.num_realigned, 0);
+  EXPECT_GT(mw.uploaded_bytes, 0);
   // Every multi-byte weight the kernels read is aligned and holds the checkpoint's values.
-  auto same = [&](const std::string& name, const void* bound) {
+  auto same = [&](const std::string& name, auto span) {
+    const void* bound = HostOf(span);
     auto v = base->Get(name);
     ASSERT_TRUE(v.ok());
     EXPECT_EQ(std::memcmp(bound, v->data, v->info->NumBytes()), 0) << name;
   };
-  EXPECT_TRUE(AlignedFor<float>(mw.hc_head.fn));
+  EXPECT_TRUE(AlignedFor<float>(HostOf(mw.hc_head.fn)));
   same("hc_head_fn", mw.hc_head.fn);
-  EXPECT_TRUE(AlignedFor<bf16>(mw.embed));
+  EXPECT_TRUE(AlignedFor<bf16>(HostOf(mw.embed)));
   same("embed.weight", mw.embed);
   for (const BlockWeights& b : mw.layers) {
     const std::string p = LayerPrefix(*config, b.layer_id);
-    EXPECT_TRUE(AlignedFor<float>(b.hc_attn.fn) && AlignedFor<float>(b.hc_attn.base) &&
-                AlignedFor<float>(b.hc_attn.scale) && AlignedFor<float>(b.hc_ffn.fn) &&
-                AlignedFor<float>(b.attn.sink) && AlignedFor<bf16>(b.attn_norm))
+    EXPECT_TRUE(
+        AlignedFor<float>(HostOf(b.hc_attn.fn)) && AlignedFor<float>(HostOf(b.hc_attn.base)) &&
+        AlignedFor<float>(HostOf(b.hc_attn.scale)) && AlignedFor<float>(HostOf(b.hc_ffn.fn)) &&
+        AlignedFor<float>(HostOf(b.attn.sink)) && AlignedFor<bf16>(HostOf(b.attn_norm)))
         << p;
     same(p + "hc_attn_fn", b.hc_attn.fn);
     same(p + "hc_ffn_scale", b.hc_ffn.scale);
     same(p + "attn.attn_sink", b.attn.sink);
     if (b.attn.compressor) {
-      EXPECT_TRUE(AlignedFor<float>(b.attn.compressor->ape)) << p;
+      EXPECT_TRUE(AlignedFor<float>(HostOf(b.attn.compressor->ape))) << p;
       same(p + "attn.compressor.ape", b.attn.compressor->ape);
     }
   }
@@ -165,6 +182,113 @@ TEST(AlignedCopies, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
   const auto want = logits(base);
   const auto got = logits(odd);
   ASSERT_EQ(want.size(), got.size());
+  EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * 4), 0);
+  fs::remove_all(dir);
+}
+
+// The upload path (a backend that cannot read host memory; here the CPU backend told to upload):
+// every tensor lies in the weights' own arena, not in the mapped checkpoint, with the file's
+// values, and prefill, decode and the MTP draft give bitwise the logits of the imported weights.
+TEST(WeightPlacement, UploadedWeightsComputeTheLogitsOfImportedOnes) {
+  const std::string dir =
+      (fs::temp_directory_path() / ("flotilla_weights_test_upload_" + std::to_string(getpid())))
+          .string();
+  auto config = PresetConfig("tiny");
+  ASSERT_TRUE(config.ok()) << config.status();
+  SyntheticOptions opt;
+  opt.seed = 23;
+  ASSERT_TRUE(WriteSyntheticCheckpoint(*config, opt, dir).ok());
+  auto ckpt = CheckpointDir::Open(dir);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  std::shared_ptr<WeightSource> source(std::move(*ckpt));
+
+  const WeightSelection all = FullSelection(*config, DetectExpertFormat(*config, *source));
+  kernels::CpuBackend backend;
+  auto queue = backend.NewQueue();
+  auto imported = LoadWeights(*config, *source, all, backend, *queue, /*upload=*/false);
+  auto uploaded = LoadWeights(*config, *source, all, backend, *queue, /*upload=*/true);
+  ASSERT_TRUE(imported.ok()) << imported.status();
+  ASSERT_TRUE(uploaded.ok()) << uploaded.status();
+  EXPECT_GT((*imported)->imported.size(), 0u);
+  EXPECT_TRUE((*uploaded)->imported.empty());
+  const ModelWeights& up = **uploaded;
+  // Uploaded: every selected tensor's bytes except wo_a's, which the loader replaces by its bf16
+  // dequantisation, plus each attention's RoPE frequencies (rope/2 f32).
+  uint64_t want_bytes = 0;
+  for (const TensorSpec& t : all.tensors) {
+    if (t.name.find("attn.wo_a.") != std::string::npos) continue;
+    auto v = source->Get(t.name);
+    ASSERT_TRUE(v.ok());
+    want_bytes += v->info->NumBytes();
+  }
+  std::vector<const BlockWeights*> blocks;
+  for (const BlockWeights& b : up.layers) blocks.push_back(&b);
+  for (const MtpWeights& m : up.mtp) blocks.push_back(&m.block);
+  for (const BlockWeights* b : blocks) {
+    EXPECT_EQ(b->attn.wo_a.size(), config->o_groups * config->o_lora_rank *
+                                       (config->num_attention_heads / config->o_groups) *
+                                       config->head_dim);
+    want_bytes += uint64_t(b->attn.wo_a.size()) * 2 + uint64_t(config->qk_rope_head_dim / 2) * 4;
+  }
+  EXPECT_EQ(uint64_t(up.uploaded_bytes), want_bytes);
+  auto placed = [&](const std::string& name, auto span) {
+    EXPECT_EQ(span.arena(), up.owned.get()) << name;
+    auto v = source->Get(name);
+    ASSERT_TRUE(v.ok());
+    ASSERT_EQ(uint64_t(span.size_bytes()), v->info->NumBytes()) << name;
+    EXPECT_NE(static_cast<const void*>(HostOf(span)), static_cast<const void*>(v->data)) << name;
+    EXPECT_EQ(std::memcmp(HostOf(span), v->data, v->info->NumBytes()), 0) << name;
+  };
+  placed("embed.weight", up.embed);
+  placed("head.weight", up.head);
+  placed("hc_head_fn", up.hc_head.fn);
+  for (const BlockWeights& b : up.layers) {
+    const std::string p = LayerPrefix(*config, b.layer_id);
+    placed(p + "attn_norm.weight", b.attn_norm);
+    placed(p + "attn.attn_sink", b.attn.sink);
+    placed(p + "ffn.gate.weight", b.moe.gate);
+  }
+  // The converted tensors are equal in both.
+  for (size_t l = 0; l < up.layers.size(); ++l) {
+    const AttentionWeights& a = up.layers[l].attn;
+    const AttentionWeights& b = (*imported)->layers[l].attn;
+    ASSERT_EQ(a.wo_a.size(), b.wo_a.size());
+    EXPECT_EQ(std::memcmp(HostOf(a.wo_a), HostOf(b.wo_a), size_t(a.wo_a.size_bytes())), 0);
+    ASSERT_EQ(a.freqs.size(), b.freqs.size());
+    EXPECT_EQ(std::memcmp(HostOf(a.freqs), HostOf(b.freqs), size_t(a.freqs.size_bytes())), 0);
+  }
+
+  std::vector<int32_t> prompt(19);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t((i * 104729 + 7) % 129280);
+  auto run = [&](bool upload) {
+    ModelOptions o;
+    o.upload_weights = upload;
+    o.kv_memory_bytes = 64 << 20;
+    auto m = Model::FromSource(*config, source, o);
+    EXPECT_TRUE(m.ok()) << m.status();
+    std::vector<float> all_logits;
+    auto seq = (*m)->NewSequence();
+    Model::Chunk prefill{seq.get(), prompt, true};
+    Model::Output out;
+    EXPECT_TRUE((*m)->Forward(std::span<const Model::Chunk>(&prefill, 1), &out).ok());
+    all_logits = out.logits;
+    const int32_t next[1] = {4242};
+    Model::Chunk decode{seq.get(), next};
+    EXPECT_TRUE((*m)->Forward(std::span<const Model::Chunk>(&decode, 1), &out).ok());
+    all_logits.insert(all_logits.end(), out.logits.begin(), out.logits.end());
+    if (config->num_nextn_predict_layers > 0) {
+      SequenceState* seqs[1] = {seq.get()};
+      const int32_t chosen[1] = {77};
+      std::vector<float> draft;
+      EXPECT_TRUE((*m)->DraftMtp(seqs, chosen, &draft).ok());
+      all_logits.insert(all_logits.end(), draft.begin(), draft.end());
+    }
+    return all_logits;
+  };
+  const auto want = run(false);
+  const auto got = run(true);
+  ASSERT_EQ(want.size(), got.size());
+  ASSERT_GT(want.size(), 0u);
   EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * 4), 0);
   fs::remove_all(dir);
 }
