@@ -438,9 +438,10 @@ BackendStatus Backend::CompressorUpdate(Queue& q, const CompressorUpdateArgs& a)
   Checker c(*this, "CompressorUpdate");
   c.NonNegative("n", a.n).NonNegative("start_pos", a.start_pos).That(a.ratio > 0, "ratio > 0");
   c.That(a.d > 0, "d > 0");
-  c.That(a.width == (a.overlap ? 2 * a.d : a.d),
-         "width " + Str(a.overlap ? 2 * a.d : a.d) + (a.overlap ? " (2 d with overlap)" : " (d)") +
-             " (got " + Str(a.width) + ")");
+  c.That(a.width == (a.overlap ? 2 * a.d : a.d), [&] {
+    return "width " + Str(a.overlap ? 2 * a.d : a.d) +
+           (a.overlap ? " (2 d with overlap)" : " (d)") + " (got " + Str(a.width) + ")";
+  });
   const int64_t state = (a.overlap ? 2 : 1) * a.ratio * a.width, live = a.n > 0;
   const int64_t entries = CompressorEntries(a.start_pos, a.n, a.ratio);
   c.Span("k", a.k, a.n * a.width).Span("g", a.g, a.n * a.width);
@@ -486,8 +487,9 @@ BackendStatus Backend::UnpackKvEntriesPaged(Queue& q, const KvUnpackPagedArgs& a
   Checker c(*this, "UnpackKvEntriesPaged");
   CheckPackShape(c, false, a.max_rows, a.nope, a.rope, a.entry_bytes, a.ldx);
   c.That(a.per_page > 0, "per_page > 0");
-  c.That(a.page_bytes >= a.per_page * a.entry_bytes,
-         "page_bytes >= per_page * entry_bytes (" + Str(a.per_page * a.entry_bytes) + ")");
+  c.That(a.page_bytes >= a.per_page * a.entry_bytes, [&] {
+    return "page_bytes >= per_page * entry_bytes (" + Str(a.per_page * a.entry_bytes) + ")";
+  });
   const int64_t live = a.max_rows > 0;
   c.Span("pool", a.pool, live * a.page_bytes).Span("page_ids", a.page_ids, live);
   c.Span("units", a.units, a.max_rows).Span("count", a.count, 1);

@@ -283,10 +283,10 @@ struct CompressorUpdateArgs {
   int64_t n = 0, width = 0, d = 0, ratio = 0;
   bool overlap = false;  // width == 2 d and (2 ratio) state rows, else width == d, ratio rows
   int64_t start_pos = 0;
-  Out<float> state_kv{};        // [state rows, width], updated
-  Out<float> state_score{};     // [state rows, width], updated
-  Out<float> pooled{};          // [entries, d]
-  Out<int64_t> entry_pos{};     // [entries] or empty
+  Out<float> state_kv{};     // [state rows, width], updated
+  Out<float> state_score{};  // [state rows, width], updated
+  Out<float> pooled{};       // [entries, d]
+  Out<int64_t> entry_pos{};  // [entries] or empty
 };
 // Entries a chunk of n tokens from start_pos completes.
 inline int64_t CompressorEntries(int64_t start_pos, int64_t n, int64_t ratio) {
@@ -310,8 +310,8 @@ struct RoundToBf16Args {
 // A row that sees no key of the block is left as it was. num_picks must be 0 before the first
 // block.
 struct IndexerTopKArgs {
-  In<bf16> q{};     // [rows, num_heads, dim]
-  In<bf16> w{};     // [rows, num_heads], unscaled
+  In<bf16> q{};  // [rows, num_heads, dim]
+  In<bf16> w{};  // [rows, num_heads], unscaled
   float w_scale = 1.0f;
   In<bf16> keys{};  // [n_keys, dim]
   int64_t first_key = 0, n_keys = 0;
@@ -363,10 +363,10 @@ struct ChunkAttentionArgs {
   In<bf16> q{};  // [rows, num_heads, dim], row stride ldq
   int64_t ldq = 0;
   int64_t rows = 0, start_pos = 0, window = 0;
-  In<bf16> fresh{};    // [rows, dim]: the chunk's own KV rows
-  In<bf16> ring{};     // [window, dim]: the ring before the chunk; empty when start_pos == 0
-  int64_t ratio = 0;   // 0: no compressed entries
-  In<bf16> entries{};  // [entry rows, dim]
+  In<bf16> fresh{};          // [rows, dim]: the chunk's own KV rows
+  In<bf16> ring{};           // [window, dim]: the ring before the chunk; empty when start_pos == 0
+  int64_t ratio = 0;         // 0: no compressed entries
+  In<bf16> entries{};        // [entry rows, dim]
   In<int32_t> picks{};       // [rows, top_k] or empty (HCA)
   In<int32_t> num_picks{};   // [rows]
   In<int32_t> entry_slot{};  // [(start_pos + rows) / ratio]

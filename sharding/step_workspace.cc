@@ -9,15 +9,10 @@ namespace flotilla {
 namespace {
 
 constexpr int64_t kCsaRatio = 4;  // ratio 4 = CSA (overlapping compressor + indexer)
-constexpr int64_t kPtr = int64_t(sizeof(void*));
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
-
-uint64_t StepWorkspaceLayout::PerThreadBytes() const {
-  return uint64_t(thread_candidates * (4 + 4) + thread_topk * 4 * 2 + thread_list * kPtr);
-}
 
 uint64_t StepWorkspaceLayout::Bytes() const {
   uint64_t b = 0;
@@ -26,15 +21,14 @@ uint64_t StepWorkspaceLayout::Bytes() const {
                     compressed + routed + expert_in + expert_out + shared_out + expert_gate_up +
                     expert_act);
   b += 4 * uint64_t(hc_post + hc_comb + tp_sum + head_part + head_all + 2 * compressor_kv +
-                    4 * compressor_state + pooled + pick_scores + router_logits + route_weights +
+                    2 * compressor_state + pooled + pick_scores + router_logits + route_weights +
                     expert_rows);
   // Rows: 7 int32 + 4 backend copies (token and experts, step and MTP rows); 4 int64 + 2 backend
   // copies (positions, step and MTP rows).
-  b += 4 * uint64_t((7 + 4) * row_i32 + picks + entry_slot + route_idx + expert_order);
+  b += 4 * uint64_t((7 + 4) * row_i32 + picks + entry_slot + page_ids + route_idx + expert_order);
   b += 8 * uint64_t((4 + 2) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
-  b += uint64_t(3 * (act_q + act_scale) + packed + 2 * pool_rows * kPtr);
-  b += uint64_t(limits.threads) * PerThreadBytes();
+  b += uint64_t(3 * (act_q + act_scale) + packed);
   return b;
 }
 
@@ -45,14 +39,11 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   l = limits;
   if (l.max_context == 0) l.max_context = c.max_position_embeddings;
   if (l.experts_per_token == 0) l.experts_per_token = c.num_experts_per_tok;
-  const std::pair<const char*, int64_t> checks[] = {{"tokens per step", l.tokens},
-                                                    {"sequences per step", l.sequences},
-                                                    {"logit rows per pass", l.logit_rows},
-                                                    {"indexer block keys", l.indexer_block_keys},
-                                                    {"longest context", l.max_context},
-                                                    {"threads", l.threads},
-                                                    {"experts per token", l.experts_per_token},
-                                                    {"tensor-parallel size", l.tp_size}};
+  const std::pair<const char*, int64_t> checks[] = {
+      {"tokens per step", l.tokens},         {"sequences per step", l.sequences},
+      {"logit rows per pass", l.logit_rows}, {"indexer block keys", l.indexer_block_keys},
+      {"longest context", l.max_context},    {"experts per token", l.experts_per_token},
+      {"tensor-parallel size", l.tp_size}};
   for (const auto& [name, value] : checks) {
     if (value < 1) {
       return absl::InvalidArgumentError(
@@ -74,14 +65,11 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.vocab = CeilDiv(c.vocab_size, tp);
 
   const int64_t layers = c.num_hidden_layers + c.num_nextn_predict_layers;
-  int64_t max_ratio = 0, whole_read = 0;  // whole_read: entries an HCA row attends to
   for (int64_t i = 0; i < layers; ++i) {
     const int64_t m = c.RatioOf(i);
     if (m == 0) continue;
-    max_ratio = std::max(max_ratio, m);
     const bool csa = m == kCsaRatio;
     w.compressed_read = std::max(w.compressed_read, csa ? std::min(ctx / m, T * topk) : ctx / m);
-    if (!csa) whole_read = std::max(whole_read, ctx / m);
     const int64_t width = csa ? 2 * hd : hd, rows = csa ? 2 * m : m;
     w.compressor_width = std::max(w.compressor_width, width);
     w.compressor_rows = std::max(w.compressor_rows, rows);
@@ -102,7 +90,7 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.kv = T * hd;
   w.index_query = T * c.index_n_heads * ihd;
   w.index_weights = T * c.index_n_heads;
-  w.gather = tp > 1 ? tp * T * std::max(w.index_heads * ihd, w.o_groups * c.o_lora_rank) : 0;
+  w.gather = tp > 1 ? (tp + 1) * T * std::max(w.index_heads * ihd, w.o_groups * c.o_lora_rank) : 0;
   w.ring = c.sliding_window * hd;
   w.entries = w.compressed_read * hd;
   w.block_keys = l.indexer_block_keys * ihd;
@@ -130,7 +118,8 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.row_i32 = T;
   w.row_i64 = T;
   w.picks = T * topk;
-  w.entry_slot = ctx / kCsaRatio + w.compressed_read;
+  w.entry_slot = ctx / kCsaRatio + w.compressed_read + 1;
+  w.page_ids = ctx / kCsaRatio;  // a page holds at least one entry
   w.route_idx = T * K + K;
   w.expert_order = T * K;
   w.expert_offsets = c.n_routed_experts + 1;
@@ -143,11 +132,6 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.act_scale = w.act_q / 128;
   w.packed = std::max({c.sliding_window, w.compressed_read, T}) * MainKvEntryBytes(c);
   w.packed = std::max(w.packed, std::max(l.indexer_block_keys, T) * IndexerKeyBytes(c));
-  w.pool_rows = 2 * max_ratio;
-
-  w.thread_candidates = topk + l.indexer_block_keys;
-  w.thread_topk = topk;
-  w.thread_list = c.sliding_window + std::max(topk, whole_read);
   return w;
 }
 

@@ -18,7 +18,6 @@ struct StepLimits {
   int64_t logit_rows = 256;           // rows the LM head computes per pass
   int64_t indexer_block_keys = 8192;  // indexer keys scored per block (a running top-k between)
   int64_t max_context = 0;            // longest sequence admitted; 0: max_position_embeddings
-  int64_t threads = 1;                // host threads that carry their own scratch
   int64_t experts_per_token = 0;      // the model's K; 0: num_experts_per_tok
   int64_t tp_size = 1;                // tensor-parallel ranks (this rank holds 1/tp of the heads)
 };
@@ -40,7 +39,7 @@ struct StepWorkspaceLayout {
   int64_t hidden = 0;       // [tokens, d]: x, y, embedding, MTP e/ep, head input (x6)
   int64_t mtp_streams = 0;  // [tokens, hc, d]: MTP hn, hp (x2)
   int64_t q_lora = 0, query = 0, kv = 0, index_query = 0, index_weights = 0;
-  int64_t gather = 0;  // TP all-gather landing area (bf16 elements)
+  int64_t gather = 0;  // TP all-gather staging in host memory: local rows, then all ranks' (bf16)
   int64_t ring = 0, entries = 0, block_keys = 0, attn_out = 0, wo_a_out = 0;
   int64_t compressed = 0;  // a chunk's new compressed rows (bf16)
   int64_t routed = 0, expert_in = 0, expert_out = 0, shared_out = 0, expert_gate_up = 0,
@@ -55,21 +54,18 @@ struct StepWorkspaceLayout {
   // [tokens] x11: token, chunk and experts of the step and MTP rows (host), backend copies of
   // their tokens and experts, picks per row.
   int64_t row_i32 = 0;
-  // [tokens] x4 on the host (positions twice, picked rows, entry positions) and x2 in backend
-  // memory (positions of the step and MTP rows).
+  // [tokens] x3 on the host (positions twice, picked rows) and x3 in backend memory (positions
+  // of the step and MTP rows, compressed entries' positions).
   int64_t row_i64 = 0;
+  // entry_slot: a chunk's slot of each visible CSA entry, the picked entries, their count.
   int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;
+  int64_t page_ids = 0;  // one compressed-entry page table copied to the backend (int32)
   // Bytes: quantised activations (FP8 codes + UE8M0 scales), packed KV bytes moving to and from
-  // the pool, pointer lists of the compressor.
+  // the pool.
   int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
   int64_t packed = 0;
-  int64_t pool_rows = 0;  // row pointers of a compressor block (x2)
-  // Per host thread: indexer candidates (f32 + i32), order and selection (i32), attention list
-  // (pointers).
-  int64_t thread_candidates = 0, thread_topk = 0, thread_list = 0;
 
   uint64_t Bytes() const;
-  uint64_t PerThreadBytes() const;
 };
 
 // INVALID_ARGUMENT naming the limit when one is below 1 or sequences > tokens.

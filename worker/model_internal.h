@@ -110,8 +110,4 @@ void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* toke
 void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed,
                     const bf16* shared, int64_t n, int64_t k, int64_t d, bf16* out);
 
-// bf16 FP8 round trip on the non-RoPE dims [0, nope) in groups of 64 (a shorter last group is
-// its own group).
-void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope);
-
 }  // namespace flotilla

@@ -62,7 +62,6 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
                                                        {&w.kv, l.kv},
                                                        {&w.index_query, l.index_query},
                                                        {&w.index_weights, l.index_weights},
-                                                       {&w.gather, l.gather},
                                                        {&w.ring, l.ring},
                                                        {&w.entries, l.entries},
                                                        {&w.block_keys, l.block_keys},
@@ -85,14 +84,19 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
                                                        {&w.pick_scores, l.pick_scores},
                                                        {&w.router_logits, l.router_logits},
                                                        {&w.route_weights, l.route_weights},
-                                                       {&w.expert_weights, l.expert_rows}};
+                                                       {&w.expert_weights, l.expert_rows},
+                                                       {&w.state_kv, l.compressor_state},
+                                                       {&w.state_score, l.compressor_state}};
     for (const auto& [b, n] : f32s) RETURN_IF_ERROR(c(*b, n));
-    for (auto* b : {&w.pos_dev, &w.mtp_pos_dev}) RETURN_IF_ERROR(c(*b, l.row_i64));
+    for (auto* b : {&w.pos_dev, &w.mtp_pos_dev, &w.entry_pos}) RETURN_IF_ERROR(c(*b, l.row_i64));
     for (auto* b :
          {&w.token_dev, &w.experts_dev, &w.mtp_token_dev, &w.mtp_experts_dev, &w.num_picks})
       RETURN_IF_ERROR(c(*b, l.row_i32));
     RETURN_IF_ERROR(c(w.picks, l.picks));
     RETURN_IF_ERROR(c(w.route_idx, l.route_idx));
+    RETURN_IF_ERROR(c(w.entry_slot, l.entry_slot));
+    RETURN_IF_ERROR(c(w.page_ids, l.page_ids));
+    RETURN_IF_ERROR(c(w.packed, l.packed));
     for (int i = 0; i < 3; ++i) {
       RETURN_IF_ERROR(c(w.act_q_[i], l.act_q));
       RETURN_IF_ERROR(c(w.act_scale_[i], l.act_scale));
@@ -119,46 +123,26 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
 
   Reserve(w.tp_sum, l.tp_sum);
   Reserve(w.head_all, l.head_all);
-  for (CompressorState* s : {&w.state, &w.reset_state}) {
-    Reserve(s->kv, l.compressor_state);
-    Reserve(s->score, l.compressor_state);
-  }
+  Reserve(w.gather, l.gather);
   for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts})
     Reserve(*v, l.row_i32);
-  Reserve(w.entry_slot, l.entry_slot);
   Reserve(w.hash_ids, l.route_idx);
   Reserve(w.expert_order, l.expert_order);
-  for (auto* v : {&w.pos, &w.mtp_pos, &w.pick_rows, &w.entry_pos}) Reserve(*v, l.row_i64);
+  for (auto* v : {&w.pos, &w.mtp_pos, &w.pick_rows}) Reserve(*v, l.row_i64);
   Reserve(w.expert_offsets, l.expert_offsets);
   Reserve(w.chunks, l.limits.sequences);
   Reserve(w.mtp_chunks, l.limits.sequences);
-  Reserve(w.packed, l.packed);
-  Reserve(w.k_rows, l.pool_rows);
-  Reserve(w.g_rows, l.pool_rows);
-  w.threads.resize(size_t(l.limits.threads));
-  for (ThreadScratch& t : w.threads) {
-    Reserve(t.scores, l.thread_candidates);
-    Reserve(t.idx, l.thread_candidates);
-    Reserve(t.order, l.thread_topk);
-    Reserve(t.sel, l.thread_topk);
-    Reserve(t.list, l.thread_list);
-  }
   return ws;
 }
 
 uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = device_bytes_;
-  b += Held(tp_sum) + Held(head_all);
-  for (const CompressorState* s : {&state, &reset_state}) b += Held(s->kv) + Held(s->score);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &entry_slot,
-                  &expert_order})
+  b += Held(tp_sum) + Held(head_all) + Held(gather);
+  for (auto* v :
+       {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &expert_order})
     b += Held(*v);
-  for (auto* v : {&pos, &mtp_pos, &pick_rows, &entry_pos, &expert_offsets, &hash_ids})
-    b += Held(*v);
+  for (auto* v : {&pos, &mtp_pos, &pick_rows, &expert_offsets, &hash_ids}) b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
-  b += Held(packed) + Held(k_rows) + Held(g_rows);
-  for (const ThreadScratch& t : threads)
-    b += Held(t.scores) + Held(t.idx) + Held(t.order) + Held(t.sel) + Held(t.list);
   return b;
 }
 

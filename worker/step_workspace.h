@@ -42,11 +42,6 @@ struct StepWorkspace {
     SequenceState* seq;
     int64_t first_row, n, start_pos;
   };
-  struct ThreadScratch {
-    std::vector<float> scores;
-    std::vector<int32_t> idx, order, sel;
-    std::vector<const bf16*> list;
-  };
   template <typename T>
   using Buffer = kernels::DeviceBuffer<T>;
 
@@ -77,29 +72,28 @@ struct StepWorkspace {
   Buffer<bf16> h, res, hsel, mtp_h, mtp_in;          // streams
   Buffer<bf16> x, y, embed, mtp_e, mtp_ep, head_in;  // hidden
   Buffer<bf16> mtp_hn, mtp_hp;                       // mtp_streams
-  Buffer<bf16> q_lora, query, kv, index_query, index_weights, gather, ring, entries, block_keys,
-      attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up,
-      expert_act;
+  Buffer<bf16> q_lora, query, kv, index_query, index_weights, ring, entries, block_keys, attn_out,
+      wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up, expert_act;
   // f32
   Buffer<float> hc_post, hc_comb, head_part, compressor_k, compressor_g, pooled, pick_scores,
       router_logits, route_weights, expert_weights;
+  Buffer<float> state_kv, state_score;  // one compressor's state (PagedKv reads / writes it)
   // integers: the rows' device copies (Model::Rows), the indexer's picks, the routing
-  Buffer<int64_t> pos_dev, mtp_pos_dev;
+  Buffer<int64_t> pos_dev, mtp_pos_dev, entry_pos;
   Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, num_picks, picks,
       route_idx;
+  // A chunk's picked entries (entry slots, the list, its count) and one page table's copy.
+  Buffer<int32_t> entry_slot, page_ids;
+  Buffer<uint8_t> packed;  // packed KV moving between the pool and the rows
   // FP8 activations: the block's, an expert pass's, a linear layer's (spans of act_q/act_scale)
   QuantizedActs block_acts, expert_acts, linear_acts;
 
   // ---- host memory
   std::vector<float> tp_sum, head_all;  // communication staging (MPI reads host memory)
-  CompressorState state, reset_state;
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, entry_slot,
-      expert_order;
-  std::vector<int64_t> hash_ids, pos, mtp_pos, pick_rows, entry_pos, expert_offsets;
+  std::vector<bf16> gather;             // the TP all-gathers of the attention, staged
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, expert_order;
+  std::vector<int64_t> hash_ids, pos, mtp_pos, pick_rows, expert_offsets;
   std::vector<ChunkRecord> chunks, mtp_chunks;
-  std::vector<uint8_t> packed;
-  std::vector<const float*> k_rows, g_rows;
-  std::vector<ThreadScratch> threads;
 
  private:
   StepWorkspace() = default;

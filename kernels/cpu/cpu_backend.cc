@@ -716,8 +716,8 @@ BackendStatus CpuBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) 
         if (e1 <= b0) return;
         const int64_t have = num_picks[r], count = e1 - b0;
         if (have < 0 || have > topk) {
-          errors.Set("IndexerTopK: num_picks[" + std::to_string(r) + "] = " +
-                     std::to_string(have) + "; expected 0 to top_k " + std::to_string(topk));
+          errors.Set("IndexerTopK: num_picks[" + std::to_string(r) + "] = " + std::to_string(have) +
+                     "; expected 0 to top_k " + std::to_string(topk));
           return;
         }
         // The row's picks so far in index order, then this block's keys: candidates in index
@@ -773,8 +773,8 @@ BackendStatus CpuBackend::DoPickedEntries(Queue& queue, const PickedEntriesArgs&
   for (int64_t j = 0; j < a.visible; ++j) slot[j] = -1;
   for (int64_t r = 0; r < a.rows; ++r) {
     if (num_picks[r] < 0 || num_picks[r] > a.top_k) {
-      return BackendStatus::Error("PickedEntries: num_picks[" + std::to_string(r) + "] = " +
-                                  std::to_string(num_picks[r]) + "; expected 0 to top_k " +
+      return BackendStatus::Error("PickedEntries: num_picks[" + std::to_string(r) +
+                                  "] = " + std::to_string(num_picks[r]) + "; expected 0 to top_k " +
                                   std::to_string(a.top_k));
     }
     for (int32_t i = 0; i < num_picks[r]; ++i) {
@@ -833,7 +833,8 @@ BackendStatus CpuBackend::DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPag
     p.nope = a.nope;
     p.rope = a.rope;
     p.entry_bytes = a.entry_bytes;
-    p.entries = pool + int64_t(ids[u / a.per_page]) * a.page_bytes + (u % a.per_page) * a.entry_bytes;
+    p.entries =
+        pool + int64_t(ids[u / a.per_page]) * a.page_bytes + (u % a.per_page) * a.entry_bytes;
     p.x = Ptr(a.x) + i * a.ldx;
     p.ldx = a.ldx;
     kernels::UnpackKvEntries(p);

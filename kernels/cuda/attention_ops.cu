@@ -37,7 +37,8 @@ __global__ void __launch_bounds__(kAttentionOpThreads)
 
 // One block: clear, mark, then an ordered compaction (each thread a contiguous range of the
 // visible entries; a scan of the per-thread counts gives each its first slot).
-__global__ void __launch_bounds__(kPickedEntriesThreads) PickedEntriesKernel(PickedEntriesParams p) {
+__global__ void __launch_bounds__(kPickedEntriesThreads)
+    PickedEntriesKernel(PickedEntriesParams p) {
   __shared__ int32_t counts[kPickedEntriesThreads];
   const int t = threadIdx.x;
   for (int64_t j = t; j < p.visible; j += kPickedEntriesThreads) p.entry_slot[j] = -1;
@@ -129,9 +130,9 @@ __global__ void __launch_bounds__(kIndexerTopKThreads) IndexerTopKKernel(Indexer
     return;
   }
   const int64_t hd = p.num_heads * p.dim;
-  float* q = smem;                        // [num_heads * dim]
-  float* w = q + hd;                      // [num_heads]
-  float* scores = w + p.num_heads;        // [n_keys]
+  float* q = smem;                  // [num_heads * dim]
+  float* w = q + hd;                // [num_heads]
+  float* scores = w + p.num_heads;  // [n_keys]
   const int64_t words = (hd + p.num_heads + p.n_keys + 1) / 2 * 2;
   unsigned long long* keys = reinterpret_cast<unsigned long long*>(smem + words);
   int size = 1;
@@ -183,8 +184,8 @@ __global__ void __launch_bounds__(kIndexerTopKThreads) IndexerTopKKernel(Indexer
   }
   __syncthreads();
   // Candidate i: a pick so far (i < have) or block key i - have; its key orders it.
-#define FLOTILLA_CANDIDATE(i, score, index)                                    \
-  const float score = (i) < have ? row_scores[i] : scores[(i)-have];           \
+#define FLOTILLA_CANDIDATE(i, score, index)                          \
+  const float score = (i) < have ? row_scores[i] : scores[(i)-have]; \
   const uint32_t index = uint32_t((i) < have ? row_picks[i] : b0 + (i)-have)
   for (int shift = 56; shift >= 0; shift -= 8) {
     for (int d = tid; d < 256; d += kIndexerTopKThreads) hist[d] = 0;
@@ -251,8 +252,8 @@ __global__ void __launch_bounds__(kIndexerTopKThreads) IndexerTopKKernel(Indexer
 }
 
 int64_t Blocks(int64_t n) {
-  return std::min<int64_t>(std::max<int64_t>((n + kAttentionOpThreads - 1) / kAttentionOpThreads, 1),
-                           65536);
+  return std::min<int64_t>(
+      std::max<int64_t>((n + kAttentionOpThreads - 1) / kAttentionOpThreads, 1), 65536);
 }
 
 }  // namespace
@@ -279,8 +280,8 @@ int LaunchPickedEntries(const PickedEntriesParams& p, CUstream_st* stream) {
 int LaunchIndexerTopK(const IndexerTopKParams& p, CUstream_st* stream) {
   if (p.rows == 0 || p.n_keys == 0) return 0;
   const size_t smem = IndexerTopKSharedBytes(p);
-  const cudaError_t e = cudaFuncSetAttribute(IndexerTopKKernel,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  const cudaError_t e = cudaFuncSetAttribute(
+      IndexerTopKKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return int(e);
   IndexerTopKKernel<<<unsigned(p.rows), kIndexerTopKThreads, smem, stream>>>(p);
   return int(cudaGetLastError());

@@ -61,8 +61,8 @@ int LaunchKvUnpackPaged(const KvUnpackPagedParams& p, CUstream_st* stream);
 // give the CPU's top-k in its order. Block keys are scored as IndexerScoresKernel scores them,
 // with w_h = bf16(f32(w_h) * w_scale). Dynamic shared memory: IndexerTopKSharedBytes.
 struct IndexerTopKParams {
-  const bf16* q = nullptr;     // [rows, num_heads, dim] device
-  const bf16* w = nullptr;     // [rows, num_heads] device
+  const bf16* q = nullptr;  // [rows, num_heads, dim] device
+  const bf16* w = nullptr;  // [rows, num_heads] device
   float w_scale = 1.0f;
   const bf16* keys = nullptr;  // [n_keys, dim] device
   int64_t first_key = 0, n_keys = 0;

@@ -725,10 +725,10 @@ BackendStatus CudaBackend::DoCompressorUpdate(Queue& queue, const CompressorUpda
   FLOTILLA_CUDA_RETURN_IF_ERROR(
       Launched(LaunchCompressorUpdate(p, q->stream()), "CompressorUpdate"));
   if (a.entry_pos.arena() == nullptr) return BackendStatus::Ok();
-  return Launched(LaunchEntryPositions(Ptr(a.entry_pos), CompressorEntries(a.start_pos, a.n,
-                                                                             a.ratio),
-                                       a.start_pos, a.ratio, q->stream()),
-                  "CompressorUpdate");
+  return Launched(
+      LaunchEntryPositions(Ptr(a.entry_pos), CompressorEntries(a.start_pos, a.n, a.ratio),
+                           a.start_pos, a.ratio, q->stream()),
+      "CompressorUpdate");
 }
 
 BackendStatus CudaBackend::DoRoundToBf16(Queue& queue, const RoundToBf16Args& a) {

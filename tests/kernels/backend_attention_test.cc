@@ -150,9 +150,14 @@ TEST_F(AttentionOpsTest, CompressorUpdateWalksTheSlotsAsTheSpecDoes) {
 }
 
 TEST_F(AttentionOpsTest, RoundToBf16RoundsEachValue) {
-  std::vector<float> x = {1.0f, 1.00390625f, 1.01171875f, -0.0f, 3.0e38f,
+  std::vector<float> x = {1.0f,
+                          1.00390625f,
+                          1.01171875f,
+                          -0.0f,
+                          3.0e38f,
                           std::numeric_limits<float>::infinity(),
-                          std::numeric_limits<float>::quiet_NaN(), 1e-40f};
+                          std::numeric_limits<float>::quiet_NaN(),
+                          1e-40f};
   // Hand-worked: 1 + 2^-8 is a tie (to even: 1.0); 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
   const std::vector<bf16> want = {0x3f80, 0x3f80, 0x3f82, 0x8000, 0x7f62, 0x7f80, 0x7fc0, 0x0001};
   DeviceSpan<bf16> y = Filled<bf16>(int64_t(x.size()), 0);
@@ -165,9 +170,9 @@ struct TopKWant {
   std::vector<int32_t> picks;
   std::vector<float> scores;
 };
-TopKWant IndexerTopKReference(const std::vector<bf16>& q, const std::vector<bf16>& w,
-                              float w_scale, const std::vector<bf16>& keys, int64_t row,
-                              int64_t visible, int64_t heads, int64_t dim, int64_t top_k) {
+TopKWant IndexerTopKReference(const std::vector<bf16>& q, const std::vector<bf16>& w, float w_scale,
+                              const std::vector<bf16>& keys, int64_t row, int64_t visible,
+                              int64_t heads, int64_t dim, int64_t top_k) {
   std::vector<bf16> ws(heads);
   for (int64_t h = 0; h < heads; ++h) {
     ws[h] = F32ToBf16(Bf16ToF32(w[row * heads + h]) * w_scale);
@@ -225,8 +230,8 @@ TEST_F(AttentionOpsTest, IndexerTopKOverBlocksIsTheTopKOfAllKeys) {
   const std::vector<int32_t> got_picks = Down(picks), got_num = Down(num);
   const std::vector<float> got_scores = Down(scores);
   for (int64_t r = 0; r < rows; ++r) {
-    const TopKWant want = IndexerTopKReference(q, w, w_scale, keys, r, (start + r + 1) / ratio,
-                                               heads, dim, top_k);
+    const TopKWant want =
+        IndexerTopKReference(q, w, w_scale, keys, r, (start + r + 1) / ratio, heads, dim, top_k);
     ASSERT_EQ(got_num[r], int32_t(want.picks.size())) << "row " << r;
     EXPECT_EQ(std::vector<int32_t>(&got_picks[r * top_k], &got_picks[r * top_k] + got_num[r]),
               want.picks)
@@ -236,8 +241,8 @@ TEST_F(AttentionOpsTest, IndexerTopKOverBlocksIsTheTopKOfAllKeys) {
         want.scores);
   }
   // A row with more picks than top_k is refused.
-  EXPECT_OK(backend_.Upload(*queue_, std::span<const int32_t>(std::vector<int32_t>(rows, 13)),
-                            num));
+  EXPECT_OK(
+      backend_.Upload(*queue_, std::span<const int32_t>(std::vector<int32_t>(rows, 13)), num));
   EXPECT_ERROR(backend_.IndexerTopK(*queue_, {.q = dq,
                                               .w = dw,
                                               .keys = dkeys.first(block * dim),
@@ -373,7 +378,8 @@ TEST_F(AttentionOpsTest, ChunkAttentionAttendsTheWindowAndCompressedRows) {
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t row_visible = (start + r + 1) / ratio;
           num[r] = int32_t(std::min<int64_t>(top_k, row_visible));
-          for (int64_t i = 0; i < num[r]; ++i) picks[r * top_k + i] = int32_t((r + 3 * i) % row_visible);
+          for (int64_t i = 0; i < num[r]; ++i)
+            picks[r * top_k + i] = int32_t((r + 3 * i) % row_visible);
         }
       }
       std::vector<bf16> want(rows * ld, 0x0f0f);
@@ -387,7 +393,8 @@ TEST_F(AttentionOpsTest, ChunkAttentionAttendsTheWindowAndCompressedRows) {
         if (kind == kAllVisible) {
           for (int64_t j = 0; j < (p + 1) / ratio; ++j) list.push_back(&entries[j * dim]);
         } else if (kind == kPicked) {
-          for (int64_t i = 0; i < num[r]; ++i) list.push_back(&entries[slot[picks[r * top_k + i]] * dim]);
+          for (int64_t i = 0; i < num[r]; ++i)
+            list.push_back(&entries[slot[picks[r * top_k + i]] * dim]);
         }
         SparseAttention({.q = &q[r * ld],
                          .rows = list.data(),

@@ -1025,7 +1025,8 @@ TEST_F(CudaBackendTest, AttentionOpsBitwise) {
   Both<float> bx = Make(x);
   Both<uint16_t> by = Filled<uint16_t>(5000, 0);
   RunBoth([&](Backend& be, Queue& q, auto pick) {
-    return be.RoundToBf16(q, {.x = pick(bx), .n = 5000, .y = pick(by).template reinterpret<bf16>()});
+    return be.RoundToBf16(q,
+                          {.x = pick(bx), .n = 5000, .y = pick(by).template reinterpret<bf16>()});
   });
   ExpectSame(by, "round to bf16");
 
