@@ -161,6 +161,8 @@ absl::Status Model::GatherHeads(kernels::In<bf16> local, int64_t n, int64_t coun
   const int64_t tp = par_.tp_size;
   kernels::Backend& backend = *backend_;
   kernels::Queue& queue = *queue_;
+  // The staging may still feed the previous gather's uploads: the queue runs them first.
+  RETURN_IF_BACKEND_ERROR(queue.Synchronize());
   bf16* host = Use(ws_->gather, (tp + 1) * n * count);
   bf16* all = host + n * count;
   RETURN_IF_BACKEND_ERROR(
@@ -358,23 +360,27 @@ absl::Status Model::AttendChunk(const AttentionWeights& a, const Rows& rows, int
   }
 
   // Sparse attention per token (§5.4, §5.5) over W window slots and the compressed rows.
-  kernels::ChunkAttentionArgs args{.q = ws.query.span().subspan(r0 * h * hd, ch.n * h * hd),
-                                   .ldq = h * hd,
-                                   .rows = ch.n,
-                                   .start_pos = ch.start_pos,
-                                   .window = window,
-                                   .fresh = ws.kv.span().subspan(r0 * hd, ch.n * hd),
-                                   .ring = ring,
-                                   .ratio = a.ratio,
-                                   .entries = entries,
-                                   .top_k = topk,
-                                   .sink = a.sink,  // this rank's heads
-                                   .num_heads = h,
-                                   .dim = hd,
-                                   .scale = float(1.0 / std::sqrt(double(hd))),
-                                   .out = ws.attn_out.span().subspan(r0 * h * hd, ch.n * h * hd),
-                                   .ldo = h * hd,
-                                   .max_compressed = ws.layout.compressed_read};
+  kernels::ChunkAttentionArgs args{
+      .q = ws.query.span().subspan(r0 * h * hd, ch.n * h * hd),
+      .ldq = h * hd,
+      .rows = ch.n,
+      .start_pos = ch.start_pos,
+      .window = window,
+      .fresh = ws.kv.span().subspan(r0 * hd, ch.n * hd),
+      .ring = ring,
+      .ratio = a.ratio,
+      .entries = entries,
+      .top_k = topk,
+      .sink = a.sink,  // this rank's heads
+      .num_heads = h,
+      .dim = hd,
+      .scale = float(1.0 / std::sqrt(double(hd))),
+      .out = ws.attn_out.span().subspan(r0 * h * hd, ch.n * h * hd),
+      .ldo = h * hd,
+      // A CSA row attends to top_k entries at most, an HCA row to all it sees.
+      .max_compressed = a.indexer      ? topk
+                        : a.ratio != 0 ? ws.layout.limits.max_context / a.ratio
+                                       : 0};
   if (a.indexer) {
     args.picks = picks;
     args.num_picks = num_picks;
