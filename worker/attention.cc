@@ -192,9 +192,10 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
   kernels::Backend& backend = *backend_;
   kernels::Queue& queue = *queue_;
 
+  // Every buffer below is written whole before it is read (no zeroing needed).
   // Query path (§5.1).
-  const kernels::Out<bf16> qr = ws.Use(ws.q_lora, n * qlr);
-  const kernels::Out<bf16> q = ws.Use(ws.query, n * h * hd);
+  const kernels::Out<bf16> qr = ws.q_lora.span().first(n * qlr);
+  const kernels::Out<bf16> q = ws.query.span().first(n * h * hd);
   RETURN_IF_ERROR(LinearForward(backend, queue, a.wq_a, x, d, n, qr, qlr, ws.linear_acts));
   RETURN_IF_BACKEND_ERROR(backend.RmsNorm(
       queue,
@@ -207,7 +208,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
 
   // KV path (§5.2); compressors (§6) run over the whole chunk before anyone attends, and a
   // query sees entry j only when j < floor((p+1)/m).
-  const kernels::Out<bf16> kv = ws.Use(ws.kv, n * hd);
+  const kernels::Out<bf16> kv = ws.kv.span().first(n * hd);
   RETURN_IF_ERROR(KvPath(a, rows, x, kv));
   if (a.compressor) RETURN_IF_ERROR(Compress(*a.compressor, a, rows, x, /*indexer=*/false));
 
@@ -217,7 +218,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
   if (a.indexer) {
     const IndexerWeights& ix = *a.indexer;
     RETURN_IF_ERROR(Compress(ix.compressor, a, rows, x, /*indexer=*/true));
-    const kernels::Out<bf16> qi = ws.Use(ws.index_query, n * ih_local * ihd);
+    const kernels::Out<bf16> qi = ws.index_query.span().first(n * ih_local * ihd);
     RETURN_IF_ERROR(
         LinearForward(backend, queue, ix.wq_b, qr, qlr, n, qi, ih_local * ihd, ws.linear_acts));
     RETURN_IF_BACKEND_ERROR(
@@ -227,7 +228,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
         backend.HadamardRotateBf16(queue, {.x = qi, .rows = n * ih_local, .dim = ihd}));
     RETURN_IF_BACKEND_ERROR(backend.Fp4SimulateInPlace(
         queue, {.x = qi, .rows = n * ih_local, .ld = ihd, .n = ihd, .block = 32}));
-    const kernels::Out<bf16> iw = ws.Use(ws.index_weights, n * ih_local);
+    const kernels::Out<bf16> iw = ws.index_weights.span().first(n * ih_local);
     RETURN_IF_BACKEND_ERROR(backend.GemmBf16(queue, {.a = x,
                                                      .lda = d,
                                                      .w = ix.weights_proj,
@@ -249,11 +250,9 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
 
   // Each chunk attends on its own: its reads of the cache (the ring as it was before the chunk,
   // the compressed entries) are the workspace's, whatever the number of chunks.
-  const kernels::Out<bf16> o = ws.Use(ws.attn_out, n * h * hd);
+  const kernels::Out<bf16> o = ws.attn_out.span().first(n * h * hd);
   if (a.indexer) {
-    ws.Use(ws.picks, n * c.index_topk);
-    ws.Use(ws.num_picks, n);  // zero picks before the first key block
-    ws.Use(ws.pick_scores, n * c.index_topk);
+    ws.Use(ws.num_picks, n);  // no picks before the first key block
   }
   for (size_t ci = 0; ci < rows.chunks.size(); ++ci) RETURN_IF_ERROR(AttendChunk(a, rows, ci));
   RETURN_IF_ERROR(WriteWindow(rows, a, kv));
@@ -263,7 +262,7 @@ absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf1
       backend.ApplyRope(queue, Rope(o, h * hd, hd, n, h, nope, rope, rows.pos_dev, a.freqs, true)));
   const int64_t groups = par_.o_groups.size(), olr = c.o_lora_rank, gin = c.HeadsPerGroup() * hd;
   const int64_t tp = par_.tp_size;
-  const kernels::Out<bf16> z = ws.Use(ws.wo_a_out, n * tp * groups * olr);
+  const kernels::Out<bf16> z = ws.wo_a_out.span().first(n * tp * groups * olr);
   for (int64_t gi = 0; gi < groups; ++gi) {
     RETURN_IF_BACKEND_ERROR(backend.GemmBf16(queue, {.a = o.subspan(gi * gin),
                                                      .lda = h * hd,

@@ -133,8 +133,27 @@ BackendStatus CpuBackend::DoFill(Queue& queue, uintptr_t dst, int64_t count, int
                                  uint64_t pattern) {
   FLOTILLA_CPU_QUEUE(queue, "Fill");
   auto* out = reinterpret_cast<unsigned char*>(dst);
-  for (int64_t i = 0; i < count; ++i) {
-    std::memcpy(out + i * element_bytes, &pattern, size_t(element_bytes));
+  // Typed stores (memset for zero): a byte copy per element made the step workspace's zeroing
+  // a tenth of a small model's step.
+  const auto fill = [&](auto value) {
+    using T = decltype(value);
+    std::memcpy(&value, &pattern, sizeof(T));
+    std::fill_n(reinterpret_cast<T*>(out), count, value);
+  };
+  if (pattern == 0) {
+    std::memset(out, 0, size_t(count * element_bytes));
+  } else if (element_bytes == 1) {
+    fill(uint8_t{});
+  } else if (element_bytes == 2) {
+    fill(uint16_t{});
+  } else if (element_bytes == 4) {
+    fill(uint32_t{});
+  } else if (element_bytes == 8) {
+    fill(uint64_t{});
+  } else {
+    for (int64_t i = 0; i < count; ++i) {
+      std::memcpy(out + i * element_bytes, &pattern, size_t(element_bytes));
+    }
   }
   return BackendStatus::Ok();
 }
