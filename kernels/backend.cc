@@ -432,6 +432,74 @@ BackendStatus Backend::UnpackIndexerKeys(Queue& q, const KvUnpackArgs& a) {
   FLOTILLA_CHECKED(DoUnpackIndexerKeys(q, a), CheckUnpack(*this, "UnpackIndexerKeys", true, a));
 }
 
+// ---------------------------------------------------------------- model ops
+
+BackendStatus Backend::EmbedRows(Queue& q, const EmbedRowsArgs& a) {
+  Checker c(*this, "EmbedRows");
+  c.NonNegative("n", a.n).NonNegative("first", a.first).NonNegative("num_rows", a.num_rows);
+  c.That(a.d > 0, "d > 0");
+  c.Span("table", a.table, a.num_rows * a.d).Span("tokens", a.tokens, a.n);
+  c.Span("out", a.out, a.n * a.d);
+  FLOTILLA_CHECKED(DoEmbedRows(q, a), c.Done());
+}
+
+namespace {
+
+// Whether the first x_count elements of x and the first y_count of y share a byte.
+template <typename T, typename U>
+bool Overlap(const DeviceSpan<T>& x, int64_t x_count, const DeviceSpan<U>& y, int64_t y_count) {
+  if (x.arena() == nullptr || x.arena() != y.arena() || x_count <= 0 || y_count <= 0) return false;
+  const uintptr_t x0 = BackendAccess::RawAddress(x), y0 = BackendAccess::RawAddress(y);
+  const uintptr_t x1 = x0 + uintptr_t(x_count) * sizeof(T),
+                  y1 = y0 + uintptr_t(y_count) * sizeof(U);
+  return x0 < y1 && y0 < x1;
+}
+
+}  // namespace
+
+BackendStatus Backend::RepeatRows(Queue& q, const RepeatRowsArgs& a) {
+  Checker c(*this, "RepeatRows");
+  c.NonNegative("n", a.n).That(a.copies > 0, "copies > 0").That(a.d > 0, "d > 0");
+  c.Span("x", a.x, a.n * a.d).Span("out", a.out, a.n * a.copies * a.d);
+  c.That(!Overlap(a.x, a.n * a.d, a.out, a.n * a.copies * a.d), "out not overlapping x");
+  FLOTILLA_CHECKED(DoRepeatRows(q, a), c.Done());
+}
+
+BackendStatus Backend::BroadcastAdd(Queue& q, const BroadcastAddArgs& a) {
+  Checker c(*this, "BroadcastAdd");
+  c.NonNegative("n", a.n).That(a.copies > 0, "copies > 0").That(a.d > 0, "d > 0");
+  const int64_t total = a.n * a.copies * a.d;
+  c.Span("a", a.a, a.n * a.d).Span("b", a.b, total).Span("out", a.out, total);
+  c.That(!Overlap(a.a, a.n * a.d, a.out, total), "out not overlapping a");
+  c.That(!Overlap(a.b, total, a.out, total) ||
+             BackendAccess::RawAddress(a.b) == BackendAccess::RawAddress(a.out),
+         "out either b itself or not overlapping it");
+  FLOTILLA_CHECKED(DoBroadcastAdd(q, a), c.Done());
+}
+
+BackendStatus Backend::ConvertBf16ToF32(Queue& q, const ConvertBf16ToF32Args& a) {
+  Checker c(*this, "ConvertBf16ToF32");
+  c.NonNegative("count", a.count).Span("x", a.x, a.count).Span("y", a.y, a.count);
+  FLOTILLA_CHECKED(DoConvertBf16ToF32(q, a), c.Done());
+}
+
+BackendStatus Backend::ConvertF32ToBf16(Queue& q, const ConvertF32ToBf16Args& a) {
+  Checker c(*this, "ConvertF32ToBf16");
+  c.NonNegative("count", a.count).Span("x", a.x, a.count).Span("y", a.y, a.count);
+  FLOTILLA_CHECKED(DoConvertF32ToBf16(q, a), c.Done());
+}
+
+BackendStatus Backend::InterleaveRows(Queue& q, const InterleaveRowsArgs& a) {
+  Checker c(*this, "InterleaveRows");
+  c.NonNegative("blocks", a.blocks)
+      .NonNegative("rows", a.rows)
+      .NonNegative("row_bytes", a.row_bytes);
+  const int64_t bytes = a.blocks * a.rows * a.row_bytes;
+  c.Span("src", a.src, bytes).Span("dst", a.dst, bytes);
+  c.That(!Overlap(a.src, bytes, a.dst, bytes), "dst not overlapping src");
+  FLOTILLA_CHECKED(DoInterleaveRows(q, a), c.Done());
+}
+
 // ---- attention ops
 
 BackendStatus Backend::CompressorUpdate(Queue& q, const CompressorUpdateArgs& a) {

@@ -134,6 +134,13 @@ class Backend {
   BackendStatus UnpackKvEntries(Queue& queue, const KvUnpackArgs& args);
   BackendStatus PackIndexerKeys(Queue& queue, const KvPackArgs& args);
   BackendStatus UnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args);
+  // ---- model ops
+  BackendStatus EmbedRows(Queue& queue, const EmbedRowsArgs& args);
+  BackendStatus RepeatRows(Queue& queue, const RepeatRowsArgs& args);
+  BackendStatus BroadcastAdd(Queue& queue, const BroadcastAddArgs& args);
+  BackendStatus ConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args);
+  BackendStatus ConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args);
+  BackendStatus InterleaveRows(Queue& queue, const InterleaveRowsArgs& args);
   // ---- attention ops
   BackendStatus CompressorUpdate(Queue& queue, const CompressorUpdateArgs& args);
   BackendStatus RoundToBf16(Queue& queue, const RoundToBf16Args& args);
@@ -186,6 +193,13 @@ class Backend {
   virtual BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) = 0;
   virtual BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) = 0;
   virtual BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) = 0;
+  // ---- model ops
+  virtual BackendStatus DoEmbedRows(Queue& queue, const EmbedRowsArgs& args) = 0;
+  virtual BackendStatus DoRepeatRows(Queue& queue, const RepeatRowsArgs& args) = 0;
+  virtual BackendStatus DoBroadcastAdd(Queue& queue, const BroadcastAddArgs& args) = 0;
+  virtual BackendStatus DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args) = 0;
+  virtual BackendStatus DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args) = 0;
+  virtual BackendStatus DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& args) = 0;
   // ---- attention ops
   virtual BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) = 0;
   virtual BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) = 0;

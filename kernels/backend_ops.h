@@ -266,6 +266,53 @@ struct KvUnpackArgs {
   int64_t ldx = 0;
 };
 
+// ---- model ops (the model's own data movement around the blocks, exact)
+
+// out[r] = table[tokens[r] - first] when first <= tokens[r] < first + num_rows, else zeros: the
+// embedding rows of one vocab slice (another rank holds the rest).
+struct EmbedRowsArgs {
+  In<bf16> table{};      // [num_rows, d]
+  In<int32_t> tokens{};  // [n]
+  int64_t first = 0, num_rows = 0, n = 0, d = 0;
+  Out<bf16> out{};  // [n, d]
+};
+
+// out[r, j] = x[r] for j < copies (a row onto each hyper-connection stream).
+struct RepeatRowsArgs {
+  In<bf16> x{};  // [n, d]
+  int64_t n = 0, copies = 1, d = 0;
+  Out<bf16> out{};  // [n, copies, d]; must not overlap x
+};
+
+// out[r, j, c] = bf16(f32(a[r, c]) + f32(b[r, j, c])): one row added to each of its copies.
+struct BroadcastAddArgs {
+  In<bf16> a{};  // [n, d]
+  In<bf16> b{};  // [n, copies, d]
+  int64_t n = 0, copies = 1, d = 0;
+  Out<bf16> out{};  // [n, copies, d]; may be b
+};
+
+// ConvertBf16ToF32: y = f32(x), exact. ConvertF32ToBf16: y = bf16(x), round to nearest even (NaN
+// stays NaN), common/dtype.h's F32ToBf16.
+struct ConvertBf16ToF32Args {
+  In<bf16> x{};  // [count]
+  int64_t count = 0;
+  Out<float> y{};  // [count]
+};
+struct ConvertF32ToBf16Args {
+  In<float> x{};  // [count]
+  int64_t count = 0;
+  Out<bf16> y{};  // [count]
+};
+
+// dst row (i * blocks + b) = src row (b * rows + i): [blocks, rows] rows of row_bytes bytes to
+// [rows, blocks] (per row, the blocks that an all-gather put one after another).
+struct InterleaveRowsArgs {
+  In<uint8_t> src{};  // [blocks * rows, row_bytes]
+  int64_t blocks = 0, rows = 0, row_bytes = 0;
+  Out<uint8_t> dst{};  // [rows * blocks, row_bytes]; must not overlap src
+};
+
 // ---- attention ops
 
 // The compressor state update of one sequence's chunk (spec §6; worker/attention.cc): tokens in

@@ -17,16 +17,19 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 uint64_t StepWorkspaceLayout::Bytes() const {
   uint64_t b = 0;
   b += 2 * uint64_t(5 * streams + 6 * hidden + 2 * mtp_streams + q_lora + query + kv + index_query +
-                    index_weights + gather + ring + entries + block_keys + attn_out + wo_a_out +
-                    compressed + routed + expert_in + expert_out + shared_out + expert_gate_up +
-                    expert_act);
-  b += 4 * uint64_t(hc_post + hc_comb + tp_sum + head_part + head_all + 2 * compressor_kv +
-                    2 * compressor_state + pooled + pick_scores + router_logits + route_weights +
-                    expert_rows);
-  // Rows: 7 int32 + 4 backend copies (token and experts, step and MTP rows); 4 int64 + 2 backend
-  // copies (positions, step and MTP rows).
-  b += 4 * uint64_t((7 + 4) * row_i32 + picks + entry_slot + page_ids + route_idx + expert_order);
-  b += 8 * uint64_t((4 + 2) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
+                    index_weights + gather + gather_stage + ring + entries + block_keys + attn_out +
+                    wo_a_out + compressed + routed + expert_in + expert_out + shared_out +
+                    expert_gate_up + expert_act);
+  // tp_sum twice: in backend memory and its host staging.
+  b += 4 * uint64_t(hc_post + hc_comb + 2 * tp_sum + head_part + head_stage + head_all +
+                    2 * compressor_kv + 2 * compressor_state + pooled + pick_scores +
+                    router_logits + route_weights + expert_rows);
+  // Rows: 8 int32 on the host (token, chunk and experts of the step and MTP rows, picks per row,
+  // the picked rows) and 5 in backend memory (token and experts of the step and MTP rows, the
+  // picked rows); 2 int64 on the host (positions of the step and MTP rows) and 3 in backend
+  // memory (positions of the step and MTP rows, entry positions).
+  b += 4 * uint64_t((8 + 5) * row_i32 + picks + entry_slot + page_ids + route_idx + expert_order);
+  b += 8 * uint64_t((2 + 3) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
   b += uint64_t(3 * (act_q + act_scale) + packed);
   return b;
@@ -90,7 +93,8 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.kv = T * hd;
   w.index_query = T * c.index_n_heads * ihd;
   w.index_weights = T * c.index_n_heads;
-  w.gather = tp > 1 ? (tp + 1) * T * std::max(w.index_heads * ihd, w.o_groups * c.o_lora_rank) : 0;
+  w.gather = tp > 1 ? tp * T * std::max(w.index_heads * ihd, w.o_groups * c.o_lora_rank) : 0;
+  w.gather_stage = tp > 1 ? w.gather + w.gather / tp : 0;
   w.ring = c.sliding_window * hd;
   w.entries = w.compressed_read * hd;
   w.block_keys = l.indexer_block_keys * ihd;
@@ -107,7 +111,8 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.hc_post = T * hc;
   w.hc_comb = T * hc * hc;
   w.tp_sum = tp > 1 ? T * d : 0;
-  w.head_part = tp > 1 ? l.logit_rows * w.vocab : 0;
+  w.head_part = l.logit_rows * w.vocab;
+  w.head_stage = tp > 1 ? l.logit_rows * w.vocab : 0;
   w.head_all = tp > 1 ? tp * l.logit_rows * w.vocab : 0;
   w.compressor_kv = T * w.compressor_width;
   w.pooled = T * std::max(hd, ihd);

@@ -39,23 +39,27 @@ struct StepWorkspaceLayout {
   int64_t hidden = 0;       // [tokens, d]: x, y, embedding, MTP e/ep, head input (x6)
   int64_t mtp_streams = 0;  // [tokens, hc, d]: MTP hn, hp (x2)
   int64_t q_lora = 0, query = 0, kv = 0, index_query = 0, index_weights = 0;
-  int64_t gather = 0;  // TP all-gather staging in host memory: local rows, then all ranks' (bf16)
+  int64_t gather = 0;        // TP all-gather landing area (bf16 elements, backend memory)
+  int64_t gather_stage = 0;  // its host staging: this rank's part and the gathered parts
   int64_t ring = 0, entries = 0, block_keys = 0, attn_out = 0, wo_a_out = 0;
   int64_t compressed = 0;  // a chunk's new compressed rows (bf16)
   int64_t routed = 0, expert_in = 0, expert_out = 0, shared_out = 0, expert_gate_up = 0,
           expert_act = 0;
   // f32 buffers.
-  int64_t hc_post = 0, hc_comb = 0, tp_sum = 0, head_part = 0, head_all = 0;
+  // tp_sum: backend memory and host staging of the TP sums (each [tokens, d]); head_part: one
+  // pass of this rank's logits (backend memory); head_stage, head_all: their host staging and
+  // the TP group's gathered logits (tp > 1).
+  int64_t hc_post = 0, hc_comb = 0, tp_sum = 0, head_part = 0, head_stage = 0, head_all = 0;
   int64_t compressor_kv = 0;     // [tokens, width] x2 (kv, gate)
   int64_t compressor_state = 0;  // rows x width x2 (kv, score)
   int64_t pooled = 0, pick_scores = 0, router_logits = 0, route_weights = 0;  // and expert_rows
                                                                               // routing weights
   // int32 / int64 buffers.
-  // [tokens] x11: token, chunk and experts of the step and MTP rows (host), backend copies of
-  // their tokens and experts, picks per row.
+  // [tokens] x13: token, chunk and experts of the step and MTP rows (host), backend copies of
+  // their tokens and experts, picks per row, the rows picked for logits (host and backend).
   int64_t row_i32 = 0;
-  // [tokens] x3 on the host (positions twice, picked rows) and x3 in backend memory (positions
-  // of the step and MTP rows, compressed entries' positions).
+  // [tokens] x5: positions of the step and MTP rows (host and backend), entry positions
+  // (backend).
   int64_t row_i64 = 0;
   // entry_slot: a chunk's slot of each visible CSA entry, the picked entries, their count.
   int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;

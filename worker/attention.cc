@@ -153,32 +153,6 @@ absl::Status Model::WriteWindow(const Rows& rows, const AttentionWeights& a,
   return absl::OkStatus();
 }
 
-// MPI reads host memory: the local rows come down (the host waits for them), the TP group
-// all-gathers them, and each rank's rows go up into their place in `full` (row r, rank t at
-// (r * tp + t) * count).
-absl::Status Model::GatherHeads(kernels::In<bf16> local, int64_t n, int64_t count, const char* what,
-                                kernels::Out<bf16> full) const {
-  const int64_t tp = par_.tp_size;
-  kernels::Backend& backend = *backend_;
-  kernels::Queue& queue = *queue_;
-  // The staging may still feed the previous gather's uploads: the queue runs them first.
-  RETURN_IF_BACKEND_ERROR(queue.Synchronize());
-  bf16* host = Use(ws_->gather, (tp + 1) * n * count);
-  bf16* all = host + n * count;
-  RETURN_IF_BACKEND_ERROR(
-      backend.Download(queue, local.first(n * count), std::span<bf16>(host, size_t(n * count))));
-  RETURN_IF_BACKEND_ERROR(queue.Synchronize());
-  RETURN_IF_ERROR(par_.tp->AllGather(host, size_t(n * count) * 2, all, Site(what)));
-  for (int64_t t = 0; t < tp; ++t) {
-    for (int64_t r = 0; r < n; ++r) {
-      RETURN_IF_BACKEND_ERROR(
-          backend.Upload(queue, std::span<const bf16>(&all[(t * n + r) * count], size_t(count)),
-                         full.subspan((r * tp + t) * count, count)));
-    }
-  }
-  return absl::OkStatus();
-}
-
 // With tensor parallelism this rank holds its query heads, sinks and output groups; the KV path
 // and the compressors are computed on every rank (one KV head).
 absl::Status Model::Attention(const BlockWeights& b, Rows& rows, kernels::In<bf16> x,

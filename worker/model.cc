@@ -10,10 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/model_tensors.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/ops.h"
 #include "sharding/capacity.h"
 #include "worker/backend_status.h"
-#include "worker/host_bridge.h"
 #include "worker/model_internal.h"
 
 namespace flotilla {
@@ -182,19 +180,6 @@ absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, kernels::Out<bf1
     RETURN_IF_BACKEND_ERROR(backend.HcPre(queue, a));
     return absl::OkStatus();
   };
-  auto norm = [&](kernels::In<bf16> weight) -> absl::Status {
-    kernels::RmsNormArgs a;
-    a.x = x;
-    a.ldx = d;
-    a.w = weight;
-    a.m = n;
-    a.d = d;
-    a.eps = float(c.rms_norm_eps);
-    a.y = x;
-    a.ldy = d;
-    RETURN_IF_BACKEND_ERROR(backend.RmsNorm(queue, a));
-    return absl::OkStatus();
-  };
   auto hc_post = [&]() -> absl::Status {
     kernels::HcPostArgs a;
     a.x = y;
@@ -211,75 +196,101 @@ absl::Status Model::RunBlock(const BlockWeights& b, Rows& rows, kernels::Out<bf1
   // A DP group with nothing to run still takes part in the MoE exchange over all ranks.
   if (n == 0) return Moe(b.moe, rows, x, y);
   RETURN_IF_ERROR(hc_pre(b.hc_attn));
-  RETURN_IF_ERROR(norm(b.attn_norm));
+  RETURN_IF_ERROR(Norm(x, b.attn_norm, n, x));
   RETURN_IF_ERROR(Attention(b, rows, x, y));
   RETURN_IF_ERROR(hc_post());
   RETURN_IF_ERROR(hc_pre(b.hc_ffn));
-  RETURN_IF_ERROR(norm(b.ffn_norm));
+  RETURN_IF_ERROR(Norm(x, b.ffn_norm, n, x));
   RETURN_IF_ERROR(Moe(b.moe, rows, x, y));
   return hc_post();
 }
 
-absl::Status Model::Embed(const Rows& rows, kernels::Out<bf16> h_span) const {
-  const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size, hc = c.hc_mult, n = rows.n;
-  bf16* e = HostOf(ws_->Use(ws_->embed, n * d));
-  const bf16* table = HostOf(w_->embed);
-  for (int64_t r = 0; r < n; ++r) {
-    if (par_.vocab.Contains(rows.token[r])) {
-      std::copy_n(table + (rows.token[r] - par_.vocab.begin) * d, d, &e[r * d]);
-    }
-  }
+absl::Status Model::EmbedTokens(kernels::In<int32_t> tokens, int64_t n,
+                                kernels::Out<bf16> out) const {
+  kernels::EmbedRowsArgs a;
+  a.table = w_->embed;
+  a.tokens = tokens;
+  a.first = par_.vocab.begin;
+  a.num_rows = par_.vocab.size();
+  a.n = n;
+  a.d = config_.hidden_size;
+  a.out = out;
+  RETURN_IF_BACKEND_ERROR(backend_->EmbedRows(*queue_, a));
   // Vocab-parallel: exactly one rank holds each row, so the sum is exact.
-  RETURN_IF_ERROR(TpSumBf16(e, n * d, "embedding all-reduce"));
-  bf16* h = HostOf(h_span);
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < hc; ++j) std::copy_n(&e[r * d], d, &h[(r * hc + j) * d]);
+  return TpSumBf16(out.first(n * config_.hidden_size), "embedding all-reduce");
+}
+
+absl::Status Model::Embed(const Rows& rows, kernels::Out<bf16> h) const {
+  const int64_t d = config_.hidden_size, hc = config_.hc_mult, n = rows.n;
+  const kernels::Out<bf16> e = ws_->embed.span().first(n * d);
+  RETURN_IF_ERROR(EmbedTokens(rows.token_dev, n, e));
+  kernels::RepeatRowsArgs a;
+  a.x = e;
+  a.n = n;
+  a.copies = hc;
+  a.d = d;
+  a.out = h;
+  RETURN_IF_BACKEND_ERROR(backend_->RepeatRows(*queue_, a));
   return absl::OkStatus();
 }
 
-absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, kernels::In<bf16> norm,
+absl::Status Model::Logits(kernels::In<bf16> h, const HcWeights& hc_head, kernels::In<bf16> norm,
                            int64_t m, float* logits) const {
   const ModelConfig& c = config_;
   const int64_t d = c.hidden_size, hc = c.hc_mult, vocab = c.vocab_size;
   StepWorkspace& ws = *ws_;
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  // Vocab-parallel head: each TP rank computes its columns (rows of widest, the widest slice);
+  // an all-gather assembles them.
+  const int64_t local = par_.vocab.size();
+  const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
   // Rows are independent: the head runs in passes of logit_rows rows.
   const int64_t pass = ws.layout.limits.logit_rows;
   for (int64_t r0 = 0; r0 < m; r0 += pass) {
     const int64_t rows = std::min(pass, m - r0);
-    bf16* y = HostOf(ws.Use(ws.head_in, rows * d));
-    kernels::HcHeadParams hp;
-    hp.h = h + r0 * hc * d;
-    hp.fn = HostOf(hc_head.fn);
-    hp.scale = HostOf(hc_head.scale);
-    hp.base = HostOf(hc_head.base);
-    hp.m = rows;
-    hp.hc = hc;
-    hp.d = d;
-    hp.norm_eps = float(c.rms_norm_eps);
-    hp.hc_eps = float(c.hc_eps);
-    hp.y = y;
-    kernels::HcHead(hp);
-    kernels::RmsNorm(y, d, HostOf(norm), rows, d, float(c.rms_norm_eps), y, d);
-    // Vocab-parallel head: each TP rank computes its rows; an all-gather assembles them.
-    const int64_t local = par_.vocab.size();
-    const int64_t widest = par_.tp_size > 1 ? SplitEvenly(vocab, par_.tp_size, 0).size() : local;
-    float* part = par_.tp_size > 1 ? HostOf(ws.Use(ws.head_part, rows * widest)) : nullptr;
+    const kernels::Out<bf16> y = ws.head_in.span().first(rows * d);
+    kernels::HcHeadArgs ha;
+    ha.h = h.subspan(r0 * hc * d, rows * hc * d);
+    ha.fn = hc_head.fn;
+    ha.scale = hc_head.scale;
+    ha.base = hc_head.base;
+    ha.m = rows;
+    ha.hc = hc;
+    ha.d = d;
+    ha.norm_eps = float(c.rms_norm_eps);
+    ha.hc_eps = float(c.hc_eps);
+    ha.y = y;
+    RETURN_IF_BACKEND_ERROR(backend.HcHead(queue, ha));
+    RETURN_IF_ERROR(Norm(y, norm, rows, y));
+    // Every column is written with tp 1; with tp > 1 a narrower slice leaves its last ones zero.
+    const kernels::Out<float> part = par_.tp_size == 1 ? ws.head_part.span().first(rows * widest)
+                                                       : ws.Use(ws.head_part, rows * widest);
+    kernels::GemmF32Args ga;
+    ga.a_bf16 = y;
+    ga.lda = d;
+    ga.w_bf16 = w_->head;
+    ga.ldw = d;
+    ga.c = part;
+    ga.ldc = widest;
+    ga.m = rows;
+    ga.n = local;
+    ga.k = d;
+    RETURN_IF_BACKEND_ERROR(backend.GemmF32(queue, ga));
     float* out = logits + r0 * vocab;
-    kernels::GemmF32Params p;
-    p.a_bf16 = y;
-    p.lda = d;
-    p.w_bf16 = HostOf(w_->head);
-    p.ldw = d;
-    p.c = par_.tp_size > 1 ? part : out;
-    p.ldc = par_.tp_size > 1 ? widest : vocab;
-    p.m = rows;
-    p.n = local;
-    p.k = d;
-    kernels::GemmF32(p);
-    if (par_.tp_size == 1) continue;
+    if (par_.tp_size == 1) {  // [rows, vocab] as they are; the caller's synchronize waits
+      RETURN_IF_BACKEND_ERROR(backend.Download(queue, kernels::In<float>(part),
+                                               std::span<float>(out, size_t(rows * vocab))));
+      continue;
+    }
+    // MPI reads host memory: this rank's part comes to the host, the gathered parts are placed
+    // into the caller's host rows.
+    float* staged = Use(ws.head_stage, rows * widest);
+    RETURN_IF_BACKEND_ERROR(backend.Download(queue, kernels::In<float>(part),
+                                             std::span<float>(staged, size_t(rows * widest))));
+    RETURN_IF_ERROR(Synchronize("vocab-parallel head"));
     float* all = Use(ws.head_all, par_.tp_size * rows * widest);
-    RETURN_IF_ERROR(par_.tp->AllGather(part, size_t(rows * widest) * 4, all,
+    RETURN_IF_ERROR(par_.tp->AllGather(staged, size_t(rows * widest) * 4, all,
                                        Site("vocab-parallel head all-gather")));
     for (int64_t t = 0; t < par_.tp_size; ++t) {
       const IndexRange v = SplitEvenly(vocab, par_.tp_size, t);
@@ -290,48 +301,106 @@ absl::Status Model::Logits(const bf16* h, const HcWeights& hc_head, kernels::In<
   return absl::OkStatus();
 }
 
-// MTP input streams (§10): e_proj(RMSNorm(embed[next])) + h_proj(RMSNorm(H)) on each stream.
-absl::Status Model::TpSumBf16(bf16* data, int64_t count, const char* what) const {
-  if (par_.tp_size == 1) return absl::OkStatus();
-  float* f = Use(ws_->tp_sum, count);
-  for (int64_t i = 0; i < count; ++i) f[i] = Bf16ToF32(data[i]);
-  RETURN_IF_ERROR(par_.tp->AllReduceSum(f, size_t(count), Site(what)));
-  for (int64_t i = 0; i < count; ++i) data[i] = F32ToBf16(f[i]);
+absl::Status Model::Norm(kernels::In<bf16> x, kernels::In<bf16> w, int64_t m,
+                         kernels::Out<bf16> y) const {
+  const int64_t d = config_.hidden_size;
+  kernels::RmsNormArgs a;
+  a.x = x;
+  a.ldx = d;
+  a.w = w;
+  a.m = m;
+  a.d = d;
+  a.eps = float(config_.rms_norm_eps);
+  a.y = y;
+  a.ldy = d;
+  RETURN_IF_BACKEND_ERROR(backend_->RmsNorm(*queue_, a));
   return absl::OkStatus();
 }
 
-absl::Status Model::MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                             kernels::Out<bf16> out) const {
-  const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size, hc = c.hc_mult;
-  const float eps = float(c.rms_norm_eps);
+absl::Status Model::Synchronize(const char* what) const {
+  const kernels::BackendStatus s = queue_->Synchronize();
+  if (s.ok()) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, " (step ", step_, "): ", s.message()));
+}
+
+absl::Status Model::TpSumBf16(kernels::Out<bf16> data, const char* what) const {
+  if (par_.tp_size == 1) return absl::OkStatus();
+  const int64_t count = data.size();
   StepWorkspace& ws = *ws_;
-  const kernels::Out<bf16> e_span = ws.Use(ws.mtp_e, m * d);
-  const kernels::Out<bf16> ep_span = ws.Use(ws.mtp_ep, m * d);
-  const kernels::Out<bf16> hn_span = ws.Use(ws.mtp_hn, m * hc * d);
-  const kernels::Out<bf16> hp_span = ws.Use(ws.mtp_hp, m * hc * d);
-  bf16* e = HostOf(e_span);
-  const bf16* ep = HostOf(ep_span);
-  bf16* hn = HostOf(hn_span);
-  const bf16* hp = HostOf(hp_span);
-  const bf16* table = HostOf(w_->embed);
-  for (int64_t i = 0; i < m; ++i) {
-    if (par_.vocab.Contains(next[i]))
-      std::copy_n(table + (next[i] - par_.vocab.begin) * d, d, &e[i * d]);
-  }
-  RETURN_IF_ERROR(TpSumBf16(e, m * d, "mtp embedding all-reduce"));
-  kernels::RmsNorm(e, d, HostOf(w.enorm), m, d, eps, e, d);
-  kernels::RmsNorm(h, d, HostOf(w.hnorm), m * hc, d, eps, hn, d);
-  RETURN_IF_ERROR(
-      LinearForward(*backend_, *queue_, w.e_proj, e_span, d, m, ep_span, d, ws.linear_acts));
-  RETURN_IF_ERROR(
-      LinearForward(*backend_, *queue_, w.h_proj, hn_span, d, m * hc, hp_span, d, ws.linear_acts));
-  bf16* o = HostOf(out);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < hc; ++j)
-      for (int64_t col = 0; col < d; ++col)
-        o[(i * hc + j) * d + col] =
-            F32ToBf16(Bf16ToF32(ep[i * d + col]) + Bf16ToF32(hp[(i * hc + j) * d + col]));
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  const kernels::Out<float> f = ws.tp_sum_dev.span().first(count);
+  kernels::ConvertBf16ToF32Args widen;
+  widen.x = data;
+  widen.count = count;
+  widen.y = f;
+  RETURN_IF_BACKEND_ERROR(backend.ConvertBf16ToF32(queue, widen));
+  // MPI sums host memory (f32, rank order): the one host round trip of the sum.
+  float* staged = Use(ws.tp_sum, count);
+  RETURN_IF_BACKEND_ERROR(
+      backend.Download(queue, kernels::In<float>(f), std::span<float>(staged, size_t(count))));
+  RETURN_IF_ERROR(Synchronize(what));
+  RETURN_IF_ERROR(par_.tp->AllReduceSum(staged, size_t(count), Site(what)));
+  RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const float>(staged, size_t(count)), f));
+  kernels::ConvertF32ToBf16Args narrow;
+  narrow.x = f;
+  narrow.count = count;
+  narrow.y = data;
+  RETURN_IF_BACKEND_ERROR(backend.ConvertF32ToBf16(queue, narrow));
+  return absl::OkStatus();
+}
+
+absl::Status Model::GatherHeads(kernels::In<bf16> local, int64_t n, int64_t count, const char* what,
+                                kernels::Out<bf16> full) const {
+  const int64_t tp = par_.tp_size, part = n * count;
+  StepWorkspace& ws = *ws_;
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  // MPI gathers host memory: [this rank's part | every rank's part] in the staging buffer, the
+  // gathered parts back into the workspace, then each row's parts side by side into `full`
+  // (which may be `local`: its part was copied out first).
+  bf16* staged = Use(ws.gather_stage, (tp + 1) * part);
+  RETURN_IF_BACKEND_ERROR(
+      backend.Download(queue, local.first(part), std::span<bf16>(staged, size_t(part))));
+  RETURN_IF_ERROR(Synchronize(what));
+  RETURN_IF_ERROR(par_.tp->AllGather(staged, size_t(part) * 2, staged + part, Site(what)));
+  const kernels::Out<bf16> all = ws.gather.span().first(tp * part);
+  RETURN_IF_BACKEND_ERROR(
+      backend.Upload(queue, std::span<const bf16>(staged + part, size_t(tp * part)), all));
+  kernels::InterleaveRowsArgs a;
+  a.src = all.as_bytes();
+  a.blocks = tp;
+  a.rows = n;
+  a.row_bytes = count * 2;
+  a.dst = full.first(tp * part).as_writable_bytes();
+  RETURN_IF_BACKEND_ERROR(backend.InterleaveRows(queue, a));
+  return absl::OkStatus();
+}
+
+// MTP input streams (§10): e_proj(RMSNorm(embed[next])) + h_proj(RMSNorm(H)) on each stream.
+absl::Status Model::MtpInput(const MtpWeights& w, kernels::In<bf16> h, kernels::In<int32_t> next,
+                             int64_t m, kernels::Out<bf16> out) const {
+  const int64_t d = config_.hidden_size, hc = config_.hc_mult;
+  StepWorkspace& ws = *ws_;
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  const kernels::Out<bf16> e = ws.mtp_e.span().first(m * d);
+  const kernels::Out<bf16> ep = ws.mtp_ep.span().first(m * d);
+  const kernels::Out<bf16> hn = ws.mtp_hn.span().first(m * hc * d);
+  const kernels::Out<bf16> hp = ws.mtp_hp.span().first(m * hc * d);
+  RETURN_IF_ERROR(EmbedTokens(next, m, e));
+  RETURN_IF_ERROR(Norm(e, w.enorm, m, e));
+  RETURN_IF_ERROR(Norm(h, w.hnorm, m * hc, hn));
+  RETURN_IF_ERROR(LinearForward(backend, queue, w.e_proj, e, d, m, ep, d, ws.linear_acts));
+  RETURN_IF_ERROR(LinearForward(backend, queue, w.h_proj, hn, d, m * hc, hp, d, ws.linear_acts));
+  kernels::BroadcastAddArgs a;
+  a.a = ep;
+  a.b = hp;
+  a.n = m;
+  a.copies = hc;
+  a.d = d;
+  a.out = out;
+  RETURN_IF_BACKEND_ERROR(backend.BroadcastAdd(queue, a));
   return absl::OkStatus();
 }
 
@@ -388,35 +457,46 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
 
   RETURN_IF_ERROR(ReserveKv(chunks));
   ++step_;
-  RETURN_IF_ERROR(rows.Upload(*backend_, *queue_));
-  const kernels::Out<bf16> h_span = ws.Use(ws.h, rows.n * hc * d);
-  RETURN_IF_ERROR(Embed(rows, h_span));
-  for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h_span));
-  const bf16* h = HostOf(h_span);
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
+  RETURN_IF_ERROR(rows.Upload(backend, queue));
+  const int64_t row_elems = hc * d;
+  const kernels::Out<bf16> h = ws.h.span().first(rows.n * row_elems);
+  RETURN_IF_ERROR(Embed(rows, h));
+  for (const BlockWeights& b : w_->layers) RETURN_IF_ERROR(RunBlock(b, rows, h));
 
-  // Logits of the requested rows.
-  std::vector<int64_t>& pick = ws.pick_rows;
+  // Logits of the requested rows, gathered on the backend.
+  std::vector<int32_t>& pick = ws.pick_rows;
   pick.clear();
   out->first_row.resize(rows.chunks.size());
   for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
     const auto& ch = rows.chunks[ci];
     out->first_row[ci] = int64_t(pick.size());
     for (int64_t i = 0; i < ch.n; ++i) {
-      if (chunks[ci].all_logits || i == ch.n - 1) pick.push_back(ch.first_row + i);
+      if (chunks[ci].all_logits || i == ch.n - 1) pick.push_back(int32_t(ch.first_row + i));
     }
   }
-  bf16* hsel = HostOf(ws.Use(ws.hsel, int64_t(pick.size()) * hc * d));
-  for (size_t i = 0; i < pick.size(); ++i)
-    std::copy_n(&h[pick[i] * hc * d], hc * d, &hsel[i * hc * d]);
-  out->logits.resize(pick.size() * vocab);
-  RETURN_IF_ERROR(Logits(hsel, w_->hc_head, w_->norm, int64_t(pick.size()), out->logits.data()));
+  const int64_t num_picks = int64_t(pick.size());
+  const kernels::Out<int32_t> pick_dev = ws.pick_rows_dev.span().first(num_picks);
+  RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const int32_t>(pick), pick_dev));
+  const kernels::Out<bf16> hsel = ws.hsel.span().first(num_picks * row_elems);
+  kernels::RowCopyArgs g;
+  g.src = kernels::In<bf16>(h).as_bytes();
+  g.ld_src = row_elems * 2;
+  g.index = pick_dev;
+  g.rows = num_picks;
+  g.row_bytes = row_elems * 2;
+  g.dst = hsel.as_writable_bytes();
+  g.ld_dst = row_elems * 2;
+  RETURN_IF_BACKEND_ERROR(backend.GatherRows(queue, g));
+  out->logits.resize(size_t(num_picks * vocab));
+  RETURN_IF_ERROR(Logits(hsel, w_->hc_head, w_->norm, num_picks, out->logits.data()));
 
   // MTP window entries for every position whose next token is now known (the last position's
   // waits for the next call or is drafted speculatively by DraftMtp).
   if (!w_->mtp.empty()) {
     Rows mrows = Rows::Mtp(ws);
-    bf16* mh = HostOf(ws.mtp_h.span());
-    int64_t mh_rows = 0;
+    const kernels::Out<bf16> mh = ws.mtp_h.span();
     for (size_t ci = 0; ci < rows.chunks.size(); ++ci) {
       const auto& ch = rows.chunks[ci];
       SequenceState* seq = ch.seq;
@@ -426,29 +506,31 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       const int64_t experts = rows.experts[ch.first_row];
       mrows.Begin(seq, ch.start_pos - (lag ? 1 : 0));
       if (lag) {
-        std::copy(seq->last_h_.begin(), seq->last_h_.end(), mh + mh_rows++ * hc * d);
+        RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const bf16>(seq->last_h_),
+                                               mh.subspan(mrows.n * row_elems, row_elems)));
         mrows.AddRow(rows.token[ch.first_row], experts);
       }
+      if (ch.n > 1) {
+        RETURN_IF_BACKEND_ERROR(backend.Copy(
+            queue, kernels::In<bf16>(h.subspan(ch.first_row * row_elems, (ch.n - 1) * row_elems)),
+            mh.subspan(mrows.n * row_elems, (ch.n - 1) * row_elems)));
+      }
       for (int64_t i = 0; i + 1 < ch.n; ++i) {
-        std::copy_n(&h[(ch.first_row + i) * hc * d], hc * d, mh + mh_rows++ * hc * d);
         mrows.AddRow(rows.token[ch.first_row + i + 1], experts);
       }
     }
     if (mrows.n > 0) {
       const MtpWeights& mw = w_->mtp[0];
-      RETURN_IF_ERROR(mrows.Upload(*backend_, *queue_));
-      const kernels::Out<bf16> hin = ws.Use(ws.mtp_in, mrows.n * hc * d);
-      const kernels::Out<bf16> x_span = ws.Use(ws.x, mrows.n * d);
+      RETURN_IF_ERROR(mrows.Upload(backend, queue));
+      const kernels::Out<bf16> hin = ws.mtp_in.span().first(mrows.n * row_elems);
+      const kernels::Out<bf16> x = ws.Use(ws.x, mrows.n * d);
       const kernels::Out<bf16> kv = ws.Use(ws.kv, mrows.n * c.head_dim);
-      bf16* x = HostOf(x_span);
-      float* post = HostOf(ws.Use(ws.hc_post, mrows.n * hc));
-      float* comb = HostOf(ws.Use(ws.hc_comb, mrows.n * hc * hc));
-      RETURN_IF_ERROR(MtpInput(mw, mh, mrows.token.data(), mrows.n, hin));
-      kernels::HcPreParams p;
-      p.h = HostOf(hin);
-      p.fn = HostOf(mw.block.hc_attn.fn);
-      p.scale = HostOf(mw.block.hc_attn.scale);
-      p.base = HostOf(mw.block.hc_attn.base);
+      RETURN_IF_ERROR(MtpInput(mw, mh.first(mrows.n * row_elems), mrows.token_dev, mrows.n, hin));
+      kernels::HcPreArgs p;
+      p.h = hin;
+      p.fn = mw.block.hc_attn.fn;
+      p.scale = mw.block.hc_attn.scale;
+      p.base = mw.block.hc_attn.base;
       p.m = mrows.n;
       p.hc = hc;
       p.d = d;
@@ -456,18 +538,24 @@ absl::Status Model::Forward(std::span<const Chunk> chunks, Output* out) const {
       p.norm_eps = float(c.rms_norm_eps);
       p.hc_eps = float(c.hc_eps);
       p.x = x;
-      p.post = post;
-      p.comb = comb;
-      kernels::HcPre(p);
-      kernels::RmsNorm(x, d, HostOf(mw.block.attn_norm), mrows.n, d, float(c.rms_norm_eps), x, d);
-      RETURN_IF_ERROR(KvPath(mw.block.attn, mrows, x_span, kv));
+      p.post = ws.Use(ws.hc_post, mrows.n * hc);
+      p.comb = ws.Use(ws.hc_comb, mrows.n * hc * hc);
+      RETURN_IF_BACKEND_ERROR(backend.HcPre(queue, p));
+      RETURN_IF_ERROR(Norm(x, mw.block.attn_norm, mrows.n, x));
+      RETURN_IF_ERROR(KvPath(mw.block.attn, mrows, x, kv));
       RETURN_IF_ERROR(WriteWindow(mrows, mw.block.attn, kv));
     }
+    // Each sequence's last streams, kept on the host for its next step (docs/backend.md).
     for (const auto& ch : rows.chunks) {
       const int64_t last = ch.first_row + ch.n - 1;
-      ch.seq->last_h_.assign(&h[last * hc * d], &h[(last + 1) * hc * d]);
+      ch.seq->last_h_.resize(size_t(row_elems));
+      RETURN_IF_BACKEND_ERROR(
+          backend.Download(queue, kernels::In<bf16>(h.subspan(last * row_elems, row_elems)),
+                           std::span<bf16>(ch.seq->last_h_)));
     }
   }
+  // The step's one wait: the logits (and the last streams) are on the host after it.
+  RETURN_IF_ERROR(Synchronize("forward step"));
   for (const auto& ch : rows.chunks) ch.seq->pos_ += ch.n;
   return absl::OkStatus();
 }
@@ -487,28 +575,31 @@ absl::Status Model::DraftMtp(std::span<SequenceState* const> seqs,
                      ws.layout.limits.sequences, " sequences per step the worker started with"));
   }
   RETURN_IF_ERROR(CheckTokens(next_tokens, "DraftMtp"));
+  kernels::Backend& backend = *backend_;
+  kernels::Queue& queue = *queue_;
   Rows rows = Rows::Step(ws);
-  const int64_t hc_d = c.hc_mult * c.hidden_size;
-  bf16* hlast = HostOf(ws.mtp_h.span());
+  const int64_t row_elems = c.hc_mult * c.hidden_size;
+  const kernels::Out<bf16> hlast = ws.mtp_h.span();
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (seqs[i]->last_h_.empty()) {
       return absl::FailedPreconditionError(
           absl::StrCat("DraftMtp: sequence ", i, " has not been run through Forward"));
     }
-    std::copy(seqs[i]->last_h_.begin(), seqs[i]->last_h_.end(), hlast + int64_t(i) * hc_d);
+    RETURN_IF_BACKEND_ERROR(backend.Upload(queue, std::span<const bf16>(seqs[i]->last_h_),
+                                           hlast.subspan(int64_t(i) * row_elems, row_elems)));
     rows.Add(seqs[i], seqs[i]->pos_ - 1, next_tokens.subspan(i, 1), top_k_);
   }
-  RETURN_IF_ERROR(rows.Upload(*backend_, *queue_));
+  RETURN_IF_ERROR(rows.Upload(backend, queue));
   const MtpWeights& mw = w_->mtp[0];
-  const kernels::Out<bf16> h = ws.Use(ws.h, rows.n * hc_d);
-  RETURN_IF_ERROR(MtpInput(mw, hlast, next_tokens.data(), rows.n, h));
+  const kernels::Out<bf16> h = ws.h.span().first(rows.n * row_elems);
+  RETURN_IF_ERROR(MtpInput(mw, hlast.first(rows.n * row_elems), rows.token_dev, rows.n, h));
   // The window slot written here is speculative: the next Forward rewrites it with the token
   // actually chosen.
   ++step_;
   RETURN_IF_ERROR(RunBlock(mw.block, rows, h));
-  logits->resize(rows.n * c.vocab_size);
-  RETURN_IF_ERROR(Logits(HostOf(h), mw.hc_head, mw.norm, rows.n, logits->data()));
-  return absl::OkStatus();
+  logits->resize(size_t(rows.n * c.vocab_size));
+  RETURN_IF_ERROR(Logits(h, mw.hc_head, mw.norm, rows.n, logits->data()));
+  return Synchronize("MTP draft");
 }
 
 }  // namespace flotilla

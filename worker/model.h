@@ -65,7 +65,9 @@ class SequenceState {
   int64_t pos_ = 0;
   std::shared_ptr<KvPool> pool_;
   SequencePageTables pages_;
-  std::vector<bf16> last_h_;  // [hc, D] final streams at position pos_-1 (MTP input)
+  // [hc, D] final streams at position pos_-1 (MTP input), a host copy: downloaded with the
+  // step's logits, uploaded by the next step's MTP pass (docs/backend.md).
+  std::vector<bf16> last_h_;
 };
 
 class Model {
@@ -140,13 +142,25 @@ class Model {
                    kernels::Out<bf16> out) const;
   absl::Status MoeDistributed(const MoeWeights& m, const Rows& rows, kernels::In<bf16> x,
                               kernels::Out<bf16> out) const;
+  // The embedding rows of n tokens ([n] on the backend) into out [n, D], summed over the TP
+  // group's vocab slices.
+  absl::Status EmbedTokens(kernels::In<int32_t> tokens, int64_t n, kernels::Out<bf16> out) const;
+  // The rows' streams [n, hc, D]: each row's embedding on every stream.
   absl::Status Embed(const Rows& rows, kernels::Out<bf16> h) const;
-  absl::Status Logits(const bf16* h, const HcWeights& hc_head, kernels::In<bf16> norm, int64_t m,
-                      float* logits) const;
-  absl::Status MtpInput(const MtpWeights& w, const bf16* h, const int32_t* next, int64_t m,
-                        kernels::Out<bf16> out) const;
-  // Sums bf16 values over the TP group in f32 (rank order), rounding once.
-  absl::Status TpSumBf16(bf16* data, int64_t count, const char* what) const;
+  // Logits [m, vocab] f32 of streams h [m, hc, D] into host memory: issued on the queue, there
+  // once the caller synchronizes (with tp > 1 the all-gather waits for each pass).
+  absl::Status Logits(kernels::In<bf16> h, const HcWeights& hc_head, kernels::In<bf16> norm,
+                      int64_t m, float* logits) const;
+  // y [m, D] = RMSNorm(x [m, D]) · w (y may be x).
+  absl::Status Norm(kernels::In<bf16> x, kernels::In<bf16> w, int64_t m,
+                    kernels::Out<bf16> y) const;
+  // The host waits for the queue; an error names `what` and the step.
+  absl::Status Synchronize(const char* what) const;
+  // MTP input streams out [m, hc, D] from streams h [m, hc, D] and next tokens [m].
+  absl::Status MtpInput(const MtpWeights& w, kernels::In<bf16> h, kernels::In<int32_t> next,
+                        int64_t m, kernels::Out<bf16> out) const;
+  // Sums bf16 values over the TP group in f32 (rank order), rounding once; in place.
+  absl::Status TpSumBf16(kernels::Out<bf16> data, const char* what) const;
   // Gathers `count` bf16 per row (n rows) from every TP rank into rows of tp * count.
   // `full` may be `local` (the local rows are copied out first).
   absl::Status GatherHeads(kernels::In<bf16> local, int64_t n, int64_t count, const char* what,

@@ -62,6 +62,7 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
                                                        {&w.kv, l.kv},
                                                        {&w.index_query, l.index_query},
                                                        {&w.index_weights, l.index_weights},
+                                                       {&w.gather, l.gather},
                                                        {&w.ring, l.ring},
                                                        {&w.entries, l.entries},
                                                        {&w.block_keys, l.block_keys},
@@ -77,6 +78,7 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
     for (const auto& [b, n] : bf16s) RETURN_IF_ERROR(c(*b, n));
     const std::pair<Buffer<float>*, int64_t> f32s[] = {{&w.hc_post, l.hc_post},
                                                        {&w.hc_comb, l.hc_comb},
+                                                       {&w.tp_sum_dev, l.tp_sum},
                                                        {&w.head_part, l.head_part},
                                                        {&w.compressor_k, l.compressor_kv},
                                                        {&w.compressor_g, l.compressor_kv},
@@ -89,8 +91,8 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
                                                        {&w.state_score, l.compressor_state}};
     for (const auto& [b, n] : f32s) RETURN_IF_ERROR(c(*b, n));
     for (auto* b : {&w.pos_dev, &w.mtp_pos_dev, &w.entry_pos}) RETURN_IF_ERROR(c(*b, l.row_i64));
-    for (auto* b :
-         {&w.token_dev, &w.experts_dev, &w.mtp_token_dev, &w.mtp_experts_dev, &w.num_picks})
+    for (auto* b : {&w.token_dev, &w.experts_dev, &w.mtp_token_dev, &w.mtp_experts_dev,
+                    &w.pick_rows_dev, &w.num_picks})
       RETURN_IF_ERROR(c(*b, l.row_i32));
     RETURN_IF_ERROR(c(w.picks, l.picks));
     RETURN_IF_ERROR(c(w.route_idx, l.route_idx));
@@ -122,13 +124,15 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
   }
 
   Reserve(w.tp_sum, l.tp_sum);
+  Reserve(w.head_stage, l.head_stage);
   Reserve(w.head_all, l.head_all);
-  Reserve(w.gather, l.gather);
-  for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts})
+  Reserve(w.gather_stage, l.gather_stage);
+  for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts,
+                  &w.pick_rows})
     Reserve(*v, l.row_i32);
   Reserve(w.hash_ids, l.route_idx);
   Reserve(w.expert_order, l.expert_order);
-  for (auto* v : {&w.pos, &w.mtp_pos, &w.pick_rows}) Reserve(*v, l.row_i64);
+  for (auto* v : {&w.pos, &w.mtp_pos}) Reserve(*v, l.row_i64);
   Reserve(w.expert_offsets, l.expert_offsets);
   Reserve(w.chunks, l.limits.sequences);
   Reserve(w.mtp_chunks, l.limits.sequences);
@@ -137,11 +141,11 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
 
 uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = device_bytes_;
-  b += Held(tp_sum) + Held(head_all) + Held(gather);
-  for (auto* v :
-       {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &expert_order})
+  b += Held(tp_sum) + Held(head_stage) + Held(head_all) + Held(gather_stage);
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &pick_rows,
+                  &expert_order})
     b += Held(*v);
-  for (auto* v : {&pos, &mtp_pos, &pick_rows, &expert_offsets, &hash_ids}) b += Held(*v);
+  for (auto* v : {&pos, &mtp_pos, &expert_offsets, &hash_ids}) b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
   return b;
 }

@@ -72,16 +72,17 @@ struct StepWorkspace {
   Buffer<bf16> h, res, hsel, mtp_h, mtp_in;          // streams
   Buffer<bf16> x, y, embed, mtp_e, mtp_ep, head_in;  // hidden
   Buffer<bf16> mtp_hn, mtp_hp;                       // mtp_streams
-  Buffer<bf16> q_lora, query, kv, index_query, index_weights, ring, entries, block_keys, attn_out,
-      wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up, expert_act;
+  Buffer<bf16> q_lora, query, kv, index_query, index_weights, gather, ring, entries, block_keys,
+      attn_out, wo_a_out, compressed, routed, expert_in, expert_out, shared_out, expert_gate_up,
+      expert_act;
   // f32
-  Buffer<float> hc_post, hc_comb, head_part, compressor_k, compressor_g, pooled, pick_scores,
-      router_logits, route_weights, expert_weights;
+  Buffer<float> hc_post, hc_comb, tp_sum_dev, head_part, compressor_k, compressor_g, pooled,
+      pick_scores, router_logits, route_weights, expert_weights;
   Buffer<float> state_kv, state_score;  // one compressor's state (PagedKv reads / writes it)
   // integers: the rows' device copies (Model::Rows), the indexer's picks, the routing
   Buffer<int64_t> pos_dev, mtp_pos_dev, entry_pos;
-  Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, num_picks, picks,
-      route_idx;
+  Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, pick_rows_dev, num_picks,
+      picks, route_idx;
   // A chunk's picked entries (entry slots, the list, its count) and one page table's copy.
   Buffer<int32_t> entry_slot, page_ids;
   Buffer<uint8_t> packed;  // packed KV moving between the pool and the rows
@@ -89,10 +90,13 @@ struct StepWorkspace {
   QuantizedActs block_acts, expert_acts, linear_acts;
 
   // ---- host memory
-  std::vector<float> tp_sum, head_all;  // communication staging (MPI reads host memory)
-  std::vector<bf16> gather;             // the TP all-gathers of the attention, staged
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, expert_order;
-  std::vector<int64_t> hash_ids, pos, mtp_pos, pick_rows, expert_offsets;
+  // Communication staging (MPI reads and writes host memory): TP sums, this rank's logits and
+  // the TP group's, this rank's heads and the TP group's (gather_stage: [local | all]).
+  std::vector<float> tp_sum, head_stage, head_all;
+  std::vector<bf16> gather_stage;
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows,
+      expert_order;
+  std::vector<int64_t> hash_ids, pos, mtp_pos, expert_offsets;
   std::vector<ChunkRecord> chunks, mtp_chunks;
 
  private:

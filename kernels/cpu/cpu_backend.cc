@@ -133,27 +133,34 @@ BackendStatus CpuBackend::DoFill(Queue& queue, uintptr_t dst, int64_t count, int
                                  uint64_t pattern) {
   FLOTILLA_CPU_QUEUE(queue, "Fill");
   auto* out = reinterpret_cast<unsigned char*>(dst);
-  // Typed stores (memset for zero): a byte copy per element made the step workspace's zeroing
-  // a tenth of a small model's step.
-  const auto fill = [&](auto value) {
+  if (count <= 0) return BackendStatus::Ok();
+  if (pattern == 0) {  // zeroing (the step workspace's Use): memset's speed
+    std::memset(out, 0, size_t(count * element_bytes));
+    return BackendStatus::Ok();
+  }
+  auto fill = [&](auto value) {
     using T = decltype(value);
     std::memcpy(&value, &pattern, sizeof(T));
-    std::fill_n(reinterpret_cast<T*>(out), count, value);
+    T* typed = reinterpret_cast<T*>(out);
+    for (int64_t i = 0; i < count; ++i) typed[i] = value;
   };
-  if (pattern == 0) {
-    std::memset(out, 0, size_t(count * element_bytes));
-  } else if (element_bytes == 1) {
-    fill(uint8_t{});
-  } else if (element_bytes == 2) {
-    fill(uint16_t{});
-  } else if (element_bytes == 4) {
-    fill(uint32_t{});
-  } else if (element_bytes == 8) {
-    fill(uint64_t{});
-  } else {
-    for (int64_t i = 0; i < count; ++i) {
-      std::memcpy(out + i * element_bytes, &pattern, size_t(element_bytes));
-    }
+  switch (element_bytes) {
+    case 1:
+      fill(uint8_t{});
+      break;
+    case 2:
+      fill(uint16_t{});
+      break;
+    case 4:
+      fill(uint32_t{});
+      break;
+    case 8:
+      fill(uint64_t{});
+      break;
+    default:
+      for (int64_t i = 0; i < count; ++i) {
+        std::memcpy(out + i * element_bytes, &pattern, size_t(element_bytes));
+      }
   }
   return BackendStatus::Ok();
 }
@@ -586,6 +593,84 @@ BackendStatus CpuBackend::DoPackIndexerKeys(Queue& queue, const KvPackArgs& a) {
 BackendStatus CpuBackend::DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& a) {
   FLOTILLA_CPU_QUEUE(queue, "UnpackIndexerKeys");
   kernels::UnpackIndexerKeys(UnpackParams(a));
+  return BackendStatus::Ok();
+}
+
+// ---------------------------------------------------------------- model ops
+
+BackendStatus CpuBackend::DoEmbedRows(Queue& queue, const EmbedRowsArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "EmbedRows");
+  const bf16* table = Ptr(a.table);
+  const int32_t* tokens = Ptr(a.tokens);
+  bf16* out = Ptr(a.out);
+#pragma omp parallel for schedule(static) if (a.n * a.d > (1 << 16))
+  for (int64_t r = 0; r < a.n; ++r) {
+    const int64_t row = int64_t(tokens[r]) - a.first;
+    if (row >= 0 && row < a.num_rows) {
+      std::memcpy(out + r * a.d, table + row * a.d, size_t(a.d) * sizeof(bf16));
+    } else {
+      std::memset(out + r * a.d, 0, size_t(a.d) * sizeof(bf16));
+    }
+  }
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoRepeatRows(Queue& queue, const RepeatRowsArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "RepeatRows");
+  const bf16* x = Ptr(a.x);
+  bf16* out = Ptr(a.out);
+#pragma omp parallel for schedule(static) if (a.n * a.copies * a.d > (1 << 16))
+  for (int64_t r = 0; r < a.n; ++r) {
+    for (int64_t j = 0; j < a.copies; ++j) {
+      std::memcpy(out + (r * a.copies + j) * a.d, x + r * a.d, size_t(a.d) * sizeof(bf16));
+    }
+  }
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoBroadcastAdd(Queue& queue, const BroadcastAddArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "BroadcastAdd");
+  const bf16* x = Ptr(a.a);
+  const bf16* y = Ptr(a.b);
+  bf16* out = Ptr(a.out);
+#pragma omp parallel for schedule(static) if (a.n * a.copies * a.d > (1 << 16))
+  for (int64_t rj = 0; rj < a.n * a.copies; ++rj) {
+    const bf16* xr = x + (rj / a.copies) * a.d;
+    for (int64_t col = 0; col < a.d; ++col) {
+      out[rj * a.d + col] = F32ToBf16(Bf16ToF32(xr[col]) + Bf16ToF32(y[rj * a.d + col]));
+    }
+  }
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& a) {
+  FLOTILLA_CPU_QUEUE(queue, "ConvertBf16ToF32");
+  const bf16* x = Ptr(a.x);
+  float* y = Ptr(a.y);
+#pragma omp parallel for schedule(static) if (a.count > (1 << 18))
+  for (int64_t i = 0; i < a.count; ++i) y[i] = Bf16ToF32(x[i]);
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& a) {
+  FLOTILLA_CPU_QUEUE(queue, "ConvertF32ToBf16");
+  const float* x = Ptr(a.x);
+  bf16* y = Ptr(a.y);
+#pragma omp parallel for schedule(static) if (a.count > (1 << 18))
+  for (int64_t i = 0; i < a.count; ++i) y[i] = F32ToBf16(x[i]);
+  return BackendStatus::Ok();
+}
+
+BackendStatus CpuBackend::DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "InterleaveRows");
+  const uint8_t* src = Ptr(a.src);
+  uint8_t* dst = Ptr(a.dst);
+  for (int64_t i = 0; i < a.rows; ++i) {
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      std::memcpy(dst + (i * a.blocks + b) * a.row_bytes, src + (b * a.rows + i) * a.row_bytes,
+                  size_t(a.row_bytes));
+    }
+  }
   return BackendStatus::Ok();
 }
 

@@ -20,6 +20,7 @@
 #include "kernels/cuda/hyper_connection.h"
 #include "kernels/cuda/indexer.h"
 #include "kernels/cuda/kv_pack.h"
+#include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/norm.h"
@@ -701,6 +702,75 @@ BackendStatus CudaBackend::DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs&
   const KvUnpackParams p = UnpackParams(a);
   FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckIndexerKeyPack(p), "UnpackIndexerKeys"));
   return Launched(LaunchUnpackIndexerKeys(p, q->stream()), "UnpackIndexerKeys");
+}
+
+// ---------------------------------------------------------------- model ops
+
+BackendStatus CudaBackend::DoEmbedRows(Queue& queue, const EmbedRowsArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "EmbedRows");
+  EmbedRowsParams p;
+  p.table = Ptr(a.table);
+  p.tokens = Ptr(a.tokens);
+  p.first = a.first;
+  p.num_rows = a.num_rows;
+  p.n = a.n;
+  p.d = a.d;
+  p.out = Ptr(a.out);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckEmbedRows(p), "EmbedRows"));
+  return Launched(LaunchEmbedRows(p, q->stream()), "EmbedRows");
+}
+
+BackendStatus CudaBackend::DoRepeatRows(Queue& queue, const RepeatRowsArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "RepeatRows");
+  RepeatRowsParams p;
+  p.x = Ptr(a.x);
+  p.n = a.n;
+  p.copies = a.copies;
+  p.d = a.d;
+  p.out = Ptr(a.out);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckRepeatRows(p), "RepeatRows"));
+  return Launched(LaunchRepeatRows(p, q->stream()), "RepeatRows");
+}
+
+BackendStatus CudaBackend::DoBroadcastAdd(Queue& queue, const BroadcastAddArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "BroadcastAdd");
+  BroadcastAddParams p;
+  p.a = Ptr(a.a);
+  p.b = Ptr(a.b);
+  p.n = a.n;
+  p.copies = a.copies;
+  p.d = a.d;
+  p.out = Ptr(a.out);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckBroadcastAdd(p), "BroadcastAdd"));
+  return Launched(LaunchBroadcastAdd(p, q->stream()), "BroadcastAdd");
+}
+
+BackendStatus CudaBackend::DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "ConvertBf16ToF32");
+  FLOTILLA_CUDA_RETURN_IF_ERROR(
+      Refused(CheckConvert(Ptr(a.x), Ptr(a.y), a.count), "ConvertBf16ToF32"));
+  return Launched(LaunchConvertBf16ToF32(Ptr(a.x), Ptr(a.y), a.count, q->stream()),
+                  "ConvertBf16ToF32");
+}
+
+BackendStatus CudaBackend::DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "ConvertF32ToBf16");
+  FLOTILLA_CUDA_RETURN_IF_ERROR(
+      Refused(CheckConvert(Ptr(a.x), Ptr(a.y), a.count), "ConvertF32ToBf16"));
+  return Launched(LaunchConvertF32ToBf16(Ptr(a.x), Ptr(a.y), a.count, q->stream()),
+                  "ConvertF32ToBf16");
+}
+
+BackendStatus CudaBackend::DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "InterleaveRows");
+  InterleaveRowsParams p;
+  p.src = Ptr(a.src);
+  p.blocks = a.blocks;
+  p.rows = a.rows;
+  p.row_bytes = a.row_bytes;
+  p.dst = Ptr(a.dst);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckInterleaveRows(p), "InterleaveRows"));
+  return Launched(LaunchInterleaveRows(p, q->stream()), "InterleaveRows");
 }
 
 // ---------------------------------------------------------------- attention ops

@@ -76,6 +76,13 @@ class CudaBackend final : public Backend {
   BackendStatus DoUnpackKvEntries(Queue& queue, const KvUnpackArgs& args) override;
   BackendStatus DoPackIndexerKeys(Queue& queue, const KvPackArgs& args) override;
   BackendStatus DoUnpackIndexerKeys(Queue& queue, const KvUnpackArgs& args) override;
+  // ---- model ops
+  BackendStatus DoEmbedRows(Queue& queue, const EmbedRowsArgs& args) override;
+  BackendStatus DoRepeatRows(Queue& queue, const RepeatRowsArgs& args) override;
+  BackendStatus DoBroadcastAdd(Queue& queue, const BroadcastAddArgs& args) override;
+  BackendStatus DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args) override;
+  BackendStatus DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args) override;
+  BackendStatus DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& args) override;
   // ---- attention ops
   BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) override;
   BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) override;

@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <span>
 #include <type_traits>
@@ -269,6 +271,19 @@ TEST_F(BackendTest, CopiesFillAndHostSizeChecks) {
   EXPECT_EQ(Down(b), (std::vector<int32_t>{1, -7, -7, -7, 5}));
   EXPECT_OK(backend_.Fill(*queue_, a, int32_t(0x01020304)));
   EXPECT_EQ(Down(a), std::vector<int32_t>(5, 0x01020304));
+  // Every element size, a zero fill next to a non-zero one (the zero fill must stop at its span).
+  DeviceSpan<uint8_t> u8 = Up(std::vector<uint8_t>(7, 1));
+  EXPECT_OK(backend_.Fill(*queue_, u8.subspan(1, 5), uint8_t(0xa5)));
+  EXPECT_OK(backend_.Fill(*queue_, u8.subspan(2, 2), uint8_t(0)));
+  EXPECT_EQ(Down(u8), (std::vector<uint8_t>{1, 0xa5, 0, 0, 0xa5, 0xa5, 1}));
+  DeviceSpan<bf16> u16 = Up(std::vector<bf16>(4, 0x3f80));
+  EXPECT_OK(backend_.Fill(*queue_, u16.subspan(1, 2), bf16(0xbeef)));
+  EXPECT_EQ(Down(u16), (std::vector<bf16>{0x3f80, 0xbeef, 0xbeef, 0x3f80}));
+  DeviceSpan<int64_t> i64 = Up(std::vector<int64_t>(3, 9));
+  EXPECT_OK(backend_.Fill(*queue_, i64.first(2), int64_t(-0x123456789)));
+  EXPECT_EQ(Down(i64), (std::vector<int64_t>{-0x123456789, -0x123456789, 9}));
+  EXPECT_OK(backend_.Fill(*queue_, i64.subspan(1, 1), int64_t(0)));
+  EXPECT_EQ(Down(i64), (std::vector<int64_t>{-0x123456789, 0, 9}));
 
   std::vector<int32_t> four(4);
   EXPECT_ERROR(backend_.Download(*queue_, DeviceSpan<const int32_t>(a), std::span<int32_t>(four)),
@@ -1036,6 +1051,156 @@ TEST_F(BackendTest, MoePermutationOpsMatchDirectCalls) {
                                           .d = d,
                                           .out = dout}));
   EXPECT_BITWISE_EQ(Down(dout), out);
+}
+
+// ---------------------------------------------------------------- model ops
+
+// Each against a plain loop written here from the op's definition (backend_ops.h).
+TEST_F(BackendTest, EmbedAndRepeatRowsCopyTheSliceRowsAndZeroTheRest) {
+  Rng rng(5);
+  const int64_t num_rows = 7, d = 5, first = 10, n = 6, copies = 3;
+  const std::vector<bf16> table = rng.Bf16(size_t(num_rows * d));
+  // Below the slice, its first and last rows, above it, negative, the middle.
+  const std::vector<int32_t> tokens = {9, 10, 16, 17, -1, 13};
+  const auto ts = Up(table);
+  const auto ks = Up(tokens);
+  const auto es = Zeros<bf16>(n * d);
+  EmbedRowsArgs e;
+  e.table = ts;
+  e.tokens = ks;
+  e.first = first;
+  e.num_rows = num_rows;
+  e.n = n;
+  e.d = d;
+  e.out = es;
+  EXPECT_OK(backend_.EmbedRows(*queue_, e));
+  const std::vector<bf16> emb = Down(es);
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t row = tokens[size_t(r)] - first;
+    for (int64_t c = 0; c < d; ++c) {
+      const bf16 want = row >= 0 && row < num_rows ? table[size_t(row * d + c)] : bf16(0);
+      EXPECT_EQ(emb[size_t(r * d + c)], want) << "row " << r << " col " << c;
+    }
+  }
+  RepeatRowsArgs rp;
+  rp.x = es;
+  rp.n = n;
+  rp.copies = copies;
+  rp.d = d;
+  const auto hs = Zeros<bf16>(n * copies * d);
+  rp.out = hs;
+  EXPECT_OK(backend_.RepeatRows(*queue_, rp));
+  const std::vector<bf16> h = Down(hs);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < copies; ++j)
+      for (int64_t c = 0; c < d; ++c)
+        EXPECT_EQ(h[size_t((r * copies + j) * d + c)], emb[size_t(r * d + c)]);
+  // Checks: a short table, out overlapping x.
+  e.num_rows = num_rows + 1;
+  EXPECT_ERROR(backend_.EmbedRows(*queue_, e), "EmbedRows: table has 35 elements");
+  rp.out = es;
+  EXPECT_ERROR(backend_.RepeatRows(*queue_, rp), "RepeatRows: out has");
+  rp.out = hs.subspan(0, n * copies * d);
+  rp.x = hs.subspan(0, n * d);
+  EXPECT_ERROR(backend_.RepeatRows(*queue_, rp), "out not overlapping x");
+}
+
+TEST_F(BackendTest, BroadcastAddRoundsEachSumOnce) {
+  Rng rng(9);
+  const int64_t n = 4, copies = 3, d = 33;
+  std::vector<bf16> a = rng.Bf16(size_t(n * d)), b = rng.Bf16(size_t(n * copies * d), 4.0);
+  // Sums that round (ties to even included) and a NaN.
+  a[0] = F32ToBf16(1.0f);
+  b[0] = F32ToBf16(0x1p-8f);  // 1 + 2^-8: a tie, to even (1.0)
+  a[1] = F32ToBf16(1.0f);
+  b[1] = F32ToBf16(0x1.8p-7f);  // 1 + 3 * 2^-8: a tie, to even (1 + 2^-6)
+  b[2] = 0x7fc0;                // NaN
+  const auto as = Up(a), bs = Up(b);
+  const auto os = Zeros<bf16>(n * copies * d);
+  BroadcastAddArgs x;
+  x.a = as;
+  x.b = bs;
+  x.n = n;
+  x.copies = copies;
+  x.d = d;
+  x.out = os;
+  EXPECT_OK(backend_.BroadcastAdd(*queue_, x));
+  const std::vector<bf16> got = Down(os);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < copies; ++j)
+      for (int64_t c = 0; c < d; ++c) {
+        const size_t i = size_t((r * copies + j) * d + c);
+        const float sum = float(double(Bf16ToF32(a[size_t(r * d + c)])) + double(Bf16ToF32(b[i])));
+        EXPECT_EQ(got[i], F32ToBf16(sum)) << i;
+      }
+  EXPECT_EQ(got[0], F32ToBf16(1.0f));
+  EXPECT_EQ(got[1], F32ToBf16(0x1.04p0f));
+  EXPECT_TRUE(std::isnan(Bf16ToF32(got[2])));
+  // In place on b gives the same.
+  x.out = bs;
+  EXPECT_OK(backend_.BroadcastAdd(*queue_, x));
+  EXPECT_EQ(Down(bs), got);
+  x.out = as;
+  x.n = 1;
+  x.copies = 1;
+  EXPECT_ERROR(backend_.BroadcastAdd(*queue_, x), "out not overlapping a");
+}
+
+TEST_F(BackendTest, ConversionsAndInterleaveAreExact) {
+  const std::vector<float> f = {1.0f,
+                                1.00390625f,
+                                1.01171875f,
+                                -0.0f,
+                                3.0e38f,
+                                1.0e-40f,
+                                std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN()};
+  const auto fs = Up(f);
+  const auto bs = Zeros<bf16>(int64_t(f.size()));
+  ConvertF32ToBf16Args n;
+  n.x = fs;
+  n.count = int64_t(f.size());
+  n.y = bs;
+  EXPECT_OK(backend_.ConvertF32ToBf16(*queue_, n));
+  const std::vector<bf16> b = Down(bs);
+  // Round to nearest even by hand: 1 + 2^-8 is a tie (to 1.0), 1 + 3 * 2^-8 rounds up.
+  EXPECT_EQ(b[0], 0x3f80);
+  EXPECT_EQ(b[1], 0x3f80);
+  EXPECT_EQ(b[2], 0x3f82);
+  EXPECT_EQ(b[3], 0x8000);
+  EXPECT_EQ(b[6], 0x7f80);
+  EXPECT_TRUE(std::isnan(Bf16ToF32(b[7])));
+  const auto ws = Zeros<float>(int64_t(f.size()));
+  ConvertBf16ToF32Args w;
+  w.x = bs;
+  w.count = int64_t(f.size());
+  w.y = ws;
+  EXPECT_OK(backend_.ConvertBf16ToF32(*queue_, w));
+  const std::vector<float> back = Down(ws);
+  for (size_t i = 0; i < b.size(); ++i) {
+    const uint32_t bits = uint32_t(b[i]) << 16;
+    EXPECT_EQ(std::memcmp(&back[i], &bits, 4), 0) << i;
+  }
+
+  // [blocks = 3, rows = 2] rows of 5 bytes -> [rows, blocks].
+  std::vector<uint8_t> src(30);
+  std::iota(src.begin(), src.end(), uint8_t(0));
+  const auto ss = Up(src);
+  const auto ds = Zeros<uint8_t>(30);
+  InterleaveRowsArgs il;
+  il.src = ss;
+  il.blocks = 3;
+  il.rows = 2;
+  il.row_bytes = 5;
+  il.dst = ds;
+  EXPECT_OK(backend_.InterleaveRows(*queue_, il));
+  const std::vector<uint8_t> dst = Down(ds);
+  // dst rows: (r0 b0) (r0 b1) (r0 b2) (r1 b0) ... = src rows 0, 2, 4, 1, 3, 5.
+  const int order[6] = {0, 2, 4, 1, 3, 5};
+  for (int i = 0; i < 6; ++i)
+    for (int c = 0; c < 5; ++c) EXPECT_EQ(dst[size_t(i * 5 + c)], src[size_t(order[i] * 5 + c)]);
+  il.dst = ss;
+  EXPECT_ERROR(backend_.InterleaveRows(*queue_, il), "dst not overlapping src");
 }
 
 }  // namespace

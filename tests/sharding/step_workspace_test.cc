@@ -19,15 +19,16 @@ namespace {
 //         compressed 512, routed 4*6*256 = 6144, expert in/out/shared 1024 x3,
 //         gate/up 4*256 = 1024, act 512                     = 62,480 elements = 124,960 B
 //   f32:  hc post 16, comb 64, compressor kv/gate 4*256 = 1024 x2, state 8*256 = 2048 x2,
-//         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4
-//                                                            = 6,850 elements =  27,400 B
-//   i32:  rows 4 x(7 + 4), picks 16, entry slots 16 + 16 + 1, page ids 64/4 = 16,
-//         route idx 30, expert order 24                                   = 163 =     652 B
-//   i64:  rows 4 x(4 + 2), expert offsets 17, tid2eid rows 30              =  71 =     568 B
+//         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4,
+//         head part 2 logit rows x vocab 129,280 = 258,560
+//                                                         = 265,410 elements = 1,061,640 B
+//   i32:  rows 4 x(8 + 5), picks 16, entry slots 16 + 16 + 1, page ids 64/4 = 16,
+//         route idx 30, expert order 24                                   = 171 =     684 B
+//   i64:  rows 4 x(2 + 3), expert offsets 17, tid2eid rows 30              =  67 =     536 B
 //   sequence records 2 x2 x 32 B                                                 =     128 B
 //   FP8 activations (4 rows x max(hc*d = 1024, ...) codes + /128 scales) x3     =  12,384 B
 //   packed KV: max(window 32, 16, 4) main entries x 200 B                        =   6,400 B
-//                                                                         total  = 172,492 B
+//                                                                       total  = 1,206,732 B
 TEST(StepWorkspace, TinyWorkedByHand) {
   auto c = PresetConfig("tiny");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -47,7 +48,9 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w->page_ids, 16);
   EXPECT_EQ(w->act_q, 4096);
   EXPECT_EQ(w->packed, 6400);
-  EXPECT_EQ(w->Bytes(), 172492u);
+  EXPECT_EQ(w->head_part, 2 * 129280);
+  EXPECT_EQ(w->head_stage, 0);  // tp 1: nothing to stage for an all-gather
+  EXPECT_EQ(w->Bytes(), 1206732u);
 }
 
 // V4-Flash at 1M tokens of context: what the long-context buffers hold.

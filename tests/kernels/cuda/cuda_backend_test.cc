@@ -975,6 +975,82 @@ TEST_F(CudaBackendTest, GemmFp8Fp4ExactPartialsBitwise) {
   ExpectSame(c, "gemm fp8 x fp4");
 }
 
+// ---------------------------------------------------------------- model ops
+
+TEST_F(CudaBackendTest, ModelOpsBitwise) {
+  const int64_t n = 19, d = 4096, hc = 4, first = 1000, num_rows = 300;
+  std::vector<bf16> table_host = RandomBf16(size_t(num_rows * d), 61, 1.0f);
+  Both<bf16> table = Make(table_host);
+  std::vector<int32_t> toks(static_cast<size_t>(n));
+  for (int64_t r = 0; r < n; ++r) toks[size_t(r)] = int32_t(900 + r * 23);  // some outside
+  Both<int32_t> tokens = Make(toks);
+  Both<bf16> e = Filled<bf16>(n * d, 0x7fff);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    EmbedRowsArgs a;
+    a.table = pick(table);
+    a.tokens = pick(tokens);
+    a.first = first;
+    a.num_rows = num_rows;
+    a.n = n;
+    a.d = d;
+    a.out = pick(e);
+    return be.EmbedRows(q, a);
+  });
+  ExpectSame(e, "EmbedRows");
+  Both<bf16> h = Filled<bf16>(n * hc * d, 0x7fff);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    RepeatRowsArgs a;
+    a.x = pick(e);
+    a.n = n;
+    a.copies = hc;
+    a.d = d;
+    a.out = pick(h);
+    return be.RepeatRows(q, a);
+  });
+  ExpectSame(h, "RepeatRows");
+  Both<bf16> b = Make(RandomBf16(size_t(n * hc * d), 62, 8.0f));
+  Both<bf16> sum = Filled<bf16>(n * hc * d, 0);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    BroadcastAddArgs a;
+    a.a = pick(e);
+    a.b = pick(b);
+    a.n = n;
+    a.copies = hc;
+    a.d = d;
+    a.out = pick(sum);
+    return be.BroadcastAdd(q, a);
+  });
+  ExpectSame(sum, "BroadcastAdd");
+  Both<float> wide = Filled<float>(n * d, -1.0f);
+  Both<float> f = Make(RandomF32(size_t(n * d), 63, 100.0f));
+  Both<bf16> narrow = Filled<bf16>(n * d, 0);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    ConvertBf16ToF32Args w;
+    w.x = pick(e);
+    w.count = n * d;
+    w.y = pick(wide);
+    if (BackendStatus s = be.ConvertBf16ToF32(q, w); !s.ok()) return s;
+    ConvertF32ToBf16Args a;
+    a.x = pick(f);
+    a.count = n * d;
+    a.y = pick(narrow);
+    return be.ConvertF32ToBf16(q, a);
+  });
+  ExpectSame(wide, "ConvertBf16ToF32");
+  ExpectSame(narrow, "ConvertF32ToBf16");
+  Both<bf16> inter = Filled<bf16>(n * hc * d, 0);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    InterleaveRowsArgs a;
+    a.src = pick(h).as_bytes();
+    a.blocks = hc;
+    a.rows = n;
+    a.row_bytes = d * 2;
+    a.dst = pick(inter).as_writable_bytes();
+    return be.InterleaveRows(q, a);
+  });
+  ExpectSame(inter, "InterleaveRows");
+}
+
 // ---- attention ops
 
 TEST_F(CudaBackendTest, AttentionOpsBitwise) {

@@ -16,6 +16,7 @@
 #include "kernels/cuda/fill.h"
 #include "kernels/cuda/hyper_connection.h"
 #include "kernels/cuda/kv_pack.h"
+#include "kernels/cuda/model_ops.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/moe_permute.h"
 #include "kernels/cuda/rope.h"
@@ -422,6 +423,54 @@ TEST(SinkhornSplit, MatchesADoubleReference) {
       EXPECT_NEAR(comb[i], c[i], 1e-5 * std::fabs(c[i])) << "iters " << iters << " at " << i;
     }
   }
+}
+
+TEST(ModelOpsLaunch, ShapesAndRefusals) {
+  EmbedRowsParams e;
+  EXPECT_EQ(CheckEmbedRows(e), nullptr);  // nothing to do
+  e.n = 3;
+  e.d = 8;
+  e.num_rows = 4;
+  EXPECT_NE(CheckEmbedRows(e), nullptr);  // no pointers
+  e.table = Fake<bf16>();
+  e.tokens = Fake<int32_t>();
+  e.out = Fake<bf16>();
+  EXPECT_EQ(CheckEmbedRows(e), nullptr);
+  e.first = -1;
+  EXPECT_NE(CheckEmbedRows(e), nullptr);
+  RepeatRowsParams r;
+  r.n = 2;
+  r.d = 4;
+  r.copies = 0;
+  EXPECT_NE(CheckRepeatRows(r), nullptr);
+  r.copies = 4;
+  EXPECT_NE(CheckRepeatRows(r), nullptr);
+  r.x = Fake<bf16>();
+  r.out = Fake<bf16>();
+  EXPECT_EQ(CheckRepeatRows(r), nullptr);
+  BroadcastAddParams b;
+  b.n = 1;
+  b.d = 1;
+  b.a = Fake<bf16>();
+  b.out = Fake<bf16>();
+  EXPECT_NE(CheckBroadcastAdd(b), nullptr);
+  b.b = Fake<bf16>();
+  EXPECT_EQ(CheckBroadcastAdd(b), nullptr);
+  EXPECT_EQ(CheckConvert(nullptr, nullptr, 0), nullptr);
+  EXPECT_NE(CheckConvert(Fake<float>(), nullptr, 5), nullptr);
+  EXPECT_NE(CheckConvert(Fake<float>(), Fake<bf16>(), -1), nullptr);
+  InterleaveRowsParams il;
+  il.blocks = 2;
+  il.rows = 3;
+  il.row_bytes = 5;
+  EXPECT_NE(CheckInterleaveRows(il), nullptr);
+  il.src = Fake<uint8_t>();
+  il.dst = Fake<uint8_t>();
+  EXPECT_EQ(CheckInterleaveRows(il), nullptr);
+  // Grid-stride grids: at least one block, at most 65536.
+  EXPECT_EQ(ModelOpBlocks(0), 1);
+  EXPECT_EQ(ModelOpBlocks(kModelOpThreads + 1), 2);
+  EXPECT_EQ(ModelOpBlocks(int64_t(1) << 40), 65536);
 }
 
 }  // namespace
