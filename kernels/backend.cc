@@ -61,6 +61,24 @@ class Checker {
     return That(ld >= cols,
                 [&] { return std::string(name) + " >= " + Str(cols) + " (got " + Str(ld) + ")"; });
   }
+  // Element `index` of a list of tensors named `list` (its message says "list[index]"), as Span.
+  template <typename T>
+  Checker& SpanAt(const char* list, size_t index, const DeviceSpan<T>& span, int64_t need) {
+    if (!status_.ok() || need == 0) return *this;
+    auto name = [&] { return std::string(list) + "[" + Str(int64_t(index)) + "]"; };
+    if (span.arena() == nullptr) {
+      return Fail(name() + " is not set; expected " + Str(need) + " elements");
+    }
+    if (!backend_.CheckSpan(op_, list, span).ok()) {
+      status_ = backend_.CheckSpan(op_, name().c_str(), span);
+      return *this;
+    }
+    if (span.size() < need) {
+      return Fail(name() + " has " + Str(span.size()) + " elements; expected at least " +
+                  Str(need) + " for the shape given");
+    }
+    return *this;
+  }
   BackendStatus Done() { return status_; }
 
  private:
@@ -498,6 +516,84 @@ BackendStatus Backend::InterleaveRows(Queue& q, const InterleaveRowsArgs& a) {
   c.Span("src", a.src, bytes).Span("dst", a.dst, bytes);
   c.That(!Overlap(a.src, bytes, a.dst, bytes), "dst not overlapping src");
   FLOTILLA_CHECKED(DoInterleaveRows(q, a), c.Done());
+}
+
+// ---- MoE ops
+
+BackendStatus Backend::RoutePerRowK(Queue& q, const RoutePerRowKArgs& a) {
+  Checker c(*this, "RoutePerRowK");
+  c.NonNegative("m", a.m).That(a.num_experts > 0, "num_experts > 0");
+  c.That(a.top_k > 0 && a.top_k <= a.num_experts && a.top_k <= 64,
+         "0 < top_k <= min(num_experts, 64)");
+  c.That(IsSet(a.bias) != IsSet(a.hash_ids), "exactly one of bias / hash_ids");
+  c.Span("logits", a.logits, a.m * a.num_experts).Span("row_top_k", a.row_top_k, a.m);
+  c.Optional("bias", a.bias, a.num_experts);
+  if (IsSet(a.hash_ids)) {
+    c.Stride("ld_hash", a.ld_hash, a.top_k)
+        .Span("hash_ids", a.hash_ids, Extent(a.m, a.top_k, a.ld_hash));
+  }
+  c.Span("expert_idx", a.expert_idx, a.m * a.top_k).Span("weights", a.weights, a.m * a.top_k);
+  FLOTILLA_CHECKED(DoRoutePerRowK(q, a), c.Done());
+}
+
+namespace {
+
+// The grouping and window of a grouped GEMM.
+void CheckGrouping(Checker& c, size_t num_groups, const In<int64_t>& offsets, int64_t row_begin,
+                   int64_t rows) {
+  c.That(num_groups > 0, "the weights of at least one group");
+  c.NonNegative("row_begin", row_begin).NonNegative("rows", rows);
+  c.Span("offsets", offsets, int64_t(num_groups) + 1);
+}
+
+// One span per group, each of at least `need` elements.
+template <typename T>
+void CheckGroupWeights(Checker& c, const char* name, std::span<const In<T>> w, size_t num_groups,
+                       int64_t need) {
+  c.That(w.size() == num_groups, [&] {
+    return std::string(name) + " with one span per group (" + Str(int64_t(num_groups)) + "; got " +
+           Str(int64_t(w.size())) + ")";
+  });
+  for (size_t g = 0; g < w.size(); ++g) c.SpanAt(name, g, w[g], need);
+}
+
+}  // namespace
+
+BackendStatus Backend::GroupedGemmFp8Fp4(Queue& q, const GroupedGemmFp8Fp4Args& a) {
+  Checker c(*this, "GroupedGemmFp8Fp4");
+  c.NonNegative("n", a.n).That(a.k > 0 && a.k % 128 == 0, "k a positive multiple of 128");
+  CheckGrouping(c, a.w.size(), a.offsets, a.row_begin, a.rows);
+  c.Span("a", a.a, a.rows * a.k).Span("a_scale", a.a_scale, a.rows * (a.k / 128));
+  CheckGroupWeights(c, "w", a.w, a.w.size(), a.n * (a.k / 2));
+  CheckGroupWeights(c, "w_scale", a.w_scale, a.w.size(), a.n * (a.k / 32));
+  c.Stride("ldc", a.ldc, a.n).Span("c", a.c, Extent(a.rows, a.n, a.ldc));
+  FLOTILLA_CHECKED(DoGroupedGemmFp8Fp4(q, a), c.Done());
+}
+
+BackendStatus Backend::GroupedGemmFp8(Queue& q, const GroupedGemmFp8Args& a) {
+  Checker c(*this, "GroupedGemmFp8");
+  c.NonNegative("n", a.n).That(a.k > 0 && a.k % 128 == 0, "k a positive multiple of 128");
+  c.That(a.w_scale.empty() != a.w_scale_f32.empty(), "exactly one of w_scale / w_scale_f32");
+  CheckGrouping(c, a.w.size(), a.offsets, a.row_begin, a.rows);
+  const int64_t kb = a.k / 128, nb = (a.n + 127) / 128;
+  c.Span("a", a.a, a.rows * a.k).Span("a_scale", a.a_scale, a.rows * kb);
+  CheckGroupWeights(c, "w", a.w, a.w.size(), a.n * a.k);
+  if (!a.w_scale.empty()) CheckGroupWeights(c, "w_scale", a.w_scale, a.w.size(), nb * kb);
+  if (!a.w_scale_f32.empty()) {
+    CheckGroupWeights(c, "w_scale_f32", a.w_scale_f32, a.w.size(), nb * kb);
+  }
+  c.Stride("ldc", a.ldc, a.n).Span("c", a.c, Extent(a.rows, a.n, a.ldc));
+  FLOTILLA_CHECKED(DoGroupedGemmFp8(q, a), c.Done());
+}
+
+BackendStatus Backend::GroupedGemmBf16(Queue& q, const GroupedGemmBf16Args& a) {
+  Checker c(*this, "GroupedGemmBf16");
+  c.NonNegative("n", a.n).That(a.k > 0, "k > 0");
+  CheckGrouping(c, a.w.size(), a.offsets, a.row_begin, a.rows);
+  c.Stride("lda", a.lda, a.k).Span("a", a.a, Extent(a.rows, a.k, a.lda));
+  CheckGroupWeights(c, "w", a.w, a.w.size(), a.n * a.k);
+  c.Stride("ldc", a.ldc, a.n).Span("c", a.c, Extent(a.rows, a.n, a.ldc));
+  FLOTILLA_CHECKED(DoGroupedGemmBf16(q, a), c.Done());
 }
 
 // ---- attention ops

@@ -141,6 +141,11 @@ class Backend {
   BackendStatus ConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args);
   BackendStatus ConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args);
   BackendStatus InterleaveRows(Queue& queue, const InterleaveRowsArgs& args);
+  // ---- MoE ops
+  BackendStatus RoutePerRowK(Queue& queue, const RoutePerRowKArgs& args);
+  BackendStatus GroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args);
+  BackendStatus GroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args);
+  BackendStatus GroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args);
   // ---- attention ops
   BackendStatus CompressorUpdate(Queue& queue, const CompressorUpdateArgs& args);
   BackendStatus RoundToBf16(Queue& queue, const RoundToBf16Args& args);
@@ -200,6 +205,11 @@ class Backend {
   virtual BackendStatus DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args) = 0;
   virtual BackendStatus DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args) = 0;
   virtual BackendStatus DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& args) = 0;
+  // ---- MoE ops
+  virtual BackendStatus DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& args) = 0;
+  virtual BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) = 0;
+  virtual BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) = 0;
+  virtual BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) = 0;
   // ---- attention ops
   virtual BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) = 0;
   virtual BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) = 0;

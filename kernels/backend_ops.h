@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "common/dtype.h"
 #include "kernels/device_memory.h"
@@ -311,6 +312,68 @@ struct InterleaveRowsArgs {
   In<uint8_t> src{};  // [blocks * rows, row_bytes]
   int64_t blocks = 0, rows = 0, row_bytes = 0;
   Out<uint8_t> dst{};  // [rows * blocks, row_bytes]; must not overlap src
+};
+
+// ---- MoE ops
+
+// Route (ops.h) where every row has its own K: row t is routed as a model with
+// row_top_k[t] <= top_k experts per token routes it (hash layers: the first row_top_k[t] of its
+// hash ids), and its slots past that repeat its first expert with weight 0 (which adds exactly
+// nothing to the combine). The CPU backend checks each row_top_k as it reads it.
+struct RoutePerRowKArgs {
+  In<float> logits{};      // [m, num_experts]
+  In<float> bias{};        // [num_experts] (score layers); exactly one of bias / hash_ids
+  In<int64_t> hash_ids{};  // [m, ld_hash] (hash layers)
+  int64_t ld_hash = 0;
+  In<int32_t> row_top_k{};  // [m], each 1..top_k
+  int64_t m = 0, num_experts = 0, top_k = 0;
+  float route_scale = 1.0f;
+  Out<int32_t> expert_idx{};  // [m, top_k]
+  Out<float> weights{};       // [m, top_k]
+};
+
+// Grouped expert GEMMs over rows grouped by expert (MoePermute's grouping, its offsets read on
+// the device): group g holds rows [offsets[g], offsets[g + 1]) of the grouping, and each is
+// multiplied by group g's weights in the precision of GemmFp8Fp4 / GemmFp8 / GemmBf16 (ops.h;
+// bitwise those: every row's arithmetic is its own). One call runs the rows
+// [row_begin, row_begin + rows) of the grouping, held by `a` and `c` from their row 0 (a pass
+// of at most a workspace's rows over the whole grouping); rows of the window that no group
+// holds are left as they are. The groups' weights are host lists of spans, one per group
+// (num_groups = the list's size; offsets has num_groups + 1 entries, non-decreasing, from 0).
+struct GroupedGemmFp8Fp4Args {
+  In<fp8> a{};                          // [rows, k]
+  In<e8m0> a_scale{};                   // [rows, k/128]
+  std::span<const In<uint8_t>> w{};     // per group [n, k/2] packed E2M1
+  std::span<const In<e8m0>> w_scale{};  // per group [n, k/32]
+  In<int64_t> offsets{};                // [num_groups + 1]
+  int64_t row_begin = 0, rows = 0;
+  Out<bf16> c{};  // [rows, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t n = 0, k = 0;
+};
+
+struct GroupedGemmFp8Args {
+  In<fp8> a{};                               // [rows, k]
+  In<e8m0> a_scale{};                        // [rows, k/128]
+  std::span<const In<fp8>> w{};              // per group [n, k]
+  std::span<const In<e8m0>> w_scale{};       // per group [ceil(n/128), k/128]; or
+  std::span<const In<float>> w_scale_f32{};  // per group, f32 (exactly one list is given)
+  In<int64_t> offsets{};                     // [num_groups + 1]
+  int64_t row_begin = 0, rows = 0;
+  Out<bf16> c{};  // [rows, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t n = 0, k = 0;
+};
+
+struct GroupedGemmBf16Args {
+  In<bf16> a{};  // [rows, k], row stride lda
+  int64_t lda = 0;
+  std::span<const In<bf16>> w{};  // per group [n, k]
+  In<int64_t> offsets{};          // [num_groups + 1]
+  int64_t row_begin = 0, rows = 0;
+  Out<bf16> c{};  // [rows, n], row stride ldc
+  int64_t ldc = 0;
+  int64_t n = 0, k = 0;
 };
 
 // ---- attention ops

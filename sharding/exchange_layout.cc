@@ -69,6 +69,14 @@ absl::StatusOr<ExchangeLayout> ExchangeLayout::Make(const ModelConfig& config,
   return l;
 }
 
+uint64_t ExchangeLayout::HostExchangeBytes() const {
+  const uint64_t copies = uint64_t(rows_per_round) * uint64_t(k);
+  const uint64_t ranks = peer_capacity.size();
+  const uint64_t received = ranks * uint64_t(recv_capacity_per_source);
+  return copies * uint64_t(record_bytes + reply_bytes) + dispatch_recv_bytes + 4 * 2 * copies +
+         4 * received + 8 * (ranks + 1) + 8 * 6 * ranks + sizeof(size_t) * 3 * ranks;
+}
+
 uint64_t ExchangeLayout::CountedSendBytes(const std::vector<int64_t>& copies,
                                           const std::vector<int64_t>& received) const {
   uint64_t total = 0;

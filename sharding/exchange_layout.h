@@ -57,6 +57,12 @@ struct ExchangeLayout {
     return dispatch_send_bytes + dispatch_recv_bytes + reply_send_bytes + reply_recv_bytes +
            index_bytes;
   }
+  // Host bytes of the counted exchange over host memory (worker/expert_exchange.h): records
+  // sent (rows_per_round x k, packed by destination), the dispatch receive buffer, replies back
+  // (rows_per_round x k), the int32 copy order and destinations, a received entry's local expert,
+  // and per peer: its block start, six counts (records each way, and the (records, more rounds)
+  // pairs sent and received) and three sizes.
+  uint64_t HostExchangeBytes() const;
   // Bytes this rank sends per round, both directions, when every block moves whole.
   uint64_t FixedSendBytes() const { return dispatch_send_bytes + reply_send_bytes; }
   // The same when `copies[q]` records go to each peer q and `received[p]` come from each p.

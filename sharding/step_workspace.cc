@@ -32,6 +32,12 @@ uint64_t StepWorkspaceLayout::Bytes() const {
   b += 8 * uint64_t((2 + 3) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
   b += uint64_t(3 * (act_q + act_scale) + packed);
+  if (limits.ep_size > 1) {
+    b += exchange.HostExchangeBytes() + exchange.dispatch_recv_bytes;
+    b += 2 * uint64_t(2 * exchange_replies + exchange_routed + moe_slice + moe_gather);
+    b += 4 * uint64_t(2 * exchange_order + 2 * exchange_copies) + 8 * uint64_t(expert_offsets);
+    b += uint64_t(exchange_send);
+  }
   return b;
 }
 
@@ -42,11 +48,15 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   l = limits;
   if (l.max_context == 0) l.max_context = c.max_position_embeddings;
   if (l.experts_per_token == 0) l.experts_per_token = c.num_experts_per_tok;
-  const std::pair<const char*, int64_t> checks[] = {
-      {"tokens per step", l.tokens},         {"sequences per step", l.sequences},
-      {"logit rows per pass", l.logit_rows}, {"indexer block keys", l.indexer_block_keys},
-      {"longest context", l.max_context},    {"experts per token", l.experts_per_token},
-      {"tensor-parallel size", l.tp_size}};
+  const std::pair<const char*, int64_t> checks[] = {{"tokens per step", l.tokens},
+                                                    {"sequences per step", l.sequences},
+                                                    {"logit rows per pass", l.logit_rows},
+                                                    {"indexer block keys", l.indexer_block_keys},
+                                                    {"longest context", l.max_context},
+                                                    {"experts per token", l.experts_per_token},
+                                                    {"tensor-parallel size", l.tp_size},
+                                                    {"expert-parallel size", l.ep_size},
+                                                    {"exchange rows per round", l.exchange_rows}};
   for (const auto& [name, value] : checks) {
     if (value < 1) {
       return absl::InvalidArgumentError(
@@ -137,6 +147,23 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.act_scale = w.act_q / 128;
   w.packed = std::max({c.sliding_window, w.compressed_read, T}) * MainKvEntryBytes(c);
   w.packed = std::max(w.packed, std::max(l.indexer_block_keys, T) * IndexerKeyBytes(c));
+  if (l.ep_size > 1) {
+    const ExpertPlacement placement(c.n_routed_experts, l.ep_size);
+    absl::StatusOr<ExchangeLayout> ex =
+        ExchangeLayout::Make(c, placement, l.ep_rank, std::min(l.exchange_rows, CeilDiv(T, tp)), K);
+    if (!ex.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("step workspace: ", ex.status().message()));
+    }
+    w.exchange = *ex;
+    const int64_t received = l.ep_size * w.exchange.recv_capacity_per_source;
+    w.exchange_replies = received * d;
+    w.exchange_order = received;
+    w.exchange_send = CeilDiv(T, tp) * w.exchange.payload_bytes;
+    w.exchange_copies = CeilDiv(T, tp) * K;
+    w.exchange_routed = w.exchange.rows_per_round * K * d;
+    w.moe_slice = tp > 1 ? CeilDiv(T, tp) * d : 0;
+    w.moe_gather = tp > 1 ? tp * CeilDiv(T, tp) * d : 0;
+  }
   return w;
 }
 

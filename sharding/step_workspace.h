@@ -9,6 +9,7 @@
 
 #include "common/model_config.h"
 #include "common/status.h"
+#include "sharding/exchange_layout.h"
 
 namespace flotilla {
 
@@ -20,6 +21,13 @@ struct StepLimits {
   int64_t max_context = 0;            // longest sequence admitted; 0: max_position_embeddings
   int64_t experts_per_token = 0;      // the model's K; 0: num_experts_per_tok
   int64_t tp_size = 1;                // tensor-parallel ranks (this rank holds 1/tp of the heads)
+  // Expert-parallel ranks (every worker; 1: one process holds every expert) and this rank's
+  // place among them: the expert exchange's buffers follow from them.
+  int64_t ep_size = 1;
+  int64_t ep_rank = 0;
+  // Rows one expert-exchange round carries per rank: a step's MoE runs its token slice in rounds
+  // of at most this many rows, so the exchange's buffers do not grow with the step.
+  int64_t exchange_rows = 128;
 };
 
 // Element counts of the workspace's buffers (each is one buffer of that many elements of the
@@ -68,6 +76,18 @@ struct StepWorkspaceLayout {
   // the pool.
   int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
   int64_t packed = 0;
+  // Expert parallelism (ep_size > 1). The exchange moves host memory (MPI), so the MoE stages
+  // through host buffers: the exchange's own (exchange.HostExchangeBytes(), rows_per_round =
+  // min(exchange_rows, this rank's token slice ceil(tokens / tp))); the slice's payload rows
+  // (exchange_send bytes) and its routing (exchange_copies int32 ids + f32 weights) read back
+  // from the backend; the group offsets (expert_offsets int64) and order (exchange_order int32)
+  // of what arrives; the replies to it (exchange_replies bf16); a round's routed rows
+  // (exchange_routed bf16); the TP group's all-gather of the token slices (moe_slice: this
+  // rank's slice padded to the widest, moe_gather: all). In backend memory: the received records
+  // (exchange.dispatch_recv_bytes), their order and the replies again.
+  ExchangeLayout exchange;
+  int64_t exchange_send = 0, exchange_copies = 0, exchange_routed = 0;
+  int64_t exchange_replies = 0, exchange_order = 0, moe_slice = 0, moe_gather = 0;
 
   uint64_t Bytes() const;
 };

@@ -27,12 +27,14 @@ const char* kUsage =
     "usage: flotilla plan (--config FILE | --model DIR) --nodes N --gpus-per-node G\n"
     "                     --gpu-memory SIZE [--tp T] [--reserve SIZE] [--kv-page SIZE]\n"
     "                     [--step-tokens N] [--step-seqs N] [--logit-rows N]\n"
-    "                     [--max-context N] [--indexer-block N] [--tensors RANK]\n"
+    "                     [--max-context N] [--indexer-block N] [--exchange-rows N]\n"
+    "                     [--tensors RANK]\n"
     "  SIZE: e.g. 80GiB, 141GB, 512MiB, 4096B. --tp defaults to 1, --reserve to 8GiB\n"
     "  (communication buffers, CUDA context), --kv-page (the page of a worker's KV pool) to\n"
     "  64KiB. The step workspace every rank holds (every temporary of a step) is sized from\n"
     "  --step-tokens (8192), --step-seqs (256), --logit-rows (256), --max-context (0:\n"
-    "  max_position_embeddings) and --indexer-block (8192) and comes out of the KV pool.\n"
+    "  max_position_embeddings), --indexer-block (8192) and, with more than one rank, the\n"
+    "  expert exchange's --exchange-rows per round (128); it comes out of the KV pool.\n"
     "  --tensors RANK also lists the tensors and byte runs that rank reads.\n";
 
 // 3688172544 -> "3,688,172,544"
@@ -112,7 +114,8 @@ absl::Status Plan(const std::vector<std::string>& args) {
       Flags f, Flags::Parse(args,
                             {"--config", "--model", "--nodes", "--gpus-per-node", "--gpu-memory",
                              "--tp", "--reserve", "--tensors", "--kv-page", "--step-tokens",
-                             "--step-seqs", "--logit-rows", "--max-context", "--indexer-block"},
+                             "--step-seqs", "--logit-rows", "--max-context", "--indexer-block",
+                             "--exchange-rows"},
                             {}));
   std::string source;
   ModelConfig c;
@@ -136,13 +139,18 @@ absl::Status Plan(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(limits.logit_rows, f.Int("--logit-rows", limits.logit_rows));
   ASSIGN_OR_RETURN(limits.max_context, f.Int("--max-context", 0));
   ASSIGN_OR_RETURN(limits.indexer_block_keys, f.Int("--indexer-block", limits.indexer_block_keys));
+  ASSIGN_OR_RETURN(limits.exchange_rows, f.Int("--exchange-rows", limits.exchange_rows));
   limits.tp_size = std::max<int64_t>(tp, 1);
-  ASSIGN_OR_RETURN(const StepWorkspaceLayout workspace, MakeStepWorkspaceLayout(c, limits));
-  const uint64_t workspace_bytes = workspace.Bytes();
   if (nodes < 1 || gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be at least 1");
   }
   const Layout layout = Layout::ForCluster(nodes, gpus_per_node, tp);
+  // The expert exchange's buffers are part of the workspace; rank 0 owns the most experts, so
+  // its workspace bounds every rank's.
+  limits.ep_size = layout.num_workers;
+  limits.ep_rank = 0;
+  ASSIGN_OR_RETURN(const StepWorkspaceLayout workspace, MakeStepWorkspaceLayout(c, limits));
+  const uint64_t workspace_bytes = workspace.Bytes();
   ASSIGN_OR_RETURN(ShardPlan plan, ShardPlan::Make(c, layout, experts));
   if (tensors_rank < -1 || tensors_rank >= layout.num_workers) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -87,6 +87,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   m->queue_ = m->backend_->NewQueue();
   ASSIGN_OR_RETURN(m->w_, LoadWeights(config, *m->source_, selection, *m->backend_, *m->queue_,
                                       options.upload_weights));
+  for (BlockWeights& b : m->w_->layers) MakeExpertLists(b.moe);
+  for (MtpWeights& b : m->w_->mtp) MakeExpertLists(b.block.moe);
 
   ASSIGN_OR_RETURN(const KvPoolLayout layout, KvPoolLayout::Make(config, options.kv_page_bytes));
   uint64_t pool_bytes = options.kv_memory_bytes;
@@ -114,6 +116,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   limits.max_context = options.max_context;
   limits.experts_per_token = m->top_k_;
   limits.tp_size = parallel.tp_size;
+  if (parallel.distributed()) {
+    limits.ep_size = parallel.ep->size();
+    limits.ep_rank = parallel.ep->rank();
+    limits.exchange_rows = options.exchange_rows;
+  }
   ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
   ASSIGN_OR_RETURN(m->ws_, StepWorkspace::Make(ws_layout, *m->backend_, *m->queue_));
   m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),

@@ -40,6 +40,9 @@ struct ModelOptions {
   int64_t sequences_per_step = 256;
   int64_t logit_rows = 256;
   int64_t max_context = 0;
+  // Expert parallelism: rows of this rank's token slice one exchange round carries (a step's
+  // MoE runs in rounds; every rank runs as many as the busiest needs).
+  int64_t exchange_rows = 128;
   // Upload every weight into backend memory even where the backend could read the mapped
   // checkpoint in place (the CPU backend imports it, zero copy): the path a GPU backend takes,
   // testable on the CPU. Costs a copy of the checkpoint's memory.

@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "worker/backend_status.h"
-#include "worker/host_bridge.h"
 #include "worker/model.h"
 
 namespace flotilla {
@@ -96,18 +95,39 @@ absl::Status ExpertForward(kernels::Backend& backend, kernels::Queue& queue, con
                            kernels::In<float> row_weight, float limit, kernels::Out<bf16> out,
                            int64_t d, StepWorkspace& ws);
 
-// Gate (router logits into `logits`, [n, E]), sqrtsoftplus, bias top-k or tid2eid, normalise,
-// scale (spec §9.1) for n rows, k slots each (idx and weights: [n, k]). `experts` (may be null: k
-// for every row) gives a row its own K <= k: it is routed as a model with K experts per token would
-// route it (hash layers: the first K tid2eid columns), and its slots past K repeat its first expert
-// with weight 0, which adds exactly nothing.
-void RouteTokens(const ModelConfig& c, const MoeWeights& mw, const int32_t* tokens,
-                 const int32_t* experts, int64_t n, int64_t k, const bf16* x, float* logits,
-                 std::vector<int64_t>* hash_ids, int32_t* idx, float* weights);
+// Where a grouped expert pass reads its entries: entry i of the permuted list (value v =
+// order[i]) reads row v / divisor of the activations — FP8 codes and their scales (quantised
+// experts) or bf16 — and its routing weight as the f32 at byte v * ld_weight of `weight`.
+// Byte views with strides in bytes (records of the expert exchange hold all three).
+struct ExpertRows {
+  kernels::In<uint8_t> q, scale, x, weight;
+  int64_t ld_q = 0, ld_scale = 0, ld_x = 0, ld_weight = 0;
+  int64_t divisor = 1;
+};
 
-// Per token: routed outputs ([n, k, d], slot order) summed in f32 in increasing expert id, then
-// the shared output (may be null), one rounding to bf16.
-void CombineExperts(const MoeWeights& mw, const int32_t* idx, const bf16* routed,
-                    const bf16* shared, int64_t n, int64_t k, int64_t d, bf16* out);
+// Every routed expert of `mw` over its entries: expert g's entries are
+// order[offsets[g], offsets[g + 1]) (`total` in all; offsets read on the device by the grouped
+// GEMMs), run in passes of at most ws.layout.expert_rows rows of the permuted list; entry v's
+// output goes to row v of `out` ([*, d] bf16). Gate/up, SwiGLU (times the entry's weight), the
+// w2 input's quantisation and w2 as ExpertForward does them, row by row.
+absl::Status GroupedExperts(kernels::Backend& backend, kernels::Queue& queue, const MoeWeights& mw,
+                            const ExpertRows& in, kernels::In<int32_t> order,
+                            kernels::In<int64_t> offsets, int64_t total, float limit,
+                            kernels::Out<bf16> out, int64_t d, StepWorkspace& ws);
+
+// Gate (router logits, [n, E], into ws.router_logits), sqrtsoftplus, bias top-k or tid2eid
+// (rows gathered into ws.hash_ids), normalise, scale (spec §9.1) for n rows, k slots each (idx
+// and weights: [n, k]). `experts` ([n] in backend memory, and the same on the host) gives a row
+// its own K <= k: it is routed as a model with K experts per token would route it (hash layers:
+// the first K tid2eid columns), and its slots past K repeat its first expert with weight 0,
+// which adds exactly nothing.
+absl::Status RouteTokens(kernels::Backend& backend, kernels::Queue& queue, const ModelConfig& c,
+                         const MoeWeights& mw, kernels::In<int32_t> tokens,
+                         kernels::In<int32_t> experts, const int32_t* experts_host, int64_t n,
+                         int64_t k, kernels::In<bf16> x, StepWorkspace& ws,
+                         kernels::Out<int32_t> idx, kernels::Out<float> weights);
+
+// Fills mw.lists from mw.experts (once, at load).
+void MakeExpertLists(MoeWeights& mw);
 
 }  // namespace flotilla

@@ -99,6 +99,13 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
     RETURN_IF_ERROR(c(w.entry_slot, l.entry_slot));
     RETURN_IF_ERROR(c(w.page_ids, l.page_ids));
     RETURN_IF_ERROR(c(w.packed, l.packed));
+    RETURN_IF_ERROR(c(w.hash_ids, l.route_idx));
+    RETURN_IF_ERROR(c(w.expert_offsets, l.expert_offsets));
+    RETURN_IF_ERROR(c(w.expert_order, l.expert_order));
+    const bool ep = l.limits.ep_size > 1;
+    RETURN_IF_ERROR(c(w.exchange_records, ep ? int64_t(l.exchange.dispatch_recv_bytes) : 0));
+    RETURN_IF_ERROR(c(w.exchange_order_dev, ep ? l.exchange_order : 0));
+    RETURN_IF_ERROR(c(w.exchange_replies_dev, ep ? l.exchange_replies : 0));
     for (int i = 0; i < 3; ++i) {
       RETURN_IF_ERROR(c(w.act_q_[i], l.act_q));
       RETURN_IF_ERROR(c(w.act_scale_[i], l.act_scale));
@@ -130,23 +137,36 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
   for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts,
                   &w.pick_rows})
     Reserve(*v, l.row_i32);
-  Reserve(w.hash_ids, l.route_idx);
-  Reserve(w.expert_order, l.expert_order);
   for (auto* v : {&w.pos, &w.mtp_pos}) Reserve(*v, l.row_i64);
-  Reserve(w.expert_offsets, l.expert_offsets);
   Reserve(w.chunks, l.limits.sequences);
   Reserve(w.mtp_chunks, l.limits.sequences);
+  if (l.limits.ep_size > 1) {
+    w.exchange = ExpertExchange(l.exchange);
+    Reserve(w.exchange_send, l.exchange_send);
+    Reserve(w.exchange_idx, l.exchange_copies);
+    Reserve(w.exchange_weights, l.exchange_copies);
+    Reserve(w.exchange_order, l.exchange_order);
+    Reserve(w.exchange_offsets, l.expert_offsets);
+    Reserve(w.exchange_replies, l.exchange_replies);
+    Reserve(w.exchange_routed, l.exchange_routed);
+    Reserve(w.moe_slice, l.moe_slice);
+    Reserve(w.moe_gather, l.moe_gather);
+  }
   return ws;
 }
 
 uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = device_bytes_;
   b += Held(tp_sum) + Held(head_stage) + Held(head_all) + Held(gather_stage);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &pick_rows,
-                  &expert_order})
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &pick_rows})
     b += Held(*v);
-  for (auto* v : {&pos, &mtp_pos, &expert_offsets, &hash_ids}) b += Held(*v);
+  for (auto* v : {&pos, &mtp_pos}) b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
+  if (layout.limits.ep_size > 1) {
+    b += exchange.ReservedBytes() + Held(exchange_send) + Held(exchange_idx) +
+         Held(exchange_weights) + Held(exchange_order) + Held(exchange_offsets) +
+         Held(exchange_replies) + Held(exchange_routed) + Held(moe_slice) + Held(moe_gather);
+  }
   return b;
 }
 

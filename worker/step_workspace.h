@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "sharding/step_workspace.h"
+#include "worker/expert_exchange.h"
 #include "worker/linear.h"
 #include "worker/paged_kv.h"
 
@@ -86,6 +87,14 @@ struct StepWorkspace {
   // A chunk's picked entries (entry slots, the list, its count) and one page table's copy.
   Buffer<int32_t> entry_slot, page_ids;
   Buffer<uint8_t> packed;  // packed KV moving between the pool and the rows
+  // the MoE: the tokens' tid2eid rows, the assignments grouped by expert (offsets and order)
+  Buffer<int64_t> hash_ids, expert_offsets;
+  Buffer<int32_t> expert_order;
+  // expert parallelism (layout.limits.ep_size > 1; empty otherwise): the received records, their
+  // grouping by local expert and the replies to them
+  Buffer<uint8_t> exchange_records;
+  Buffer<int32_t> exchange_order_dev;
+  Buffer<bf16> exchange_replies_dev;
   // FP8 activations: the block's, an expert pass's, a linear layer's (spans of act_q/act_scale)
   QuantizedActs block_acts, expert_acts, linear_acts;
 
@@ -94,10 +103,16 @@ struct StepWorkspace {
   // the TP group's, this rank's heads and the TP group's (gather_stage: [local | all]).
   std::vector<float> tp_sum, head_stage, head_all;
   std::vector<bf16> gather_stage;
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows,
-      expert_order;
-  std::vector<int64_t> hash_ids, pos, mtp_pos, expert_offsets;
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows;
+  std::vector<int64_t> pos, mtp_pos;
   std::vector<ChunkRecord> chunks, mtp_chunks;
+  // expert parallelism: the exchange and the staging of what it moves (sharding/step_workspace.h)
+  ExpertExchange exchange;
+  std::vector<uint8_t> exchange_send;
+  std::vector<int32_t> exchange_idx, exchange_order;
+  std::vector<float> exchange_weights;
+  std::vector<int64_t> exchange_offsets;
+  std::vector<bf16> exchange_replies, exchange_routed, moe_slice, moe_gather;
 
  private:
   StepWorkspace() = default;

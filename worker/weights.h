@@ -63,6 +63,16 @@ struct ExpertWeights {
   Linear w1, w3, w2;
 };
 
+// The routed experts' tensors as one list per tensor, the grouped GEMMs' arguments; index 0, 1,
+// 2: w1, w3, w2 (unset spans where the experts' precision has no such tensor).
+struct ExpertLists {
+  std::vector<kernels::In<uint8_t>> w4[3];
+  std::vector<kernels::In<fp8>> w8[3];
+  std::vector<kernels::In<e8m0>> scale[3];
+  std::vector<kernels::In<float>> scale_f32[3];
+  std::vector<kernels::In<bf16>> wb[3];
+};
+
 struct MoeWeights {
   kernels::In<bf16> gate;   // [E, D]
   kernels::In<float> bias;  // [E] (score-routed layers); unset otherwise
@@ -73,6 +83,7 @@ struct MoeWeights {
   ExpertWeights shared;
   int64_t first_expert = 0;             // global id of experts[0]
   std::vector<ExpertWeights> experts;   // this rank's routed experts (all in one process)
+  ExpertLists lists;                    // the same, per tensor (MakeExpertLists, at load)
 };
 
 struct BlockWeights {

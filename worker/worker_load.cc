@@ -91,6 +91,7 @@ absl::StatusOr<LoadedWorker> LoadWorker(const WorkerLoadOptions& a, Comm& world,
   options.kv_page_bytes = a.kv_page_bytes;
   if (a.tokens_per_step > 0) options.tokens_per_step = a.tokens_per_step;
   if (a.sequences_per_step > 0) options.sequences_per_step = a.sequences_per_step;
+  if (a.exchange_rows > 0) options.exchange_rows = a.exchange_rows;
   options.sequences_per_step = std::min(options.sequences_per_step, options.tokens_per_step);
   ASSIGN_OR_RETURN(l.model, Model::FromSource(l.config, std::shared_ptr<WeightSource>(std::move(src)),
                                               options, par, sel));

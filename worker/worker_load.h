@@ -21,6 +21,7 @@ struct WorkerLoadOptions {
   // The step workspace's limits (0: ModelOptions' defaults).
   int64_t tokens_per_step = 0;
   int64_t sequences_per_step = 0;
+  int64_t exchange_rows = 0;  // rows per expert-exchange round (0: ModelOptions' default)
 };
 
 struct LoadedWorker {

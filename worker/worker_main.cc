@@ -55,6 +55,7 @@ struct Args {
   uint64_t kv_memory = 0;          // 0: the model's default
   int64_t kv_page = 64 << 10;
   int64_t step_tokens = 0, step_seqs = 0;  // 0: the model's defaults
+  int64_t exchange_rows = 0;                // 0: the model's default
 };
 
 absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve) {
@@ -65,7 +66,7 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
                                       "--experts-per-token", "--dump-logits", "--timeout-s",
                                       "--control-address", "--control-port-base",
                                       "--prompt-ids-file", "--kv-memory", "--kv-page",
-                                      "--step-tokens", "--step-seqs"},
+                                      "--step-tokens", "--step-seqs", "--exchange-rows"},
                                      {"--greedy", "--ignore-eos"}));
   Args a;
   ASSIGN_OR_RETURN(a.model, f.Required("--model"));
@@ -91,6 +92,8 @@ absl::StatusOr<Args> ParseArgs(const std::vector<std::string>& argv, bool serve)
   if (a.step_tokens < 0 || a.step_seqs < 0) {
     return absl::InvalidArgumentError("--step-tokens and --step-seqs must be at least 1");
   }
+  ASSIGN_OR_RETURN(a.exchange_rows, f.Int("--exchange-rows", 0));
+  if (a.exchange_rows < 0) return absl::InvalidArgumentError("--exchange-rows must be at least 1");
   ASSIGN_OR_RETURN(a.max_new, f.Int("--max-new-tokens", 16));
   ASSIGN_OR_RETURN(a.chunk, f.Int("--chunk", 0));
   ASSIGN_OR_RETURN(a.experts_per_token, f.Int("--experts-per-token", 0));
@@ -291,7 +294,7 @@ constexpr char kUsage[] =
     "           --seed S] [--ignore-eos] [--chunk C] [--experts-per-token K]\n"
     "           [--dump-logits FILE.npy] [--timeout-s S] [--kv-memory SIZE] [--kv-page SIZE]\n"
     "       flotilla-worker --serve --model DIR [--tp T] [--timeout-s S] [--kv-memory SIZE]\n"
-    "           [--kv-page SIZE] [--step-tokens N] [--step-seqs N]\n"
+    "           [--kv-page SIZE] [--step-tokens N] [--step-seqs N] [--exchange-rows N]\n"
     "           [--control-address A] [--control-port-base P]   (started by launch/flotilla-serve)\n"
     "  One worker rank: loads exactly its shard and checks that every rank runs the same\n"
     "  checkpoint. Without --serve the first DP group runs the prompt and world rank 0 prints\n"
@@ -301,6 +304,8 @@ constexpr char kUsage[] =
     "  --control-port-base P: listen on P + world rank instead of a free port.\n"
     "  --step-tokens N, --step-seqs N: the most tokens and sequences one step runs (default\n"
     "    8192, 256); the step workspace is sized from them at start\n"
+    "  --exchange-rows N: rows of its token slice a rank sends per expert-exchange round (default\n"
+    "    128; a step's MoE runs in rounds, the exchange buffers are sized from N)\n"
     "  --kv-memory SIZE: the KV pool, reserved at start (default: a quarter of the memory the\n"
     "  host has available); --kv-page SIZE: its page size (default 64KiB).\n";
 
@@ -361,7 +366,7 @@ int Main(int argc, char** argv) {
   }
   WorkerLoadOptions lo{args->model,    args->tp,          args->experts_per_token,
                        args->kv_memory, args->kv_page,     args->step_tokens,
-                       args->step_seqs};
+                       args->step_seqs,  args->exchange_rows};
   const auto load_start = Clock::now();
   absl::StatusOr<LoadedWorker> loaded = LoadWorker(lo, *workers, tp_comm->get());
   if (loaded.ok()) {

@@ -674,6 +674,128 @@ BackendStatus CpuBackend::DoInterleaveRows(Queue& queue, const InterleaveRowsArg
   return BackendStatus::Ok();
 }
 
+// ---- MoE ops
+
+BackendStatus CpuBackend::DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& a) {
+  FLOTILLA_CPU_QUEUE(queue, "RoutePerRowK");
+  const float* logits = Ptr(a.logits);
+  const int64_t* hash_ids = Ptr(a.hash_ids);
+  const int32_t* row_top_k = Ptr(a.row_top_k);
+  int32_t* expert_idx = Ptr(a.expert_idx);
+  float* weights = Ptr(a.weights);
+  for (int64_t t = 0; t < a.m; ++t) {
+    const int64_t kt = row_top_k[t];
+    if (kt < 1 || kt > a.top_k) {
+      return BackendStatus::Error("RoutePerRowK: row_top_k[" + std::to_string(t) +
+                                  "] = " + std::to_string(kt) + "; expected 1 to " +
+                                  std::to_string(a.top_k));
+    }
+    // The row alone, as a model with kt experts per token routes it (routing is per row).
+    int32_t row_idx[64] = {};
+    float row_weights[64] = {};
+    RouterParams p;
+    p.logits = logits + t * a.num_experts;
+    p.bias = Ptr(a.bias);
+    p.hash_ids = hash_ids == nullptr ? nullptr : hash_ids + t * a.ld_hash;
+    p.ld_hash = a.ld_hash;
+    p.m = 1;
+    p.num_experts = a.num_experts;
+    p.top_k = kt;
+    p.route_scale = a.route_scale;
+    p.expert_idx = row_idx;
+    p.weights = row_weights;
+    kernels::Route(p);
+    for (int64_t s = 0; s < a.top_k; ++s) {
+      expert_idx[t * a.top_k + s] = s < kt ? row_idx[s] : row_idx[0];
+      weights[t * a.top_k + s] = s < kt ? row_weights[s] : 0.0f;
+    }
+  }
+  return BackendStatus::Ok();
+}
+
+namespace {
+
+// Runs `run(g, first, count)` for the rows of each group g inside the window [row_begin,
+// row_begin + rows), first relative to row_begin, after checking the offsets as it reads them.
+template <typename Run>
+BackendStatus ForEachGroup(const char* op, const In<int64_t>& offsets_span, size_t num_groups,
+                           int64_t row_begin, int64_t rows, Run run) {
+  const int64_t* offsets = Ptr(offsets_span);
+  for (size_t g = 0; g <= num_groups; ++g) {
+    const int64_t prev = g == 0 ? 0 : offsets[g - 1];
+    if (offsets[g] < prev || (g == 0 && offsets[0] != 0)) {
+      return BackendStatus::Error(
+          std::string(op) + ": offsets[" + std::to_string(g) + "] = " + std::to_string(offsets[g]) +
+          "; expected " +
+          (g == 0 ? std::string("0")
+                  : ">= offsets[" + std::to_string(g - 1) + "] = " + std::to_string(prev)));
+    }
+  }
+  for (size_t g = 0; g < num_groups; ++g) {
+    const int64_t lo = std::clamp<int64_t>(offsets[g] - row_begin, 0, rows);
+    const int64_t hi = std::clamp<int64_t>(offsets[g + 1] - row_begin, 0, rows);
+    if (hi > lo) run(g, lo, hi - lo);
+  }
+  return BackendStatus::Ok();
+}
+
+}  // namespace
+
+BackendStatus CpuBackend::DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& a) {
+  FLOTILLA_CPU_QUEUE(queue, "GroupedGemmFp8Fp4");
+  return ForEachGroup("GroupedGemmFp8Fp4", a.offsets, a.w.size(), a.row_begin, a.rows,
+                      [&](size_t g, int64_t first, int64_t count) {
+                        GemmFp8Fp4Params p;
+                        p.a = Ptr(a.a) + first * a.k;
+                        p.a_scale = Ptr(a.a_scale) + first * (a.k / 128);
+                        p.w = Ptr(a.w[g]);
+                        p.w_scale = Ptr(a.w_scale[g]);
+                        p.c = Ptr(a.c) + first * a.ldc;
+                        p.ldc = a.ldc;
+                        p.m = count;
+                        p.n = a.n;
+                        p.k = a.k;
+                        kernels::GemmFp8Fp4(p);
+                      });
+}
+
+BackendStatus CpuBackend::DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& a) {
+  FLOTILLA_CPU_QUEUE(queue, "GroupedGemmFp8");
+  return ForEachGroup("GroupedGemmFp8", a.offsets, a.w.size(), a.row_begin, a.rows,
+                      [&](size_t g, int64_t first, int64_t count) {
+                        GemmFp8Params p;
+                        p.a = Ptr(a.a) + first * a.k;
+                        p.a_scale = Ptr(a.a_scale) + first * (a.k / 128);
+                        p.w = Ptr(a.w[g]);
+                        p.w_scale = a.w_scale.empty() ? nullptr : Ptr(a.w_scale[g]);
+                        p.w_scale_f32 = a.w_scale_f32.empty() ? nullptr : Ptr(a.w_scale_f32[g]);
+                        p.c = Ptr(a.c) + first * a.ldc;
+                        p.ldc = a.ldc;
+                        p.m = count;
+                        p.n = a.n;
+                        p.k = a.k;
+                        kernels::GemmFp8(p);
+                      });
+}
+
+BackendStatus CpuBackend::DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& a) {
+  FLOTILLA_CPU_QUEUE(queue, "GroupedGemmBf16");
+  return ForEachGroup("GroupedGemmBf16", a.offsets, a.w.size(), a.row_begin, a.rows,
+                      [&](size_t g, int64_t first, int64_t count) {
+                        GemmBf16Params p;
+                        p.a = Ptr(a.a) + first * a.lda;
+                        p.lda = a.lda;
+                        p.w = Ptr(a.w[g]);
+                        p.ldw = a.k;
+                        p.c = Ptr(a.c) + first * a.ldc;
+                        p.ldc = a.ldc;
+                        p.m = count;
+                        p.n = a.n;
+                        p.k = a.k;
+                        kernels::GemmBf16(p);
+                      });
+}
+
 // ---- attention ops
 
 namespace {

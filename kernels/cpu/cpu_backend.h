@@ -69,6 +69,11 @@ class CpuBackend final : public Backend {
   BackendStatus DoConvertBf16ToF32(Queue& queue, const ConvertBf16ToF32Args& args) override;
   BackendStatus DoConvertF32ToBf16(Queue& queue, const ConvertF32ToBf16Args& args) override;
   BackendStatus DoInterleaveRows(Queue& queue, const InterleaveRowsArgs& args) override;
+  // ---- MoE ops
+  BackendStatus DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& args) override;
+  BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) override;
+  BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) override;
+  BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) override;
   // ---- attention ops
   BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) override;
   BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) override;

@@ -773,6 +773,135 @@ BackendStatus CudaBackend::DoInterleaveRows(Queue& queue, const InterleaveRowsAr
   return Launched(LaunchInterleaveRows(p, q->stream()), "InterleaveRows");
 }
 
+// ---------------------------------------------------------------- MoE ops
+
+BackendStatus CudaBackend::DoRoutePerRowK(Queue& queue, const RoutePerRowKArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "RoutePerRowK");
+  if (a.m == 0) return BackendStatus::Ok();
+  RouteParams p;
+  p.logits = Ptr(a.logits);
+  p.bias = Ptr(a.bias);
+  p.hash_ids = Ptr(a.hash_ids);
+  p.ld_hash = a.ld_hash;
+  p.m = a.m;
+  p.num_experts = a.num_experts;
+  p.top_k = a.top_k;
+  p.route_scale = a.route_scale;
+  p.row_top_k = Ptr(a.row_top_k);
+  p.expert_idx = Ptr(a.expert_idx);
+  p.weights = Ptr(a.weights);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckRoute(p), "RoutePerRowK"));
+  return Launched(LaunchRoute(p, q->stream()), "RoutePerRowK");
+}
+
+// One launch per group, each reading its two offsets on the device (no host synchronisation):
+// the group's weights need not lie at a fixed stride from the previous group's.
+BackendStatus CudaBackend::DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "GroupedGemmFp8Fp4");
+  if (a.rows == 0 || a.n == 0) return BackendStatus::Ok();
+  for (size_t g = 0; g < a.w.size(); ++g) {
+    GroupedGemmFp8Fp4Params p;
+    p.a = Ptr(a.a);
+    p.a_scale = Ptr(a.a_scale);
+    p.w = Ptr(a.w[g]);
+    p.w_scale = Ptr(a.w_scale[g]);
+    p.group_offsets64 = Ptr(a.offsets) + g;
+    p.window_begin = a.row_begin;
+    p.window_rows = a.rows;
+    p.c = Ptr(a.c);
+    p.ldc = a.ldc;
+    p.n = a.n;
+    p.k = a.k;
+    p.num_experts = 1;
+    FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckGroupedGemmFp8Fp4(p), "GroupedGemmFp8Fp4"));
+    FLOTILLA_CUDA_RETURN_IF_ERROR(
+        Launched(LaunchGroupedGemmFp8Fp4(p, q->stream()), "GroupedGemmFp8Fp4"));
+  }
+  return BackendStatus::Ok();
+}
+
+namespace {
+
+// The group offsets on the host: the FP8 and bf16 GEMMs (cuBLASLt, the dense kernel) take their
+// row counts from the host, so these two grouped GEMMs wait for the offsets (docs/cuda.md).
+// Grown once to the most groups seen, then reused.
+BackendResult<const int64_t*> HostOffsets(Queue& queue, cudaStream_t stream,
+                                          const In<int64_t>& offsets, size_t num_groups,
+                                          const char* op) {
+  static thread_local std::vector<int64_t> host;
+  host.resize(num_groups + 1);
+  cudaError_t rc =
+      cudaMemcpyAsync(host.data(), BackendAccess::Address(offsets),
+                      (num_groups + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost, stream);
+  if (rc == cudaSuccess) rc = cudaStreamSynchronize(stream);
+  if (rc != cudaSuccess) return CudaError(std::string(op) + ": reading the group offsets", rc);
+  (void)queue;
+  return static_cast<const int64_t*>(host.data());
+}
+
+// The window's rows of group g: [first, first + count) relative to row_begin.
+void GroupRows(const int64_t* offsets, size_t g, int64_t row_begin, int64_t rows, int64_t* first,
+               int64_t* count) {
+  const int64_t lo = std::clamp<int64_t>(offsets[g] - row_begin, 0, rows);
+  const int64_t hi = std::clamp<int64_t>(offsets[g + 1] - row_begin, 0, rows);
+  *first = lo;
+  *count = std::max<int64_t>(0, hi - lo);
+}
+
+}  // namespace
+
+BackendStatus CudaBackend::DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "GroupedGemmFp8");
+  if (a.rows == 0 || a.n == 0) return BackendStatus::Ok();
+  BackendResult<const int64_t*> offsets =
+      HostOffsets(queue, q->stream(), a.offsets, a.w.size(), "GroupedGemmFp8");
+  if (!offsets.ok()) return offsets.status();
+  const int64_t kb = a.k / 128;
+  for (size_t g = 0; g < a.w.size(); ++g) {
+    int64_t first = 0, count = 0;
+    GroupRows(offsets.value(), g, a.row_begin, a.rows, &first, &count);
+    if (count == 0) continue;
+    GemmFp8Args s;
+    s.a = a.a.subspan(first * a.k, count * a.k);
+    s.a_scale = a.a_scale.subspan(first * kb, count * kb);
+    s.w = a.w[g];
+    if (!a.w_scale.empty()) s.w_scale = a.w_scale[g];
+    if (!a.w_scale_f32.empty()) s.w_scale_f32 = a.w_scale_f32[g];
+    s.c = a.c.subspan(first * a.ldc, (count - 1) * a.ldc + a.n);
+    s.ldc = a.ldc;
+    s.m = count;
+    s.n = a.n;
+    s.k = a.k;
+    FLOTILLA_CUDA_RETURN_IF_ERROR(DoGemmFp8(queue, s));
+  }
+  return BackendStatus::Ok();
+}
+
+BackendStatus CudaBackend::DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "GroupedGemmBf16");
+  if (a.rows == 0 || a.n == 0) return BackendStatus::Ok();
+  BackendResult<const int64_t*> offsets =
+      HostOffsets(queue, q->stream(), a.offsets, a.w.size(), "GroupedGemmBf16");
+  if (!offsets.ok()) return offsets.status();
+  for (size_t g = 0; g < a.w.size(); ++g) {
+    int64_t first = 0, count = 0;
+    GroupRows(offsets.value(), g, a.row_begin, a.rows, &first, &count);
+    if (count == 0) continue;
+    GemmBf16Args s;
+    s.a = a.a.subspan(first * a.lda, (count - 1) * a.lda + a.k);
+    s.lda = a.lda;
+    s.w = a.w[g];
+    s.ldw = a.k;
+    s.c = a.c.subspan(first * a.ldc, (count - 1) * a.ldc + a.n);
+    s.ldc = a.ldc;
+    s.m = count;
+    s.n = a.n;
+    s.k = a.k;
+    FLOTILLA_CUDA_RETURN_IF_ERROR(DoGemmBf16(queue, s));
+  }
+  return BackendStatus::Ok();
+}
+
 // ---------------------------------------------------------------- attention ops
 
 BackendStatus CudaBackend::DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& a) {

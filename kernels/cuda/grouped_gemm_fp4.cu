@@ -19,8 +19,16 @@ __device__ __forceinline__ float ScaleOf(e8m0 s) { return E8m0ToF32(s); }
 __global__ void __launch_bounds__(kGroupedGemmThreads)
     GroupedGemmFp8Fp4Kernel(GroupedGemmFp8Fp4Params p) {
   const int64_t expert = blockIdx.y;
-  const int32_t row_begin = p.group_offsets[expert];
-  const int32_t row_end = p.group_offsets[expert + 1];
+  int32_t row_begin, row_end;
+  if (p.group_offsets64 != nullptr) {  // the window's part of the group
+    const int64_t b = p.group_offsets64[expert] - p.window_begin;
+    const int64_t e = p.group_offsets64[expert + 1] - p.window_begin;
+    row_begin = int32_t(b < 0 ? 0 : (b > p.window_rows ? p.window_rows : b));
+    row_end = int32_t(e < 0 ? 0 : (e > p.window_rows ? p.window_rows : e));
+  } else {
+    row_begin = p.group_offsets[expert];
+    row_end = p.group_offsets[expert + 1];
+  }
   if (row_begin >= row_end) return;  // empty group
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int group = lane >> 2, tig = lane & 3;

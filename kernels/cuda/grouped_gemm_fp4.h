@@ -25,6 +25,11 @@ struct GroupedGemmFp8Fp4Params {
   const uint8_t* w = nullptr;            // [num_experts, n, k/2] device, packed E2M1
   const e8m0* w_scale = nullptr;         // [num_experts, n, k/32] device
   const int32_t* group_offsets = nullptr;  // [num_experts + 1] device, non-decreasing, [0] = 0
+  // Or (exactly one of the two): int64 offsets into a longer grouping of which this launch runs
+  // the rows [window_begin, window_begin + window_rows), held by a and c from their row 0
+  // (Backend::GroupedGemmFp8Fp4's pass over MoePermute's grouping).
+  const int64_t* group_offsets64 = nullptr;  // [num_experts + 1] device
+  int64_t window_begin = 0, window_rows = 0;
   bf16* c = nullptr;                     // [rows, n] device, row stride ldc
   int64_t ldc = 0;
   int64_t n = 0, k = 0;

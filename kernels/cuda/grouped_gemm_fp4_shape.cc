@@ -3,8 +3,15 @@
 namespace flotilla::kernels::cuda {
 
 const char* CheckGroupedGemmFp8Fp4(const GroupedGemmFp8Fp4Params& p) {
-  if (!p.a || !p.a_scale || !p.w || !p.w_scale || !p.group_offsets || !p.c) {
-    return "grouped FP8xFP4 GEMM: a, a_scale, w, w_scale, group_offsets and c must all be set";
+  if (!p.a || !p.a_scale || !p.w || !p.w_scale || !p.c) {
+    return "grouped FP8xFP4 GEMM: a, a_scale, w, w_scale and c must all be set";
+  }
+  if ((p.group_offsets == nullptr) == (p.group_offsets64 == nullptr)) {
+    return "grouped FP8xFP4 GEMM: exactly one of group_offsets / group_offsets64 must be set";
+  }
+  if (p.group_offsets64 != nullptr && (p.window_begin < 0 || p.window_rows < 0 ||
+                                       p.window_rows > 0x7fffffff)) {
+    return "grouped FP8xFP4 GEMM: the window must be non-negative and under 2^31 rows";
   }
   if (p.k <= 0 || p.k % 128 != 0) return "grouped FP8xFP4 GEMM: k must be a positive multiple of 128";
   if (p.n <= 0 || p.n % kGroupedGemmColumnsPerWarp != 0) {

@@ -33,11 +33,16 @@ __global__ void __launch_bounds__(kRouteThreads) RouteKernel(RouteParams p) {
   __syncthreads();
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
+  int64_t top_k = p.top_k;  // this row's K
+  if (p.row_top_k != nullptr) {
+    const int64_t kt = p.row_top_k[t];
+    top_k = kt < 1 ? 1 : (kt > p.top_k ? p.top_k : kt);
+  }
   if (p.hash_ids != nullptr) {
-    for (int64_t i = lane; i < p.top_k; i += 32) idx[i] = int32_t(p.hash_ids[t * p.ld_hash + i]);
+    for (int64_t i = lane; i < top_k; i += 32) idx[i] = int32_t(p.hash_ids[t * p.ld_hash + i]);
   } else {
     // Selection: round i takes the first expert in the order not yet taken.
-    for (int64_t i = 0; i < p.top_k; ++i) {
+    for (int64_t i = 0; i < top_k; ++i) {
       float best_v = 0.0f;
       int best = -1;
       for (int64_t e = lane; e < p.num_experts; e += 32) {
@@ -64,15 +69,20 @@ __global__ void __launch_bounds__(kRouteThreads) RouteKernel(RouteParams p) {
   if (lane != 0) return;
   const float nan = __int_as_float(0x7fc00000);
   float sum = 0.0f;
-  for (int64_t i = 0; i < p.top_k; ++i) {
+  for (int64_t i = 0; i < top_k; ++i) {
     const int32_t e = idx[i];
     sum = __fadd_rn(sum, e >= 0 && e < p.num_experts ? score[e] : nan);
   }
-  for (int64_t i = 0; i < p.top_k; ++i) {
+  for (int64_t i = 0; i < top_k; ++i) {
     const int32_t e = idx[i];
     const float s = e >= 0 && e < p.num_experts ? score[e] : nan;
     p.expert_idx[t * p.top_k + i] = e;
     p.weights[t * p.top_k + i] = __fmul_rn(__fdiv_rn(s, sum), p.route_scale);
+  }
+  // Slots past the row's K repeat its first expert with weight 0.
+  for (int64_t i = top_k; i < p.top_k; ++i) {
+    p.expert_idx[t * p.top_k + i] = idx[0];
+    p.weights[t * p.top_k + i] = 0.0f;
   }
 }
 

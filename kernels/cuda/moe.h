@@ -20,6 +20,9 @@ struct RouteParams {
   int64_t ld_hash = 0;
   int64_t m = 0, num_experts = 0, top_k = 0;
   float route_scale = 1.0f;
+  // [m] device or nullptr: row t routes as with row_top_k[t] experts (clamped to 1..top_k), its
+  // slots past that repeating its first expert with weight 0 (Backend::RoutePerRowK).
+  const int32_t* row_top_k = nullptr;
   int32_t* expert_idx = nullptr;  // [m, top_k] device
   float* weights = nullptr;       // [m, top_k] device
 };

@@ -1203,5 +1203,248 @@ TEST_F(BackendTest, ConversionsAndInterleaveAreExact) {
   EXPECT_ERROR(backend_.InterleaveRows(*queue_, il), "dst not overlapping src");
 }
 
+// ---------------------------------------------------------------- MoE ops
+
+// Each row with its own K against the row routed alone by Route with that K (its slots past K:
+// its first expert, weight 0); rows at the full K also against one batched Route call.
+TEST_F(BackendTest, RoutePerRowKMatchesRowsRoutedAlone) {
+  Rng rng(11);
+  const int64_t m = 5, experts = 64, top_k = 6, ld_hash = 8;
+  const std::vector<int32_t> row_k = {6, 2, 1, 6, 4};
+  const std::vector<float> logits = rng.F32(m * experts, 2.0), bias = rng.F32(experts, 0.3);
+  std::vector<int64_t> hash(m * ld_hash);
+  for (int64_t t = 0; t < m; ++t)  // distinct ids per row, as tid2eid rows are
+    for (int64_t s = 0; s < ld_hash; ++s) hash[t * ld_hash + s] = (t * 7 + s * 5) % experts;
+  for (const bool hashed : {false, true}) {
+    std::vector<int32_t> idx(m * top_k), batch_idx(m * top_k);
+    std::vector<float> wts(m * top_k), batch_wts(m * top_k);
+    for (int64_t t = 0; t < m; ++t) {
+      int32_t ri[6];
+      float rw[6];
+      Route({.logits = logits.data() + t * experts,
+             .bias = hashed ? nullptr : bias.data(),
+             .hash_ids = hashed ? hash.data() + t * ld_hash : nullptr,
+             .ld_hash = ld_hash,
+             .m = 1,
+             .num_experts = experts,
+             .top_k = row_k[t],
+             .route_scale = 1.5f,
+             .expert_idx = ri,
+             .weights = rw});
+      for (int64_t s = 0; s < top_k; ++s) {
+        idx[t * top_k + s] = s < row_k[t] ? ri[s] : ri[0];
+        wts[t * top_k + s] = s < row_k[t] ? rw[s] : 0.0f;
+      }
+    }
+    Route({.logits = logits.data(),
+           .bias = hashed ? nullptr : bias.data(),
+           .hash_ids = hashed ? hash.data() : nullptr,
+           .ld_hash = ld_hash,
+           .m = m,
+           .num_experts = experts,
+           .top_k = top_k,
+           .route_scale = 1.5f,
+           .expert_idx = batch_idx.data(),
+           .weights = batch_wts.data()});
+    RoutePerRowKArgs args{.logits = Up(logits),
+                          .ld_hash = ld_hash,
+                          .row_top_k = Up(row_k),
+                          .m = m,
+                          .num_experts = experts,
+                          .top_k = top_k,
+                          .route_scale = 1.5f,
+                          .expert_idx = Zeros<int32_t>(m * top_k),
+                          .weights = Zeros<float>(m * top_k)};
+    if (hashed) {
+      args.hash_ids = Up(hash);
+    } else {
+      args.bias = Up(bias);
+    }
+    EXPECT_OK(backend_.RoutePerRowK(*queue_, args));
+    const std::vector<int32_t> got_idx = Down(args.expert_idx);
+    const std::vector<float> got_wts = Down(args.weights);
+    EXPECT_BITWISE_EQ(got_idx, idx) << hashed;
+    EXPECT_BITWISE_EQ(got_wts, wts) << hashed;
+    for (const int64_t t : {0, 3}) {  // rows at the full K
+      for (int64_t s = 0; s < top_k; ++s) {
+        EXPECT_EQ(got_idx[t * top_k + s], batch_idx[t * top_k + s]);
+        EXPECT_EQ(got_wts[t * top_k + s], batch_wts[t * top_k + s]);
+      }
+    }
+    // A K of 1: the whole weight on one expert, route_scale * 1.
+    EXPECT_EQ(got_wts[2 * top_k], 1.5f);
+    args.row_top_k = Up(std::vector<int32_t>{6, 2, 7, 6, 4});
+    EXPECT_ERROR(backend_.RoutePerRowK(*queue_, args), "row_top_k[2] = 7; expected 1 to 6");
+  }
+}
+
+// The grouped GEMMs against each row multiplied alone by its group's weights (the direct GEMMs
+// with m = 1), over a window that cuts groups, skips an empty one and runs past the last group
+// (those rows keep what they held).
+TEST_F(BackendTest, GroupedGemmsMatchRowsAlone) {
+  Rng rng(12);
+  const int64_t groups = 3, n = 130, k = 256, ldc = 133, kb = k / 128;
+  const std::vector<int64_t> offsets = {0, 3, 3, 7};  // group 1 empty
+  const int64_t row_begin = 1, rows = 8;              // rows 1..8 of the grouping; 7, 8: none
+  const std::vector<fp8> a = rng.Fp8Codes(rows * k);
+  const std::vector<e8m0> as = rng.Scales(rows * kb);
+  const std::vector<bf16> sentinel(rows * ldc, F32ToBf16(-3.0f));
+  auto group_of = [&](int64_t r) -> int64_t {  // r: row of the window
+    for (int64_t g = 0; g < groups; ++g)
+      if (row_begin + r >= offsets[g] && row_begin + r < offsets[g + 1]) return g;
+    return -1;
+  };
+  ASSERT_EQ(group_of(6), -1);
+  const DeviceSpan<int64_t> doff = Up(offsets);
+
+  // FP8 x FP4.
+  std::vector<std::vector<uint8_t>> w4(groups);
+  std::vector<std::vector<e8m0>> w4s(groups);
+  std::vector<In<uint8_t>> dw4;
+  std::vector<In<e8m0>> dw4s;
+  for (int64_t g = 0; g < groups; ++g) {
+    w4[g] = rng.Bytes(n * k / 2);
+    w4s[g] = rng.Scales(n * k / 32);
+    dw4.push_back(Up(w4[g]));
+    dw4s.push_back(Up(w4s[g]));
+  }
+  std::vector<bf16> c = sentinel;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t g = group_of(r);
+    if (g < 0) continue;
+    GemmFp8Fp4({.a = a.data() + r * k,
+                .a_scale = as.data() + r * kb,
+                .w = w4[g].data(),
+                .w_scale = w4s[g].data(),
+                .c = c.data() + r * ldc,
+                .ldc = ldc,
+                .m = 1,
+                .n = n,
+                .k = k});
+  }
+  DeviceSpan<bf16> dc = Up(sentinel);
+  EXPECT_OK(backend_.GroupedGemmFp8Fp4(*queue_, {.a = Up(a),
+                                                 .a_scale = Up(as),
+                                                 .w = dw4,
+                                                 .w_scale = dw4s,
+                                                 .offsets = doff,
+                                                 .row_begin = row_begin,
+                                                 .rows = rows,
+                                                 .c = dc,
+                                                 .ldc = ldc,
+                                                 .n = n,
+                                                 .k = k}));
+  EXPECT_BITWISE_EQ(Down(dc), c);
+  EXPECT_ERROR(backend_.GroupedGemmFp8Fp4(*queue_, {.a = Up(a),
+                                                    .a_scale = Up(as),
+                                                    .w = dw4,
+                                                    .w_scale = std::span(dw4s).first(2),
+                                                    .offsets = doff,
+                                                    .rows = rows,
+                                                    .c = dc,
+                                                    .ldc = ldc,
+                                                    .n = n,
+                                                    .k = k}),
+               "w_scale with one span per group (3; got 2)");
+  EXPECT_ERROR(backend_.GroupedGemmFp8Fp4(*queue_, {.a = Up(a),
+                                                    .a_scale = Up(as),
+                                                    .w = dw4,
+                                                    .w_scale = dw4s,
+                                                    .offsets = Up(std::vector<int64_t>{0, 3, 2, 7}),
+                                                    .rows = rows,
+                                                    .c = dc,
+                                                    .ldc = ldc,
+                                                    .n = n,
+                                                    .k = k}),
+               "offsets[2] = 2; expected >= offsets[1] = 3");
+
+  // FP8, UE8M0 and f32 block scales.
+  std::vector<std::vector<fp8>> w8(groups);
+  std::vector<std::vector<e8m0>> w8s(groups);
+  std::vector<std::vector<float>> w8f(groups);
+  std::vector<In<fp8>> dw8;
+  std::vector<In<e8m0>> dw8s;
+  std::vector<In<float>> dw8f;
+  for (int64_t g = 0; g < groups; ++g) {
+    w8[g] = rng.Fp8Codes(n * k);
+    w8s[g] = rng.Scales(2 * kb);
+    w8f[g] = rng.F32(2 * kb, 0.01);
+    dw8.push_back(Up(w8[g]));
+    dw8s.push_back(Up(w8s[g]));
+    dw8f.push_back(Up(w8f[g]));
+  }
+  for (const bool f32_scales : {false, true}) {
+    std::vector<bf16> c8 = sentinel;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t g = group_of(r);
+      if (g < 0) continue;
+      GemmFp8({.a = a.data() + r * k,
+               .a_scale = as.data() + r * kb,
+               .w = w8[g].data(),
+               .w_scale = f32_scales ? nullptr : w8s[g].data(),
+               .w_scale_f32 = f32_scales ? w8f[g].data() : nullptr,
+               .c = c8.data() + r * ldc,
+               .ldc = ldc,
+               .m = 1,
+               .n = n,
+               .k = k});
+    }
+    DeviceSpan<bf16> dc8 = Up(sentinel);
+    GroupedGemmFp8Args args{.a = Up(a),
+                            .a_scale = Up(as),
+                            .w = dw8,
+                            .offsets = doff,
+                            .row_begin = row_begin,
+                            .rows = rows,
+                            .c = dc8,
+                            .ldc = ldc,
+                            .n = n,
+                            .k = k};
+    if (f32_scales) {
+      args.w_scale_f32 = dw8f;
+    } else {
+      args.w_scale = dw8s;
+    }
+    EXPECT_OK(backend_.GroupedGemmFp8(*queue_, args));
+    EXPECT_BITWISE_EQ(Down(dc8), c8) << f32_scales;
+  }
+
+  // bf16, a row stride wider than k.
+  const int64_t kbf = 72, lda = 80;
+  const std::vector<bf16> ab = rng.Bf16(rows * lda);
+  std::vector<std::vector<bf16>> wb(groups);
+  std::vector<In<bf16>> dwb;
+  for (int64_t g = 0; g < groups; ++g) {
+    wb[g] = rng.Bf16(n * kbf);
+    dwb.push_back(Up(wb[g]));
+  }
+  std::vector<bf16> cb = sentinel;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t g = group_of(r);
+    if (g < 0) continue;
+    GemmBf16({.a = ab.data() + r * lda,
+              .lda = lda,
+              .w = wb[g].data(),
+              .ldw = kbf,
+              .c = cb.data() + r * ldc,
+              .ldc = ldc,
+              .m = 1,
+              .n = n,
+              .k = kbf});
+  }
+  DeviceSpan<bf16> dcb = Up(sentinel);
+  EXPECT_OK(backend_.GroupedGemmBf16(*queue_, {.a = Up(ab),
+                                               .lda = lda,
+                                               .w = dwb,
+                                               .offsets = doff,
+                                               .row_begin = row_begin,
+                                               .rows = rows,
+                                               .c = dcb,
+                                               .ldc = ldc,
+                                               .n = n,
+                                               .k = kbf}));
+  EXPECT_BITWISE_EQ(Down(dcb), cb);
+}
+
 }  // namespace
 }  // namespace flotilla::kernels

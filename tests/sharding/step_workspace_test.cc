@@ -53,6 +53,51 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   EXPECT_EQ(w->Bytes(), 1206732u);
 }
 
+// Expert parallelism adds the exchange's host buffers. tiny over 4 EP ranks, TP 2, 4 tokens:
+// rank 1 routes ceil(4 / 2) = 2 rows a round (under the 128 of exchange_rows) of K 6 copies and
+// owns 16 / 4 = 4 experts, so each source sends it at most 2 x min(6, 4) = 8 records of
+// 16 + 256 + 2 B padded to 288 B.
+//   records sent 2 x 6 x 288 = 3,456 B, received 4 x 8 x 288 = 9,216 B, replies back
+//   2 x 6 x 512 = 6,144 B; int32 order and destinations 2 x 12, received local experts 32;
+//   int64 block starts 5; u64 counts 6 x 4; size_t sizes 3 x 4
+//                                          = 96 + 128 + 40 + 192 + 96 = 552 B
+//                                                             exchange total   = 19,368 B
+//   staging: received records again in backend memory 9,216 B; replies to 32 received rows
+//   x 256 bf16 twice (backend, host) = 32,768 B; their grouped order twice 32 x 4 x 2 = 256 B;
+//   the slice's payload rows 2 x 258 = 516 B and routing 12 x (4 + 4) = 96 B; a round's routed
+//   rows 2 x 6 x 256 bf16 = 6,144 B; group offsets 17 x 8 = 136 B; the token slice 2 x 256 bf16
+//   = 1,024 B and its TP all-gather 2 x 2 x 256 bf16 = 2,048 B
+//                                                                    together  = 71,572 B
+TEST(StepWorkspace, ExpertExchangeWorkedByHand) {
+  auto c = PresetConfig("tiny");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->Quantized());
+  StepLimits l;
+  l.tokens = 4;
+  l.sequences = 2;
+  l.logit_rows = 2;
+  l.max_context = 64;
+  l.indexer_block_keys = 8;
+  l.tp_size = 2;
+  auto one = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_TRUE(one.ok()) << one.status();
+  l.ep_size = 4;
+  l.ep_rank = 1;
+  auto w = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->exchange.rows_per_round, 2);
+  EXPECT_EQ(w->exchange.record_bytes, 288);
+  EXPECT_EQ(w->exchange.HostExchangeBytes(), 19368u);
+  EXPECT_EQ(w->exchange_replies, 8192);
+  EXPECT_EQ(w->Bytes() - one->Bytes(), 71572u);
+  l.ep_rank = 4;
+  auto bad = MakeStepWorkspaceLayout(*c, l);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("rank 4 of an expert-parallel group of 4"),
+            std::string::npos)
+      << bad.status();
+}
+
 // V4-Flash at 1M tokens of context: what the long-context buffers hold.
 TEST(StepWorkspace, FlashLongContextBuffers) {
   ModelConfig c;  // the V4-Flash defaults

@@ -1051,6 +1051,91 @@ TEST_F(CudaBackendTest, ModelOpsBitwise) {
   ExpectSame(inter, "InterleaveRows");
 }
 
+// ---------------------------------------------------------------- MoE ops
+
+TEST_F(CudaBackendTest, RoutePerRowKBitwise) {
+  const int64_t m = 9, experts = 256, top_k = 6;
+  const std::vector<int32_t> row_k = {6, 1, 2, 6, 4, 3, 5, 6, 1};
+  Both<float> z = Make(RandomF32(size_t(m * experts), 17, 4.0f));
+  Both<float> bias = Make(RandomF32(size_t(experts), 18, 0.1f));
+  Both<int32_t> ks = Make(row_k);
+  std::vector<int64_t> tid2eid(size_t(m * top_k));
+  for (size_t i = 0; i < tid2eid.size(); ++i) tid2eid[i] = int64_t((i * 37) % experts);
+  Both<int64_t> hash = Make(tid2eid);
+  for (bool hashed : {false, true}) {
+    Both<int32_t> idx = Filled<int32_t>(m * top_k, -7);
+    Both<float> w = Filled<float>(m * top_k, -1.0f);
+    RunBoth([&](Backend& be, Queue& q, auto pick) {
+      RoutePerRowKArgs a;
+      a.logits = pick(z);
+      if (hashed) {
+        a.hash_ids = pick(hash);
+        a.ld_hash = top_k;
+      } else {
+        a.bias = pick(bias);
+      }
+      a.row_top_k = pick(ks);
+      a.m = m;
+      a.num_experts = experts;
+      a.top_k = top_k;
+      a.route_scale = 2.5f;
+      a.expert_idx = pick(idx);
+      a.weights = pick(w);
+      return be.RoutePerRowK(q, a);
+    });
+    ExpectSame(idx, hashed ? "per-row-K hash route ids" : "per-row-K route ids");
+    ExpectSame(w, hashed ? "per-row-K hash route weights" : "per-row-K route weights");
+  }
+}
+
+// Exact partials (small integer activations and scales near 1), so the tensor-core result is the
+// CPU's bit for bit; a window that cuts groups, an empty group and rows past the last group.
+TEST_F(CudaBackendTest, GroupedGemmFp8Fp4WindowBitwise) {
+  const int64_t groups = 3, rows = 40, n = 128, k = 256, row_begin = 5;
+  const std::vector<int64_t> offsets = {0, 20, 20, 41};
+  std::mt19937 rng(72);
+  std::vector<fp8> a(size_t(rows * k));
+  for (auto& v : a) v = F32ToFp8(float(int(rng() % 5) - 2));
+  std::vector<e8m0> as(size_t(rows * k / 128));
+  for (auto& s : as) s = e8m0(127 + int(rng() % 9) - 4);
+  Both<fp8> da = Make(a);
+  Both<e8m0> das = Make(as);
+  Both<int64_t> doff = Make(offsets);
+  std::vector<Both<uint8_t>> w;
+  std::vector<Both<e8m0>> ws;
+  for (int64_t g = 0; g < groups; ++g) {
+    std::vector<uint8_t> wg(size_t(n * k / 2));
+    for (auto& v : wg) v = uint8_t(rng());
+    std::vector<e8m0> sg(size_t(n * k / 32));
+    for (auto& s : sg) s = e8m0(127 + int(rng() % 9) - 4);
+    w.push_back(Make(wg));
+    ws.push_back(Make(sg));
+  }
+  Both<bf16> c = Filled<bf16>(rows * n, F32ToBf16(-3.0f));
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    std::vector<In<uint8_t>> wl;
+    std::vector<In<e8m0>> sl;
+    for (int64_t g = 0; g < groups; ++g) {
+      wl.push_back(pick(w[g]));
+      sl.push_back(pick(ws[g]));
+    }
+    GroupedGemmFp8Fp4Args g;
+    g.a = pick(da);
+    g.a_scale = pick(das);
+    g.w = wl;
+    g.w_scale = sl;
+    g.offsets = pick(doff);
+    g.row_begin = row_begin;
+    g.rows = rows;
+    g.c = pick(c);
+    g.ldc = n;
+    g.n = n;
+    g.k = k;
+    return be.GroupedGemmFp8Fp4(q, g);
+  });
+  ExpectSame(c, "grouped gemm fp8 x fp4");
+}
+
 // ---- attention ops
 
 TEST_F(CudaBackendTest, AttentionOpsBitwise) {

@@ -113,6 +113,15 @@ TEST(GroupedGemmFp8Fp4Launch, RefusesWhatTheKernelCannotRun) {
   p = Valid();
   p.a = p.a + 1;
   refuse(p, "aligned");
+  // A window over int64 offsets instead of int32 ones (the backend's grouped op), not both.
+  p = Valid();
+  p.group_offsets64 = reinterpret_cast<const int64_t*>(p.group_offsets);
+  refuse(p, "exactly one of group_offsets / group_offsets64");
+  p.group_offsets = nullptr;
+  p.window_rows = -1;
+  refuse(p, "window");
+  p.window_rows = 64;
+  EXPECT_EQ(CheckGroupedGemmFp8Fp4(p), nullptr);
 }
 
 TEST(ActQuantLaunch, ShapesAndRefusals) {
