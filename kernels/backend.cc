@@ -615,12 +615,6 @@ BackendStatus Backend::CompressorUpdate(Queue& q, const CompressorUpdateArgs& a)
   FLOTILLA_CHECKED(DoCompressorUpdate(q, a), c.Done());
 }
 
-BackendStatus Backend::RoundToBf16(Queue& q, const RoundToBf16Args& a) {
-  Checker c(*this, "RoundToBf16");
-  c.NonNegative("n", a.n).Span("x", a.x, a.n).Span("y", a.y, a.n);
-  FLOTILLA_CHECKED(DoRoundToBf16(q, a), c.Done());
-}
-
 BackendStatus Backend::IndexerTopK(Queue& q, const IndexerTopKArgs& a) {
   Checker c(*this, "IndexerTopK");
   c.NonNegative("rows", a.rows).NonNegative("n_keys", a.n_keys);

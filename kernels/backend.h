@@ -148,7 +148,6 @@ class Backend {
   BackendStatus GroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args);
   // ---- attention ops
   BackendStatus CompressorUpdate(Queue& queue, const CompressorUpdateArgs& args);
-  BackendStatus RoundToBf16(Queue& queue, const RoundToBf16Args& args);
   BackendStatus IndexerTopK(Queue& queue, const IndexerTopKArgs& args);
   BackendStatus PickedEntries(Queue& queue, const PickedEntriesArgs& args);
   BackendStatus UnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args);
@@ -212,7 +211,6 @@ class Backend {
   virtual BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) = 0;
   // ---- attention ops
   virtual BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) = 0;
-  virtual BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) = 0;
   virtual BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) = 0;
   virtual BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) = 0;
   virtual BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) = 0;

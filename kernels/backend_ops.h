@@ -403,13 +403,6 @@ inline int64_t CompressorEntries(int64_t start_pos, int64_t n, int64_t ratio) {
   return ratio <= 0 || n <= 0 ? 0 : (start_pos + n) / ratio - start_pos / ratio;
 }
 
-// y[i] = bf16(x[i]) (round to nearest even; NaN stays NaN).
-struct RoundToBf16Args {
-  In<float> x{};  // [n]
-  int64_t n = 0;
-  Out<bf16> y{};  // [n]
-};
-
 // One block of indexer keys folded into each row's running top-k (spec §7 steps 6-7). Row r is
 // the chunk's token at position start_pos + r and sees keys j < (start_pos + r + 1) / ratio; of
 // this block (keys first_key .. first_key + n_keys) it scores those it sees. Its candidates are

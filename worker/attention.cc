@@ -89,7 +89,8 @@ absl::Status Model::Compress(const CompressorWeights& cw, const AttentionWeights
       continue;
     }
     const kernels::Out<bf16> e = ws.compressed.span().first(n_new * d);
-    RETURN_IF_BACKEND_ERROR(backend.RoundToBf16(queue, {.x = pooled, .n = n_new * d, .y = e}));
+    RETURN_IF_BACKEND_ERROR(
+        backend.ConvertF32ToBf16(queue, {.x = pooled, .count = n_new * d, .y = e}));
     RETURN_IF_BACKEND_ERROR(backend.RmsNorm(queue, {.x = e,
                                                     .ldx = d,
                                                     .w = cw.norm,

@@ -905,14 +905,6 @@ BackendStatus CpuBackend::DoCompressorUpdate(Queue& queue, const CompressorUpdat
   return BackendStatus::Ok();
 }
 
-BackendStatus CpuBackend::DoRoundToBf16(Queue& queue, const RoundToBf16Args& a) {
-  FLOTILLA_CPU_QUEUE(queue, "RoundToBf16");
-  const float* x = Ptr(a.x);
-  bf16* y = Ptr(a.y);
-  for (int64_t i = 0; i < a.n; ++i) y[i] = F32ToBf16(x[i]);
-  return BackendStatus::Ok();
-}
-
 BackendStatus CpuBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) {
   FLOTILLA_CPU_QUEUE(queue, "IndexerTopK");
   if (a.rows == 0 || a.n_keys == 0) return BackendStatus::Ok();

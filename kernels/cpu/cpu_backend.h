@@ -76,7 +76,6 @@ class CpuBackend final : public Backend {
   BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) override;
   // ---- attention ops
   BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) override;
-  BackendStatus DoRoundToBf16(Queue& queue, const RoundToBf16Args& args) override;
   BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) override;
   BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) override;
   BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) override;

@@ -27,14 +27,6 @@ __global__ void __launch_bounds__(kAttentionOpThreads)
   }
 }
 
-__global__ void __launch_bounds__(kAttentionOpThreads)
-    RoundToBf16Kernel(const float* x, int64_t n, bf16* y) {
-  for (int64_t i = int64_t(blockIdx.x) * kAttentionOpThreads + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * kAttentionOpThreads) {
-    y[i] = F32ToBf16(x[i]);
-  }
-}
-
 // One block: clear, mark, then an ordered compaction (each thread a contiguous range of the
 // visible entries; a scan of the per-thread counts gives each its first slot).
 __global__ void __launch_bounds__(kPickedEntriesThreads)
@@ -263,12 +255,6 @@ int LaunchEntryPositions(int64_t* entry_pos, int64_t entries, int64_t start_pos,
   if (entries <= 0) return 0;
   EntryPositionsKernel<<<unsigned(Blocks(entries)), kAttentionOpThreads, 0, stream>>>(
       entry_pos, entries, start_pos / ratio, ratio);
-  return int(cudaGetLastError());
-}
-
-int LaunchRoundToBf16(const float* x, int64_t n, bf16* y, CUstream_st* stream) {
-  if (n <= 0) return 0;
-  RoundToBf16Kernel<<<unsigned(Blocks(n)), kAttentionOpThreads, 0, stream>>>(x, n, y);
   return int(cudaGetLastError());
 }
 

@@ -23,7 +23,6 @@ int LaunchEntryPositions(int64_t* entry_pos, int64_t entries, int64_t start_pos,
                          CUstream_st* stream);
 
 // y[i] = F32ToBf16(x[i]).
-int LaunchRoundToBf16(const float* x, int64_t n, bf16* y, CUstream_st* stream);
 
 struct PickedEntriesParams {
   const int32_t* picks = nullptr;      // [rows, top_k] device

@@ -930,11 +930,6 @@ BackendStatus CudaBackend::DoCompressorUpdate(Queue& queue, const CompressorUpda
       "CompressorUpdate");
 }
 
-BackendStatus CudaBackend::DoRoundToBf16(Queue& queue, const RoundToBf16Args& a) {
-  FLOTILLA_CUDA_QUEUE(q, queue, "RoundToBf16");
-  return Launched(LaunchRoundToBf16(Ptr(a.x), a.n, Ptr(a.y), q->stream()), "RoundToBf16");
-}
-
 BackendStatus CudaBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) {
   FLOTILLA_CUDA_QUEUE(q, queue, "IndexerTopK");
   if (a.rows == 0 || a.n_keys == 0) return BackendStatus::Ok();
