@@ -596,4 +596,85 @@ BackendStatus Backend::GroupedGemmBf16(Queue& q, const GroupedGemmBf16Args& a) {
   FLOTILLA_CHECKED(DoGroupedGemmBf16(q, a), c.Done());
 }
 
+// ---- attention ops
+
+BackendStatus Backend::CompressorUpdate(Queue& q, const CompressorUpdateArgs& a) {
+  Checker c(*this, "CompressorUpdate");
+  c.NonNegative("n", a.n).NonNegative("start_pos", a.start_pos).That(a.ratio > 0, "ratio > 0");
+  c.That(a.d > 0, "d > 0");
+  c.That(a.width == (a.overlap ? 2 * a.d : a.d), [&] {
+    return "width " + Str(a.overlap ? 2 * a.d : a.d) +
+           (a.overlap ? " (2 d with overlap)" : " (d)") + " (got " + Str(a.width) + ")";
+  });
+  const int64_t state = (a.overlap ? 2 : 1) * a.ratio * a.width, live = a.n > 0;
+  const int64_t entries = CompressorEntries(a.start_pos, a.n, a.ratio);
+  c.Span("k", a.k, a.n * a.width).Span("g", a.g, a.n * a.width);
+  c.Span("ape", a.ape, live * a.ratio * a.width);
+  c.Span("state_kv", a.state_kv, live * state).Span("state_score", a.state_score, live * state);
+  c.Span("pooled", a.pooled, entries * a.d).Optional("entry_pos", a.entry_pos, entries);
+  FLOTILLA_CHECKED(DoCompressorUpdate(q, a), c.Done());
+}
+
+BackendStatus Backend::IndexerTopK(Queue& q, const IndexerTopKArgs& a) {
+  Checker c(*this, "IndexerTopK");
+  c.NonNegative("rows", a.rows).NonNegative("n_keys", a.n_keys);
+  c.NonNegative("first_key", a.first_key).NonNegative("start_pos", a.start_pos);
+  c.That(a.ratio > 0, "ratio > 0").That(a.num_heads > 0, "num_heads > 0");
+  c.That(a.dim > 0, "dim > 0").That(a.top_k > 0, "top_k > 0");
+  c.That(a.first_key + a.n_keys <= int64_t(0x7fffffff), "key indices below 2^31");
+  const int64_t live = a.rows > 0 && a.n_keys > 0;
+  c.Span("q", a.q, live * a.rows * a.num_heads * a.dim);
+  c.Span("w", a.w, live * a.rows * a.num_heads).Span("keys", a.keys, live * a.n_keys * a.dim);
+  c.Span("picks", a.picks, live * a.rows * a.top_k);
+  c.Span("pick_scores", a.pick_scores, live * a.rows * a.top_k);
+  c.Span("num_picks", a.num_picks, live * a.rows);
+  FLOTILLA_CHECKED(DoIndexerTopK(q, a), c.Done());
+}
+
+BackendStatus Backend::PickedEntries(Queue& q, const PickedEntriesArgs& a) {
+  Checker c(*this, "PickedEntries");
+  c.NonNegative("rows", a.rows).That(a.top_k > 0, "top_k > 0");
+  c.NonNegative("visible", a.visible).NonNegative("max_entries", a.max_entries);
+  c.Span("picks", a.picks, a.rows * a.top_k).Span("num_picks", a.num_picks, a.rows);
+  c.Span("entry_slot", a.entry_slot, a.visible).Span("entry_idx", a.entry_idx, a.max_entries);
+  c.Span("count", a.count, 1);
+  FLOTILLA_CHECKED(DoPickedEntries(q, a), c.Done());
+}
+
+BackendStatus Backend::UnpackKvEntriesPaged(Queue& q, const KvUnpackPagedArgs& a) {
+  Checker c(*this, "UnpackKvEntriesPaged");
+  CheckPackShape(c, false, a.max_rows, a.nope, a.rope, a.entry_bytes, a.ldx);
+  c.That(a.per_page > 0, "per_page > 0");
+  c.That(a.page_bytes >= a.per_page * a.entry_bytes, [&] {
+    return "page_bytes >= per_page * entry_bytes (" + Str(a.per_page * a.entry_bytes) + ")";
+  });
+  const int64_t live = a.max_rows > 0;
+  c.Span("pool", a.pool, live * a.page_bytes).Span("page_ids", a.page_ids, live);
+  c.Span("units", a.units, a.max_rows).Span("count", a.count, 1);
+  c.Span("x", a.x, Extent(a.max_rows, a.nope + a.rope, a.ldx));
+  FLOTILLA_CHECKED(DoUnpackKvEntriesPaged(q, a), c.Done());
+}
+
+BackendStatus Backend::ChunkAttention(Queue& q, const ChunkAttentionArgs& a) {
+  Checker c(*this, "ChunkAttention");
+  c.NonNegative("rows", a.rows).NonNegative("start_pos", a.start_pos);
+  c.That(a.window > 0, "window > 0").NonNegative("ratio", a.ratio);
+  c.That(a.num_heads > 0, "num_heads > 0").That(a.dim > 0, "dim > 0");
+  const int64_t live = a.rows > 0, hd = a.num_heads * a.dim;
+  c.Stride("ldq", a.ldq, hd).Stride("ldo", a.ldo, hd);
+  c.Span("q", a.q, Extent(a.rows, hd, a.ldq)).Span("out", a.out, Extent(a.rows, hd, a.ldo));
+  c.Span("fresh", a.fresh, a.rows * a.dim).Span("sink", a.sink, live * a.num_heads);
+  c.Span("ring", a.ring, live * (a.start_pos > 0) * a.window * a.dim);
+  const int64_t visible = a.ratio > 0 ? (a.start_pos + a.rows) / a.ratio : 0;
+  if (IsSet(a.picks)) {
+    c.That(a.ratio > 0, "ratio > 0 with picks").That(a.top_k > 0, "top_k > 0 with picks");
+    c.Span("picks", a.picks, a.rows * a.top_k).Span("num_picks", a.num_picks, a.rows);
+    c.Span("entry_slot", a.entry_slot, visible);
+  } else {
+    c.Span("entries", a.entries, live * visible * a.dim);
+  }
+  c.That(a.dim > 0 && a.entries.size() % a.dim == 0, "entries a whole number of rows of dim");
+  FLOTILLA_CHECKED(DoChunkAttention(q, a), c.Done());
+}
+
 }  // namespace flotilla::kernels

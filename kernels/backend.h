@@ -146,6 +146,12 @@ class Backend {
   BackendStatus GroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args);
   BackendStatus GroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args);
   BackendStatus GroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args);
+  // ---- attention ops
+  BackendStatus CompressorUpdate(Queue& queue, const CompressorUpdateArgs& args);
+  BackendStatus IndexerTopK(Queue& queue, const IndexerTopKArgs& args);
+  BackendStatus PickedEntries(Queue& queue, const PickedEntriesArgs& args);
+  BackendStatus UnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args);
+  BackendStatus ChunkAttention(Queue& queue, const ChunkAttentionArgs& args);
 
   // Whether `span` is usable by this backend: made by one of its arenas, inside it. Empty spans
   // pass only where the caller allows (optional inputs). The error names `op` and `arg`.
@@ -203,6 +209,12 @@ class Backend {
   virtual BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) = 0;
   virtual BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) = 0;
   virtual BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) = 0;
+  // ---- attention ops
+  virtual BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) = 0;
+  virtual BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) = 0;
+  virtual BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) = 0;
+  virtual BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) = 0;
+  virtual BackendStatus DoChunkAttention(Queue& queue, const ChunkAttentionArgs& args) = 0;
 
  private:
   BackendStatus CheckRaw(const char* op, const char* arg, const Arena* arena, uintptr_t address,

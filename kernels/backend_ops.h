@@ -376,4 +376,112 @@ struct GroupedGemmBf16Args {
   int64_t n = 0, k = 0;
 };
 
+// ---- attention ops
+
+// The compressor state update of one sequence's chunk (spec §6; worker/attention.cc): tokens in
+// position order; token p = start_pos + i writes k row i into slot (overlap ? ratio : 0) +
+// p % ratio of state_kv and g row i + ape row p % ratio (one f32 add) into the same slot of
+// state_score; after each token with (p + 1) % ratio == 0 the next entry is pooled
+// (kernels::CompressPool over the ratio slots, or with overlap the channels [0, d) of slots
+// [0, ratio) then [d, 2d) of slots [ratio, 2 ratio)) into the next row of `pooled`, its position
+// p / ratio * ratio into entry_pos (if set), and with overlap slots [ratio, 2 ratio) move to
+// [0, ratio). Entries: CompressorEntries(start_pos, n, ratio).
+struct CompressorUpdateArgs {
+  In<float> k{};    // [n, width]
+  In<float> g{};    // [n, width]
+  In<float> ape{};  // [ratio, width]
+  int64_t n = 0, width = 0, d = 0, ratio = 0;
+  bool overlap = false;  // width == 2 d and (2 ratio) state rows, else width == d, ratio rows
+  int64_t start_pos = 0;
+  Out<float> state_kv{};     // [state rows, width], updated
+  Out<float> state_score{};  // [state rows, width], updated
+  Out<float> pooled{};       // [entries, d]
+  Out<int64_t> entry_pos{};  // [entries] or empty
+};
+// Entries a chunk of n tokens from start_pos completes.
+inline int64_t CompressorEntries(int64_t start_pos, int64_t n, int64_t ratio) {
+  return ratio <= 0 || n <= 0 ? 0 : (start_pos + n) / ratio - start_pos / ratio;
+}
+
+// One block of indexer keys folded into each row's running top-k (spec §7 steps 6-7). Row r is
+// the chunk's token at position start_pos + r and sees keys j < (start_pos + r + 1) / ratio; of
+// this block (keys first_key .. first_key + n_keys) it scores those it sees. Its candidates are
+// its picks so far in increasing key order, then the block's keys in order; each block key
+// scores kernels::IndexerScores with w_h = bf16(f32(w[r, h]) * w_scale), rounded to bf16; the
+// row keeps kernels::TopK of the candidates (min(top_k, candidates)) in TopK's order, with
+// their scores. TopK's order is total, so folding blocks in order gives the top-k of all keys.
+// A row that sees no key of the block is left as it was. num_picks must be 0 before the first
+// block.
+struct IndexerTopKArgs {
+  In<bf16> q{};  // [rows, num_heads, dim]
+  In<bf16> w{};  // [rows, num_heads], unscaled
+  float w_scale = 1.0f;
+  In<bf16> keys{};  // [n_keys, dim]
+  int64_t first_key = 0, n_keys = 0;
+  int64_t rows = 0, start_pos = 0, ratio = 0;
+  int64_t num_heads = 0, dim = 0, top_k = 0;
+  Out<int32_t> picks{};      // [rows, top_k] key indices, updated
+  Out<float> pick_scores{};  // [rows, top_k], updated
+  Out<int32_t> num_picks{};  // [rows], updated
+  // The most keys any call of the step passes (>= n_keys; 0: n_keys): a backend that keeps
+  // per-thread scratch reserves it for that once, so later calls allocate nothing.
+  int64_t max_keys = 0;
+};
+
+// The entries some row picked, each once, in increasing order: entry_slot[j] = the position of
+// entry j in entry_idx, or -1 when no row picked it; count[0] = how many (at most max_entries;
+// more is an error of the CPU backend, reported by the device backends at the next sync).
+struct PickedEntriesArgs {
+  In<int32_t> picks{};      // [rows, top_k]
+  In<int32_t> num_picks{};  // [rows]
+  int64_t rows = 0, top_k = 0, visible = 0, max_entries = 0;
+  Out<int32_t> entry_slot{};  // [visible]
+  Out<int32_t> entry_idx{};   // [max_entries]
+  Out<int32_t> count{};       // [1]
+};
+
+// Packed main entries (PackKvEntries' layout) read through a page table and unpacked: row i <
+// count[0] of x is table entry units[i] (page page_ids[u / per_page], slot u % per_page, at
+// byte page * page_bytes + slot * entry_bytes of `pool`); rows from count[0] to max_rows are
+// not written.
+struct KvUnpackPagedArgs {
+  In<uint8_t> pool{};  // the pool's pages
+  int64_t page_bytes = 0, per_page = 0;
+  In<int32_t> page_ids{};  // [table pages]
+  In<int32_t> units{};     // [max_rows]
+  In<int32_t> count{};     // [1]
+  int64_t max_rows = 0;
+  int64_t nope = 0, rope = 0, entry_bytes = 0;
+  Out<bf16> x{};  // [max_rows, nope + rope], row stride ldx
+  int64_t ldx = 0;
+};
+
+// Sparse attention of a chunk's rows (spec §5.4, §5.5): row r is the token at position p =
+// start_pos + r and runs kernels::SparseAttention over its list: window slots t = max(0, p -
+// window + 1) .. p (fresh row t - start_pos when t >= start_pos, else ring row t % window), then
+// empty slots up to `window`, then its compressed entries: with picks set, entries row
+// entry_slot[picks[r, i]] for i < num_picks[r] (CSA); else with ratio > 0, entries rows 0 ..
+// (p + 1) / ratio (HCA); else none.
+struct ChunkAttentionArgs {
+  In<bf16> q{};  // [rows, num_heads, dim], row stride ldq
+  int64_t ldq = 0;
+  int64_t rows = 0, start_pos = 0, window = 0;
+  In<bf16> fresh{};          // [rows, dim]: the chunk's own KV rows
+  In<bf16> ring{};           // [window, dim]: the ring before the chunk; empty when start_pos == 0
+  int64_t ratio = 0;         // 0: no compressed entries
+  In<bf16> entries{};        // [entry rows, dim]
+  In<int32_t> picks{};       // [rows, top_k] or empty (HCA)
+  In<int32_t> num_picks{};   // [rows]
+  In<int32_t> entry_slot{};  // [(start_pos + rows) / ratio]
+  int64_t top_k = 0;
+  In<float> sink{};  // [num_heads]
+  int64_t num_heads = 0, dim = 0;
+  float scale = 0.0f;
+  Out<bf16> out{};  // [rows, num_heads, dim], row stride ldo
+  int64_t ldo = 0;
+  // The most compressed rows any call passes a row (>= this call's; 0: this call's): a backend
+  // that keeps per-thread lists reserves them for that once, so later calls allocate nothing.
+  int64_t max_compressed = 0;
+};
+
 }  // namespace flotilla::kernels

@@ -9,15 +9,10 @@ namespace flotilla {
 namespace {
 
 constexpr int64_t kCsaRatio = 4;  // ratio 4 = CSA (overlapping compressor + indexer)
-constexpr int64_t kPtr = int64_t(sizeof(void*));
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
-
-uint64_t StepWorkspaceLayout::PerThreadBytes() const {
-  return uint64_t(thread_candidates * (4 + 4) + thread_topk * 4 * 2 + thread_list * kPtr);
-}
 
 uint64_t StepWorkspaceLayout::Bytes() const {
   uint64_t b = 0;
@@ -27,17 +22,16 @@ uint64_t StepWorkspaceLayout::Bytes() const {
                     expert_gate_up + expert_act);
   // tp_sum twice: in backend memory and its host staging.
   b += 4 * uint64_t(hc_post + hc_comb + 2 * tp_sum + head_part + head_stage + head_all +
-                    2 * compressor_kv + 4 * compressor_state + pooled + pick_scores +
+                    2 * compressor_kv + 2 * compressor_state + pooled + pick_scores +
                     router_logits + route_weights + expert_rows);
   // Rows: 8 int32 on the host (token, chunk and experts of the step and MTP rows, picks per row,
   // the picked rows) and 5 in backend memory (token and experts of the step and MTP rows, the
-  // picked rows); 3 int64 on the host (positions of the step and MTP rows, entry positions) and
-  // 2 in backend memory (positions of the step and MTP rows).
-  b += 4 * uint64_t((8 + 5) * row_i32 + picks + entry_slot + route_idx + expert_order);
-  b += 8 * uint64_t((3 + 2) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
+  // picked rows); 2 int64 on the host (positions of the step and MTP rows) and 3 in backend
+  // memory (positions of the step and MTP rows, entry positions).
+  b += 4 * uint64_t((8 + 5) * row_i32 + picks + entry_slot + page_ids + route_idx + expert_order);
+  b += 8 * uint64_t((2 + 3) * row_i64 + expert_offsets + route_idx);  // + tid2eid rows (int64)
   b += uint64_t(2 * limits.sequences * kChunkRecordBytes);
-  b += uint64_t(3 * (act_q + act_scale) + packed + 2 * pool_rows * kPtr);
-  b += uint64_t(limits.threads) * PerThreadBytes();
+  b += uint64_t(3 * (act_q + act_scale) + packed);
   if (limits.ep_size > 1) {
     b += exchange.HostExchangeBytes() + exchange.dispatch_recv_bytes;
     b += 2 * uint64_t(2 * exchange_replies + exchange_routed + moe_slice + moe_gather);
@@ -59,7 +53,6 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
                                                     {"logit rows per pass", l.logit_rows},
                                                     {"indexer block keys", l.indexer_block_keys},
                                                     {"longest context", l.max_context},
-                                                    {"threads", l.threads},
                                                     {"experts per token", l.experts_per_token},
                                                     {"tensor-parallel size", l.tp_size},
                                                     {"expert-parallel size", l.ep_size},
@@ -85,14 +78,11 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.vocab = CeilDiv(c.vocab_size, tp);
 
   const int64_t layers = c.num_hidden_layers + c.num_nextn_predict_layers;
-  int64_t max_ratio = 0, whole_read = 0;  // whole_read: entries an HCA row attends to
   for (int64_t i = 0; i < layers; ++i) {
     const int64_t m = c.RatioOf(i);
     if (m == 0) continue;
-    max_ratio = std::max(max_ratio, m);
     const bool csa = m == kCsaRatio;
     w.compressed_read = std::max(w.compressed_read, csa ? std::min(ctx / m, T * topk) : ctx / m);
-    if (!csa) whole_read = std::max(whole_read, ctx / m);
     const int64_t width = csa ? 2 * hd : hd, rows = csa ? 2 * m : m;
     w.compressor_width = std::max(w.compressor_width, width);
     w.compressor_rows = std::max(w.compressor_rows, rows);
@@ -143,7 +133,8 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.row_i32 = T;
   w.row_i64 = T;
   w.picks = T * topk;
-  w.entry_slot = ctx / kCsaRatio + w.compressed_read;
+  w.entry_slot = ctx / kCsaRatio + w.compressed_read + 1;
+  w.page_ids = ctx / kCsaRatio;  // a page holds at least one entry
   w.route_idx = T * K + K;
   w.expert_order = T * K;
   w.expert_offsets = c.n_routed_experts + 1;
@@ -156,8 +147,6 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
   w.act_scale = w.act_q / 128;
   w.packed = std::max({c.sliding_window, w.compressed_read, T}) * MainKvEntryBytes(c);
   w.packed = std::max(w.packed, std::max(l.indexer_block_keys, T) * IndexerKeyBytes(c));
-  w.pool_rows = 2 * max_ratio;
-
   if (l.ep_size > 1) {
     const ExpertPlacement placement(c.n_routed_experts, l.ep_size);
     absl::StatusOr<ExchangeLayout> ex =
@@ -175,10 +164,6 @@ absl::StatusOr<StepWorkspaceLayout> MakeStepWorkspaceLayout(const ModelConfig& c
     w.moe_slice = tp > 1 ? CeilDiv(T, tp) * d : 0;
     w.moe_gather = tp > 1 ? tp * CeilDiv(T, tp) * d : 0;
   }
-
-  w.thread_candidates = topk + l.indexer_block_keys;
-  w.thread_topk = topk;
-  w.thread_list = c.sliding_window + std::max(topk, whole_read);
   return w;
 }
 

@@ -19,7 +19,6 @@ struct StepLimits {
   int64_t logit_rows = 256;           // rows the LM head computes per pass
   int64_t indexer_block_keys = 8192;  // indexer keys scored per block (a running top-k between)
   int64_t max_context = 0;            // longest sequence admitted; 0: max_position_embeddings
-  int64_t threads = 1;                // host threads that carry their own scratch
   int64_t experts_per_token = 0;      // the model's K; 0: num_experts_per_tok
   int64_t tp_size = 1;                // tensor-parallel ranks (this rank holds 1/tp of the heads)
   // Expert-parallel ranks (every worker; 1: one process holds every expert) and this rank's
@@ -67,14 +66,16 @@ struct StepWorkspaceLayout {
   // [tokens] x13: token, chunk and experts of the step and MTP rows (host), backend copies of
   // their tokens and experts, picks per row, the rows picked for logits (host and backend).
   int64_t row_i32 = 0;
-  // [tokens] x5: positions of the step and MTP rows (host and backend), entry positions.
+  // [tokens] x5: positions of the step and MTP rows (host and backend), entry positions
+  // (backend).
   int64_t row_i64 = 0;
+  // entry_slot: a chunk's slot of each visible CSA entry, the picked entries, their count.
   int64_t picks = 0, entry_slot = 0, route_idx = 0, expert_order = 0, expert_offsets = 0;
+  int64_t page_ids = 0;  // one compressed-entry page table copied to the backend (int32)
   // Bytes: quantised activations (FP8 codes + UE8M0 scales), packed KV bytes moving to and from
-  // the pool, pointer lists of the compressor.
+  // the pool.
   int64_t act_q = 0, act_scale = 0;  // x3: the block's, an expert pass's, a linear layer's
   int64_t packed = 0;
-  int64_t pool_rows = 0;  // row pointers of a compressor block (x2)
   // Expert parallelism (ep_size > 1). The exchange moves host memory (MPI), so the MoE stages
   // through host buffers: the exchange's own (exchange.HostExchangeBytes(), rows_per_round =
   // min(exchange_rows, this rank's token slice ceil(tokens / tp))); the slice's payload rows
@@ -87,12 +88,8 @@ struct StepWorkspaceLayout {
   ExchangeLayout exchange;
   int64_t exchange_send = 0, exchange_copies = 0, exchange_routed = 0;
   int64_t exchange_replies = 0, exchange_order = 0, moe_slice = 0, moe_gather = 0;
-  // Per host thread: indexer candidates (f32 + i32), order and selection (i32), attention list
-  // (pointers).
-  int64_t thread_candidates = 0, thread_topk = 0, thread_list = 0;
 
   uint64_t Bytes() const;
-  uint64_t PerThreadBytes() const;
 };
 
 // INVALID_ARGUMENT naming the limit when one is below 1 or sequences > tokens.

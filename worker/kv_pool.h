@@ -52,6 +52,8 @@ class KvPool {
 
   // The bytes of one page (backend memory).
   kernels::DeviceSpan<uint8_t> Page(int32_t page_id) const;
+  // Every page: page p at byte p * layout().page_bytes.
+  kernels::DeviceSpan<uint8_t> Pages() const { return pages_; }
 
  private:
   KvPool(const KvPoolLayout& layout, std::unique_ptr<kernels::Arena> arena,

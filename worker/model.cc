@@ -114,7 +114,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   limits.logit_rows = options.logit_rows;
   limits.indexer_block_keys = options.indexer_block_keys;
   limits.max_context = options.max_context;
-  limits.threads = omp_get_max_threads();
   limits.experts_per_token = m->top_k_;
   limits.tp_size = parallel.tp_size;
   if (parallel.distributed()) {
@@ -125,7 +124,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::FromSource(const ModelConfig& conf
   ASSIGN_OR_RETURN(const StepWorkspaceLayout ws_layout, MakeStepWorkspaceLayout(config, limits));
   ASSIGN_OR_RETURN(m->ws_, StepWorkspace::Make(ws_layout, *m->backend_, *m->queue_));
   m->kv_ = std::make_unique<PagedKv>(m->config_, m->pool_.get(), m->backend_.get(), m->queue_.get(),
-                                     &m->ws_->packed, &m->ws_->reset_state);
+                                     m->ws_->packed.span(), m->ws_->page_ids.span());
   return m;
 }
 
@@ -141,7 +140,9 @@ absl::Status Model::ReserveKv(std::span<const Chunk> chunks) const {
     const absl::Status s =
         pool_->Reserve(seq->pos_ + int64_t(chunks[i].tokens.size()), &seq->pages_);
     if (!s.ok()) return absl::Status(s.code(), absl::StrCat("chunk ", i, ": ", s.message()));
-    if (fresh) RETURN_IF_ERROR(kv_->ResetStates(seq->pages_));
+    if (fresh) {
+      RETURN_IF_ERROR(kv_->ResetStates(seq->pages_, ws_->state_kv.span(), ws_->state_score.span()));
+    }
   }
   return absl::OkStatus();
 }

@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "worker/backend_status.h"
-#include "worker/host_bridge.h"
 #include "worker/model.h"
 
 namespace flotilla {
@@ -130,9 +129,5 @@ absl::Status RouteTokens(kernels::Backend& backend, kernels::Queue& queue, const
 
 // Fills mw.lists from mw.experts (once, at load).
 void MakeExpertLists(MoeWeights& mw);
-
-// bf16 FP8 round trip on the non-RoPE dims [0, nope) in groups of 64 (a shorter last group is
-// its own group).
-void Fp8SimulateNope(bf16* x, int64_t rows, int64_t ld, int64_t nope);
 
 }  // namespace flotilla

@@ -7,13 +7,18 @@
 //   state    the compressors' unfinished blocks: f32 rows, kv rows then score rows, whole rows
 //            per page; the main compressor's pages first, then (CSA) its indexer's
 // Rows written are rows that went through the QAT rounding (FP8 non-RoPE dims, FP4 indexer
-// keys), so what is read back is bitwise what was written. Packing runs on the host and the
-// packed bytes move to and from the pool with the backend's Upload / Download on one queue; the
-// calls that read synchronize before they return.
+// keys), so what is read back is bitwise what was written.
+//
+// Everything is backend work on the model's queue, and nothing waits: rows are packed into (and
+// unpacked from) the `packed` bytes of the step workspace by the pack ops, and those bytes move
+// to and from the pages with Backend::Copy, one copy per run of units inside a page (the page
+// tables are host metadata, so the host cuts the runs). Entries named by a device index list
+// (the indexer's picks) are read through a device copy of the page table
+// (UnpackKvEntriesPaged). Compressor state moves between the pages and the workspace's state
+// rows with Copy.
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <vector>
 
 #include "common/dtype.h"
@@ -24,20 +29,12 @@
 
 namespace flotilla {
 
-// Compressor state of one sequence and layer (spec §6) as the model works on it on the host:
-// `rows` slots of `width` channels; kv = 0 and score = -inf at sequence start.
-struct CompressorState {
-  std::vector<float> kv, score;
-  void Reset(int64_t rows, int64_t width);
-};
-
 class PagedKv {
  public:
-  // `packed` and `reset` (may be null: the object keeps its own) hold the packed bytes moving to
-  // and from the pool and the start state ResetStates writes; reserved by the owner (the step
-  // workspace), they make no call allocate.
+  // `packed` (bytes moving between rows and pages: StepWorkspaceLayout::packed) and `page_ids`
+  // (one page table: StepWorkspaceLayout::page_ids) are spans of the step workspace.
   PagedKv(const ModelConfig& config, KvPool* pool, kernels::Backend* backend, kernels::Queue* queue,
-          std::vector<uint8_t>* packed = nullptr, CompressorState* reset = nullptr);
+          kernels::Out<uint8_t> packed, kernels::Out<int32_t> page_ids);
 
   // Which compressor of a layer: the main one, or the CSA indexer's.
   enum class Compressor { kMain, kIndexer };
@@ -45,58 +42,61 @@ class PagedKv {
   int64_t StateRows(int64_t layer, Compressor which) const;
   int64_t StateWidth(int64_t layer, Compressor which) const;
 
-  // Window ring slots [first, first + count) (no wrap) from / to rows of head_dim bf16.
+  // Window ring slots [first, first + count) (no wrap) from rows of head_dim bf16.
   absl::Status WriteWindow(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
-                           const bf16* rows) const;
+                           kernels::In<bf16> rows) const;
   // The whole ring, [sliding_window, head_dim].
-  absl::Status ReadWindow(const SequencePageTables& t, int64_t layer, bf16* rows) const;
+  absl::Status ReadWindow(const SequencePageTables& t, int64_t layer,
+                          kernels::Out<bf16> rows) const;
 
   // Compressed main entries [first, first + count).
   absl::Status WriteMain(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
-                         const bf16* rows) const;
+                         kernels::In<bf16> rows) const;
   absl::Status ReadMain(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
-                        bf16* rows) const;
-  // Entries idx[i] (increasing) into rows i.
-  absl::Status ReadMainAt(const SequencePageTables& t, int64_t layer, std::span<const int32_t> idx,
-                          bf16* rows) const;
+                        kernels::Out<bf16> rows) const;
+  // Entries idx[i] for i < count[0] (<= max_rows; a device index list) into rows i.
+  absl::Status ReadMainAt(const SequencePageTables& t, int64_t layer, kernels::In<int32_t> idx,
+                          kernels::In<int32_t> count, int64_t max_rows,
+                          kernels::Out<bf16> rows) const;
 
   // Indexer keys [first, first + count), rows of index_head_dim bf16.
   absl::Status WriteKeys(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
-                         const bf16* rows) const;
+                         kernels::In<bf16> rows) const;
   absl::Status ReadKeys(const SequencePageTables& t, int64_t layer, int64_t first, int64_t count,
-                        bf16* rows) const;
+                        kernels::Out<bf16> rows) const;
 
-  // The whole state of a compressor, or (WriteStateRows) only its rows [first, first + count).
+  // The state of a compressor ([StateRows, StateWidth] f32 each of kv and score), or
+  // (WriteStateRows) only its rows [first, first + count).
   absl::Status ReadState(const SequencePageTables& t, int64_t layer, Compressor which,
-                         CompressorState* st) const;
+                         kernels::Out<float> kv, kernels::Out<float> score) const;
   absl::Status WriteState(const SequencePageTables& t, int64_t layer, Compressor which,
-                          const CompressorState& st) const;
+                          kernels::In<float> kv, kernels::In<float> score) const;
   absl::Status WriteStateRows(const SequencePageTables& t, int64_t layer, Compressor which,
-                              const CompressorState& st, int64_t first, int64_t count) const;
-  // Sets every compressor state of a sequence to its start (kv 0, score -inf).
-  absl::Status ResetStates(const SequencePageTables& t) const;
+                              kernels::In<float> kv, kernels::In<float> score, int64_t first,
+                              int64_t count) const;
+  // Sets every compressor state of a sequence to its start (kv 0, score -inf), filling
+  // `kv_scratch` / `score_scratch` (the workspace's state rows) first.
+  absl::Status ResetStates(const SequencePageTables& t, kernels::Out<float> kv_scratch,
+                           kernels::Out<float> score_scratch) const;
 
  private:
   // Units [first, first + count) of `unit_bytes` each, `per_page` to a page of `table` starting
-  // at table page `page0`, to / from host bytes.
-  absl::Status Put(const std::vector<int32_t>& table, int64_t page0, int64_t unit_bytes,
-                   int64_t per_page, int64_t first, int64_t count, const uint8_t* src) const;
-  absl::Status Get(const std::vector<int32_t>& table, int64_t page0, int64_t unit_bytes,
-                   int64_t per_page, int64_t first, int64_t count, uint8_t* dst) const;
-  absl::Status StateIo(const SequencePageTables& t, int64_t layer, Compressor which,
-                       CompressorState* in, const CompressorState* out, int64_t first,
-                       int64_t count) const;
-  absl::Status Sync() const;
+  // at table page `page0`, copied from `src` (to_pool) or into `dst`, one Copy per run.
+  absl::Status ToPool(const std::vector<int32_t>& table, int64_t page0, int64_t unit_bytes,
+                      int64_t per_page, int64_t first, int64_t count,
+                      kernels::In<uint8_t> src) const;
+  absl::Status FromPool(const std::vector<int32_t>& table, int64_t page0, int64_t unit_bytes,
+                        int64_t per_page, int64_t first, int64_t count,
+                        kernels::Out<uint8_t> dst) const;
+  absl::Status Packed(int64_t bytes, kernels::Out<uint8_t>* out) const;
 
   const ModelConfig& c_;
   KvPool* pool_;
   kernels::Backend* backend_;
   kernels::Queue* queue_;
   int64_t main_bytes_ = 0, key_bytes_ = 0;
-  std::vector<uint8_t> own_packed_;
-  CompressorState own_reset_;
-  std::vector<uint8_t>* packed_;
-  CompressorState* reset_;
+  kernels::Out<uint8_t> packed_;
+  kernels::Out<int32_t> page_ids_;
 };
 
 }  // namespace flotilla

@@ -86,14 +86,19 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
                                                        {&w.pick_scores, l.pick_scores},
                                                        {&w.router_logits, l.router_logits},
                                                        {&w.route_weights, l.route_weights},
-                                                       {&w.expert_weights, l.expert_rows}};
+                                                       {&w.expert_weights, l.expert_rows},
+                                                       {&w.state_kv, l.compressor_state},
+                                                       {&w.state_score, l.compressor_state}};
     for (const auto& [b, n] : f32s) RETURN_IF_ERROR(c(*b, n));
-    for (auto* b : {&w.pos_dev, &w.mtp_pos_dev}) RETURN_IF_ERROR(c(*b, l.row_i64));
+    for (auto* b : {&w.pos_dev, &w.mtp_pos_dev, &w.entry_pos}) RETURN_IF_ERROR(c(*b, l.row_i64));
     for (auto* b : {&w.token_dev, &w.experts_dev, &w.mtp_token_dev, &w.mtp_experts_dev,
                     &w.pick_rows_dev, &w.num_picks})
       RETURN_IF_ERROR(c(*b, l.row_i32));
     RETURN_IF_ERROR(c(w.picks, l.picks));
     RETURN_IF_ERROR(c(w.route_idx, l.route_idx));
+    RETURN_IF_ERROR(c(w.entry_slot, l.entry_slot));
+    RETURN_IF_ERROR(c(w.page_ids, l.page_ids));
+    RETURN_IF_ERROR(c(w.packed, l.packed));
     RETURN_IF_ERROR(c(w.hash_ids, l.route_idx));
     RETURN_IF_ERROR(c(w.expert_offsets, l.expert_offsets));
     RETURN_IF_ERROR(c(w.expert_order, l.expert_order));
@@ -129,28 +134,12 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
   Reserve(w.head_stage, l.head_stage);
   Reserve(w.head_all, l.head_all);
   Reserve(w.gather_stage, l.gather_stage);
-  for (CompressorState* s : {&w.state, &w.reset_state}) {
-    Reserve(s->kv, l.compressor_state);
-    Reserve(s->score, l.compressor_state);
-  }
   for (auto* v : {&w.token, &w.chunk_of, &w.experts, &w.mtp_token, &w.mtp_chunk_of, &w.mtp_experts,
                   &w.pick_rows})
     Reserve(*v, l.row_i32);
-  Reserve(w.entry_slot, l.entry_slot);
-  for (auto* v : {&w.pos, &w.mtp_pos, &w.entry_pos}) Reserve(*v, l.row_i64);
+  for (auto* v : {&w.pos, &w.mtp_pos}) Reserve(*v, l.row_i64);
   Reserve(w.chunks, l.limits.sequences);
   Reserve(w.mtp_chunks, l.limits.sequences);
-  Reserve(w.packed, l.packed);
-  Reserve(w.k_rows, l.pool_rows);
-  Reserve(w.g_rows, l.pool_rows);
-  w.threads.resize(size_t(l.limits.threads));
-  for (ThreadScratch& t : w.threads) {
-    Reserve(t.scores, l.thread_candidates);
-    Reserve(t.idx, l.thread_candidates);
-    Reserve(t.order, l.thread_topk);
-    Reserve(t.sel, l.thread_topk);
-    Reserve(t.list, l.thread_list);
-  }
   if (l.limits.ep_size > 1) {
     w.exchange = ExpertExchange(l.exchange);
     Reserve(w.exchange_send, l.exchange_send);
@@ -169,15 +158,10 @@ absl::StatusOr<std::unique_ptr<StepWorkspace>> StepWorkspace::Make(const StepWor
 uint64_t StepWorkspace::ReservedBytes() const {
   uint64_t b = device_bytes_;
   b += Held(tp_sum) + Held(head_stage) + Held(head_all) + Held(gather_stage);
-  for (const CompressorState* s : {&state, &reset_state}) b += Held(s->kv) + Held(s->score);
-  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &pick_rows,
-                  &entry_slot})
+  for (auto* v : {&token, &chunk_of, &experts, &mtp_token, &mtp_chunk_of, &mtp_experts, &pick_rows})
     b += Held(*v);
-  for (auto* v : {&pos, &mtp_pos, &entry_pos}) b += Held(*v);
+  for (auto* v : {&pos, &mtp_pos}) b += Held(*v);
   b += Held(chunks) + Held(mtp_chunks);
-  b += Held(packed) + Held(k_rows) + Held(g_rows);
-  for (const ThreadScratch& t : threads)
-    b += Held(t.scores) + Held(t.idx) + Held(t.order) + Held(t.sel) + Held(t.list);
   if (layout.limits.ep_size > 1) {
     b += exchange.ReservedBytes() + Held(exchange_send) + Held(exchange_idx) +
          Held(exchange_weights) + Held(exchange_order) + Held(exchange_offsets) +

@@ -43,11 +43,6 @@ struct StepWorkspace {
     SequenceState* seq;
     int64_t first_row, n, start_pos;
   };
-  struct ThreadScratch {
-    std::vector<float> scores;
-    std::vector<int32_t> idx, order, sel;
-    std::vector<const bf16*> list;
-  };
   template <typename T>
   using Buffer = kernels::DeviceBuffer<T>;
 
@@ -84,10 +79,14 @@ struct StepWorkspace {
   // f32
   Buffer<float> hc_post, hc_comb, tp_sum_dev, head_part, compressor_k, compressor_g, pooled,
       pick_scores, router_logits, route_weights, expert_weights;
+  Buffer<float> state_kv, state_score;  // one compressor's state (PagedKv reads / writes it)
   // integers: the rows' device copies (Model::Rows), the indexer's picks, the routing
-  Buffer<int64_t> pos_dev, mtp_pos_dev;
+  Buffer<int64_t> pos_dev, mtp_pos_dev, entry_pos;
   Buffer<int32_t> token_dev, experts_dev, mtp_token_dev, mtp_experts_dev, pick_rows_dev, num_picks,
       picks, route_idx;
+  // A chunk's picked entries (entry slots, the list, its count) and one page table's copy.
+  Buffer<int32_t> entry_slot, page_ids;
+  Buffer<uint8_t> packed;  // packed KV moving between the pool and the rows
   // the MoE: the tokens' tid2eid rows, the assignments grouped by expert (offsets and order)
   Buffer<int64_t> hash_ids, expert_offsets;
   Buffer<int32_t> expert_order;
@@ -104,14 +103,9 @@ struct StepWorkspace {
   // the TP group's, this rank's heads and the TP group's (gather_stage: [local | all]).
   std::vector<float> tp_sum, head_stage, head_all;
   std::vector<bf16> gather_stage;
-  CompressorState state, reset_state;
-  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows,
-      entry_slot;
-  std::vector<int64_t> pos, mtp_pos, entry_pos;
+  std::vector<int32_t> token, chunk_of, experts, mtp_token, mtp_chunk_of, mtp_experts, pick_rows;
+  std::vector<int64_t> pos, mtp_pos;
   std::vector<ChunkRecord> chunks, mtp_chunks;
-  std::vector<uint8_t> packed;
-  std::vector<const float*> k_rows, g_rows;
-  std::vector<ThreadScratch> threads;
   // expert parallelism: the exchange and the staging of what it moves (sharding/step_workspace.h)
   ExpertExchange exchange;
   std::vector<uint8_t> exchange_send;

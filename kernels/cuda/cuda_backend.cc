@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cuda/act_quant.h"
+#include "kernels/cuda/attention_ops.h"
 #include "kernels/cuda/compressor.h"
 #include "kernels/cuda/cuda_queue.h"
 #include "kernels/cuda/dense_gemm.h"
@@ -899,6 +900,108 @@ BackendStatus CudaBackend::DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16
     FLOTILLA_CUDA_RETURN_IF_ERROR(DoGemmBf16(queue, s));
   }
   return BackendStatus::Ok();
+}
+
+// ---------------------------------------------------------------- attention ops
+
+BackendStatus CudaBackend::DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "CompressorUpdate");
+  if (a.n == 0) return BackendStatus::Ok();
+  CompressorUpdateParams p;
+  p.k = Ptr(a.k);
+  p.g = Ptr(a.g);
+  p.ape = Ptr(a.ape);
+  p.n = a.n;
+  p.width = a.width;
+  p.d = a.d;
+  p.ratio = a.ratio;
+  p.overlap = a.overlap;
+  p.start_pos = a.start_pos;
+  p.state_kv = Ptr(a.state_kv);
+  p.state_score = Ptr(a.state_score);
+  p.pooled = Ptr(a.pooled);
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckCompressorUpdate(p), "CompressorUpdate"));
+  FLOTILLA_CUDA_RETURN_IF_ERROR(
+      Launched(LaunchCompressorUpdate(p, q->stream()), "CompressorUpdate"));
+  if (a.entry_pos.arena() == nullptr) return BackendStatus::Ok();
+  return Launched(
+      LaunchEntryPositions(Ptr(a.entry_pos), CompressorEntries(a.start_pos, a.n, a.ratio),
+                           a.start_pos, a.ratio, q->stream()),
+      "CompressorUpdate");
+}
+
+BackendStatus CudaBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "IndexerTopK");
+  if (a.rows == 0 || a.n_keys == 0) return BackendStatus::Ok();
+  IndexerTopKParams p;
+  p.q = Ptr(a.q);
+  p.w = Ptr(a.w);
+  p.w_scale = a.w_scale;
+  p.keys = Ptr(a.keys);
+  p.first_key = a.first_key;
+  p.n_keys = a.n_keys;
+  p.rows = a.rows;
+  p.start_pos = a.start_pos;
+  p.ratio = a.ratio;
+  p.num_heads = a.num_heads;
+  p.dim = a.dim;
+  p.top_k = a.top_k;
+  p.picks = Ptr(a.picks);
+  p.pick_scores = Ptr(a.pick_scores);
+  p.num_picks = Ptr(a.num_picks);
+  p.error = q->error();
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckIndexerTopK(p), "IndexerTopK"));
+  return Launched(LaunchIndexerTopK(p, q->stream()), "IndexerTopK");
+}
+
+BackendStatus CudaBackend::DoPickedEntries(Queue& queue, const PickedEntriesArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "PickedEntries");
+  PickedEntriesParams p;
+  p.picks = Ptr(a.picks);
+  p.num_picks = Ptr(a.num_picks);
+  p.rows = a.rows;
+  p.top_k = a.top_k;
+  p.visible = a.visible;
+  p.max_entries = a.max_entries;
+  p.entry_slot = Ptr(a.entry_slot);
+  p.entry_idx = Ptr(a.entry_idx);
+  p.count = Ptr(a.count);
+  p.error = q->error();
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckPickedEntries(p), "PickedEntries"));
+  return Launched(LaunchPickedEntries(p, q->stream()), "PickedEntries");
+}
+
+BackendStatus CudaBackend::DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& a) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "UnpackKvEntriesPaged");
+  if (a.max_rows == 0) return BackendStatus::Ok();
+  KvUnpackPagedParams p;
+  p.pool = Ptr(a.pool);
+  p.pool_pages = a.pool.size() / a.page_bytes;
+  p.page_bytes = a.page_bytes;
+  p.per_page = a.per_page;
+  p.page_ids = Ptr(a.page_ids);
+  p.table_pages = a.page_ids.size();
+  p.units = Ptr(a.units);
+  p.count = Ptr(a.count);
+  p.max_rows = a.max_rows;
+  p.nope = a.nope;
+  p.rope = a.rope;
+  p.entry_bytes = a.entry_bytes;
+  p.x = Ptr(a.x);
+  p.ldx = a.ldx;
+  p.error = q->error();
+  FLOTILLA_CUDA_RETURN_IF_ERROR(Refused(CheckKvUnpackPaged(p), "UnpackKvEntriesPaged"));
+  return Launched(LaunchKvUnpackPaged(p, q->stream()), "UnpackKvEntriesPaged");
+}
+
+BackendStatus CudaBackend::DoChunkAttention(Queue& queue, const ChunkAttentionArgs&) {
+  FLOTILLA_CUDA_QUEUE(q, queue, "ChunkAttention");
+  (void)q;
+  // As SparseAttention: kernels/cuda/sparse_attention.h attends over the packed, paged pool,
+  // not over bf16 rows of a workspace.
+  return BackendStatus::Error(
+      "ChunkAttention: no CUDA kernel takes bf16 KV rows (kernels/cuda/sparse_attention.h reads "
+      "the packed, paged KV pool); run this op on the CPU backend");
 }
 
 }  // namespace flotilla::kernels::cuda

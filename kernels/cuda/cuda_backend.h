@@ -88,6 +88,12 @@ class CudaBackend final : public Backend {
   BackendStatus DoGroupedGemmFp8Fp4(Queue& queue, const GroupedGemmFp8Fp4Args& args) override;
   BackendStatus DoGroupedGemmFp8(Queue& queue, const GroupedGemmFp8Args& args) override;
   BackendStatus DoGroupedGemmBf16(Queue& queue, const GroupedGemmBf16Args& args) override;
+  // ---- attention ops
+  BackendStatus DoCompressorUpdate(Queue& queue, const CompressorUpdateArgs& args) override;
+  BackendStatus DoIndexerTopK(Queue& queue, const IndexerTopKArgs& args) override;
+  BackendStatus DoPickedEntries(Queue& queue, const PickedEntriesArgs& args) override;
+  BackendStatus DoUnpackKvEntriesPaged(Queue& queue, const KvUnpackPagedArgs& args) override;
+  BackendStatus DoChunkAttention(Queue& queue, const ChunkAttentionArgs& args) override;
 
  private:
   CudaBackend(int device, int64_t max_arena_bytes);

@@ -17,6 +17,23 @@ std::string DeviceErrorMessage(const DeviceError& e) {
     case kDeviceErrorSlotOffset:
       return "CompressPool: slot_offsets[" + pos + "] = " + val + "; expected " + range +
              " (d channels inside kv / score; found on the device, the entry was not written)";
+    case kDeviceErrorPickIndex:
+      return "PickedEntries: picks[" + pos + "] = " + val + "; expected entries " + range +
+             " (found on the device; the pick was skipped)";
+    case kDeviceErrorPickCount:
+      return e.position < 0 ? "PickedEntries: " + val + " entries picked; expected at most " +
+                                  std::to_string(e.limit - 1) + " (found on the device)"
+                            : "PickedEntries: num_picks[" + pos + "] = " + val + "; expected " +
+                                  range + " (found on the device; the row was skipped)";
+    case kDeviceErrorPagedUnit:
+      return "UnpackKvEntriesPaged: units[" + pos + "] = " + val + "; expected " + range +
+             " with a page of the pool (found on the device; the row was not written)";
+    case kDeviceErrorPagedCount:
+      return "UnpackKvEntriesPaged: count " + val + "; expected " + range +
+             " (found on the device; nothing was written)";
+    case kDeviceErrorTopKCount:
+      return "IndexerTopK: num_picks[" + pos + "] = " + val + "; expected " + range +
+             " (found on the device; the row was left as it was)";
   }
   return "unknown device error code " + std::to_string(e.code) + " at position " + pos;
 }

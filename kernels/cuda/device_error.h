@@ -15,6 +15,11 @@ enum DeviceErrorCode : int32_t {
   kDeviceErrorGatherIndex = 1,   // GatherRows: index[position] = value names no source row
   kDeviceErrorScatterIndex = 2,  // ScatterRows: index[position] = value names no destination row
   kDeviceErrorSlotOffset = 3,    // CompressPool: slot_offsets[position] = value outside the state
+  kDeviceErrorPickIndex = 4,     // PickedEntries: picks[position] = value names no visible entry
+  kDeviceErrorPickCount = 5,     // PickedEntries: num_picks[position] or the total (position -1)
+  kDeviceErrorPagedUnit = 6,     // UnpackKvEntriesPaged: units[position] = value outside the table
+  kDeviceErrorPagedCount = 7,    // UnpackKvEntriesPaged: count = value above max_rows
+  kDeviceErrorTopKCount = 8,     // IndexerTopK: num_picks[position] = value above top_k
 };
 
 struct DeviceError {

@@ -11,27 +11,24 @@ namespace {
 
 // tiny: d 256, hc 4, head_dim 128, rope 64, 4 query heads in 4 groups, q/o LoRA 128, 4 indexer
 // heads of 128, index_topk 4, 16 experts (K 6) of 128, 1 shared, window 32, ratios 0 4 8 4 | 0.
-// Limits: 4 tokens, 2 sequences, 2 logit rows, context 64, indexer blocks of 8 keys, 1 thread.
+// Limits: 4 tokens, 2 sequences, 2 logit rows, context 64, indexer blocks of 8 keys.
 //   compressed entries read: CSA min(64/4, 4 x 4) = 16, HCA 64/8 = 8 -> 16
 //   bf16: streams 4*4*256 = 4096 x5, hidden 1024 x6, MTP streams 4096 x2, q_lora 512,
 //         query 2048, kv 512, index query 2048, index weights 16, ring 32*128 = 4096,
 //         entries 16*128 = 2048, block keys 8*128 = 1024, attention out 2048, wo_a out 2048,
 //         compressed 512, routed 4*6*256 = 6144, expert in/out/shared 1024 x3,
 //         gate/up 4*256 = 1024, act 512                     = 62,480 elements = 124,960 B
-//   f32:  hc post 16, comb 64, compressor kv/gate 4*256 = 1024 x2, state 8*256 = 2048 x4,
+//   f32:  hc post 16, comb 64, compressor kv/gate 4*256 = 1024 x2, state 8*256 = 2048 x2,
 //         pooled 512, pick scores 16, router logits 64, route weights 24 + 6, expert weights 4,
 //         head part 2 logit rows x vocab 129,280 = 258,560
-//                                                         = 269,506 elements = 1,078,024 B
-//   i32:  rows 4 x(8 + 5), picks 16, entry slots 16 + 16, route idx 30, expert order 24
-//                                                                         = 154 =     616 B
-//   i64:  rows 4 x(3 + 2), expert offsets 17, tid2eid rows 30              =  67 =     536 B
+//                                                         = 265,410 elements = 1,061,640 B
+//   i32:  rows 4 x(8 + 5), picks 16, entry slots 16 + 16 + 1, page ids 64/4 = 16,
+//         route idx 30, expert order 24                                   = 171 =     684 B
+//   i64:  rows 4 x(2 + 3), expert offsets 17, tid2eid rows 30              =  67 =     536 B
 //   sequence records 2 x2 x 32 B                                                 =     128 B
 //   FP8 activations (4 rows x max(hc*d = 1024, ...) codes + /128 scales) x3     =  12,384 B
 //   packed KV: max(window 32, 16, 4) main entries x 200 B                        =   6,400 B
-//   compressor row pointers 2 x 8 x2 x 8 B                                       =     256 B
-//   per thread: candidates (4 + 8) x (4 + 4) B, order and selection 4 x 4 B x2, attention
-//               list (window 32 + max(topk 4, HCA 64/8)) x 8 B                    =     448 B
-//                                                                       total  = 1,223,752 B
+//                                                                       total  = 1,206,732 B
 TEST(StepWorkspace, TinyWorkedByHand) {
   auto c = PresetConfig("tiny");
   ASSERT_TRUE(c.ok()) << c.status();
@@ -42,24 +39,18 @@ TEST(StepWorkspace, TinyWorkedByHand) {
   l.logit_rows = 2;
   l.max_context = 64;
   l.indexer_block_keys = 8;
-  l.threads = 1;
   auto w = MakeStepWorkspaceLayout(*c, l);
   ASSERT_TRUE(w.ok()) << w.status();
   EXPECT_EQ(w->limits.experts_per_token, 6);
   EXPECT_EQ(w->compressed_read, 16);
   EXPECT_EQ(w->compressor_state, 2048);
-  EXPECT_EQ(w->entry_slot, 32);
+  EXPECT_EQ(w->entry_slot, 33);
+  EXPECT_EQ(w->page_ids, 16);
   EXPECT_EQ(w->act_q, 4096);
   EXPECT_EQ(w->packed, 6400);
-  EXPECT_EQ(w->PerThreadBytes(), 448u);
   EXPECT_EQ(w->head_part, 2 * 129280);
   EXPECT_EQ(w->head_stage, 0);  // tp 1: nothing to stage for an all-gather
-  EXPECT_EQ(w->Bytes(), 1223752u);
-  // Each further thread adds its scratch.
-  l.threads = 3;
-  auto w3 = MakeStepWorkspaceLayout(*c, l);
-  ASSERT_TRUE(w3.ok());
-  EXPECT_EQ(w3->Bytes(), 1223752u + 2 * 448u);
+  EXPECT_EQ(w->Bytes(), 1206732u);
 }
 
 // Expert parallelism adds the exchange's host buffers. tiny over 4 EP ranks, TP 2, 4 tokens:
@@ -120,13 +111,12 @@ TEST(StepWorkspace, FlashLongContextBuffers) {
   // CSA: min(1M / 4 = 262,144, 8192 x 512) = 262,144 picks at most; HCA 1M / 128 = 8,192.
   EXPECT_EQ(w->compressed_read, 262144);
   EXPECT_EQ(w->entries, 262144 * 512);
-  EXPECT_EQ(w->entry_slot, 262144 + 262144);
+  EXPECT_EQ(w->entry_slot, 262144 + 262144 + 1);
+  EXPECT_EQ(w->page_ids, 262144);
   EXPECT_EQ(w->block_keys, 8192 * 128);
   EXPECT_EQ(w->packed, 262144 * 584);
   // HCA state 128 rows of 512 f32 beats CSA's 8 of 1024.
   EXPECT_EQ(w->compressor_state, 65536);
-  // A thread's list: window 128 + 8,192 HCA entries (a CSA row attends to 512 at most).
-  EXPECT_EQ(w->thread_list, 128 + 8192);
 }
 
 TEST(StepWorkspace, BadLimitsAreNamed) {

@@ -72,7 +72,6 @@ TEST(LongContextMemory, SixtyFourKPromptStaysWithinThePlan) {
     l.sequences = 1;
     l.logit_rows = 1;
     l.max_context = kPrompt;
-    l.threads = (*m)->workspace_layout().limits.threads;
     auto planned = MakeStepWorkspaceLayout(*config, l);
     ASSERT_TRUE(planned.ok());
     EXPECT_EQ(workspace, planned->Bytes());

@@ -1136,5 +1136,165 @@ TEST_F(CudaBackendTest, GroupedGemmFp8Fp4WindowBitwise) {
   ExpectSame(c, "grouped gemm fp8 x fp4");
 }
 
+// ---- attention ops
+
+TEST_F(CudaBackendTest, AttentionOpsBitwise) {
+  // CompressorUpdate with overlap (ratio 4) and without (ratio 128 as HCA), from unaligned starts.
+  for (const bool overlap : {true, false}) {
+    const int64_t ratio = overlap ? 4 : 128, d = 512, width = overlap ? 2 * d : d;
+    const int64_t state_rows = (overlap ? 2 : 1) * ratio;
+    for (const auto& [start, n] : {std::pair<int64_t, int64_t>{5, 2}, {3, 300}}) {
+      std::vector<float> sc = RandomF32(size_t(state_rows * width), 51, 1.0f);
+      sc[3] = -kInf;
+      Both<float> k = Make(RandomF32(size_t(n * width), 52, 1.0f));
+      Both<float> g = Make(RandomF32(size_t(n * width), 53, 2.0f));
+      Both<float> ape = Make(RandomF32(size_t(ratio * width), 54, 1.0f));
+      Both<float> kv = Make(RandomF32(size_t(state_rows * width), 55, 1.0f)), score = Make(sc);
+      const int64_t entries = std::max<int64_t>(CompressorEntries(start, n, ratio), 1);
+      Both<float> pooled = Filled<float>(entries * d, 0.0f);
+      Both<int64_t> pos = Filled<int64_t>(entries, -1);
+      RunBoth([&](Backend& be, Queue& q, auto pick) {
+        CompressorUpdateArgs a;
+        a.k = pick(k);
+        a.g = pick(g);
+        a.ape = pick(ape);
+        a.n = n;
+        a.width = width;
+        a.d = d;
+        a.ratio = ratio;
+        a.overlap = overlap;
+        a.start_pos = start;
+        a.state_kv = pick(kv);
+        a.state_score = pick(score);
+        a.pooled = pick(pooled);
+        a.entry_pos = pick(pos);
+        return be.CompressorUpdate(q, a);
+      });
+      const std::string what = "compressor update ratio " + std::to_string(ratio);
+      ExpectSame(kv, what + " kv");
+      ExpectSame(score, what + " score");
+      ExpectSame(pooled, what + " pooled");
+      ExpectSame(pos, what + " entry positions");
+    }
+  }
+
+  // IndexerTopK over three blocks of keys (V4-Flash heads and dim, a small top-k), rows that see
+  // none, part or all of a block; repeated keys tie across blocks.
+  {
+    const int64_t heads = 64, dim = 128, ratio = 4, tk = 48, block = 100, rows = 37;
+    const int64_t start = 1100, visible = (start + rows) / ratio;
+    std::vector<uint16_t> keys = RandomBf16(size_t(visible * dim), 58, 1.0f);
+    for (int64_t j : {3, 150, 260}) std::copy_n(&keys[7 * dim], dim, &keys[size_t(j * dim)]);
+    Both<uint16_t> bq = Make(RandomBf16(size_t(rows * heads * dim), 59, 1.0f));
+    Both<uint16_t> bw = Make(RandomBf16(size_t(rows * heads), 60, 1.0f));
+    Both<uint16_t> bk = Make(keys);
+    Both<int32_t> tp = Filled<int32_t>(rows * tk, -1), tn = Filled<int32_t>(rows, 0);
+    Both<float> ts = Filled<float>(rows * tk, 0.0f);
+    for (int64_t b0 = 0; b0 < visible; b0 += block) {
+      const int64_t nk = std::min(block, visible - b0);
+      RunBoth([&](Backend& be, Queue& q, auto pick) {
+        return be.IndexerTopK(
+            q, {.q = pick(bq).template reinterpret<const bf16>(),
+                .w = pick(bw).template reinterpret<const bf16>(),
+                .w_scale = 0.011048543f,
+                .keys = pick(bk).subspan(b0 * dim, nk * dim).template reinterpret<const bf16>(),
+                .first_key = b0,
+                .n_keys = nk,
+                .rows = rows,
+                .start_pos = start,
+                .ratio = ratio,
+                .num_heads = heads,
+                .dim = dim,
+                .top_k = tk,
+                .picks = pick(tp),
+                .pick_scores = pick(ts),
+                .num_picks = pick(tn)});
+      });
+    }
+    ExpectSame(tn, "indexer top-k counts");
+    ExpectSame(tp, "indexer top-k picks");
+    ExpectSame(ts, "indexer top-k scores");
+  }
+
+  // PickedEntries over 3000 visible entries, 50 rows of 64 picks (repeats across rows).
+  const int64_t rows = 50, top_k = 64, visible = 3000;
+  std::mt19937 rng(57);
+  std::vector<int32_t> picks(static_cast<size_t>(rows * top_k), -1), num(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    num[size_t(r)] = int32_t(r % 7 == 0 ? 0 : top_k - r % 5);
+    for (int64_t i = 0; i < num[size_t(r)]; ++i) {
+      picks[size_t(r * top_k + i)] = int32_t(rng() % uint32_t(r < 25 ? 200 : visible));
+    }
+  }
+  Both<int32_t> bp = Make(picks), bn = Make(num);
+  Both<int32_t> slot = Filled<int32_t>(visible, 7), idx = Filled<int32_t>(rows * top_k, -3),
+                count = Filled<int32_t>(1, 0);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    return be.PickedEntries(q, {.picks = pick(bp),
+                                .num_picks = pick(bn),
+                                .rows = rows,
+                                .top_k = top_k,
+                                .visible = visible,
+                                .max_entries = rows * top_k,
+                                .entry_slot = pick(slot),
+                                .entry_idx = pick(idx),
+                                .count = pick(count)});
+  });
+  ExpectSame(count, "picked entries count");
+  ExpectSame(slot, "picked entries slots");
+  ExpectSame(idx, "picked entries list");
+
+  // UnpackKvEntriesPaged: the picked entries of a 3000-entry table in shuffled pages.
+  const int64_t nope = 448, rope = 64, entry = 584, per_page = 7, page_bytes = per_page * entry;
+  const int64_t table_pages = (visible + per_page - 1) / per_page, pool_pages = table_pages + 9;
+  std::vector<int32_t> table(static_cast<size_t>(table_pages));
+  for (int64_t i = 0; i < table_pages; ++i) table[size_t(i)] = int32_t((i * 37 + 5) % pool_pages);
+  std::vector<uint8_t> pool(size_t(pool_pages * page_bytes));
+  for (auto& b : pool) b = uint8_t(rng());
+  for (int64_t i = nope + 2 * rope; i < int64_t(pool.size()); i += entry) pool[size_t(i)] = 0xff;
+  Both<uint8_t> bpool = Make(pool);
+  Both<int32_t> btable = Make(table);
+  const int64_t ldx = nope + rope + 8;
+  Both<uint16_t> out = Filled<uint16_t>(rows * top_k * ldx, 0x1234);
+  RunBoth([&](Backend& be, Queue& q, auto pick) {
+    return be.UnpackKvEntriesPaged(q, {.pool = pick(bpool),
+                                       .page_bytes = page_bytes,
+                                       .per_page = per_page,
+                                       .page_ids = pick(btable),
+                                       .units = pick(idx),
+                                       .count = pick(count),
+                                       .max_rows = rows * top_k,
+                                       .nope = nope,
+                                       .rope = rope,
+                                       .entry_bytes = entry,
+                                       .x = pick(out).template reinterpret<bf16>(),
+                                       .ldx = ldx});
+  });
+  ExpectSame(out, "unpack kv entries paged");
+
+  // A unit past the table: skipped on the device and reported at the next synchronization.
+  Both<int32_t> bad = Make(std::vector<int32_t>{0, int32_t(table_pages * per_page)});
+  Both<int32_t> two = Make(std::vector<int32_t>{2});
+  ASSERT_TRUE(gpu_->UnpackKvEntriesPaged(*gq_, {.pool = bpool.g,
+                                                .page_bytes = page_bytes,
+                                                .per_page = per_page,
+                                                .page_ids = btable.g,
+                                                .units = bad.g,
+                                                .count = two.g,
+                                                .max_rows = 2,
+                                                .nope = nope,
+                                                .rope = rope,
+                                                .entry_bytes = entry,
+                                                .x = out.g.template reinterpret<bf16>(),
+                                                .ldx = ldx})
+                  .ok());
+  const BackendStatus s = gq_->Synchronize();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("UnpackKvEntriesPaged: units[1] = " +
+                             std::to_string(table_pages * per_page)),
+            std::string::npos)
+      << s.message();
+}
+
 }  // namespace
 }  // namespace flotilla::kernels::cuda
