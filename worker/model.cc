@@ -342,7 +342,10 @@ absl::Status Model::TpSumBf16(kernels::Out<bf16> data, const char* what) const {
   widen.count = count;
   widen.y = f;
   RETURN_IF_BACKEND_ERROR(backend.ConvertBf16ToF32(queue, widen));
-  // MPI sums host memory (f32, rank order): the one host round trip of the sum.
+  // MPI sums host memory (f32, rank order): the one host round trip of the sum. The staging
+  // is written only once the queue has run everything before (the last collective's upload
+  // from it included).
+  RETURN_IF_ERROR(Synchronize(what));
   float* staged = Use(ws.tp_sum, count);
   RETURN_IF_BACKEND_ERROR(
       backend.Download(queue, kernels::In<float>(f), std::span<float>(staged, size_t(count))));
@@ -366,6 +369,8 @@ absl::Status Model::GatherHeads(kernels::In<bf16> local, int64_t n, int64_t coun
   // MPI gathers host memory: [this rank's part | every rank's part] in the staging buffer, the
   // gathered parts back into the workspace, then each row's parts side by side into `full`
   // (which may be `local`: its part was copied out first).
+  // The staging is written only once the queue has run the last gather's upload from it.
+  RETURN_IF_ERROR(Synchronize(what));
   bf16* staged = Use(ws.gather_stage, (tp + 1) * part);
   RETURN_IF_BACKEND_ERROR(
       backend.Download(queue, local.first(part), std::span<bf16>(staged, size_t(part))));

@@ -193,8 +193,10 @@ absl::Status Model::MoeDistributed(const MoeWeights& mw, const Rows& rows, In<bf
     RETURN_IF_BACKEND_ERROR(backend.MoeCombine(queue, cb));
     RETURN_IF_BACKEND_ERROR(
         backend.Download(queue, In<bf16>(combined), std::span<bf16>(ys, size_t(ns * d))));
-    RETURN_IF_BACKEND_ERROR(queue.Synchronize());
   }
+  // The host waits for its slice, and (with or without one) for the uploads the last layer
+  // issued from the staging written next.
+  RETURN_IF_BACKEND_ERROR(queue.Synchronize());
   bf16* all = Use(ws.moe_gather, par_.tp_size * widest * d);
   RETURN_IF_ERROR(par_.tp->AllGather(ys, widest * d * 2, all, Site("moe token-slice all-gather")));
   for (int64_t t = 0; t < par_.tp_size; ++t) {

@@ -15,13 +15,19 @@
 #include "common/synthetic.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "worker/host_bridge.h"
 #include "worker/model.h"
 
 namespace flotilla {
 namespace {
 
 namespace fs = std::filesystem;
+
+// The host address behind a span of CPU-backend memory (these tests check where the loader put
+// a weight: in place in the mapped file, or an aligned copy).
+template <typename T>
+T* CpuAddress(const kernels::DeviceSpan<T>& span) {
+  return kernels::BackendAccess::Address(span);
+}
 
 template <typename T>
 bool AlignedFor(const void* p) {
@@ -79,7 +85,7 @@ TEST(WeightPlacement, MisalignedTensorsOfASafetensorsFileCannotBeViewedInPlace) 
   auto hs = ha->Whole<const float>();
   ASSERT_TRUE(hs.ok()) << hs.status().message();
   ASSERT_EQ(hs.value().size(), 2);
-  const float* hp = HostOf(hs.value());
+  const float* hp = CpuAddress(hs.value());
   EXPECT_EQ(reinterpret_cast<const uint8_t*>(hp), data("h"));
   EXPECT_EQ(hp[0], 0.125f);
   EXPECT_EQ(hp[1], -4.0f);
@@ -142,27 +148,27 @@ TEST(WeightPlacement, AModelLoadedFromMisalignedTensorsComputesTheSameLogits) {
   EXPECT_GT(mw.uploaded_bytes, 0);
   // Every multi-byte weight the kernels read is aligned and holds the checkpoint's values.
   auto same = [&](const std::string& name, auto span) {
-    const void* bound = HostOf(span);
+    const void* bound = CpuAddress(span);
     auto v = base->Get(name);
     ASSERT_TRUE(v.ok());
     EXPECT_EQ(std::memcmp(bound, v->data, v->info->NumBytes()), 0) << name;
   };
-  EXPECT_TRUE(AlignedFor<float>(HostOf(mw.hc_head.fn)));
+  EXPECT_TRUE(AlignedFor<float>(CpuAddress(mw.hc_head.fn)));
   same("hc_head_fn", mw.hc_head.fn);
-  EXPECT_TRUE(AlignedFor<bf16>(HostOf(mw.embed)));
+  EXPECT_TRUE(AlignedFor<bf16>(CpuAddress(mw.embed)));
   same("embed.weight", mw.embed);
   for (const BlockWeights& b : mw.layers) {
     const std::string p = LayerPrefix(*config, b.layer_id);
     EXPECT_TRUE(
-        AlignedFor<float>(HostOf(b.hc_attn.fn)) && AlignedFor<float>(HostOf(b.hc_attn.base)) &&
-        AlignedFor<float>(HostOf(b.hc_attn.scale)) && AlignedFor<float>(HostOf(b.hc_ffn.fn)) &&
-        AlignedFor<float>(HostOf(b.attn.sink)) && AlignedFor<bf16>(HostOf(b.attn_norm)))
+        AlignedFor<float>(CpuAddress(b.hc_attn.fn)) && AlignedFor<float>(CpuAddress(b.hc_attn.base)) &&
+        AlignedFor<float>(CpuAddress(b.hc_attn.scale)) && AlignedFor<float>(CpuAddress(b.hc_ffn.fn)) &&
+        AlignedFor<float>(CpuAddress(b.attn.sink)) && AlignedFor<bf16>(CpuAddress(b.attn_norm)))
         << p;
     same(p + "hc_attn_fn", b.hc_attn.fn);
     same(p + "hc_ffn_scale", b.hc_ffn.scale);
     same(p + "attn.attn_sink", b.attn.sink);
     if (b.attn.compressor) {
-      EXPECT_TRUE(AlignedFor<float>(HostOf(b.attn.compressor->ape))) << p;
+      EXPECT_TRUE(AlignedFor<float>(CpuAddress(b.attn.compressor->ape))) << p;
       same(p + "attn.compressor.ape", b.attn.compressor->ape);
     }
   }
@@ -236,8 +242,8 @@ TEST(WeightPlacement, UploadedWeightsComputeTheLogitsOfImportedOnes) {
     auto v = source->Get(name);
     ASSERT_TRUE(v.ok());
     ASSERT_EQ(uint64_t(span.size_bytes()), v->info->NumBytes()) << name;
-    EXPECT_NE(static_cast<const void*>(HostOf(span)), static_cast<const void*>(v->data)) << name;
-    EXPECT_EQ(std::memcmp(HostOf(span), v->data, v->info->NumBytes()), 0) << name;
+    EXPECT_NE(static_cast<const void*>(CpuAddress(span)), static_cast<const void*>(v->data)) << name;
+    EXPECT_EQ(std::memcmp(CpuAddress(span), v->data, v->info->NumBytes()), 0) << name;
   };
   placed("embed.weight", up.embed);
   placed("head.weight", up.head);
@@ -253,9 +259,9 @@ TEST(WeightPlacement, UploadedWeightsComputeTheLogitsOfImportedOnes) {
     const AttentionWeights& a = up.layers[l].attn;
     const AttentionWeights& b = (*imported)->layers[l].attn;
     ASSERT_EQ(a.wo_a.size(), b.wo_a.size());
-    EXPECT_EQ(std::memcmp(HostOf(a.wo_a), HostOf(b.wo_a), size_t(a.wo_a.size_bytes())), 0);
+    EXPECT_EQ(std::memcmp(CpuAddress(a.wo_a), CpuAddress(b.wo_a), size_t(a.wo_a.size_bytes())), 0);
     ASSERT_EQ(a.freqs.size(), b.freqs.size());
-    EXPECT_EQ(std::memcmp(HostOf(a.freqs), HostOf(b.freqs), size_t(a.freqs.size_bytes())), 0);
+    EXPECT_EQ(std::memcmp(CpuAddress(a.freqs), CpuAddress(b.freqs), size_t(a.freqs.size_bytes())), 0);
   }
 
   std::vector<int32_t> prompt(19);
