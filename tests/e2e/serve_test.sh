@@ -70,7 +70,9 @@ wait_exit() {
   server_pid=""
   return $rc
 }
-# A 60-token greedy stream in the background ($client), once it holds KV pages.
+# A greedy stream ($1 tokens, default 60) in the background ($client), once it holds KV pages.
+# Streams that must still be in flight when a signal comes ask for 400: decode on `tiny` is fast
+# enough that 60 tokens can finish before the first status poll sees their pages.
 start_stream() {
   "$flotilla" generate --server "$server" --prompt-ids 1,2,3,4,5 --max-new-tokens ${1:-60} --greedy \
     --ignore-eos >"$work/inflight.txt" 2>&1 &
@@ -334,9 +336,9 @@ launcher-signals)
   # RPC returned is refused.
   for sig in TERM INT; do
     start_server
-    start_stream 60
+    start_stream 400
     kill -$sig $server_pid
-    expect_stream_complete 60 "SIG$sig to the launcher"
+    expect_stream_complete 400 "SIG$sig to the launcher"
     wait_exit "SIG$sig to the launcher" 120 || fail "SIG$sig to the launcher: exit status $?"
     [ "$(job_processes)" -eq 0 ] || fail "SIG$sig: processes left"
     grep -q "drained after" "$work/serve.log" || fail "SIG$sig: the coordinator did not drain"
@@ -345,17 +347,17 @@ launcher-signals)
     echo "SIG$sig to flotilla-serve drained the stream; every rank exited 0"
   done
   start_server
-  start_stream 60
+  start_stream 400
   pkill -TERM -n -f "^$build/worker/flotilla-worker --serve --model $model"
-  expect_stream_complete 60 "SIGTERM to a worker"
+  expect_stream_complete 400 "SIGTERM to a worker"
   wait_exit "SIGTERM to a worker" 120 || fail "SIGTERM to a worker: exit status $?"
   grep -q "asked to drain; draining the job" "$work/serve.log" || fail "the worker's drain was not seen"
   echo "SIGTERM to a worker drained the job; every rank exited 0"
   # With a stream in flight, so that the server is still up (draining) when the request comes.
   start_server
-  start_stream 60
+  start_stream 400
   "$malformed_check" "$server" drain || fail "a request right after Drain"
-  expect_stream_complete 60 "the Drain RPC"
+  expect_stream_complete 400 "the Drain RPC"
   wait_exit "after the Drain RPC" 120 || fail "after the Drain RPC: exit status $?"
   ;;
 hard-stop)
