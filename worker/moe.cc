@@ -247,33 +247,27 @@ absl::Status RouteTokens(kernels::Backend& backend, kernels::Queue& queue, const
   const float scale = float(c.routed_scaling_factor);
   // Rows with a K of their own route with it (routing is per row, so a row's result is the one
   // a batch of rows with that K would give it); the host knows the rows' K.
-  if (std::any_of(experts_host, experts_host + n, [&](int32_t e) { return e != k; })) {
-    kernels::RoutePerRowKArgs r;
+  auto fill = [&](auto& r) {  // RouteArgs and RoutePerRowKArgs share these fields
     r.logits = logits;
     r.bias = hash_ids.arena() == nullptr ? mw.bias : In<float>{};
     r.hash_ids = hash_ids;
     r.ld_hash = k;
-    r.row_top_k = experts;
     r.m = n;
     r.num_experts = num_experts;
     r.top_k = k;
     r.route_scale = scale;
     r.expert_idx = idx;
     r.weights = weights;
+  };
+  if (std::any_of(experts_host, experts_host + n, [&](int32_t e) { return e != k; })) {
+    kernels::RoutePerRowKArgs r;
+    fill(r);
+    r.row_top_k = experts;
     RETURN_IF_BACKEND_ERROR(backend.RoutePerRowK(queue, r));
     return absl::OkStatus();
   }
   kernels::RouteArgs r;
-  r.logits = logits;
-  r.bias = hash_ids.arena() == nullptr ? mw.bias : In<float>{};
-  r.hash_ids = hash_ids;
-  r.ld_hash = k;
-  r.m = n;
-  r.num_experts = num_experts;
-  r.top_k = k;
-  r.route_scale = scale;
-  r.expert_idx = idx;
-  r.weights = weights;
+  fill(r);
   RETURN_IF_BACKEND_ERROR(backend.Route(queue, r));
   return absl::OkStatus();
 }
