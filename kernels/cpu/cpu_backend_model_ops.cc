@@ -4,9 +4,9 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -259,19 +259,25 @@ void ForEachRow(int64_t n, Prepare prepare, Fn fn) {
   }
 }
 
-// The first error rows report (rows run in parallel).
+// The error of the lowest failing row (rows run in parallel).
 class RowErrors {
  public:
-  void Set(std::string message) {
-    bool expected = false;
-    if (failed_.compare_exchange_strong(expected, true)) message_ = std::move(message);
+  // Keeps the message of the lowest row that failed, so the error does not depend on which
+  // thread got there first.
+  void Set(int64_t row, std::string message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (row_ >= 0 && row_ <= row) return;
+    row_ = row;
+    message_ = std::move(message);
   }
   BackendStatus Status() const {
-    return failed_.load() ? BackendStatus::Error(message_) : BackendStatus::Ok();
+    std::lock_guard<std::mutex> lock(mu_);
+    return row_ >= 0 ? BackendStatus::Error(message_) : BackendStatus::Ok();
   }
 
  private:
-  std::atomic<bool> failed_{false};
+  mutable std::mutex mu_;
+  int64_t row_ = -1;
   std::string message_;
 };
 
@@ -353,8 +359,9 @@ BackendStatus CpuBackend::DoIndexerTopK(Queue& queue, const IndexerTopKArgs& a) 
         if (e1 <= b0) return;
         const int64_t have = num_picks[r], count = e1 - b0;
         if (have < 0 || have > topk) {
-          errors.Set("IndexerTopK: num_picks[" + std::to_string(r) + "] = " + std::to_string(have) +
-                     "; expected 0 to top_k " + std::to_string(topk));
+          errors.Set(r, "IndexerTopK: num_picks[" + std::to_string(r) + "] = " +
+                            std::to_string(have) + "; expected 0 to top_k " +
+                            std::to_string(topk));
           return;
         }
         // The row's picks so far in index order, then this block's keys: candidates in index
@@ -506,18 +513,19 @@ BackendStatus CpuBackend::DoChunkAttention(Queue& queue, const ChunkAttentionArg
         if (picks != nullptr) {
           const int64_t have = num_picks[r];
           if (have < 0 || have > topk) {
-            errors.Set("ChunkAttention: num_picks[" + std::to_string(r) + "] = " +
-                       std::to_string(have) + "; expected 0 to top_k " + std::to_string(topk));
+            errors.Set(r, "ChunkAttention: num_picks[" + std::to_string(r) + "] = " +
+                              std::to_string(have) + "; expected 0 to top_k " +
+                              std::to_string(topk));
             return;
           }
           for (int64_t i = 0; i < have; ++i) {
             const int64_t j = picks[r * topk + i];
             const int64_t e = j >= 0 && j < visible ? entry_slot[j] : -1;
             if (e < 0 || e >= entry_rows) {
-              errors.Set("ChunkAttention: row " + std::to_string(r) + " picks entry " +
-                         std::to_string(j) + " (slot " + std::to_string(e) +
-                         "); expected a picked entry of the " + std::to_string(visible) +
-                         " visible, in the " + std::to_string(entry_rows) + " entry rows");
+              errors.Set(r, "ChunkAttention: row " + std::to_string(r) + " picks entry " +
+                                std::to_string(j) + " (slot " + std::to_string(e) +
+                                "); expected a picked entry of the " + std::to_string(visible) +
+                                " visible, in the " + std::to_string(entry_rows) + " entry rows");
               return;
             }
             list.push_back(entries + e * dim);
