@@ -21,19 +21,6 @@ namespace {
 
 using test::Rng;
 
-#define EXPECT_OK(expr)                   \
-  do {                                    \
-    const BackendStatus s_ = (expr);      \
-    EXPECT_TRUE(s_.ok()) << s_.message(); \
-  } while (0)
-
-#define EXPECT_ERROR(expr, needle)                                           \
-  do {                                                                       \
-    const BackendStatus s_ = (expr);                                         \
-    EXPECT_FALSE(s_.ok());                                                   \
-    EXPECT_NE(s_.message().find(needle), std::string::npos) << s_.message(); \
-  } while (0)
-
 class AttentionOpsTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -105,20 +105,6 @@ class BackendTest : public ::testing::Test {
   std::unique_ptr<Queue> queue_;
 };
 
-#define EXPECT_OK(expr)                   \
-  do {                                    \
-    const BackendStatus s_ = (expr);      \
-    EXPECT_TRUE(s_.ok()) << s_.message(); \
-  } while (0)
-
-// Expects an error whose message contains `needle`.
-#define EXPECT_ERROR(expr, needle)                                           \
-  do {                                                                       \
-    const BackendStatus s_ = (expr);                                         \
-    EXPECT_FALSE(s_.ok());                                                   \
-    EXPECT_NE(s_.message().find(needle), std::string::npos) << s_.message(); \
-  } while (0)
-
 // ---------------------------------------------------------------- memory
 
 TEST_F(BackendTest, ArenaAllocatesAlignedDisjointSpansAndReusesFreedSpace) {

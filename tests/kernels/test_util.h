@@ -11,6 +11,7 @@
 
 #include "common/dtype.h"
 #include "kernels/cpu/dispatch.h"
+#include "kernels/device_memory.h"
 
 namespace flotilla::kernels::test {
 
@@ -131,3 +132,16 @@ int64_t CountNan(const std::vector<T>& v) {
 }
 
 }  // namespace flotilla::kernels::test
+
+// A backend call (kernels::BackendStatus) succeeds, or fails with a message containing `needle`.
+#define EXPECT_OK(expr)                                   \
+  do {                                                    \
+    const ::flotilla::kernels::BackendStatus s_ = (expr); \
+    EXPECT_TRUE(s_.ok()) << s_.message();                 \
+  } while (0)
+#define EXPECT_ERROR(expr, needle)                                           \
+  do {                                                                       \
+    const ::flotilla::kernels::BackendStatus s_ = (expr);                    \
+    EXPECT_FALSE(s_.ok());                                                   \
+    EXPECT_NE(s_.message().find(needle), std::string::npos) << s_.message(); \
+  } while (0)
